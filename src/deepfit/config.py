@@ -1,0 +1,207 @@
+"""The training configuration: every hyperparameter in one typed place, with its default and its help.
+
+The CLI builds its `train` options from these fields and the Python API takes them as keyword
+arguments, so the two can never disagree. Unknown names are errors that suggest the nearest
+valid one; the resolved config is saved as JSON in every run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deepfit.errors import ConfigError
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, dict):  # a mutable default needs a factory, one dict per config
+        return field(default_factory=lambda: dict(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    # --- model -----------------------------------------------------------------------------------
+    model: str = _opt("resnet18", "architecture: deepfit's own (cnn, fastnet), or any timm / torchvision name")
+    pretrained: bool = _opt(False, "load the architecture's official pretrained weights by name (needs internet once)")
+    weights: str | None = _opt(None, "local .safetensors/.pth weights to start from (transfer learning offline)")
+    model_args: dict = _opt({}, "architecture options as key=value,... (e.g. depth=4,width=32,activation=gelu)")
+    dropout: float = _opt(0.0, "dropout before the classifier")
+    # --- data ------------------------------------------------------------------------------------
+    image_size: int | None = _opt(None, "input size in pixels; default: the model's pretrained config, or the data's")
+    val_fraction: float = _opt(0.15, "share of each class held out for validation when the data has no split")
+    test_fraction: float = _opt(0.15, "share of each class held out for the final test when the data has no split")
+    augment: str = _opt("light", "augmentation policy", ("none", "light", "strong"))
+    hflip: bool = _opt(True, "random horizontal flips in augmentation (turn off for text, digits, ...)")
+    cache: str = _opt("auto", "keep decoded images in memory as uint8", ("auto", "memory", "disk"))
+    workers: int | None = _opt(None, "data-loading processes; default: chosen for the machine")
+    # --- optimisation ----------------------------------------------------------------------------
+    epochs: int = _opt(10, "passes over the training split")
+    batch_size: int = _opt(64, "images per optimisation step")
+    optimizer: str = _opt("adamw", "optimizer", ("adamw", "sgd"))
+    lr: float | None = _opt(None, "peak learning rate; default 1e-3 for adamw, 0.05 for sgd")
+    momentum: float = _opt(0.9, "SGD momentum (Nesterov)")
+    weight_decay: float = _opt(0.05, "decoupled weight decay; never applied to norm layers and biases")
+    schedule: str = _opt("cosine", "learning-rate schedule after warm-up", ("cosine", "onecycle", "constant"))
+    warmup_epochs: float = _opt(1.0, "linear warm-up length in epochs (may be fractional)")
+    label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy loss")
+    early_stopping: int = _opt(0, "stop when validation accuracy has not improved for this many epochs (0: off)")
+    head_epochs: int = _opt(1, "transfer learning: epochs that train only the new head before the whole network")
+    backbone_lr_scale: float = _opt(0.1, "transfer learning: learning-rate factor for the pretrained layers")
+    tta: bool = _opt(False, "test-time augmentation: average predictions over the image and its mirror")
+    # --- machine ---------------------------------------------------------------------------------
+    device: str = _opt("auto", "device: auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    precision: str = _opt("auto", "auto: bf16 autocast on CUDA, fp32 on CPU", ("auto", "fp32", "bf16", "fp16"))
+    channels_last: bool | None = _opt(None, "channels-last memory format; default: on for convolutional nets")
+    seed: int = _opt(0, "seed for the split, initialisation and augmentation")
+    # --- output ----------------------------------------------------------------------------------
+    output: str = _opt("runs", "folder in which run folders are created")
+    name: str | None = _opt(None, "run folder name; default: <model>-<date>-<time>")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ConfigError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, not {value!r}{_did_you_mean(str(value), choices)}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size}
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"--{_flag(key)} must be at least 1, got {value}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.val_fraction < 0 or self.test_fraction < 0 or self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError("--val-fraction and --test-fraction must be >= 0 and sum to less than 1")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.pretrained and self.weights:
+            raise ConfigError("give either --pretrained (official weights by name) or --weights FILE, not both")
+
+    @property
+    def transfer(self) -> bool:
+        """True when training starts from pretrained weights (fine-tuning), False from scratch."""
+        return self.pretrained or bool(self.weights)
+
+    @property
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 1e-3 if self.optimizer == "adamw" else 0.05
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        check_names(values, field_names(cls), what="option")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        check_names(changes, field_names(type(self)), what="option")
+        return dataclasses.replace(self, **changes)
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _did_you_mean(name: str, valid: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_names(values: dict[str, Any], valid: list[str], what: str) -> None:
+    """Reject unknown keys with a suggestion, so a typo never silently falls back to a default."""
+    for key in values:
+        if key not in valid:
+            raise ConfigError(f"unknown {what} {key!r}{_did_you_mean(key, valid)}; valid: {', '.join(valid)}")
+
+
+def field_type(f: dataclasses.Field) -> type:
+    """The plain type behind `int | None`-style annotations, for the CLI's parsers."""
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return args[0]
+    return hint
+
+
+def parse_model_args(text: str) -> dict[str, Any]:
+    """'depth=4,width=32,activation=gelu' -> {'depth': 4, 'width': 32, 'activation': 'gelu'}.
+
+    Values are read as JSON when they parse (numbers, true/false, [lists]) and kept as text otherwise.
+    """
+    result: dict[str, Any] = {}
+    if not text:
+        return result
+    # split on commas that are not inside [brackets], so widths=[32,64] survives.
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    for part in filter(None, (p.strip() for p in parts)):
+        if "=" not in part:
+            raise ConfigError(f"--model-args expects key=value pairs separated by commas, got {part!r}")
+        key, value = (s.strip() for s in part.split("=", 1))
+        try:
+            result[key] = json.loads(value)
+        except json.JSONDecodeError:
+            result[key] = value
+    return result
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Small, fast net for the embedded digits: 8x8 images upscaled to 16 px; flips would turn a 2 into a 5-like shape.
+    "quickstart": dict(
+        model="cnn", model_args={"depth": 2, "width": 32}, image_size=16, epochs=12, batch_size=64,
+        optimizer="adamw", lr=3e-3, weight_decay=5e-4, augment="light", hflip=False, schedule="onecycle",
+        warmup_epochs=1.0, label_smoothing=0.05,
+    ),
+    # CIFAR-sized images from scratch on a CPU budget: see bench/cifar10_budget.py and BENCHMARKS.md.
+    "cifar": dict(
+        model="fastnet", image_size=32, epochs=15, batch_size=256, optimizer="sgd", lr=0.2, momentum=0.9,
+        weight_decay=5e-4, schedule="onecycle", warmup_epochs=2.0, label_smoothing=0.2, augment="light",
+        tta=True,
+    ),
+    # Transfer learning from ImageNet weights on a few hundred photos.
+    "finetune": dict(
+        epochs=6, head_epochs=2, batch_size=32, optimizer="adamw", lr=1e-3, backbone_lr_scale=0.1,
+        weight_decay=0.01, augment="light", schedule="cosine", warmup_epochs=0.5, label_smoothing=0.1,
+    ),
+}
+
+
+def apply_preset(name: str | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Preset values first, then the user's explicit options on top."""
+    values: dict[str, Any] = {}
+    if name:
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}{_did_you_mean(name, PRESETS)}; presets: {', '.join(PRESETS)}")
+        values.update(PRESETS[name])
+    values.update(overrides)
+    return TrainConfig.from_dict(values)

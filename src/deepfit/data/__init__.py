@@ -1,0 +1,1 @@
+"""Reading data sources into labelled samples, splitting them, decoding and augmenting images."""

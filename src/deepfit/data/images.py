@@ -1,0 +1,236 @@
+"""Decoding images once into uint8 tensors, and serving them in batches.
+
+Every image is decoded, converted to RGB and resized to one square *storage size* (the model's
+evaluation resize, e.g. 256 px for a 224 px model). When the whole set fits in memory it is kept
+there as one uint8 tensor (N, 3, S, S), so later epochs only do augmentation and compute; otherwise
+it is decoded again each epoch by DataLoader workers. Augmentation runs on whole batches on the
+training device (see `augment.py`), the same way in both cases.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+
+from deepfit.errors import DataError
+from deepfit.log import logger
+
+# Share of unreadable files above which a data set is considered broken rather than a bit dirty.
+MAX_BAD_FRACTION = 0.05
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Open any image PIL reads as RGB: grey, palette and alpha images are converted (alpha over white)."""
+    with warnings.catch_warnings():
+        # PIL warns on palette images with transparency; converting through RGBA below handles them.
+        warnings.simplefilter("ignore", UserWarning)
+        img = Image.open(path)
+        img.load()
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("P", "PA", "LA", "RGBA", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / float greys: rescale to 8 bit
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo or 1.0) * 255.0
+        img = Image.fromarray(arr.astype(np.uint8))
+    return img.convert("RGB")
+
+
+def pil_to_storage(img: Image.Image, size: int) -> torch.Tensor:
+    """Resize the short side to `size` and centre-crop a square: (3, size, size) uint8."""
+    w, h = img.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        # BICUBIC with PIL's built-in antialiasing, reducing_gap for speed on large photos.
+        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=None if scale > 0.5 else 3.0)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def decode_file(path: Path, size: int) -> torch.Tensor:
+    """Decode one file into storage format; raises on anything unreadable."""
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is corrupt: report it, don't pad it with grey
+    with Image.open(path) as probe:
+        if probe.format == "JPEG":
+            probe.draft("RGB", (size, size))  # let libjpeg decode at a reduced scale: 2-8x faster for big photos
+            probe.load()
+            img = probe.convert("RGB") if probe.mode != "RGB" else probe.copy()
+        else:
+            img = open_rgb(path)
+    return pil_to_storage(img, size)
+
+
+@dataclass
+class BadFile:
+    path: Path
+    reason: str
+
+
+class _DecodeDataset(torch.utils.data.Dataset):
+    """Decodes file i; returns (tensor or None, error text) so one bad file never stops a worker."""
+
+    def __init__(self, paths: Sequence[Path], size: int) -> None:
+        self.paths, self.size = list(paths), size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        try:
+            return i, decode_file(self.paths[i], self.size), ""
+        except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable", reported by name
+            return i, None, f"{type(e).__name__}: {e}"
+
+
+def _collate_keep(batch: list) -> list:
+    return batch
+
+
+def default_workers() -> int:
+    """Decoding processes: all cores but one for the main process, at most 8 (more rarely helps)."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def available_memory() -> int:
+    """Bytes of RAM available now (Linux/macOS); a conservative guess elsewhere."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2 * 1024**3
+
+
+def fits_in_memory(n: int, size: int) -> bool:
+    """Keep decoded images in memory when they take under a third of the free RAM."""
+    return n * 3 * size * size < available_memory() / 3
+
+
+class ImageStore:
+    """Labelled images in storage format, in memory (one uint8 tensor) or decoded from disk on demand."""
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int], size: int, images: torch.Tensor | None) -> None:
+        self.paths = list(paths)
+        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        self.size = size
+        self.images = images  # (N, 3, S, S) uint8, or None when streamed from disk
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.images is not None
+
+    @classmethod
+    def load(
+        cls,
+        paths: Sequence[Path],
+        labels: Sequence[int],
+        size: int,
+        *,
+        cache: str = "auto",
+        workers: int | None = None,
+        what: str = "images",
+        max_bad_fraction: float = MAX_BAD_FRACTION,
+    ) -> tuple[ImageStore, list[BadFile]]:
+        """Check (and, in memory mode, decode) every file; unreadable ones are dropped and returned.
+
+        More than `max_bad_fraction` unreadable files is an error listing them: that is a broken
+        data set, and training on what is left would hide it.
+        """
+        paths = [Path(p) for p in paths]
+        in_memory = cache == "memory" or (cache == "auto" and fits_in_memory(len(paths), size))
+        workers = default_workers() if workers is None else workers
+        decoded: list[torch.Tensor | None] = [None] * len(paths)
+        bad: list[BadFile] = []
+        bad_index: set[int] = set()
+        if in_memory:
+            results = _decode_all(paths, size, workers)
+        else:
+            results = ((i, None, _verify(p)) for i, p in enumerate(paths))
+        for i, tensor, error in results:
+            if error:
+                bad.append(BadFile(paths[i], error))
+                bad_index.add(i)
+            decoded[i] = tensor
+        _check_bad(bad, len(paths), what, max_bad_fraction)
+        keep = [i for i in range(len(paths)) if i not in bad_index]
+        images = torch.stack([decoded[i] for i in keep]) if in_memory and keep else None  # type: ignore[misc]
+        store = cls([paths[i] for i in keep], [labels[i] for i in keep], size, images)
+        return store, bad
+
+    def batches(
+        self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None, workers: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield (images (B,3,S,S) uint8, labels (B,), indices (B,)) over the whole store once."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        if self.images is not None:
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                yield self.images[idx], self.labels[idx], idx
+            return
+        workers = default_workers() if workers is None else workers
+        dataset = _DecodeDataset(self.paths, self.size)
+        chunks = [order[s : s + batch_size].tolist() for s in range(0, n, batch_size)]
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=chunks, num_workers=workers, collate_fn=_collate_keep, persistent_workers=False
+        )
+        for items in loader:
+            for i, _, error in items:
+                if error:  # readable at the start, unreadable now: the file changed under us
+                    raise DataError(f"image became unreadable during training: {self.paths[i]} ({error})")
+            idx = torch.tensor([i for i, _, _ in items])
+            yield torch.stack([t for _, t, _ in items]), self.labels[idx], idx
+
+    def num_batches(self, batch_size: int) -> int:
+        return math.ceil(len(self) / batch_size)
+
+
+def _decode_all(paths: list[Path], size: int, workers: int) -> Iterator[tuple[int, torch.Tensor | None, str]]:
+    if workers == 0 or len(paths) < 256:
+        ds = _DecodeDataset(paths, size)
+        yield from (ds[i] for i in range(len(paths)))
+        return
+    loader = torch.utils.data.DataLoader(
+        _DecodeDataset(paths, size), batch_size=64, num_workers=workers, collate_fn=_collate_keep
+    )
+    for items in loader:
+        yield from items
+
+
+def _verify(path: Path) -> str:
+    """Cheap readability check for streamed data (full decoding happens each epoch)."""
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        return ""
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {e}"
+
+
+def _check_bad(bad: list[BadFile], total: int, what: str, max_fraction: float) -> None:
+    if not bad:
+        return
+    if len(bad) > max_fraction * total:
+        listing = "; ".join(f"{b.path} ({b.reason})" for b in bad[:20])
+        more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise DataError(
+            f"{len(bad)} of {total} {what} ({len(bad) / total:.0%}) cannot be read, more than {max_fraction:.0%}: "
+            f"{listing}{more}. Fix or remove them and run again"
+        )
+    for b in bad:
+        logger.warning(f"skipped unreadable image {b.path}: {b.reason}")

@@ -1,0 +1,202 @@
+"""Train/val/test splits that are stratified, reproducible from a seed, saved next to a run, and leak-checked.
+
+A split is saved as a CSV so a later `evaluate` scores exactly the images the model never trained on,
+even if the random generator or deepfit's splitting rule changes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import random
+import tempfile
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+from deepfit.data.sources import Catalog, LabeledFile, natural_key
+from deepfit.errors import ConfigError, DataError
+from deepfit.log import logger
+
+SPLITS = ("train", "val", "test")
+_HEADER = ["path", "label", "split"]
+_CHUNK = 1 << 20
+
+
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not (0 <= value < 1):  # also rejects NaN
+            raise ConfigError(f"{name} must be in [0, 1), got {value}: use e.g. 0.15")
+    if val_fraction + test_fraction >= 1:
+        raise ConfigError(
+            f"val_fraction + test_fraction must be below 1 so training keeps some images, "
+            f"got {val_fraction} + {test_fraction}"
+        )
+
+
+def _class_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """How many of a class's `n` files go to val and test."""
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    if n >= 3:  # enough images to measure every class in every held-out split
+        n_val = max(n_val, 1) if val_fraction > 0 else 0
+        n_test = max(n_test, 1) if test_fraction > 0 else 0
+    while n_val + n_test > n - 1:  # training needs at least one example of each class
+        if n_val >= n_test:
+            n_val -= 1
+        else:
+            n_test -= 1
+    return n_val, n_test
+
+
+def _sorted(files: list[LabeledFile]) -> list[LabeledFile]:
+    return sorted(files, key=LabeledFile.sort_key)
+
+
+def stratified_split(
+    files: list[LabeledFile], val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+) -> dict[str, list[LabeledFile]]:
+    """Split every class by the same fractions, so rare classes are present in val and test too.
+
+    Each class is shuffled by its own generator seeded from (seed, class name): adding or removing
+    a class leaves the other classes' splits unchanged.
+    """
+    _check_fractions(val_fraction, test_fraction)
+    by_class: dict[str, list[LabeledFile]] = defaultdict(list)
+    for f in files:
+        by_class[f.label].append(f)
+    out: dict[str, list[LabeledFile]] = {s: [] for s in SPLITS}
+    for label in sorted(by_class, key=natural_key):
+        # Sort first so the result depends on the seed only, not on the order the files were listed in.
+        members = sorted(by_class[label], key=lambda f: natural_key(f.path.as_posix()))
+        random.Random(f"{seed}:{label}").shuffle(members)  # str seeds hash stably (sha512), not via hash()
+        n_val, n_test = _class_counts(len(members), val_fraction, test_fraction)
+        out["val"] += members[:n_val]
+        out["test"] += members[n_val : n_val + n_test]
+        out["train"] += members[n_val + n_test :]
+    return {s: _sorted([replace(f, split=s) for f in out[s]]) for s in SPLITS}
+
+
+def resolve_splits(
+    catalog: Catalog, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[LabeledFile]]:
+    """The splits to train with: the source's own when it has them, else a stratified split.
+
+    A source with train but no val gets val carved out of train; one with no test keeps "test"
+    empty, and the caller decides how to warn.
+    """
+    if not catalog.has_splits:
+        return stratified_split(catalog.files, val_fraction, test_fraction, seed)
+    out: dict[str, list[LabeledFile]] = {s: [] for s in SPLITS}
+    for f in catalog.files:
+        out[f.split or "train"].append(f)
+    if not out["val"] and out["train"]:
+        carved = stratified_split(out["train"], val_fraction, 0.0, seed)
+        out["train"], out["val"] = carved["train"], carved["val"]
+        logger.info(
+            "the data defines no validation split: holding out %d of %d training images (val_fraction=%s)",
+            len(out["val"]), len(out["train"]) + len(out["val"]), val_fraction,
+        )
+    return {s: _sorted(out[s]) for s in SPLITS}
+
+
+def save_split(splits: dict[str, list[LabeledFile]], csv_path: Path, root: Path) -> None:
+    """Write `path,label,split` rows; paths relative to `root` when inside it, so the data can move.
+
+    Written to a temporary file and renamed, so an interrupted run never leaves half a split.
+    """
+    csv_path = Path(csv_path)
+    root = Path(root).resolve()
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=csv_path.parent, prefix=f".{csv_path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(_HEADER)
+            for split in sorted(splits, key=lambda s: SPLITS.index(s) if s in SPLITS else len(SPLITS)):
+                for f in splits[split]:
+                    try:
+                        shown = f.path.relative_to(root).as_posix()
+                    except ValueError:
+                        shown = f.path.as_posix()
+                    writer.writerow([shown, f.label, split])
+        os.replace(tmp_name, csv_path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def load_split(csv_path: Path, root: Path) -> dict[str, list[LabeledFile]]:
+    """Read a split written by `save_split`; relative paths are taken from `root`."""
+    csv_path = Path(csv_path)
+    root = Path(root).resolve()
+    if not csv_path.is_file():
+        raise DataError(f"split file not found: {csv_path} — check the run folder")
+    out: dict[str, list[LabeledFile]] = {s: [] for s in SPLITS}
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header != _HEADER:
+            raise DataError(
+                f"{csv_path} is not a deepfit split file (header {header}, expected {','.join(_HEADER)}): "
+                "delete it to make a new split"
+            )
+        for row in reader:
+            if not row:
+                continue
+            line = reader.line_num
+            if len(row) != 3 or row[2] not in SPLITS:
+                raise DataError(
+                    f"{csv_path} line {line}: expected path,label,split with split one of "
+                    f"{', '.join(SPLITS)}, got {row}: delete the file to make a new split"
+                )
+            raw, label, split = row
+            path = Path(raw) if Path(raw).is_absolute() else root / raw
+            if not path.is_file():
+                raise DataError(
+                    f"{csv_path} line {line}: file not found: {path} — the data changed since the split "
+                    f"was saved; restore the file or delete {csv_path.name} to make a new split"
+                )
+            out[split].append(LabeledFile(path, label, split))
+    return {s: _sorted(out[s]) for s in SPLITS}
+
+
+def file_digest(path: Path) -> str:
+    """blake2b of the file's bytes, read in chunks so large files do not fill memory."""
+    digest = hashlib.blake2b()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cross_split_duplicates(splits: dict[str, list[LabeledFile]]) -> list[list[LabeledFile]]:
+    """Groups of byte-identical files found in more than one split: each is a train/test leak.
+
+    Files are grouped by size first and only sizes shared across splits are hashed, so a clean
+    dataset costs one stat per file.
+    """
+    by_size: dict[int, list[LabeledFile]] = defaultdict(list)
+    for split, files in splits.items():
+        for f in files:
+            f = f if f.split == split else replace(f, split=split)
+            try:
+                by_size[f.path.stat().st_size].append(f)
+            except OSError as exc:
+                raise DataError(f"cannot read {f.path} ({exc.strerror}): check the file still exists") from exc
+    digests: dict[Path, str] = {}  # one path listed in two splits is hashed once
+    groups: list[list[LabeledFile]] = []
+    for same_size in by_size.values():
+        if len({f.split for f in same_size}) < 2:
+            continue
+        by_digest: dict[str, list[LabeledFile]] = defaultdict(list)
+        for f in same_size:
+            if f.path not in digests:
+                digests[f.path] = file_digest(f.path)
+            by_digest[digests[f.path]].append(f)
+        groups += [_sorted(g) for g in by_digest.values() if len({f.split for f in g}) > 1]
+    groups.sort(key=lambda g: [f.sort_key() for f in g])
+    if groups:
+        logger.debug("found %d groups of identical files across splits", len(groups))
+    return groups
+

@@ -1,0 +1,113 @@
+"""Reading weight files safely and fitting them into a model.
+
+A weights file from the internet is untrusted: `.safetensors` holds only tensors, and `.pth`/`.pt`
+files are read with `torch.load(weights_only=True)`, which refuses anything but tensors and plain
+containers. A file that needs arbitrary unpickling is refused with an error that says why.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from deepfit.errors import ConfigError, WeightsError
+from deepfit.log import logger
+
+# Keys under which training scripts commonly nest the state dict inside a checkpoint.
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "ema")
+
+
+def read_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Return (state_dict, metadata) from a .safetensors or .pth/.pt/.bin file, without running its code."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = dict(f.metadata() or {})
+                state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise WeightsError(f"{path} is not a readable safetensors file ({e})") from e
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise WeightsError(
+                f"refused to load {path}: it contains pickled Python objects, and unpickling can run arbitrary code. "
+                "Re-save only the tensors (torch.save(model.state_dict(), ...)) or convert it to .safetensors"
+            ) from e
+        except (RuntimeError, EOFError, OSError) as e:
+            raise WeightsError(f"{path} is not a readable PyTorch weights file ({e})") from e
+        meta = {}
+        for key in _NESTED_KEYS:
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise WeightsError(f"{path} does not hold a state dict (name -> tensor)")
+        state = obj
+    return strip_prefixes(state), meta
+
+
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove the `module.` of DataParallel/DDP and the `_orig_mod.` of torch.compile."""
+    out = {}
+    for key, value in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    """Load pretrained weights; a classifier whose shape differs is left freshly initialised.
+
+    Only tensors whose shape differs *and* that belong to the classifier are dropped; any other
+    mismatch, missing or unexpected key means the file is for another architecture, which is an error.
+    """
+    own = model.state_dict()
+    head_keys = _classifier_keys(model)
+    replaced, wrong = [], []
+    for key in list(state):
+        if key in own and state[key].shape != own[key].shape:
+            (replaced if key in head_keys else wrong).append(key)
+    if wrong:
+        details = ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3])
+        raise WeightsError(f"{origin} does not fit this architecture: {details}")
+    state = {k: v for k, v in state.items() if k not in replaced}
+    missing = [k for k in own if k not in state and k not in head_keys]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise WeightsError(
+            f"{origin} does not match this architecture: {len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}); is it for another model?"
+        )
+    model.load_state_dict(state, strict=False)
+    if replaced:
+        shapes = ", ".join(f"{k} {tuple(own[k].shape)}" for k in replaced)
+        logger.info(f"loaded {origin}; classifier replaced for the new classes ({shapes}), freshly initialised")
+    else:
+        logger.info(f"loaded {origin}")
+
+
+def _classifier_keys(model: nn.Module) -> set[str]:
+    head = classifier_module(model)
+    names = {id(p): n for n, p in model.named_parameters()} | {id(b): n for n, b in model.named_buffers()}
+    return {names[id(t)] for t in [*head.parameters(), *head.buffers()] if id(t) in names}
+
+
+def classifier_module(model: nn.Module) -> nn.Module:
+    """The final classification layer(s): what transfer learning trains first."""
+    if hasattr(model, "get_classifier"):  # timm and deepfit models
+        return model.get_classifier()
+    for attr in ("fc", "classifier", "heads", "head"):  # torchvision's conventions
+        if isinstance(getattr(model, attr, None), nn.Module):
+            return getattr(model, attr)
+    raise ConfigError(f"cannot find the classifier of {type(model).__name__} to fine-tune it")

@@ -1,0 +1,1 @@
+"""Per-task loss, post-processing and metrics: never inside the model or the trainer."""

@@ -1,0 +1,1 @@
+"""What a user runs: train (scratch or fine-tune), evaluate, predict, quickstart."""
