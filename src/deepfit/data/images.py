@@ -28,12 +28,17 @@ MAX_BAD_FRACTION = 0.05
 
 
 def open_rgb(path: str | Path) -> Image.Image:
-    """Open any image PIL reads as RGB: grey, palette and alpha images are converted (alpha over white)."""
+    """Open any image PIL reads, as RGB."""
     with warnings.catch_warnings():
-        # PIL warns on palette images with transparency; converting through RGBA below handles them.
+        # PIL warns on palette images with transparency; to_rgb converts them through RGBA.
         warnings.simplefilter("ignore", UserWarning)
         img = Image.open(path)
         img.load()
+        return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Grey, palette, 16-bit and alpha images to RGB (transparent areas over white)."""
     if img.mode == "RGB":
         return img
     if img.mode in ("P", "PA", "LA", "RGBA", "La") or "transparency" in img.info:
@@ -166,7 +171,7 @@ class ImageStore:
                 bad.append(BadFile(paths[i], error))
                 bad_index.add(i)
             decoded[i] = tensor
-        _check_bad(bad, len(paths), what, max_bad_fraction)
+        check_unreadable(bad, len(paths), what, max_bad_fraction)
         keep = [i for i in range(len(paths)) if i not in bad_index]
         images = torch.stack([decoded[i] for i in keep]) if in_memory and keep else None  # type: ignore[misc]
         store = cls([paths[i] for i in keep], [labels[i] for i in keep], size, images)
@@ -222,7 +227,8 @@ def _verify(path: Path) -> str:
         return f"{type(e).__name__}: {e}"
 
 
-def _check_bad(bad: list[BadFile], total: int, what: str, max_fraction: float) -> None:
+def check_unreadable(bad: list[BadFile], total: int, what: str, max_fraction: float = MAX_BAD_FRACTION) -> None:
+    """Warn about each unreadable file; more than `max_fraction` of them is an error that lists them."""
     if not bad:
         return
     if len(bad) > max_fraction * total:

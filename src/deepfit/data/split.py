@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
+import io
 import random
-import tempfile
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
 from deepfit.data.sources import Catalog, LabeledFile, natural_key
 from deepfit.errors import ConfigError, DataError
+from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
 
 SPLITS = ("train", "val", "test")
@@ -107,23 +107,17 @@ def save_split(splits: dict[str, list[LabeledFile]], csv_path: Path, root: Path)
     """
     csv_path = Path(csv_path)
     root = Path(root).resolve()
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=csv_path.parent, prefix=f".{csv_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(_HEADER)
-            for split in sorted(splits, key=lambda s: SPLITS.index(s) if s in SPLITS else len(SPLITS)):
-                for f in splits[split]:
-                    try:
-                        shown = f.path.relative_to(root).as_posix()
-                    except ValueError:
-                        shown = f.path.as_posix()
-                    writer.writerow([shown, f.label, split])
-        os.replace(tmp_name, csv_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(_HEADER)
+    for split in sorted(splits, key=lambda s: SPLITS.index(s) if s in SPLITS else len(SPLITS)):
+        for f in splits[split]:
+            try:
+                shown = f.path.relative_to(root).as_posix()
+            except ValueError:
+                shown = f.path.as_posix()
+            writer.writerow([shown, f.label, split])
+    atomic_write_text(csv_path, buffer.getvalue())
 
 
 def load_split(csv_path: Path, root: Path) -> dict[str, list[LabeledFile]]:

@@ -8,9 +8,7 @@ library versions that wrote it.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from deepfit.errors import WeightsError
+from deepfit.fileio import atomic_write, atomic_write_text
 
 
 def library_versions() -> dict[str, str]:
@@ -38,24 +37,6 @@ def library_versions() -> dict[str, str]:
         "pillow": PIL.__version__,
         "python": platform.python_version(),
     }
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call write(tmp_path), then rename over `path`: a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from torch import nn
 from deepfit.errors import ConfigError, WeightsError
 from deepfit.log import logger
 from deepfit.models.small import OWN_MODELS
-from deepfit.models.weights import classifier_module, load_state_dict_into, read_weights_file
+from deepfit.models.weights import load_state_dict_into, read_weights_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

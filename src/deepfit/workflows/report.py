@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import base64
 import csv
-import functools
 import html
 import io
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+from deepfit.fileio import atomic_write_bytes
 from deepfit.log import logger
 
 __all__ = [
@@ -50,46 +48,12 @@ _THUMBNAIL_PX = 160
 # --------------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
-
-    The temporary file lives in the destination folder because ``os.replace`` is only atomic
-    within one file system.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        # mkstemp creates owner-only files; a report is meant to be shared, so give it the
-        # permissions an ordinary new file would get (or keep those of the file it replaces).
-        try:
-            mode = path.stat().st_mode & 0o777
-        except OSError:
-            mode = 0o666 & ~_process_umask()
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
-    except BaseException:
-        # Never leave half-written temporaries behind, whatever interrupted us.
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
-
-
-@functools.cache
-def _process_umask() -> int:
-    """The process umask; reading it means setting it, so do that once and restore it at once."""
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
-
-
 def _save_figure(fig: Figure, path: Path, dpi: int = 110) -> Path:
     """Render ``fig`` to PNG in memory, then write it atomically."""
     FigureCanvasAgg(fig)  # attaches itself to the figure; makes the raster backend explicit
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
-    return _atomic_write(path, buffer.getvalue())
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def _shorten(text: str, limit: int = _MAX_TICK_LABEL_CHARS) -> str:
@@ -213,7 +177,7 @@ def write_confusion_csv(confusion: np.ndarray, class_names: list[str], path: Pat
     for name, row in zip(class_names, matrix, strict=True):
         cells = [str(int(round(float(v)))) if integral else repr(float(v)) for v in row]
         writer.writerow([name, *cells])
-    return _atomic_write(path, buffer.getvalue().encode("utf-8"))
+    return atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -612,6 +576,6 @@ def write_html_report(
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head>"
         f"<body><main>{''.join(sections)}</main></body></html>\n"
     )
-    saved = _atomic_write(path, document.encode("utf-8"))
+    saved = atomic_write_bytes(path, document.encode("utf-8"))
     logger.info("report written to %s", saved)
     return saved

@@ -1,0 +1,142 @@
+"""Callbacks: progress display, metrics.csv, early stopping and best-checkpoint saving."""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from deepfit.engine.trainer import Callback, Trainer
+from deepfit.log import logger
+
+METRIC_COLUMNS = [
+    "epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds",
+]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+class MetricsCSV(Callback):
+    """Appends one row per epoch to metrics.csv, flushed at once so a crashed run keeps its history."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            with self.path.open("w", newline="") as f:
+                csv.writer(f).writerow(METRIC_COLUMNS)
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow([_fmt(record.get(c)) for c in METRIC_COLUMNS])
+
+
+class EarlyStopping(Callback):
+    """Stops when validation accuracy has not improved for `patience` epochs (0 disables it)."""
+
+    def __init__(self, patience: int, min_delta: float = 1e-4) -> None:
+        self.patience, self.min_delta = patience, min_delta
+        self.best = -math.inf
+        self.bad_epochs = 0
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        score = record.get("val_acc")
+        if not self.patience or score is None:
+            return
+        if score > self.best + self.min_delta:
+            self.best, self.bad_epochs = score, 0
+            return
+        self.bad_epochs += 1
+        if self.bad_epochs >= self.patience:
+            logger.info(f"early stopping: validation accuracy has not improved for {self.patience} epochs")
+            trainer.should_stop = True
+
+
+class BestCheckpoint(Callback):
+    """Saves the weights whenever validation accuracy improves (ties go to the later, better-trained epoch
+    only if its validation loss is lower), and always the last epoch's weights."""
+
+    def __init__(self, save: Callable[[str, dict[str, Any]], None]) -> None:
+        self.save = save  # save(kind, record) with kind "best" or "last"
+        self.best_acc = -math.inf
+        self.best_loss = math.inf
+        self.best_epoch = 0
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        acc = record.get("val_acc")
+        loss = record.get("val_loss")
+        if acc is None:  # no validation split: the latest weights are the best we know
+            acc, loss = 0.0, -record["epoch"]
+        if acc > self.best_acc or (acc == self.best_acc and loss < self.best_loss):
+            self.best_acc, self.best_loss, self.best_epoch = acc, loss, record["epoch"]
+            self.save("best", record)
+        self.save("last", record)
+
+
+class Progress(Callback):
+    """A live bar with loss, accuracy and images/s on a terminal; one line per epoch otherwise."""
+
+    def __init__(self, total_epochs: int, live: bool | None = None) -> None:
+        self.total_epochs = total_epochs
+        self.live = sys.stderr.isatty() if live is None else live
+        self._progress = None
+        self._task = None
+        self._last_refresh = 0.0
+
+    def on_fit_start(self, trainer: Trainer, phase: str, epochs: int, steps_per_epoch: int) -> None:
+        self.phase = phase
+        self.steps = steps_per_epoch
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=False,
+            )
+            self._progress.start()
+
+    def _description(self, trainer: Trainer) -> str:
+        return f"{self.phase} epoch {trainer.epoch + 1}/{self.total_epochs}"
+
+    def on_batch_end(self, trainer: Trainer, step: int, batch_size: int) -> None:
+        if self._progress is None:
+            return
+        if self._task is None:
+            self._task = self._progress.add_task(self._description(trainer), total=self.steps, stats="")
+        now = time.perf_counter()
+        stats = None
+        if now - self._last_refresh > 0.5 or step + 1 == self.steps:  # reading the sums syncs a GPU: not every step
+            loss, acc, speed = trainer.running.summary()
+            stats = f"loss {loss:.4f}  acc {acc:.2%}  {speed:,.0f} img/s"
+            self._last_refresh = now
+        self._progress.update(self._task, completed=step + 1, **({"stats": stats} if stats else {}))
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        line = (
+            f"epoch {record['epoch']}/{self.total_epochs} [{record['phase']}] "
+            f"train loss {record['train_loss']:.4f} acc {record['train_acc']:.2%}"
+        )
+        if record.get("val_acc") is not None:
+            line += f" | val loss {record['val_loss']:.4f} acc {record['val_acc']:.2%}"
+        line += f" | {record['images_per_s']:,.0f} img/s, {record['seconds']:.1f}s"
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=f"{self.phase} epoch {record['epoch']}/{self.total_epochs}")
+            self._progress.console.print(line)
+            self._progress.remove_task(self._task)
+            self._task = None
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

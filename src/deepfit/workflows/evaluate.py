@@ -1,0 +1,179 @@
+"""Scoring a trained run on its test split (or another labelled set) and writing the report.
+
+The test split is meant to be used once: every evaluation is logged in `evaluations.jsonl`, and
+scoring the test split again says so, because choosing between models on it turns it into a
+validation set and its numbers stop being honest.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepfit.data.images import ImageStore, check_unreadable
+from deepfit.data.sources import LabeledFile, discover
+from deepfit.data.split import load_split
+from deepfit.errors import DataError
+from deepfit.fileio import atomic_write_text
+from deepfit.log import logger, setup_logging
+from deepfit.tasks.classification import classification_metrics
+from deepfit.workflows.predict import Predictor
+from deepfit.workflows.report import (
+    WorstPrediction,
+    plot_confusion_matrix,
+    plot_training_curves,
+    write_confusion_csv,
+    write_html_report,
+)
+from deepfit.workflows.run import load_trained, read_run_config
+
+WORST_SHOWN = 16
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]
+    report: Path
+    folder: Path  # where the report, plots and predictions were written
+    split: str  # "test", "val" (no test split) or "external"
+
+
+def _files_to_score(run_dir: Path, config: dict[str, Any], data: str | Path | None, classes: list[str]) -> tuple[list[LabeledFile], str, list[str]]:
+    notes: list[str] = []
+    if data is None:
+        splits = load_split(run_dir / "split.csv", Path(config["data_root"]))
+        if splits.get("test"):
+            return splits["test"], "test", notes
+        notes.append(
+            "No separate test split: these numbers are measured on the validation split, which also chose the "
+            "best epoch, so they are optimistic. Give the data a test/ folder (or let deepfit split it) for an "
+            "honest estimate."
+        )
+        return splits["val"], "val", notes
+    catalog = discover(data)
+    unknown = sorted(set(catalog.classes) - set(classes))
+    if unknown:
+        example = next(f.path for f in catalog.files if f.label == unknown[0])
+        raise DataError(
+            f"{data} has classes the model was not trained on: {', '.join(unknown)} (e.g. {example}); "
+            f"the model knows {', '.join(classes)}"
+        )
+    return catalog.files, "external", notes
+
+
+def _log_evaluation(run_dir: Path, entry: dict[str, Any]) -> int:
+    """Append to evaluations.jsonl; return how often this split was scored before."""
+    log = run_dir / "evaluations.jsonl"
+    previous = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    with log.open("a") as f:
+        f.write(json.dumps(entry) + "\n")
+    return sum(1 for e in previous if e.get("split") == entry["split"] and e.get("data") == entry.get("data"))
+
+
+def evaluate(
+    run_dir: str | Path,
+    data: str | Path | None = None,
+    *,
+    checkpoint: str = "best",
+    device: str = "auto",
+    batch_size: int = 64,
+) -> Evaluation:
+    setup_logging()
+    run_dir = Path(run_dir).resolve()
+    config = read_run_config(run_dir)
+    predictor = Predictor(load_trained(run_dir, checkpoint), device)
+    classes = predictor.classes
+    files, split, notes = _files_to_score(run_dir, config, data, classes)
+    if not files:
+        raise DataError(f"nothing to evaluate: the {split} split of {run_dir} is empty")
+    index = {c: i for i, c in enumerate(classes)}
+    store, bad = ImageStore.load(
+        [f.path for f in files], [index[f.label] for f in files], predictor.trained.preprocessing.resize_size,
+        what=f"{split} images", max_bad_fraction=1.0,
+    )
+    check_unreadable(bad, len(files), f"{split} images")
+
+    logits, targets = [], []
+    for images, labels, _ in store.batches(batch_size, shuffle=False):
+        logits.append(predictor.logits(images))
+        targets.append(labels)
+    probs = torch.cat(logits).softmax(1).numpy()
+    y_true = torch.cat(targets).numpy()
+    metrics = classification_metrics(y_true, probs, classes)
+
+    folder = run_dir if data is None else run_dir / f"eval-{Path(data).stem}"
+    folder.mkdir(parents=True, exist_ok=True)
+    times_before = _log_evaluation(
+        run_dir, {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "split": split, "data": str(data) if data else None,
+                  "checkpoint": checkpoint, "accuracy": metrics["accuracy"]},
+    )
+    if split == "test" and times_before:
+        notes.append(
+            f"The test split has been scored {times_before} time(s) before. If you changed anything because of "
+            "those scores, it is no longer an unseen test set."
+        )
+        logger.warning(notes[-1])
+
+    confusion = np.array(metrics["confusion"])
+    images = {"Confusion matrix": plot_confusion_matrix(confusion, classes, folder / "confusion_matrix.png")}
+    write_confusion_csv(confusion, classes, folder / "confusion_matrix.csv")
+    curves = plot_training_curves(run_dir / "metrics.csv", folder / "training_curves.png")
+    if curves is not None:
+        images["Training curves"] = curves
+    _write_predictions_csv(folder / f"{split}_predictions.csv", store.paths, y_true, probs, classes)
+    atomic_write_text(folder / f"{split}_metrics.json", json.dumps(metrics, indent=2) + "\n")
+
+    meta = predictor.trained.meta
+    summary = {
+        "Run": str(run_dir),
+        "Model": f"{meta['model']['source']}:{meta['model']['name']}",
+        "Started from": meta.get("pretrained_from") or "random initialisation (trained from scratch)",
+        "Checkpoint": f"{checkpoint} (epoch {meta.get('epoch')}, validation accuracy {_pct(meta.get('val_acc'))})",
+        "Scored on": f"{split} split, {len(store)} images" + (f" from {data}" if data else ""),
+        "Test-time augmentation": "flip" if predictor.tta else "none",
+        "Date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    if bad:
+        notes.append(f"{len(bad)} unreadable images were left out: " + ", ".join(str(b.path) for b in bad[:5]))
+    report = write_html_report(
+        folder / "report.html", title=f"deepfit evaluation: {run_dir.name}", summary=summary, metrics=metrics,
+        class_names=classes, images=images, worst=_worst(store.paths, y_true, probs, classes), notes=notes,
+    )
+    logger.info(
+        f"{split} accuracy {metrics['accuracy']:.2%}, balanced accuracy {metrics['balanced_accuracy']:.2%} "
+        f"on {len(store)} images; report: {report}"
+    )
+    return Evaluation(metrics, report, folder, split)
+
+
+def _pct(value: Any) -> str:
+    return f"{value:.2%}" if isinstance(value, float) else "n/a"
+
+
+def _worst(paths: list[Path], y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> list[WorstPrediction]:
+    """The images the model got most wrong: lowest probability given to the true class, misclassified first."""
+    true_prob = probs[np.arange(len(y_true)), y_true]
+    pred = probs.argmax(1)
+    order = sorted(range(len(y_true)), key=lambda i: (pred[i] == y_true[i], true_prob[i]))[:WORST_SHOWN]
+    return [
+        WorstPrediction(str(paths[i]), classes[y_true[i]], classes[pred[i]], float(probs[i, pred[i]]), float(true_prob[i]))
+        for i in order
+        if pred[i] != y_true[i] or true_prob[i] < 0.9
+    ]
+
+
+def _write_predictions_csv(path: Path, paths: list[Path], y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["path", "true", "predicted", "confidence", *[f"p_{c}" for c in classes]])
+    for p, t, row in zip(paths, y_true, probs, strict=True):
+        writer.writerow([p, classes[t], classes[int(row.argmax())], f"{row.max():.6f}", *[f"{v:.6f}" for v in row]])
+    atomic_write_text(path, out.getvalue())

@@ -1,0 +1,177 @@
+"""Using a trained classifier: files, folders, globs, PIL images, arrays or tensors in; classes out."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from deepfit.data.augment import BatchTransform
+from deepfit.data.images import decode_file, pil_to_storage, to_rgb
+from deepfit.data.sources import IMAGE_EXTENSIONS, natural_key
+from deepfit.engine.device import autocast, resolve_device, resolve_precision
+from deepfit.errors import DataError
+from deepfit.fileio import atomic_write_text
+from deepfit.log import logger
+from deepfit.workflows.run import TrainedModel, load_trained
+
+ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
+
+
+@dataclass
+class Prediction:
+    source: str  # the file path, or "<PIL image 0>" / "<tensor 1>" for in-memory inputs
+    label: str  # the most probable class
+    probability: float
+    top: list[tuple[str, float]]  # the top-k classes with their probabilities, most probable first
+
+
+def expand_paths(items: Iterable[str | Path]) -> list[Path]:
+    """Files as given, folders searched recursively for images, glob patterns expanded; natural order."""
+    out: list[Path] = []
+    for item in items:
+        text = str(item)
+        path = Path(text)
+        if path.is_dir():
+            found = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+            if not found:
+                raise DataError(f"no images found in folder {path}")
+            out += sorted(found, key=lambda p: natural_key(p.as_posix()))
+        elif path.is_file():
+            out.append(path)
+        elif any(ch in text for ch in "*?["):
+            matches = sorted((Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file()), key=lambda p: natural_key(p.as_posix()))
+            if not matches:
+                raise DataError(f"the pattern {text!r} matches no files")
+            out += matches
+        else:
+            raise DataError(f"file not found: {text}")
+    return out
+
+
+def to_storage(item: ImageInput, size: int) -> torch.Tensor:
+    """Any supported input -> (3, S, S) uint8, through the same resize as training and evaluation."""
+    if isinstance(item, str | Path):
+        return decode_file(Path(item), size)
+    if isinstance(item, Image.Image):
+        return pil_to_storage(to_rgb(item), size)
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu()
+        if item.ndim == 3 and item.shape[0] in (1, 3, 4):  # (C, H, W) -> (H, W, C)
+            item = item.permute(1, 2, 0)
+        item = item.numpy()
+    if isinstance(item, np.ndarray):
+        arr = item
+        if arr.dtype != np.uint8:  # floats are taken as [0, 1]
+            arr = (np.clip(arr.astype(np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+            raise DataError(f"cannot read an image from an array of shape {item.shape}: expected (H, W), (H, W, 3) or (3, H, W)")
+        return pil_to_storage(to_rgb(Image.fromarray(arr)), size)
+    raise DataError(f"cannot predict on a {type(item).__name__}: give a path, a PIL image, an array or a tensor")
+
+
+class Predictor:
+    """A trained model ready for inference on the best available device."""
+
+    def __init__(self, trained: TrainedModel, device: str = "auto", tta: bool | None = None) -> None:
+        self.trained = trained
+        self.device = resolve_device(device)
+        self.precision = resolve_precision("auto", self.device)
+        self.model = trained.model.to(self.device).eval()
+        self.classes = trained.classes
+        prep = trained.preprocessing
+        self.tta = bool(trained.meta.get("config", {}).get("tta", False)) if tta is None else tta
+        self.transform = BatchTransform(prep.image_size, prep.mean, prep.std, "none")
+
+    @classmethod
+    def from_run(cls, run: str | Path, checkpoint: str = "best", device: str = "auto") -> Predictor:
+        return cls(load_trained(run, checkpoint), device)
+
+    @torch.inference_mode()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) uint8 storage batch -> (B, C) float32 logits on CPU."""
+        x = self.transform(images.to(self.device), None)
+        with autocast(self.device, self.precision):
+            out = self.model(x).float()
+            if self.tta:
+                out = 0.5 * (out + self.model(x.flip(3)).float())
+        return out.cpu()
+
+    def predict_proba(self, inputs: ImageInput | Sequence[ImageInput], batch_size: int = 64) -> np.ndarray:
+        """(N, C) class probabilities, columns in the order of `self.classes`."""
+        items = _as_list(inputs)
+        size = self.trained.preprocessing.resize_size
+        chunks = []
+        for start in range(0, len(items), batch_size):
+            batch = torch.stack([to_storage(it, size) for it in items[start : start + batch_size]])
+            chunks.append(self.logits(batch).softmax(1))
+        return torch.cat(chunks).numpy() if chunks else np.zeros((0, len(self.classes)), dtype=np.float32)
+
+    def predict(self, inputs: ImageInput | Sequence[ImageInput], top_k: int = 5, batch_size: int = 64) -> list[Prediction]:
+        items = _as_list(inputs)
+        probs = self.predict_proba(items, batch_size)
+        return [self._prediction(_describe(item, i), p, top_k) for i, (item, p) in enumerate(zip(items, probs, strict=True))]
+
+    def predict_files(self, paths: Sequence[Path], top_k: int = 5, batch_size: int = 64) -> tuple[list[Prediction], list[tuple[Path, str]]]:
+        """Like predict, but an unreadable file is skipped with a warning and returned, not raised."""
+        results, failed = [], []
+        for start in range(0, len(paths), batch_size):
+            tensors, kept = [], []
+            for path in paths[start : start + batch_size]:
+                try:
+                    tensors.append(to_storage(path, self.trained.preprocessing.resize_size))
+                    kept.append(path)
+                except Exception as e:  # noqa: BLE001 - any decoder error: report the file, go on
+                    logger.warning(f"skipped unreadable image {path}: {type(e).__name__}: {e}")
+                    failed.append((path, f"{type(e).__name__}: {e}"))
+            if tensors:
+                probs = self.logits(torch.stack(tensors)).softmax(1).numpy()
+                results += [self._prediction(str(p), pr, top_k) for p, pr in zip(kept, probs, strict=True)]
+        return results, failed
+
+    def _prediction(self, source: str, probs: np.ndarray, top_k: int) -> Prediction:
+        order = np.argsort(-probs)[: max(1, top_k)]
+        top = [(self.classes[i], float(probs[i])) for i in order]
+        return Prediction(source, top[0][0], top[0][1], top)
+
+
+def _as_list(inputs: Any) -> list:
+    if isinstance(inputs, str | Path | Image.Image | np.ndarray):
+        return [inputs]
+    if isinstance(inputs, torch.Tensor):
+        return list(inputs) if inputs.ndim == 4 else [inputs]  # a (B, C, H, W) batch is B images
+    return list(inputs)
+
+
+def _describe(item: Any, i: int) -> str:
+    if isinstance(item, str | Path):
+        return str(item)
+    return f"<{type(item).__name__} {i}>"
+
+
+def write_predictions(predictions: Sequence[Prediction], path: Path) -> Path:
+    """CSV (source, label, probability, then top-k columns) or JSON, chosen by the file suffix."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        return atomic_write_text(path, json.dumps([asdict(p) for p in predictions], indent=2) + "\n")
+    k = max((len(p.top) for p in predictions), default=1)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["source", "label", "probability"] + [f"{c}{i}" for i in range(1, k + 1) for c in ("top", "prob")])
+    for p in predictions:
+        row: list[Any] = [p.source, p.label, f"{p.probability:.6f}"]
+        for label, prob in p.top:
+            row += [label, f"{prob:.6f}"]
+        writer.writerow(row)
+    return atomic_write_text(path, out.getvalue())

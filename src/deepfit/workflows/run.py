@@ -1,0 +1,96 @@
+"""The run folder: what a training run writes, and how a trained model is read back with no user code.
+
+    runs/<name>/
+      config.json         fully resolved TrainConfig, plus data source and command line
+      split.csv           path,label,split of every image used (relative to the data root)
+      duplicates.csv      byte-identical files found in more than one split (only when there are any)
+      skipped_files.csv   unreadable images that were left out (only when there are any)
+      metrics.csv         one row per epoch
+      best.safetensors    weights of the best validation epoch  (+ best.json sidecar)
+      last.safetensors    weights of the last epoch             (+ last.json sidecar)
+      report.html         evaluation report (after `deepfit evaluate`)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from deepfit.config import TrainConfig
+from deepfit.engine.checkpoint import load_weights, read_sidecar
+from deepfit.errors import ConfigError, DeepfitError
+from deepfit.models.factory import ModelSpec, Preprocessing, build_model
+
+CHECKPOINT_FORMAT = "deepfit-checkpoint/1"
+
+
+def new_run_dir(output: str | Path, name: str | None, model: str, data_root: Path | None) -> Path:
+    """Create a fresh run folder; an existing one is never reused or overwritten."""
+    output = Path(output).resolve()
+    if data_root is not None:
+        data_root = Path(data_root).resolve()
+        if output == data_root or data_root in output.parents:
+            raise ConfigError(
+                f"the output folder {output} is inside the data folder {data_root}; deepfit never writes into "
+                "your data: pass --output somewhere else"
+            )
+    base = name or f"{model.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for i in range(1, 1000):
+        run_dir = output / (base if i == 1 else f"{base}-{i}")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=False)
+            return run_dir
+        except FileExistsError:
+            continue
+    raise ConfigError(f"too many runs named {base!r} in {output}")
+
+
+@dataclass
+class TrainedModel:
+    """A network with everything needed to use it: classes, preprocessing and provenance."""
+
+    model: nn.Module
+    spec: ModelSpec
+    classes: list[str]
+    preprocessing: Preprocessing
+    meta: dict[str, Any]
+
+    @property
+    def config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.meta["config"])
+
+
+def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """A run folder -> its best (or last) weights; a .safetensors path is taken as is."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / f"{which}.safetensors"
+    if not path.is_file():
+        hint = " (is it a deepfit run folder? training writes best.safetensors there)" if path.suffix == ".safetensors" else ""
+        raise DeepfitError(f"no checkpoint at {path}{hint}")
+    return path
+
+
+def load_trained(path: str | Path, which: str = "best") -> TrainedModel:
+    """Rebuild the model from the sidecar and load its weights (safetensors: no code is executed)."""
+    ckpt = resolve_checkpoint(path, which)
+    meta = read_sidecar(ckpt)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise DeepfitError(f"{ckpt.with_suffix('.json')} is not a deepfit checkpoint sidecar (format {meta.get('format')!r})")
+    spec = ModelSpec(**meta["model"])
+    model = build_model(spec)
+    load_weights(model, ckpt)
+    model.eval()
+    return TrainedModel(model, spec, list(meta["classes"]), Preprocessing.from_dict(meta["preprocessing"]), meta)
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise DeepfitError(f"{run_dir} is not a deepfit run folder: config.json is missing")
+    return json.loads(path.read_text())

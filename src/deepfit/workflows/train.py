@@ -1,0 +1,234 @@
+"""Training a classifier, from scratch or by transfer learning, into a run folder.
+
+From scratch: one phase over all weights. Transfer learning (`--pretrained` or `--weights`): first
+the new head alone on a frozen backbone (`head_epochs`), so the random head cannot wreck the
+pretrained features with large gradients; then the whole network, the pretrained layers at a
+lower learning rate (`backbone_lr_scale`).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepfit.config import TrainConfig
+from deepfit.data.augment import BatchTransform
+from deepfit.data.images import BadFile, ImageStore, check_unreadable
+from deepfit.data.sources import Catalog, LabeledFile, discover
+from deepfit.data.split import cross_split_duplicates, resolve_splits, save_split
+from deepfit.engine.callbacks import BestCheckpoint, EarlyStopping, MetricsCSV, Progress
+from deepfit.engine.checkpoint import save_checkpoint
+from deepfit.engine.device import resolve_device, resolve_precision
+from deepfit.engine.optim import build_optimizer, build_scheduler, param_groups
+from deepfit.engine.trainer import Trainer
+from deepfit.fileio import atomic_write_text
+from deepfit.log import logger, setup_logging
+from deepfit.models.factory import CreatedModel, Preprocessing, create_model, is_convolutional
+from deepfit.models.weights import classifier_module
+from deepfit.tasks.classification import ClassificationTask
+from deepfit.workflows.run import CHECKPOINT_FORMAT, new_run_dir
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_val_acc: float | None
+    best_epoch: int
+    classes: list[str]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return the generator that drives shuffling and augmentation."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def load_split_stores(
+    splits: dict[str, list[LabeledFile]], classes: list[str], size: int, config: TrainConfig
+) -> tuple[dict[str, ImageStore], list[BadFile]]:
+    """Decode every split; unreadable files are dropped, and too many of them overall is an error."""
+    index = {c: i for i, c in enumerate(classes)}
+    stores, bad = {}, []
+    for name, files in splits.items():
+        store, bad_here = ImageStore.load(
+            [f.path for f in files], [index[f.label] for f in files], size,
+            cache=config.cache, workers=config.workers, what=f"{name} images", max_bad_fraction=1.0,
+        )
+        stores[name] = store
+        bad += bad_here
+    check_unreadable(bad, sum(len(f) for f in splits.values()), "images")
+    return stores, bad
+
+
+def channel_stats(store: ImageStore, limit: int = 2048) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of (up to `limit`) training images, in [0, 1] units, for scratch training."""
+    total = torch.zeros(3, dtype=torch.float64)
+    total_sq = torch.zeros(3, dtype=torch.float64)
+    count = 0
+    for images, _, _ in store.batches(256, shuffle=False):
+        x = images.double() / 255.0
+        total += x.sum(dim=(0, 2, 3))
+        total_sq += (x * x).sum(dim=(0, 2, 3))
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+        if count >= limit * x.shape[2] * x.shape[3]:
+            break
+    mean = total / count
+    std = (total_sq / count - mean**2).clamp(min=1e-6).sqrt()
+    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+
+
+def report_duplicates(splits: dict[str, list[LabeledFile]], run_dir: Path) -> int:
+    groups = cross_split_duplicates(splits)
+    if not groups:
+        return 0
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["group", "split", "path"])
+    for g, group in enumerate(groups, 1):
+        for f in group:
+            writer.writerow([g, f.split, f.path])
+    atomic_write_text(run_dir / "duplicates.csv", out.getvalue())
+    example = " = ".join(f"{f.split}:{f.path}" for f in groups[0][:2])
+    logger.warning(
+        f"{len(groups)} images occur byte-identical in more than one split (e.g. {example}); test scores are "
+        f"optimistic while they stay. All listed in {run_dir / 'duplicates.csv'}"
+    )
+    return len(groups)
+
+
+def write_skipped(bad: list[BadFile], run_dir: Path) -> None:
+    if not bad:
+        return
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["path", "reason"])
+    writer.writerows([b.path, b.reason] for b in bad)
+    atomic_write_text(run_dir / "skipped_files.csv", out.getvalue())
+    logger.warning(f"{len(bad)} unreadable images were skipped; listed in {run_dir / 'skipped_files.csv'}")
+
+
+def checkpoint_meta(created: CreatedModel, classes: list[str], prep: Preprocessing, config: TrainConfig) -> dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "task": "classify",
+        "model": created.spec.to_dict(),
+        "classes": classes,
+        "preprocessing": prep.to_dict(),
+        "pretrained_from": created.pretrained_source,
+        "config": config.to_dict(),
+    }
+
+
+def train(data: str | Path, config: TrainConfig, *, catalog: Catalog | None = None) -> TrainResult:
+    """Train on `data` (class folders, split folders or a CSV) and return the run folder."""
+    setup_logging()
+    generator = seed_everything(config.seed)
+    catalog = catalog or discover(data)
+    classes = catalog.classes
+    splits = resolve_splits(catalog, config.val_fraction, config.test_fraction, config.seed)
+    run_dir = new_run_dir(config.output, config.name, config.model, catalog.root)
+    logger.info(f"run folder: {run_dir}")
+    logger.info(
+        f"{len(classes)} classes, {', '.join(f'{len(v)} {k}' for k, v in splits.items())} images ({catalog.layout})"
+    )
+    if not splits.get("test"):
+        logger.warning("the data has no test split: `deepfit evaluate` will fall back to the validation split")
+
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    created = create_model(
+        config.model, len(classes), pretrained=config.pretrained, weights=config.weights,
+        drop_rate=config.dropout, model_args=config.model_args, image_size=config.image_size,
+    )
+    model, prep = created.model, created.preprocessing
+
+    stores, bad = load_split_stores(splits, classes, prep.resize_size, config)
+    train_store, val_store = stores["train"], stores.get("val")
+    if not config.transfer:  # from scratch, normalise with the data's own statistics
+        prep = dataclasses.replace(prep, **dict(zip(("mean", "std"), channel_stats(train_store), strict=True)))
+    channels_last = config.channels_last if config.channels_last is not None else is_convolutional(model)
+
+    # Everything needed to repeat or evaluate the run is written before training starts.
+    save_split(splits, run_dir / "split.csv", catalog.root)
+    resolved = {
+        **config.to_dict(),
+        "data": str(Path(data).resolve()),
+        "data_root": str(catalog.root),
+        "classes": classes,
+        "preprocessing": prep.to_dict(),
+        "device": str(device),
+        "precision": precision,
+        "channels_last": channels_last,
+        "command": sys.argv,
+    }
+    atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
+    report_duplicates(splits, run_dir)
+    write_skipped(bad, run_dir)
+    logger.info(
+        f"model {created.spec.source}:{created.spec.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+        f"parameters), input {prep.image_size}px, {device} {precision}, "
+        f"images {'in memory' if train_store.in_memory else 'streamed from disk'}"
+    )
+
+    meta = checkpoint_meta(created, classes, prep, config)
+
+    def save(kind: str, record: dict[str, Any]) -> None:
+        save_checkpoint(run_dir / f"{kind}.safetensors", model, {**meta, "epoch": record["epoch"], "val_acc": record.get("val_acc")})
+
+    best = BestCheckpoint(save)
+    callbacks = [Progress(config.epochs), MetricsCSV(run_dir / "metrics.csv"), EarlyStopping(config.early_stopping), best]
+    trainer = Trainer(
+        model, ClassificationTask(len(classes), config.label_smoothing), device=device, precision=precision,
+        channels_last=channels_last, callbacks=callbacks, generator=generator,
+    )
+    train_tf = BatchTransform(prep.image_size, prep.mean, prep.std, config.augment, config.hflip, channels_last)
+    eval_tf = BatchTransform(prep.image_size, prep.mean, prep.std, "none", channels_last=channels_last)
+
+    head = classifier_module(model)
+    head_ids = {id(p) for p in head.parameters()}
+    phases: list[tuple[str, int]] = []
+    if config.transfer and config.head_epochs > 0:
+        phases.append(("head", min(config.head_epochs, config.epochs)))
+    remaining = config.epochs - sum(n for _, n in phases)
+    if remaining > 0:
+        phases.append(("full" if config.transfer else "train", remaining))
+
+    for phase, epochs in phases:
+        if phase == "head":
+            for p in model.parameters():
+                p.requires_grad = id(p) in head_ids
+            groups = param_groups(head.named_parameters(), config.weight_decay)
+        else:
+            for p in model.parameters():
+                p.requires_grad = True
+            backbone = [(n, p) for n, p in model.named_parameters() if id(p) not in head_ids]
+            scale = config.backbone_lr_scale if config.transfer else 1.0
+            groups = param_groups(backbone, config.weight_decay, scale) + param_groups(head.named_parameters(), config.weight_decay)
+        optimizer = build_optimizer(groups, config.optimizer, config.resolved_lr, config.momentum)
+        steps = epochs * train_store.num_batches(config.batch_size)
+        warmup = min(steps // 2, round(config.warmup_epochs * train_store.num_batches(config.batch_size)))
+        scheduler = build_scheduler(optimizer, steps, warmup, config.schedule)
+        trainer.fit(
+            train_store, val_store, epochs=epochs, batch_size=config.batch_size, optimizer=optimizer,
+            scheduler=scheduler, train_transform=train_tf, eval_transform=eval_tf, phase=phase,
+        )
+        if trainer.should_stop:
+            break
+
+    best_acc = best.best_acc if val_store is not None and len(val_store) else None
+    if best_acc is not None:
+        logger.info(f"best validation accuracy {best_acc:.2%} at epoch {best.best_epoch}; weights in {run_dir / 'best.safetensors'}")
+    return TrainResult(run_dir, best_acc, best.best_epoch, classes)
+
