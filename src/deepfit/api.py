@@ -1,0 +1,101 @@
+"""The Python API: as short as the CLI, and what the CLI itself calls.
+
+    clf = deepfit.ImageClassifier("resnet18", pretrained=True)
+    clf.fit("data/")                 # trains into runs/<name>/
+    clf.evaluate()                   # scores the test split, writes report.html
+    clf.predict(["a.jpg", pil_image, tensor])
+
+    model = deepfit.load("runs/resnet18-20261121-101500")
+    model.predict("new_photos/")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepfit.config import TrainConfig, apply_preset
+from deepfit.data.sources import discover
+from deepfit.errors import DeepfitError
+from deepfit.workflows.evaluate import Evaluation, evaluate
+from deepfit.workflows.predict import ImageInput, Prediction, Predictor, expand_paths
+from deepfit.workflows.train import TrainResult, train
+
+
+class ImageClassifier:
+    """An image classifier to train (from scratch or by transfer learning), evaluate and use.
+
+    Every training option of `deepfit train` is a keyword here (see `TrainConfig`); an unknown or
+    misspelt one is an error that suggests the right name.
+    """
+
+    def __init__(self, model: str | None = None, *, preset: str | None = None, **options: Any) -> None:
+        # model=None keeps the preset's (or the default) architecture.
+        self.config: TrainConfig = apply_preset(preset, {"model": model, **options} if model else options)
+        self.run_dir: Path | None = None
+        self.result: TrainResult | None = None
+        self._predictor: Predictor | None = None
+
+    def fit(
+        self, data: str | Path, *, path_column: str | None = None, label_column: str | None = None, **options: Any
+    ) -> ImageClassifier:
+        """Train on a folder of class folders, a folder with train/val/test, or a CSV of path,label.
+
+        `options` override the classifier's training options for this fit (and stay set).
+        """
+        config = self.config.replace(**options) if options else self.config
+        catalog = discover(data, path_column=path_column, label_column=label_column)
+        self.result = train(data, config, catalog=catalog)
+        self.config = config
+        self.run_dir = self.result.run_dir
+        self._predictor = None
+        return self
+
+    def evaluate(self, data: str | Path | None = None, checkpoint: str = "best") -> Evaluation:
+        """Score the test split of the training data (or another labelled set); writes report.html."""
+        return evaluate(self._require_run(), data, checkpoint=checkpoint, device=self.config.device)
+
+    @property
+    def predictor(self) -> Predictor:
+        if self._predictor is None:
+            self._predictor = Predictor.from_run(self._require_run(), device=self.config.device)
+        return self._predictor
+
+    @property
+    def classes(self) -> list[str]:
+        return self.predictor.classes
+
+    def predict(self, inputs: ImageInput | Sequence[ImageInput], top_k: int = 5) -> list[Prediction]:
+        """Paths (files, folders, globs), PIL images, arrays or tensors -> one Prediction each."""
+        if isinstance(inputs, str | Path):
+            inputs = [inputs]
+        if isinstance(inputs, list | tuple) and inputs and all(isinstance(i, str | Path) for i in inputs):
+            inputs = expand_paths(inputs)
+        return self.predictor.predict(inputs, top_k=top_k)
+
+    def predict_proba(self, inputs: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """(N, num_classes) probabilities, columns in the order of `classes`."""
+        return self.predictor.predict_proba(inputs)
+
+    def _require_run(self) -> Path:
+        if self.run_dir is None:
+            raise DeepfitError("this classifier has not been trained yet: call fit(data) or deepfit.load(run_dir)")
+        return self.run_dir
+
+    def __repr__(self) -> str:
+        where = f", run_dir={str(self.run_dir)!r}" if self.run_dir else ""
+        return f"ImageClassifier({self.config.model!r}{where})"
+
+
+def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> ImageClassifier:
+    """A trained run, ready to predict and evaluate in a fresh process (no user code needed)."""
+    predictor = Predictor.from_run(run_dir, checkpoint, device)
+    clf = ImageClassifier.__new__(ImageClassifier)
+    clf.config = predictor.trained.config.replace(device=device)
+    clf.run_dir = Path(run_dir) if Path(run_dir).is_dir() else Path(run_dir).parent
+    clf.result = None
+    clf._predictor = predictor
+    return clf

@@ -1,0 +1,190 @@
+"""The `deepfit` command: a thin layer that builds a config and calls the Python API.
+
+The `train` options are generated from `TrainConfig`'s fields, so the CLI, the API and the saved
+config.json always use the same names, defaults and help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import re
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from deepfit.config import PRESETS, TrainConfig, field_type, parse_model_args
+from deepfit.errors import DeepfitError
+
+# Names users type from other tools, mapped to ours.
+_ALIASES = {"--learning-rate": "--lr", "--wd": "--weight-decay", "--bs": "--batch-size", "--lr-schedule": "--schedule",
+            "--arch": "--model", "--size": "--image-size", "--img-size": "--image-size", "--patience": "--early-stopping"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that suggests the nearest option for a typo, never accepts abbreviations,
+    and reports errors in two lines instead of the whole usage."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def _all_options(self) -> list[str]:
+        options = [s for a in self._actions for s in a.option_strings]
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    options += [s for a in sub._actions for s in a.option_strings]
+        return options
+
+    def error(self, message: str) -> NoReturn:
+        match = re.search(r"unrecognized arguments: (.*)", message)
+        if match:
+            known = self._all_options()
+            hints = []
+            for word in match.group(1).split():
+                flag = word.split("=")[0]
+                if flag.startswith("-"):
+                    close = [_ALIASES[flag]] if flag in _ALIASES else difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+                    hints.append(f"{flag}: did you mean {close[0]}?" if close else f"{flag}: no such option")
+            if hints:
+                message += " (" + "; ".join(hints) + ")"
+        self.exit(2, f"{self.prog}: error: {message}\nsee `{self.prog} --help` for the options\n")
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field; defaults are suppressed so only what the user typed overrides a preset."""
+    group = parser.add_argument_group("training options (defaults shown are used unless a --preset sets them)")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{f.metadata['help']} (default: {default})"
+        kind = field_type(f)
+        if f.name == "model_args":
+            group.add_argument(flag, type=parse_model_args, default=argparse.SUPPRESS, help=help_text, metavar="K=V,...")
+        elif kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        else:
+            # choices are checked by TrainConfig, whose error suggests the nearest valid value
+            choices = f.metadata.get("choices")
+            metavar = "{" + ",".join(choices) + "}" if choices else f.name.upper()
+            group.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text, metavar=metavar)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="deepfit", description="Train, evaluate and use image classifiers from labelled examples.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    q = sub.add_parser("quickstart", help="train, evaluate and report on the embedded handwritten digits")
+    q.add_argument("--output", default="runs", help="folder for the run (default: runs)")
+
+    t = sub.add_parser("train", help="train a classifier from scratch or by transfer learning")
+    t.add_argument("data", help="folder of class folders, folder with train/ val/ test/, or a CSV/TSV of path,label")
+    t.add_argument("--preset", choices=sorted(PRESETS), help="a tested set of options to start from")
+    t.add_argument("--path-column", help="CSV data: the column holding image paths")
+    t.add_argument("--label-column", help="CSV data: the column holding labels")
+    t.add_argument("--no-evaluate", action="store_true", help="do not score the test split after training")
+    _add_config_options(t)
+
+    e = sub.add_parser("evaluate", help="score a run's best checkpoint on its test split (or --data) and write report.html")
+    e.add_argument("run_dir")
+    e.add_argument("--data", help="another labelled data set to score instead of the test split")
+    e.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    e.add_argument("--device", default="auto")
+
+    p = sub.add_parser("predict", help="classify images (files, folders, globs) with a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--top-k", type=int, default=3, help="classes to list per image (default: 3)")
+    p.add_argument("--output", help="write predictions to this .csv or .json (default: RUN_DIR/predictions.csv)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--device", default="auto")
+
+    m = sub.add_parser("models", help="list model names (deepfit, timm, torchvision)")
+    m.add_argument("pattern", nargs="?", default="", help="only names containing this text")
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from deepfit.api import ImageClassifier
+
+    fixed = {"command", "data", "preset", "path_column", "label_column", "no_evaluate", "version"}
+    options = {k: v for k, v in vars(args).items() if k not in fixed}
+    clf = ImageClassifier(None, preset=args.preset, **options)
+    clf.fit(args.data, path_column=args.path_column, label_column=args.label_column)
+    print(f"run folder: {clf.run_dir}")
+    if not args.no_evaluate:
+        evaluation = clf.evaluate()
+        print(f"{evaluation.split} accuracy {evaluation.metrics['accuracy']:.2%}; report: {evaluation.report}")
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from deepfit.workflows.predict import Predictor, expand_paths, write_predictions
+
+    predictor = Predictor.from_run(args.run_dir, args.checkpoint, args.device)
+    predictions, failed = predictor.predict_files(expand_paths(args.paths), top_k=args.top_k)
+    table = Table(title=f"{len(predictions)} images")
+    table.add_column("image", overflow="fold")
+    table.add_column("class")
+    table.add_column("probability", justify="right")
+    table.add_column(f"top {args.top_k}")
+    for p in predictions:
+        others = ", ".join(f"{label} {prob:.1%}" for label, prob in p.top[1:])
+        table.add_row(p.source, p.label, f"{p.probability:.1%}", others)
+    Console().print(table)
+    run_dir = Path(args.run_dir) if Path(args.run_dir).is_dir() else Path(args.run_dir).parent
+    out = write_predictions(predictions, Path(args.output) if args.output else run_dir / "predictions.csv")
+    print(f"predictions written to {out}" + (f"; {len(failed)} unreadable files skipped" if failed else ""))
+
+
+def _cmd_models(args: argparse.Namespace) -> None:
+    from deepfit.models.factory import list_models
+
+    for source, names in list_models(args.pattern).items():
+        print(f"{source} ({len(names)}): {' '.join(names)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from deepfit import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "quickstart":
+            from deepfit.workflows.quickstart import quickstart
+
+            result, evaluation = quickstart(output=args.output)
+            print(f"run folder: {result.run_dir}")
+            print(f"test accuracy {evaluation.metrics['accuracy']:.2%}; open the report: {evaluation.report}")
+        elif args.command == "train":
+            _cmd_train(args)
+        elif args.command == "evaluate":
+            from deepfit.workflows.evaluate import evaluate
+
+            evaluation = evaluate(args.run_dir, args.data, checkpoint=args.checkpoint, device=args.device)
+            print(f"{evaluation.split} accuracy {evaluation.metrics['accuracy']:.2%}; report: {evaluation.report}")
+        elif args.command == "predict":
+            _cmd_predict(args)
+        elif args.command == "models":
+            _cmd_models(args)
+    except DeepfitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
