@@ -111,7 +111,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     fixed = {"command", "data", "preset", "path_column", "label_column", "no_evaluate", "version"}
     options = {k: v for k, v in vars(args).items() if k not in fixed}
-    clf = ImageClassifier(None, preset=args.preset, **options)
+    clf = ImageClassifier(options.pop("model", None), preset=args.preset, **options)
     clf.fit(args.data, path_column=args.path_column, label_column=args.label_column)
     print(f"run folder: {clf.run_dir}")
     if not args.no_evaluate:

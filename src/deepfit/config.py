@@ -190,7 +190,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # Transfer learning from ImageNet weights on a few hundred photos.
     "finetune": dict(
-        epochs=6, head_epochs=2, batch_size=32, optimizer="adamw", lr=1e-3, backbone_lr_scale=0.1,
+        epochs=5, head_epochs=2, batch_size=32, optimizer="adamw", lr=1e-3, backbone_lr_scale=0.1,
         weight_decay=0.01, augment="light", schedule="cosine", warmup_epochs=0.5, label_smoothing=0.1,
     ),
 }

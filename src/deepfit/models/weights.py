@@ -91,8 +91,15 @@ def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], origi
         )
     model.load_state_dict(state, strict=False)
     if replaced:
+        # A zero classifier predicts the uniform distribution: fine-tuning then starts from a small, stable
+        # loss instead of random logits whose large gradients would disturb the pretrained features.
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for key in replaced:
+                if key in params:
+                    params[key].zero_()
         shapes = ", ".join(f"{k} {tuple(own[k].shape)}" for k in replaced)
-        logger.info(f"loaded {origin}; classifier replaced for the new classes ({shapes}), freshly initialised")
+        logger.info(f"loaded {origin}; classifier replaced for the new classes ({shapes}), zero-initialised")
     else:
         logger.info(f"loaded {origin}")
 

@@ -38,6 +38,10 @@ from deepfit.models.weights import classifier_module
 from deepfit.tasks.classification import ClassificationTask
 from deepfit.workflows.run import CHECKPOINT_FORMAT, new_run_dir
 
+# A linear head on frozen features tolerates, and in the few steps of a short phase needs, a higher
+# learning rate than the whole network does.
+HEAD_PHASE_LR_SCALE = 10.0
+
 
 @dataclass
 class TrainResult:
@@ -209,7 +213,7 @@ def train(data: str | Path, config: TrainConfig, *, catalog: Catalog | None = No
         if phase == "head":
             for p in model.parameters():
                 p.requires_grad = id(p) in head_ids
-            groups = param_groups(head.named_parameters(), config.weight_decay)
+            groups = param_groups(head.named_parameters(), config.weight_decay, HEAD_PHASE_LR_SCALE)
         else:
             for p in model.parameters():
                 p.requires_grad = True
