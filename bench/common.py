@@ -1,0 +1,77 @@
+"""Shared helpers for the benchmarks: unpacking the shared data sets and recording results.
+
+Each benchmark writes its own section of BENCHMARKS.md (between `<!-- bench:NAME -->` markers) with
+the machine it ran on and the command that produced it, so re-running one updates only its figures.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DEEPFIT_SHARED", REPO.parent / "shared"))
+
+
+def cache() -> Path:
+    from deepfit.workflows.quickstart import cache_dir
+
+    return cache_dir() / "data"
+
+
+def unpack(archive: str, folder: str) -> Path:
+    """Unpack ../shared/data/<archive> into the cache once; return the unpacked <folder>."""
+    target = cache() / folder
+    if not (target.exists() and any(target.iterdir())):
+        source = SHARED / "data" / archive
+        if not source.exists():
+            sys.exit(f"{source} not found: the benchmarks need the shared data beside the repository")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(source) as tar:
+            tar.extractall(target.parent, filter="data")
+    return target
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def command() -> str:
+    return "uv run python " + " ".join([str(Path(sys.argv[0]).relative_to(REPO)) if Path(sys.argv[0]).is_absolute() else sys.argv[0], *sys.argv[1:]])
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def record(name: str, title: str, body: str) -> None:
+    """Replace (or append) the section `name` of BENCHMARKS.md."""
+    path = REPO / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nFigures measured by the scripts in `bench/`; each section says on what machine and how.\n"
+    section = (
+        f"<!-- bench:{name} -->\n## {title}\n\n"
+        f"- machine: {machine()}\n- command: `{command()}` (commit {commit()})\n\n{body.strip()}\n<!-- /bench:{name} -->"
+    )
+    pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+    print(section)
