@@ -13,13 +13,12 @@ import argparse
 import csv
 import tempfile
 import time
-from pathlib import Path
-
-from common import record, unpack
 
 from deepfit.config import PRESETS, apply_preset
 from deepfit.workflows.evaluate import evaluate
 from deepfit.workflows.train import train
+
+from common import record, unpack
 
 
 def main() -> None:

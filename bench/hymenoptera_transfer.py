@@ -11,10 +11,10 @@ from __future__ import annotations
 import tempfile
 import time
 
-from common import SHARED, record, unpack
-
 from deepfit.config import apply_preset
 from deepfit.workflows.train import train
+
+from common import SHARED, record, unpack
 
 
 def main() -> None:

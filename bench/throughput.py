@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import record, unpack
 from PIL import Image
 
 from deepfit.config import apply_preset
 from deepfit.models.small import FastNet
 from deepfit.workflows.train import train
+
+from common import record, unpack
 
 BATCH = 256
 

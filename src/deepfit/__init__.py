@@ -1,13 +1,42 @@
-"""deepfit: teach a computer by example, and get an honest measure of how well it learned."""
+"""deepfit: teach a computer by example, and get an honest measure of how well it learned.
+
+The public names are imported on first use, so `import deepfit` (and `deepfit --help`) stays fast:
+torch and torchvision take seconds to import on a small machine.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from deepfit.api import ImageClassifier, load  # noqa: E402
-from deepfit.config import TrainConfig  # noqa: E402
-from deepfit.errors import ConfigError, DataError, DeepfitError, WeightsError  # noqa: E402
-from deepfit.workflows.predict import Prediction  # noqa: E402
+_EXPORTS = {
+    "ImageClassifier": "deepfit.api",
+    "load": "deepfit.api",
+    "TrainConfig": "deepfit.config",
+    "Prediction": "deepfit.workflows.predict",
+    "DeepfitError": "deepfit.errors",
+    "DataError": "deepfit.errors",
+    "ConfigError": "deepfit.errors",
+    "WeightsError": "deepfit.errors",
+}
 
 __all__ = [
     "ConfigError", "DataError", "DeepfitError", "ImageClassifier", "Prediction", "TrainConfig", "WeightsError",
     "__version__", "load",
 ]
+
+if TYPE_CHECKING:
+    from deepfit.api import ImageClassifier, load
+    from deepfit.config import TrainConfig
+    from deepfit.errors import ConfigError, DataError, DeepfitError, WeightsError
+    from deepfit.workflows.predict import Prediction
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'deepfit' has no attribute {name!r}")

@@ -62,8 +62,8 @@ class EarlyStopping(Callback):
 
 
 class BestCheckpoint(Callback):
-    """Saves the weights whenever validation accuracy improves (ties go to the later, better-trained epoch
-    only if its validation loss is lower), and always the last epoch's weights."""
+    """Saves "best" when validation accuracy improves (a tie is broken by lower validation loss),
+    and "last" after every epoch."""
 
     def __init__(self, save: Callable[[str, dict[str, Any]], None]) -> None:
         self.save = save  # save(kind, record) with kind "best" or "last"

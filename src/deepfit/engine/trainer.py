@@ -127,7 +127,7 @@ class Trainer:
                 "train_acc": train_acc,
                 "val_loss": val_loss,
                 "val_acc": val_acc,
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": max(g["lr"] for g in optimizer.param_groups),  # the head's, when layers differ
                 "images_per_s": speed,
                 "seconds": time.perf_counter() - started,
             }

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from deepfit.config import TrainConfig
-from deepfit.data.augment import BatchTransform
+from deepfit.data.augment import SMALL_IMAGE, BatchTransform
 from deepfit.data.images import BadFile, ImageStore, check_unreadable
 from deepfit.data.sources import Catalog, LabeledFile, discover
 from deepfit.data.split import cross_split_duplicates, resolve_splits, save_split
@@ -157,6 +157,9 @@ def train(data: str | Path, config: TrainConfig, *, catalog: Catalog | None = No
         drop_rate=config.dropout, model_args=config.model_args, image_size=config.image_size,
     )
     model, prep = created.model, created.preprocessing
+    if not config.transfer and prep.image_size <= SMALL_IMAGE:
+        # no pretrained evaluation crop to honour: keep the whole of a small image
+        prep = dataclasses.replace(prep, crop_pct=1.0)
 
     stores, bad = load_split_stores(splits, classes, prep.resize_size, config)
     train_store, val_store = stores["train"], stores.get("val")
