@@ -61,8 +61,12 @@ class BatchTransform:
             pad = max(1, s // (8 if self.policy == "light" else 4))
             # a window of the input size around the centre, shifted by up to `pad` pixels each way.
             shift = torch.randint(-pad, pad + 1, (b, 2), generator=generator).float()
-            x0 = (w - s) / 2 + shift[:, 0]
-            y0 = (h - s) / 2 + shift[:, 1]
+            # zero padding, so the window never leaves the tensor: roi_align would repeat the edge pixel
+            # for samples up to one pixel outside it, and read zeros only beyond that.
+            border = pad + 1
+            x = torch.nn.functional.pad(x, (border, border, border, border))
+            x0 = (w - s) / 2 + shift[:, 0] + border
+            y0 = (h - s) / 2 + shift[:, 1] + border
             boxes = torch.stack([x0, y0, x0 + s, y0 + s], 1)
         else:
             lo = 0.35 if self.policy == "light" else 0.08

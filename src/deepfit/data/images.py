@@ -171,7 +171,8 @@ class ImageStore:
                 bad.append(BadFile(paths[i], error))
                 bad_index.add(i)
             decoded[i] = tensor
-        check_unreadable(bad, len(paths), what, max_bad_fraction)
+        if max_bad_fraction < 1.0:  # 1.0: the caller checks (and warns) once over everything it loads
+            check_unreadable(bad, len(paths), what, max_bad_fraction)
         keep = [i for i in range(len(paths)) if i not in bad_index]
         images = torch.stack([decoded[i] for i in keep]) if in_memory and keep else None  # type: ignore[misc]
         store = cls([paths[i] for i in keep], [labels[i] for i in keep], size, images)

@@ -97,7 +97,8 @@ def resolve_name(name: str) -> tuple[str, str]:
 
 
 def _suggest(name: str, names: list[str]) -> str:
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    # dict.fromkeys: a name in both timm and torchvision (resnet18) is suggested once
+    close = difflib.get_close_matches(name, list(dict.fromkeys(names)), n=3, cutoff=0.6)
     return f" (did you mean {', '.join(close)}?)" if close else "; run `deepfit models` to list the names"
 
 

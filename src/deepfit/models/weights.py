@@ -59,9 +59,9 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Remove the `module.` of DataParallel/DDP and the `_orig_mod.` of torch.compile."""
     out = {}
     for key, value in state.items():
-        for prefix in ("module.", "_orig_mod."):
-            while key.startswith(prefix):
-                key = key[len(prefix) :]
+        # in any order and nesting: torch.compile(DDP(m)) saves "_orig_mod.module.", DDP(torch.compile(m)) the reverse
+        while key.startswith(("module.", "_orig_mod.")):
+            key = key.split(".", 1)[1]
         out[key] = value
     return out
 

@@ -162,6 +162,9 @@ def train(data: str | Path, config: TrainConfig, *, catalog: Catalog | None = No
         prep = dataclasses.replace(prep, crop_pct=1.0)
 
     stores, bad = load_split_stores(splits, classes, prep.resize_size, config)
+    if bad:  # split.csv lists the images used: a skipped file must not reappear in `evaluate`'s test split
+        skipped = {b.path for b in bad}
+        splits = {name: [f for f in files if f.path not in skipped] for name, files in splits.items()}
     train_store, val_store = stores["train"], stores.get("val")
     if not config.transfer:  # from scratch, normalise with the data's own statistics
         prep = dataclasses.replace(prep, **dict(zip(("mean", "std"), channel_stats(train_store), strict=True)))

@@ -1,0 +1,68 @@
+"""The `deepfit` command: quickstart end to end, and the small commands around it."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+import deepfit
+from deepfit.cli import main
+
+
+def test_quickstart_trains_evaluates_and_reports(
+    tmp_path: Path, deepfit_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "runs"
+    assert main(["quickstart", "--output", str(output)]) == 0
+    run = output / "quickstart"
+    for name in ("config.json", "split.csv", "metrics.csv", "best.safetensors", "best.json", "last.safetensors",
+                 "report.html", "confusion_matrix.png", "confusion_matrix.csv", "training_curves.png",
+                 "test_metrics.json", "test_predictions.csv"):
+        assert (run / name).is_file(), f"quickstart did not write {name}"
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.9
+    assert metrics["num_samples"] >= 250  # 15% of 1,797 digits
+    config = json.loads((run / "config.json").read_text())
+    assert config["classes"] == [str(d) for d in range(10)]
+    assert config["hflip"] is False  # the preset: flipping a 2 makes a 5-like shape
+    with (run / "metrics.csv").open(newline="") as f:
+        assert len(list(csv.DictReader(f))) == config["epochs"]
+    out = capsys.readouterr().out
+    assert f"run folder: {run}" in out and f"test accuracy {metrics['accuracy']:.2%}" in out
+    # the digits were written to DEEPFIT_CACHE (a temporary folder here), never into the user's cache
+    digits = deepfit_cache / "digits"
+    assert (digits / ".complete").is_file()
+    assert len(list(digits.rglob("*.png"))) == 1797
+    assert Path(config["data_root"]) == digits.resolve()
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == deepfit.__version__
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    for command in ("quickstart", "train", "evaluate", "predict", "models"):
+        assert command in out
+
+
+def test_models_lists_all_three_sources(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "resnet18"]) == 0
+    lines = {line.split(" (")[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert set(lines) == {"deepfit", "timm", "torchvision"}
+    assert "resnet18" in lines["timm"].split() and "resnet18" in lines["torchvision"].split()
+    assert lines["deepfit"].startswith("deepfit (0)")
+
+
+def test_train_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for field in deepfit.TrainConfig.__dataclass_fields__:
+        assert "--" + field.replace("_", "-") in out

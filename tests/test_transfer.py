@@ -1,0 +1,85 @@
+"""Transfer learning offline from the shared ImageNet weights: a timm model fine-tuned on a small slice of
+the ants/bees photos (head phase, then the whole network), and torchvision's MobileNetV2 loaded from a file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from deepfit.cli import main
+from deepfit.models import create_model
+from deepfit.models.factory import IMAGENET_MEAN, IMAGENET_STD
+
+
+def test_fine_tune_efficientnet_lite0_on_a_slice_of_hymenoptera(
+    hymenoptera_slice: Path, weights_dir: Path, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+) -> None:
+    weights = weights_dir / "tf_efficientnet_lite0.safetensors"
+    caplog.set_level(logging.INFO, logger="deepfit")
+    rc = main([
+        "train", str(hymenoptera_slice), "--model", "tf_efficientnet_lite0", "--weights", str(weights),
+        "--epochs", "2", "--head-epochs", "1", "--batch-size", "8", "--output", str(tmp_path / "runs"), "--name", "t",
+    ])
+    assert rc == 0
+    run = tmp_path / "runs" / "t"
+    messages = [r.getMessage() for r in caplog.records]
+    replaced = [m for m in messages if "classifier replaced" in m]
+    assert len(replaced) == 1 and str(weights) in replaced[0] and "(2, 1280)" in replaced[0]
+
+    with (run / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["epoch"], r["phase"]) for r in rows] == [("1", "head"), ("2", "full")]
+    # ImageNet features separate ants from bees: a linear head alone gets most of them right in one epoch
+    assert float(rows[0]["val_acc"]) > 0.6
+
+    best = json.loads((run / "best.json").read_text())
+    prep = best["preprocessing"]
+    assert prep["image_size"] == 224  # the model's pretrained config; the user gave no --image-size
+    assert prep["mean"] == [0.5, 0.5, 0.5] and prep["std"] == [0.5, 0.5, 0.5]
+    assert best["model"]["source"] == "timm" and best["model"]["name"] == "tf_efficientnet_lite0"
+    assert best["pretrained_from"] == str(weights.resolve())
+    config = json.loads((run / "config.json").read_text())
+    assert config["image_size"] is None and config["preprocessing"] == prep
+    assert config["classes"] == ["ants", "bees"]
+
+    # no test/ folder: evaluate falls back to the validation split, and says so
+    out = capsys.readouterr().out
+    assert "val accuracy" in out
+    metrics = json.loads((run / "val_metrics.json").read_text())
+    assert metrics["num_samples"] == 16
+    assert "No separate test split" in (run / "report.html").read_text()
+
+
+def test_mobilenet_v2_from_a_torchvision_weights_file(weights_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = weights_dir / "mobilenet_v2.safetensors"
+    caplog.set_level(logging.INFO, logger="deepfit")
+    created = create_model("tv/mobilenet_v2", 3, weights=path)
+    assert created.spec.source == "torchvision" and created.spec.name == "mobilenet_v2"
+    prep = created.preprocessing
+    assert prep.image_size == 224
+    assert prep.mean == pytest.approx(IMAGENET_MEAN) and prep.std == pytest.approx(IMAGENET_STD)
+
+    file_state = load_file(str(path))
+    state = created.model.state_dict()
+    head = {"classifier.1.weight", "classifier.1.bias"}
+    assert set(file_state) == set(state)
+    for key, tensor in file_state.items():
+        if key not in head:
+            assert torch.equal(state[key], tensor), key
+    assert tuple(file_state["classifier.1.weight"].shape) == (1000, 1280)
+    assert tuple(state["classifier.1.weight"].shape) == (3, 1280)
+    assert not state["classifier.1.weight"].any() and not state["classifier.1.bias"].any()  # zero-initialised
+    assert any("classifier replaced" in r.getMessage() for r in caplog.records)
+
+    created.model.eval()
+    with torch.no_grad():
+        out = created.model(torch.randn(2, 3, 224, 224))
+    assert out.shape == (2, 3)
+    assert torch.allclose(out, torch.zeros_like(out))  # a zero head predicts the uniform distribution
