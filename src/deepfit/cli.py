@@ -14,12 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from deepfit.config import PRESETS, TrainConfig, field_type, parse_model_args
+from deepfit.config import ALIASES, PRESETS, TrainConfig, field_type, parse_model_args
 from deepfit.errors import DeepfitError
-
-# Names users type from other tools, mapped to ours.
-_ALIASES = {"--learning-rate": "--lr", "--wd": "--weight-decay", "--bs": "--batch-size", "--lr-schedule": "--schedule",
-            "--arch": "--model", "--size": "--image-size", "--img-size": "--image-size", "--patience": "--early-stopping"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,7 +41,9 @@ class _Parser(argparse.ArgumentParser):
             for word in match.group(1).split():
                 flag = word.split("=")[0]
                 if flag.startswith("-"):
-                    close = [_ALIASES[flag]] if flag in _ALIASES else difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+                    as_name = flag.lstrip("-").replace("-", "_")
+                    alias = ALIASES.get(as_name)
+                    close = ["--" + alias.replace("_", "-")] if alias else difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
                     hints.append(f"{flag}: did you mean {close[0]}?" if close else f"{flag}: no such option")
             if hints:
                 message += " (" + "; ".join(hints) + ")"

@@ -125,8 +125,24 @@ def _flag(name: str) -> str:
 
 
 def _did_you_mean(name: str, valid: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    close = suggest_name(name, valid)
+    return f" (did you mean {close!r}?)" if close else ""
+
+
+# Names users bring from other tools, mapped to ours: only used to suggest, never silently accepted.
+ALIASES = {
+    "learning_rate": "lr", "wd": "weight_decay", "bs": "batch_size", "lr_schedule": "schedule", "arch": "model",
+    "size": "image_size", "img_size": "image_size", "patience": "early_stopping", "drop_rate": "dropout",
+    "num_epochs": "epochs", "max_epochs": "epochs",
+}
+
+
+def suggest_name(name: str, valid: typing.Iterable[str]) -> str | None:
+    """The valid name a user most likely meant: a close match to a valid name or to a known alias."""
+    valid = list(valid)
+    aliases = {a: t for a, t in ALIASES.items() if t in valid}
+    close = difflib.get_close_matches(name, valid + list(aliases), n=1, cutoff=0.5)
+    return aliases.get(close[0], close[0]) if close else None
 
 
 def check_names(values: dict[str, Any], valid: list[str], what: str) -> None:
@@ -184,7 +200,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # CIFAR-sized images from scratch on a CPU budget: see bench/cifar10_budget.py and BENCHMARKS.md.
     "cifar": dict(
-        model="fastnet", image_size=32, epochs=15, batch_size=256, optimizer="sgd", lr=0.2, momentum=0.9,
+        model="fastnet", image_size=32, epochs=13, batch_size=256, optimizer="sgd", lr=0.2, momentum=0.9,
         weight_decay=5e-4, schedule="onecycle", warmup_epochs=2.0, label_smoothing=0.2, augment="light",
         tta=True,
     ),

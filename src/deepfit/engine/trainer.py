@@ -94,6 +94,7 @@ class Trainer:
         self.epoch = 0  # epochs completed over all fit() calls, so phases continue the count
         self.running = RunningStats()
         self.optimizer: torch.optim.Optimizer | None = None
+        self.last_lr = 0.0
 
     def _emit(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
@@ -127,7 +128,7 @@ class Trainer:
                 "train_acc": train_acc,
                 "val_loss": val_loss,
                 "val_acc": val_acc,
-                "lr": max(g["lr"] for g in optimizer.param_groups),  # the head's, when layers differ
+                "lr": self.last_lr,
                 "images_per_s": speed,
                 "seconds": time.perf_counter() - started,
             }
@@ -158,6 +159,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(optimizer)
             self.scaler.update()
+            self.last_lr = max(g["lr"] for g in optimizer.param_groups)  # the rate this step used (the head's)
             if scheduler is not None:
                 scheduler.step()
             self.running.add(loss, logits, targets)

@@ -38,6 +38,8 @@ def read_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
+            if "weights only" not in str(e).lower():  # not a refusal: the bytes are no checkpoint at all
+                raise WeightsError(f"{path} is not a readable PyTorch weights file ({str(e)[:200]})") from e
             raise WeightsError(
                 f"refused to load {path}: it contains pickled Python objects, and unpickling can run arbitrary code. "
                 "Re-save only the tensors (torch.save(model.state_dict(), ...)) or convert it to .safetensors"

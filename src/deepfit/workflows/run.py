@@ -29,16 +29,19 @@ from deepfit.models.factory import ModelSpec, Preprocessing, build_model
 CHECKPOINT_FORMAT = "deepfit-checkpoint/1"
 
 
-def new_run_dir(output: str | Path, name: str | None, model: str, data_root: Path | None) -> Path:
+def check_output_outside_data(output: str | Path, data_root: Path) -> None:
+    """deepfit never writes into the user's data: refuse an output folder inside it."""
+    output, data_root = Path(output).resolve(), Path(data_root).resolve()
+    if output == data_root or data_root in output.parents:
+        raise ConfigError(
+            f"the output folder {output} is inside the data folder {data_root}; deepfit never writes into "
+            "your data: pass --output somewhere else"
+        )
+
+
+def new_run_dir(output: str | Path, name: str | None, model: str) -> Path:
     """Create a fresh run folder; an existing one is never reused or overwritten."""
     output = Path(output).resolve()
-    if data_root is not None:
-        data_root = Path(data_root).resolve()
-        if output == data_root or data_root in output.parents:
-            raise ConfigError(
-                f"the output folder {output} is inside the data folder {data_root}; deepfit never writes into "
-                "your data: pass --output somewhere else"
-            )
     base = name or f"{model.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     for i in range(1, 1000):
         run_dir = output / (base if i == 1 else f"{base}-{i}")

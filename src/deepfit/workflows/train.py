@@ -36,7 +36,7 @@ from deepfit.log import logger, setup_logging
 from deepfit.models.factory import CreatedModel, Preprocessing, create_model, is_convolutional
 from deepfit.models.weights import classifier_module
 from deepfit.tasks.classification import ClassificationTask
-from deepfit.workflows.run import CHECKPOINT_FORMAT, new_run_dir
+from deepfit.workflows.run import CHECKPOINT_FORMAT, check_output_outside_data, new_run_dir
 
 # A linear head on frozen features tolerates, and in the few steps of a short phase needs, a higher
 # learning rate than the whole network does.
@@ -142,8 +142,7 @@ def train(data: str | Path, config: TrainConfig, *, catalog: Catalog | None = No
     catalog = catalog or discover(data)
     classes = catalog.classes
     splits = resolve_splits(catalog, config.val_fraction, config.test_fraction, config.seed)
-    run_dir = new_run_dir(config.output, config.name, config.model, catalog.root)
-    logger.info(f"run folder: {run_dir}")
+    check_output_outside_data(config.output, catalog.root)
     logger.info(
         f"{len(classes)} classes, {', '.join(f'{len(v)} {k}' for k, v in splits.items())} images ({catalog.layout})"
     )
@@ -170,7 +169,10 @@ def train(data: str | Path, config: TrainConfig, *, catalog: Catalog | None = No
         prep = dataclasses.replace(prep, **dict(zip(("mean", "std"), channel_stats(train_store), strict=True)))
     channels_last = config.channels_last if config.channels_last is not None else is_convolutional(model)
 
-    # Everything needed to repeat or evaluate the run is written before training starts.
+    # The run folder is made only now, so a typo in the model name or broken data leaves no empty folder;
+    # everything needed to repeat or evaluate the run is written into it before training starts.
+    run_dir = new_run_dir(config.output, config.name, config.model)
+    logger.info(f"run folder: {run_dir}")
     save_split(splits, run_dir / "split.csv", catalog.root)
     resolved = {
         **config.to_dict(),
