@@ -86,7 +86,7 @@ class BadFile:
 
 
 class _DecodeDataset(torch.utils.data.Dataset):
-    """Decodes file i; returns (tensor or None, error text) so one bad file never stops a worker."""
+    """Decodes file i; returns (i, tensor or None, error text) so one bad file never stops a worker."""
 
     def __init__(self, paths: Sequence[Path], size: int) -> None:
         self.paths, self.size = list(paths), size
@@ -101,8 +101,36 @@ class _DecodeDataset(torch.utils.data.Dataset):
             return i, None, f"{type(e).__name__}: {e}"
 
 
-def _collate_keep(batch: list) -> list:
-    return batch
+@dataclass
+class _DecodedBatch:
+    indices: list[int]  # of the images that decoded, in the order of `images`
+    images: torch.Tensor  # (k, 3, S, S) uint8
+    errors: list[tuple[int, str]]  # (index, reason) of those that did not
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> _DecodedBatch:
+    """Stack in the worker: one shared-memory tensor per batch, not one per image.
+
+    Sending each image as its own tensor keeps a file descriptor open per image in the main process,
+    which exhausts the limit on data sets of tens of thousands of images.
+    """
+    good = [(i, t) for i, t, _ in items if t is not None]
+    size = good[0][1].shape[-1] if good else 0
+    images = torch.stack([t for _, t in good]) if good else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    return _DecodedBatch([i for i, _ in good], images, [(i, e) for i, _, e in items if e])
+
+
+def _decode_batches(
+    paths: Sequence[Path], size: int, chunks: list[list[int]], workers: int
+) -> Iterator[_DecodedBatch]:
+    """Decode the files of each chunk of indices, in parallel processes when there are enough of them."""
+    dataset = _DecodeDataset(paths, size)
+    if workers == 0 or len(paths) < 256:  # starting processes costs more than it saves
+        for chunk in chunks:
+            yield _collate([dataset[i] for i in chunk])
+        return
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=chunks, num_workers=workers, collate_fn=_collate)
+    yield from loader
 
 
 def default_workers() -> int:
@@ -159,24 +187,25 @@ class ImageStore:
         paths = [Path(p) for p in paths]
         in_memory = cache == "memory" or (cache == "auto" and fits_in_memory(len(paths), size))
         workers = default_workers() if workers is None else workers
-        decoded: list[torch.Tensor | None] = [None] * len(paths)
         bad: list[BadFile] = []
-        bad_index: set[int] = set()
+        images: torch.Tensor | None = None
         if in_memory:
-            results = _decode_all(paths, size, workers)
+            # decoded straight into one preallocated tensor: no list of N small tensors, no copy at the end
+            images = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+            chunks = [list(range(s, min(s + 64, len(paths)))) for s in range(0, len(paths), 64)]
+            for batch in _decode_batches(paths, size, chunks, workers):
+                images[batch.indices] = batch.images
+                bad += [BadFile(paths[i], reason) for i, reason in batch.errors]
         else:
-            results = ((i, None, _verify(p)) for i, p in enumerate(paths))
-        for i, tensor, error in results:
-            if error:
-                bad.append(BadFile(paths[i], error))
-                bad_index.add(i)
-            decoded[i] = tensor
+            bad = [BadFile(p, reason) for p in paths if (reason := _verify(p))]
         if max_bad_fraction < 1.0:  # 1.0: the caller checks (and warns) once over everything it loads
             check_unreadable(bad, len(paths), what, max_bad_fraction)
-        keep = [i for i in range(len(paths)) if i not in bad_index]
-        images = torch.stack([decoded[i] for i in keep]) if in_memory and keep else None  # type: ignore[misc]
-        store = cls([paths[i] for i in keep], [labels[i] for i in keep], size, images)
-        return store, bad
+        if bad:
+            skipped = {b.path for b in bad}
+            keep = [i for i, p in enumerate(paths) if p not in skipped]
+            images = images[keep] if images is not None else None
+            paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+        return cls(paths, labels, size, images), bad
 
     def batches(
         self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None, workers: int | None = None
@@ -190,32 +219,16 @@ class ImageStore:
                 yield self.images[idx], self.labels[idx], idx
             return
         workers = default_workers() if workers is None else workers
-        dataset = _DecodeDataset(self.paths, self.size)
         chunks = [order[s : s + batch_size].tolist() for s in range(0, n, batch_size)]
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=chunks, num_workers=workers, collate_fn=_collate_keep, persistent_workers=False
-        )
-        for items in loader:
-            for i, _, error in items:
-                if error:  # readable at the start, unreadable now: the file changed under us
-                    raise DataError(f"image became unreadable during training: {self.paths[i]} ({error})")
-            idx = torch.tensor([i for i, _, _ in items])
-            yield torch.stack([t for _, t, _ in items]), self.labels[idx], idx
+        for batch in _decode_batches(self.paths, self.size, chunks, workers):
+            if batch.errors:  # readable at the start, unreadable now: the file changed under us
+                i, reason = batch.errors[0]
+                raise DataError(f"image became unreadable during training: {self.paths[i]} ({reason})")
+            idx = torch.tensor(batch.indices)
+            yield batch.images, self.labels[idx], idx
 
     def num_batches(self, batch_size: int) -> int:
         return math.ceil(len(self) / batch_size)
-
-
-def _decode_all(paths: list[Path], size: int, workers: int) -> Iterator[tuple[int, torch.Tensor | None, str]]:
-    if workers == 0 or len(paths) < 256:
-        ds = _DecodeDataset(paths, size)
-        yield from (ds[i] for i in range(len(paths)))
-        return
-    loader = torch.utils.data.DataLoader(
-        _DecodeDataset(paths, size), batch_size=64, num_workers=workers, collate_fn=_collate_keep
-    )
-    for items in loader:
-        yield from items
 
 
 def _verify(path: Path) -> str:
