@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from deepfit.config import TrainConfig
 from deepfit.data.augment import SMALL_IMAGE, BatchTransform
@@ -135,6 +136,27 @@ def checkpoint_meta(created: CreatedModel, classes: list[str], prep: Preprocessi
     }
 
 
+def plan_phases(config: TrainConfig) -> list[tuple[str, int]]:
+    """[(phase, epochs)]: "train" from scratch; "head" then "full" for transfer learning."""
+    if not config.transfer:
+        return [("train", config.epochs)]
+    head = min(config.head_epochs, config.epochs)
+    return [(name, n) for name, n in (("head", head), ("full", config.epochs - head)) if n > 0]
+
+
+def phase_param_groups(model: nn.Module, phase: str, config: TrainConfig) -> list[dict]:
+    """Freeze or unfreeze for the phase, and group the trainable parameters with their learning-rate scales."""
+    head = classifier_module(model)
+    head_ids = {id(p) for p in head.parameters()}
+    for p in model.parameters():
+        p.requires_grad = phase != "head" or id(p) in head_ids
+    if phase == "head":
+        return param_groups(head.named_parameters(), config.weight_decay, HEAD_PHASE_LR_SCALE)
+    backbone = [(n, p) for n, p in model.named_parameters() if id(p) not in head_ids]
+    scale = config.backbone_lr_scale if phase == "full" else 1.0
+    return param_groups(backbone, config.weight_decay, scale) + param_groups(head.named_parameters(), config.weight_decay)
+
+
 def train(data: str | Path, config: TrainConfig, *, catalog: Catalog | None = None) -> TrainResult:
     """Train on `data` (class folders, split folders or a CSV) and return the run folder."""
     setup_logging()
@@ -208,30 +230,11 @@ def train(data: str | Path, config: TrainConfig, *, catalog: Catalog | None = No
     train_tf = BatchTransform(prep.image_size, prep.mean, prep.std, config.augment, config.hflip, channels_last)
     eval_tf = BatchTransform(prep.image_size, prep.mean, prep.std, "none", channels_last=channels_last)
 
-    head = classifier_module(model)
-    head_ids = {id(p) for p in head.parameters()}
-    phases: list[tuple[str, int]] = []
-    if config.transfer and config.head_epochs > 0:
-        phases.append(("head", min(config.head_epochs, config.epochs)))
-    remaining = config.epochs - sum(n for _, n in phases)
-    if remaining > 0:
-        phases.append(("full" if config.transfer else "train", remaining))
-
-    for phase, epochs in phases:
-        if phase == "head":
-            for p in model.parameters():
-                p.requires_grad = id(p) in head_ids
-            groups = param_groups(head.named_parameters(), config.weight_decay, HEAD_PHASE_LR_SCALE)
-        else:
-            for p in model.parameters():
-                p.requires_grad = True
-            backbone = [(n, p) for n, p in model.named_parameters() if id(p) not in head_ids]
-            scale = config.backbone_lr_scale if config.transfer else 1.0
-            groups = param_groups(backbone, config.weight_decay, scale) + param_groups(head.named_parameters(), config.weight_decay)
-        optimizer = build_optimizer(groups, config.optimizer, config.resolved_lr, config.momentum)
-        steps = epochs * train_store.num_batches(config.batch_size)
-        warmup = min(steps // 2, round(config.warmup_epochs * train_store.num_batches(config.batch_size)))
-        scheduler = build_scheduler(optimizer, steps, warmup, config.schedule)
+    for phase, epochs in plan_phases(config):
+        optimizer = build_optimizer(phase_param_groups(model, phase, config), config.optimizer, config.resolved_lr, config.momentum)
+        steps_per_epoch = train_store.num_batches(config.batch_size)
+        warmup = min(epochs * steps_per_epoch // 2, round(config.warmup_epochs * steps_per_epoch))
+        scheduler = build_scheduler(optimizer, epochs * steps_per_epoch, warmup, config.schedule)
         trainer.fit(
             train_store, val_store, epochs=epochs, batch_size=config.batch_size, optimizer=optimizer,
             scheduler=scheduler, train_transform=train_tf, eval_transform=eval_tf, phase=phase,
