@@ -85,9 +85,10 @@ class BestCheckpoint(Callback):
 class Progress(Callback):
     """A live bar with loss, accuracy and images/s on a terminal; one line per epoch otherwise."""
 
-    def __init__(self, total_epochs: int, live: bool | None = None) -> None:
+    def __init__(self, total_epochs: int, live: bool | None = None, console: Any = None) -> None:
         self.total_epochs = total_epochs
         self.live = sys.stderr.isatty() if live is None else live
+        self.console = console  # a rich Console; None: rich's default (the terminal)
         self._progress = None
         self._task = None
         self._last_refresh = 0.0
@@ -100,7 +101,7 @@ class Progress(Callback):
 
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=False,
+                TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=False, console=self.console,
             )
             self._progress.start()
 
@@ -118,7 +119,10 @@ class Progress(Callback):
             loss, acc, speed = trainer.running.summary()
             stats = f"loss {loss:.4f}  acc {acc:.2%}  {speed:,.0f} img/s"
             self._last_refresh = now
-        self._progress.update(self._task, completed=step + 1, **({"stats": stats} if stats else {}))
+        if stats:
+            self._progress.update(self._task, completed=step + 1, stats=stats, refresh=True)
+        else:
+            self._progress.update(self._task, completed=step + 1)
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         line = (
@@ -130,7 +134,7 @@ class Progress(Callback):
         line += f" | {record['images_per_s']:,.0f} img/s, {record['seconds']:.1f}s"
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, description=f"{self.phase} epoch {record['epoch']}/{self.total_epochs}")
-            self._progress.console.print(line)
+            self._progress.console.print(line, markup=False, highlight=False)
             self._progress.remove_task(self._task)
             self._task = None
         else:

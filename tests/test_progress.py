@@ -1,0 +1,37 @@
+"""The live progress bar on a terminal: loss, accuracy and images/s while an epoch runs."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from rich.console import Console
+
+from deepfit.engine.callbacks import Progress
+from deepfit.engine.trainer import RunningStats
+
+
+class _FakeTrainer:
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.running = RunningStats()
+
+
+def test_live_bar_shows_loss_accuracy_and_speed() -> None:
+    out = io.StringIO()
+    progress = Progress(total_epochs=2, live=True, console=Console(file=out, force_terminal=True, width=160))
+    trainer = _FakeTrainer()
+    progress.on_fit_start(trainer, "train", epochs=2, steps_per_epoch=3)
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [2.0, 0.0]])
+    targets = torch.tensor([0, 1, 1, 0])  # 3 of 4 right
+    for step in range(3):
+        trainer.running.add(torch.tensor(0.5), logits, targets)
+        progress.on_batch_end(trainer, step, 4)
+    record = {"epoch": 1, "phase": "train", "train_loss": 0.5, "train_acc": 0.75, "val_loss": 0.4, "val_acc": 0.8,
+              "images_per_s": 100.0, "seconds": 0.1}
+    progress.on_epoch_end(trainer, record)
+    progress.on_fit_end(trainer)
+    text = out.getvalue()
+    assert "train epoch 1/2" in text
+    assert "loss 0.5000" in text and "acc 75.00%" in text and "img/s" in text
+    assert "epoch 1/2 [train] train loss 0.5000 acc 75.00% | val loss 0.4000 acc 80.00%" in text
