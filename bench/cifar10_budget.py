@@ -39,8 +39,9 @@ def main() -> None:
     record(
         "cifar10_budget", "CIFAR-10 from scratch on the CPU budget (`--preset cifar`)",
         f"""
-Model `fastnet` ({PRESETS['cifar']['model']}), {args.epochs} epochs, batch {config.batch_size}, SGD-Nesterov lr {config.lr},
-one-cycle schedule, label smoothing {config.label_smoothing}, translate+flip augmentation, flip test-time augmentation.
+Model `fastnet` (widths {config.model_args.get('widths', [32, 64, 128])}), {args.epochs} epochs, batch {config.batch_size}, SGD-Nesterov lr {config.lr},
+one-cycle schedule, label smoothing {config.label_smoothing}, patch-whitening stem, translate+flip augmentation,
+test-time augmentation (mirror and ±1 px shifts).
 
 | figure | value |
 |---|---|

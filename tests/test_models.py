@@ -117,3 +117,22 @@ def test_library_architecture_takes_one_optimisation_step() -> None:
         optimizer.step()
         changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
         assert any("fc" in k for k in changed) and any("conv1" in k for k in changed), name
+
+
+def test_fastnet_whitening_init_decorrelates_patches() -> None:
+    """After init_from_data, the stem's paired filters respond to the data's patches with unit variance."""
+    import torch
+
+    from deepfit.models.small import FastNet
+
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(64, 3, 16, 16, generator=gen)
+    images = base + 0.8 * base.roll(1, dims=3)  # neighbouring pixels correlated, as in photos
+    model = FastNet(num_classes=3)
+    model.init_from_data(images)
+    w = model.stem[0].weight  # (16, 3, 3, 3)
+    half = w.shape[0] // 2
+    assert torch.allclose(w[:half], -w[half:])
+    responses = torch.nn.functional.conv2d(images, w[:half], padding=1)[..., 1:-1, 1:-1]  # interior pixels
+    variances = responses.transpose(0, 1).reshape(half, -1).var(dim=1)
+    assert torch.allclose(variances, torch.ones(half), atol=0.15), variances

@@ -107,3 +107,19 @@ def test_run_loads_in_a_fresh_process(trained_run: TrainedRun) -> None:
     label, probability = done.stdout.strip().splitlines()[-2:]
     assert label == in_process.label
     assert float(probability) == pytest.approx(in_process.probability, abs=1e-5)
+
+
+def test_tta_views_mirror_and_shift_small_images() -> None:
+    import torch
+
+    from deepfit.workflows.predict import tta_views
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float).view(2, 3, 8, 8)
+    views = tta_views(x)
+    assert len(views) == 6 and all(v.shape == x.shape for v in views)
+    assert torch.equal(views[0], x) and torch.equal(views[1], x.flip(3))
+    assert torch.equal(views[2][..., 1:, 1:], x[..., :-1, :-1])  # shifted down-right by one pixel
+    assert torch.equal(views[4][..., :-1, :-1], x[..., 1:, 1:])  # shifted up-left
+    assert torch.equal(views[3][..., 1:, 1:], x.flip(3)[..., :-1, :-1])
+    big = torch.zeros(1, 3, 96, 96)
+    assert len(tta_views(big)) == 2  # large images: mirror only

@@ -141,6 +141,28 @@ class FastNet(_TimmLikeHead, nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(w3, num_classes, bias=False)
 
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor, max_patches: int = 200_000) -> None:
+        """Patch-whitening initialisation of the stem from a sample of normalised training images (N, C, H, W).
+
+        The stem's filters become the principal directions of the data's 3x3 patches, scaled to unit
+        variance, each paired with its negative. The network then starts from decorrelated edges and
+        colours instead of noise, which is worth an epoch or more on short schedules (the trick behind
+        the fast CIFAR-10 training records).
+        """
+        conv = self.stem[0]
+        k = conv.kernel_size[0]
+        patches = torch.nn.functional.unfold(images.float(), k, padding=k // 2)  # (N, C*k*k, H*W)
+        patches = patches.transpose(1, 2).reshape(-1, patches.shape[1]).double()  # (N*H*W, C*k*k)
+        if len(patches) > max_patches:
+            patches = patches[torch.randperm(len(patches), generator=torch.Generator().manual_seed(0))[:max_patches]]
+        patches -= patches.mean(0)
+        eigval, eigvec = torch.linalg.eigh(patches.T @ patches / len(patches))  # ascending order
+        half = min(conv.out_channels // 2, eigvec.shape[1])
+        top_val, top_vec = eigval.flip(0)[:half], eigvec.flip(1)[:, :half]
+        filters = (top_vec / (top_val.clamp(min=0) + 1e-2).sqrt()).T.reshape(half, -1, k, k)
+        conv.weight[: 2 * half] = torch.cat([filters, -filters]).to(conv.weight)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, 32, 32)
         x = self.stage3(self.stage2(self.stage1(self.stem(x))))  # (B, w3, 4, 4)
         return self.pool(x).flatten(1)  # (B, w3)

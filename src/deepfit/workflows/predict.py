@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deepfit.data.augment import BatchTransform
+from deepfit.data.augment import SMALL_IMAGE, BatchTransform
 from deepfit.data.images import decode_file, pil_to_storage, to_rgb
 from deepfit.data.sources import IMAGE_EXTENSIONS, natural_key
 from deepfit.engine.device import autocast, resolve_device, resolve_precision
@@ -103,9 +103,8 @@ class Predictor:
         """(B, 3, S, S) uint8 storage batch -> (B, C) float32 logits on CPU."""
         x = self.transform(images.to(self.device), None)
         with autocast(self.device, self.precision):
-            out = self.model(x).float()
-            if self.tta:
-                out = 0.5 * (out + self.model(x.flip(3)).float())
+            views = tta_views(x) if self.tta else [x]
+            out = torch.stack([self.model(v).float() for v in views]).mean(0)
         return out.cpu()
 
     def predict_proba(self, inputs: ImageInput | Sequence[ImageInput], batch_size: int = 64) -> np.ndarray:
@@ -144,6 +143,18 @@ class Predictor:
         order = np.argsort(-probs)[: max(1, top_k)]
         top = [(self.classes[i], float(probs[i])) for i in order]
         return Prediction(source, top[0][0], top[0][1], top)
+
+
+def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """Test-time augmentation: the batch and its mirror image; small images also shifted by one pixel
+    diagonally each way (zero, the mean after normalising, fills the border)."""
+    views = [x, x.flip(3)]
+    if x.shape[-1] <= SMALL_IMAGE:
+        padded = torch.nn.functional.pad(torch.cat(views), (1, 1, 1, 1))
+        h, w = x.shape[-2:]
+        for dy, dx in ((0, 0), (2, 2)):
+            views += list(padded[..., dy : dy + h, dx : dx + w].chunk(2))
+    return views
 
 
 def _as_list(inputs: Any) -> list:

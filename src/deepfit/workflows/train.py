@@ -190,6 +190,9 @@ def train(data: str | Path, config: TrainConfig, *, catalog: Catalog | None = No
     if not config.transfer:  # from scratch, normalise with the data's own statistics
         prep = dataclasses.replace(prep, **dict(zip(("mean", "std"), channel_stats(train_store), strict=True)))
     channels_last = config.channels_last if config.channels_last is not None else is_convolutional(model)
+    if not config.transfer and hasattr(model, "init_from_data"):  # data-dependent initialisation (fastnet)
+        sample, _, _ = next(train_store.batches(1024, shuffle=True, generator=torch.Generator().manual_seed(config.seed)))
+        model.init_from_data(BatchTransform(prep.image_size, prep.mean, prep.std, "none")(sample))
 
     # The run folder is made only now, so a typo in the model name or broken data leaves no empty folder;
     # everything needed to repeat or evaluate the run is written into it before training starts.
