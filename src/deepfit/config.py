@@ -200,7 +200,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # CIFAR-sized images from scratch on a CPU budget: see bench/cifar10_budget.py and BENCHMARKS.md.
     "cifar": dict(
-        model="fastnet", model_args={"activation": "relu"}, image_size=32, epochs=14, batch_size=256, optimizer="sgd", lr=0.2, momentum=0.9,
+        model="fastnet", image_size=32, epochs=13, batch_size=256, optimizer="sgd", lr=0.2, momentum=0.9,
         weight_decay=5e-4, schedule="onecycle", warmup_epochs=2.0, label_smoothing=0.2, augment="light",
         tta=True,
     ),
