@@ -83,3 +83,41 @@ def test_mobilenet_v2_from_a_torchvision_weights_file(weights_dir: Path, caplog:
         out = created.model(torch.randn(2, 3, 224, 224))
     assert out.shape == (2, 3)
     assert torch.allclose(out, torch.zeros_like(out))  # a zero head predicts the uniform distribution
+
+
+def test_pretrained_by_name_goes_through_torchvisions_downloader(
+    weights_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--pretrained asks torchvision's weights enum for the official weights (its own cached download);
+    here the 'download' is served from the shared file, since this machine has no internet."""
+    from torchvision.models._api import WeightsEnum
+
+    requested = []
+
+    def fake_download(self: WeightsEnum, *args: object, **kwargs: object) -> dict:
+        requested.append(self.url)
+        return load_file(str(weights_dir / "mobilenet_v2.safetensors"))
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", fake_download)
+    with caplog.at_level(logging.INFO, logger="deepfit"):
+        created = create_model("tv/mobilenet_v2", 3, pretrained=True)
+    assert requested and requested[0].startswith("https://download.pytorch.org/models/mobilenet_v2")
+    assert "classifier replaced" in caplog.text
+    assert created.pretrained_source == "torchvision:mobilenet_v2:pretrained"
+    head = created.model.classifier[-1]
+    assert head.out_features == 3 and torch.count_nonzero(head.weight) == 0
+
+
+def test_pretrained_without_internet_says_to_use_a_weights_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
+
+    from torchvision.models._api import WeightsEnum
+
+    from deepfit.errors import WeightsError
+
+    def offline(*args: object, **kwargs: object) -> dict:
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(WeightsError, match="--weights FILE"):
+        create_model("tv/resnet18", 2, pretrained=True)
