@@ -22,6 +22,7 @@ from deepfit.data.sources import discover
 from deepfit.errors import DeepfitError
 from deepfit.workflows.evaluate import Evaluation, evaluate
 from deepfit.workflows.predict import ImageInput, Prediction, Predictor, expand_paths
+from deepfit.workflows.run import run_folder
 from deepfit.workflows.train import TrainResult, train
 
 
@@ -95,7 +96,7 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") ->
     predictor = Predictor.from_run(run_dir, checkpoint, device)
     clf = ImageClassifier.__new__(ImageClassifier)
     clf.config = predictor.trained.config.replace(device=device)
-    clf.run_dir = Path(run_dir) if Path(run_dir).is_dir() else Path(run_dir).parent
+    clf.run_dir = run_folder(run_dir)
     clf.result = None
     clf._predictor = predictor
     return clf

@@ -122,6 +122,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from rich.table import Table
 
     from deepfit.workflows.predict import Predictor, expand_paths, write_predictions
+    from deepfit.workflows.run import run_folder
 
     predictor = Predictor.from_run(args.run_dir, args.checkpoint, args.device)
     predictions, failed = predictor.predict_files(expand_paths(args.paths), top_k=args.top_k)
@@ -134,8 +135,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         others = ", ".join(f"{label} {prob:.1%}" for label, prob in p.top[1:])
         table.add_row(p.source, p.label, f"{p.probability:.1%}", others)
     Console().print(table)
-    run_dir = Path(args.run_dir) if Path(args.run_dir).is_dir() else Path(args.run_dir).parent
-    out = write_predictions(predictions, Path(args.output) if args.output else run_dir / "predictions.csv")
+    out = Path(args.output) if args.output else run_folder(args.run_dir) / "predictions.csv"
+    out = write_predictions(predictions, out)
     print(f"predictions written to {out}" + (f"; {len(failed)} unreadable files skipped" if failed else ""))
 
 

@@ -68,6 +68,12 @@ class TrainedModel:
         return TrainConfig.from_dict(self.meta["config"])
 
 
+def run_folder(path: str | Path) -> Path:
+    """The run folder of a run folder or of a checkpoint file inside one."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
 def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     """A run folder -> its best (or last) weights; a .safetensors path is taken as is."""
     path = Path(path)
