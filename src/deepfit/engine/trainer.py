@@ -182,7 +182,10 @@ class Trainer:
 
 
 def _keep_frozen_norms_in_eval(model: nn.Module) -> None:
-    """A frozen pretrained backbone keeps its batch-norm statistics: training only the head must not shift them."""
+    """Batch-norm layers keep their statistics when frozen (training only the head must not shift them) or when
+    marked `deepfit_frozen_stats` (statistics folded into the weights, see models/weights.py)."""
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
+            not any(p.requires_grad for p in m.parameters()) or getattr(m, "deepfit_frozen_stats", False)
+        ):
             m.eval()

@@ -92,6 +92,13 @@ def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], origi
             f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}); is it for another model?"
         )
     model.load_state_dict(state, strict=False)
+    folded = freeze_folded_norms(model)
+    if folded:
+        logger.warning(
+            f"{origin}: {folded} batch-norm layers have identity statistics (mean 0, variance 1: the normalisation was "
+            "folded into the convolutions, as in weights converted from TFLite/ONNX); their statistics stay frozen "
+            "during training, since batch statistics would change what the pretrained layers compute"
+        )
     if replaced:
         # A zero classifier predicts the uniform distribution: fine-tuning then starts from a small, stable
         # loss instead of random logits whose large gradients would disturb the pretrained features.
@@ -104,6 +111,24 @@ def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], origi
         logger.info(f"loaded {origin}; classifier replaced for the new classes ({shapes}), zero-initialised")
     else:
         logger.info(f"loaded {origin}")
+
+
+# Set on norm layers whose running statistics must not change in training (the Trainer keeps them in eval mode).
+FROZEN_STATS = "deepfit_frozen_stats"
+
+
+def freeze_folded_norms(model: nn.Module) -> int:
+    """Mark batch-norm layers whose statistics are mean 0 / variance 1 (folded into the preceding
+    convolution): in train mode they would normalise by batch statistics and undo the folding."""
+    count = 0
+    for m in model.modules():
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm) or m.running_mean is None or m.running_var is None:
+            continue
+        # converters write variance 1 or 1 - eps (so that variance + eps is exactly 1)
+        if bool((m.running_mean == 0).all() and ((m.running_var - 1).abs() <= m.eps * 1.01).all()):
+            setattr(m, FROZEN_STATS, True)
+            count += 1
+    return count
 
 
 def _classifier_keys(model: nn.Module) -> set[str]:
