@@ -21,7 +21,7 @@ SHARED = Path(os.environ.get("DEEPFIT_SHARED", REPO.parent / "shared"))
 
 
 def cache() -> Path:
-    from deepfit.workflows.quickstart import cache_dir
+    from deepfit.fileio import cache_dir
 
     return cache_dir() / "data"
 

@@ -14,6 +14,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ImageClassifier": "deepfit.api",
     "load": "deepfit.api",
+    "extract_features": "deepfit.api",
+    "fit_features": "deepfit.api",
+    "FeaturesConfig": "deepfit.config",
     "TrainConfig": "deepfit.config",
     "Prediction": "deepfit.workflows.predict",
     "DeepfitError": "deepfit.errors",
@@ -23,13 +26,13 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "ConfigError", "DataError", "DeepfitError", "ImageClassifier", "Prediction", "TrainConfig", "WeightsError",
-    "__version__", "load",
+    "ConfigError", "DataError", "DeepfitError", "FeaturesConfig", "ImageClassifier", "Prediction", "TrainConfig",
+    "WeightsError", "__version__", "extract_features", "fit_features", "load",
 ]
 
 if TYPE_CHECKING:
-    from deepfit.api import ImageClassifier, load
-    from deepfit.config import TrainConfig
+    from deepfit.api import ImageClassifier, extract_features, fit_features, load
+    from deepfit.config import FeaturesConfig, TrainConfig
     from deepfit.errors import ConfigError, DataError, DeepfitError, WeightsError
     from deepfit.workflows.predict import Prediction
 

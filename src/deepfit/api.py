@@ -7,6 +7,10 @@
 
     model = deepfit.load("runs/resnet18-20261121-101500")
     model.predict("new_photos/")
+
+    feats = deepfit.extract_features("data/", model="resnet50", pretrained=True)   # (N, D) + paths, labels, splits
+    run = deepfit.fit_features("data/", model="resnet50", pretrained=True, classifier="svm")
+    deepfit.load(run.run_dir).predict("new_photos/")
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from deepfit.config import TrainConfig, apply_preset
+from deepfit.config import FeaturesConfig, TrainConfig, apply_preset
 from deepfit.data.sources import discover
 from deepfit.errors import DeepfitError
 from deepfit.workflows.evaluate import Evaluation, evaluate
+from deepfit.workflows.features import FeatureSet, FeaturesResult
 from deepfit.workflows.predict import ImageInput, Prediction, Predictor, expand_paths
 from deepfit.workflows.run import run_folder
 from deepfit.workflows.train import TrainResult, train
@@ -100,3 +105,31 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") ->
     clf.result = None
     clf._predictor = predictor
     return clf
+
+
+def extract_features(
+    data: str | Path, model: str | None = None, *, path_column: str | None = None, label_column: str | None = None,
+    **options: Any,
+) -> FeatureSet:
+    """The feature matrix of a labelled data set, as `deepfit features --export` writes it.
+
+    `result.features` is the (N, D) float32 array (`np.asarray(result)` too); `paths`, `labels`
+    (indices into `classes`) and `splits` describe its rows; `result.split("train")` gives (X, y).
+    Options are those of `deepfit features` (see `FeaturesConfig`): weights, pretrained, layer, ...
+    """
+    from deepfit.workflows.features import extract_features as extract
+
+    config = FeaturesConfig.from_dict({"model": model, **options} if model else options)
+    return extract(data, config, catalog=discover(data, path_column=path_column, label_column=label_column))
+
+
+def fit_features(
+    data: str | Path, model: str | None = None, *, path_column: str | None = None, label_column: str | None = None,
+    **options: Any,
+) -> FeaturesResult:
+    """Features + a classical model (svm, logreg, knn, ridge), scored on the test split: a run folder that
+    `deepfit.load()` and `deepfit predict` use like any other."""
+    from deepfit.workflows.features import fit_features as fit
+
+    config = FeaturesConfig.from_dict({"model": model, **options} if model else options)
+    return fit(data, config, catalog=discover(data, path_column=path_column, label_column=label_column))

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from deepfit.config import ALIASES, PRESETS, TrainConfig, field_type, parse_model_args
+from deepfit.config import ALIASES, PRESETS, FeaturesConfig, TrainConfig, field_type, parse_model_args
 from deepfit.errors import DeepfitError
 
 
@@ -50,14 +50,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\nsee `{self.prog} --help` for the options\n")
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field; defaults are suppressed so only what the user typed overrides a preset."""
-    group = parser.add_argument_group("training options (defaults shown are used unless a --preset sets them)")
-    for f in dataclasses.fields(TrainConfig):
+def _add_config_options(parser: argparse.ArgumentParser, cls: type = TrainConfig, title: str | None = None) -> None:
+    """One option per config field; defaults are suppressed so only what the user typed overrides a preset."""
+    group = parser.add_argument_group(title or "training options (defaults shown are used unless a --preset sets them)")
+    for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f"{f.metadata['help']} (default: {default})"
-        kind = field_type(f)
+        kind = field_type(f, cls)
         if f.name == "model_args":
             group.add_argument(flag, type=parse_model_args, default=argparse.SUPPRESS, help=help_text, metavar="K=V,...")
         elif kind is bool:
@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--label-column", help="CSV data: the column holding labels")
     t.add_argument("--no-evaluate", action="store_true", help="do not score the test split after training")
     _add_config_options(t)
+
+    f = sub.add_parser(
+        "features", help="fit a classical model (svm, logreg, knn, ridge) on a pretrained network's features, or export them",
+    )
+    f.add_argument("data", help="folder of class folders, folder with train/ val/ test/, or a CSV/TSV of path,label")
+    f.add_argument("--path-column", help="CSV data: the column holding image paths")
+    f.add_argument("--label-column", help="CSV data: the column holding labels")
+    _add_config_options(f, FeaturesConfig, "feature-extraction options")
 
     e = sub.add_parser("evaluate", help="score a run's best checkpoint on its test split (or --data) and write report.html")
     e.add_argument("run_dir")
@@ -115,6 +123,22 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if not args.no_evaluate:
         evaluation = clf.evaluate()
         print(f"{evaluation.split} accuracy {evaluation.metrics['accuracy']:.2%}; report: {evaluation.report}")
+
+
+def _cmd_features(args: argparse.Namespace) -> None:
+    from deepfit.api import fit_features
+
+    fixed = {"command", "data", "path_column", "label_column", "version"}
+    options = {k: v for k, v in vars(args).items() if k not in fixed}
+    result = fit_features(args.data, path_column=args.path_column, label_column=args.label_column, **options)
+    n, d = result.features.features.shape
+    print(f"features: {n} images x {d} dimensions ({result.features.reused} reused from the cache)")
+    if result.evaluation is not None:
+        print(f"run folder: {result.run_dir}")
+        print(f"classifier: {result.classifier.describe()}")
+        print(f"{result.evaluation.split} accuracy {result.evaluation.metrics['accuracy']:.2%}; report: {result.evaluation.report}")
+    if args.__dict__.get("export"):
+        print(f"features written to {args.export}")
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
@@ -167,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"test accuracy {evaluation.metrics['accuracy']:.2%}; open the report: {evaluation.report}")
         elif args.command == "train":
             _cmd_train(args)
+        elif args.command == "features":
+            _cmd_features(args)
         elif args.command == "evaluate":
             from deepfit.workflows.evaluate import evaluate
 

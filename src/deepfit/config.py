@@ -129,6 +129,73 @@ def _did_you_mean(name: str, valid: typing.Iterable[str]) -> str:
     return f" (did you mean {close!r}?)" if close else ""
 
 
+CLASSIFIERS = ("svm", "logreg", "knn", "ridge")
+
+
+@dataclass
+class FeaturesConfig:
+    """Options of the feature-extraction workflow (`deepfit features`, `deepfit.fit_features`)."""
+
+    # --- feature extractor -----------------------------------------------------------------------
+    model: str = _opt("resnet18", "network to take features from (any timm / torchvision name), or 'handmade' "
+                      "for colour histograms + gradient histograms (the classical baseline)")
+    pretrained: bool = _opt(False, "use the architecture's official pretrained weights by name (needs internet once)")
+    weights: str | None = _opt(None, "local .safetensors/.pth weights of the network (offline)")
+    model_args: dict = _opt({}, "architecture options as key=value,...")
+    layer: str | None = _opt(None, "layer whose output (pooled) is the feature; default: the pre-logits embedding")
+    image_size: int | None = _opt(None, "input size in pixels; default: the weights' own preprocessing")
+    # --- classical model -------------------------------------------------------------------------
+    classifier: str | None = _opt(
+        None, "classical model fitted on the features, its regularisation chosen by cross-validation on the "
+        "training split; default: svm (none when only --export is asked for)", CLASSIFIERS,
+    )
+    cv_folds: int = _opt(5, "cross-validation folds (fewer when a class has fewer training images)")
+    export: str | None = _opt(None, "also write the feature matrix with paths, labels and splits to this .npz or .parquet")
+    # --- data ------------------------------------------------------------------------------------
+    val_fraction: float = _opt(0.15, "share of each class held out for validation when the data has no split")
+    test_fraction: float = _opt(0.15, "share of each class held out for the final test when the data has no split")
+    cache: bool = _opt(True, "reuse features cached on disk (keyed by model, weights, layer, preprocessing and file content)")
+    workers: int | None = _opt(None, "image-decoding processes; default: chosen for the machine")
+    batch_size: int = _opt(64, "images per forward pass")
+    # --- machine and output ----------------------------------------------------------------------
+    device: str = _opt("auto", "device: auto (CUDA when present), cpu, cuda, ...")
+    seed: int = _opt(0, "seed for the split and the classifier")
+    output: str = _opt("runs", "folder in which run folders are created")
+    name: str | None = _opt(None, "run folder name; default: <model>-<classifier>-<date>-<time>")
+
+    def __post_init__(self) -> None:
+        if self.classifier is not None and self.classifier not in CLASSIFIERS:
+            raise ConfigError(
+                f"--classifier must be one of {', '.join(CLASSIFIERS)}, not {self.classifier!r}"
+                f"{_did_you_mean(str(self.classifier), CLASSIFIERS)}"
+            )
+        if self.cv_folds < 2:
+            raise ConfigError(f"--cv-folds must be at least 2, got {self.cv_folds}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.val_fraction < 0 or self.test_fraction < 0 or self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError("--val-fraction and --test-fraction must be >= 0 and sum to less than 1")
+        if self.pretrained and self.weights:
+            raise ConfigError("give either --pretrained (official weights by name) or --weights FILE, not both")
+        if self.export and Path(self.export).suffix.lower() not in (".npz", ".parquet"):
+            raise ConfigError(f"--export must end in .npz or .parquet, got {self.export!r}")
+
+    @property
+    def fit_classifier(self) -> str | None:
+        """The classifier to fit: the one asked for; svm by default; none when the user only exports."""
+        if self.classifier:
+            return self.classifier
+        return None if self.export else "svm"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FeaturesConfig:
+        check_names(values, field_names(cls), what="option")
+        return cls(**values)
+
+
 # Names users bring from other tools, mapped to ours: only used to suggest, never silently accepted.
 ALIASES = {
     "learning_rate": "lr", "wd": "weight_decay", "bs": "batch_size", "lr_schedule": "schedule", "arch": "model",
@@ -152,9 +219,9 @@ def check_names(values: dict[str, Any], valid: list[str], what: str) -> None:
             raise ConfigError(f"unknown {what} {key!r}{_did_you_mean(key, valid)}; valid: {', '.join(valid)}")
 
 
-def field_type(f: dataclasses.Field) -> type:
+def field_type(f: dataclasses.Field, cls: type | None = None) -> type:
     """The plain type behind `int | None`-style annotations, for the CLI's parsers."""
-    hint = typing.get_type_hints(TrainConfig)[f.name]
+    hint = typing.get_type_hints(cls or TrainConfig)[f.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         return args[0]

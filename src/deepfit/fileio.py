@@ -8,6 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def cache_dir() -> Path:
+    """deepfit's cache: $DEEPFIT_CACHE, else $XDG_CACHE_HOME/deepfit, else ~/.cache/deepfit."""
+    if os.environ.get("DEEPFIT_CACHE"):
+        return Path(os.environ["DEEPFIT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deepfit"
+
+
 def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     """Call write(tmp) for a temporary file beside `path`, then rename it over `path` in one step."""
     path = Path(path)

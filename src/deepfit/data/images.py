@@ -120,7 +120,7 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> _DecodedBatch
     return _DecodedBatch([i for i, _ in good], images, [(i, e) for i, _, e in items if e])
 
 
-def _decode_batches(
+def decode_batches(
     paths: Sequence[Path], size: int, chunks: list[list[int]], workers: int
 ) -> Iterator[_DecodedBatch]:
     """Decode the files of each chunk of indices, in parallel processes when there are enough of them."""
@@ -193,7 +193,7 @@ class ImageStore:
             # decoded straight into one preallocated tensor: no list of N small tensors, no copy at the end
             images = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
             chunks = [list(range(s, min(s + 64, len(paths)))) for s in range(0, len(paths), 64)]
-            for batch in _decode_batches(paths, size, chunks, workers):
+            for batch in decode_batches(paths, size, chunks, workers):
                 images[batch.indices] = batch.images
                 bad += [BadFile(paths[i], reason) for i, reason in batch.errors]
         else:
@@ -220,7 +220,7 @@ class ImageStore:
             return
         workers = default_workers() if workers is None else workers
         chunks = [order[s : s + batch_size].tolist() for s in range(0, n, batch_size)]
-        for batch in _decode_batches(self.paths, self.size, chunks, workers):
+        for batch in decode_batches(self.paths, self.size, chunks, workers):
             if batch.errors:  # readable at the start, unreadable now: the file changed under us
                 i, reason = batch.errors[0]
                 raise DataError(f"image became unreadable during training: {self.paths[i]} ({reason})")

@@ -20,6 +20,8 @@ from torch import nn
 
 from deepfit.errors import ConfigError, WeightsError
 from deepfit.log import logger
+from deepfit.models.features import FeatureClassifier, FeatureExtractor, KNNHead
+from deepfit.models.handmade import HandmadeFeatures
 from deepfit.models.small import OWN_MODELS
 from deepfit.models.weights import load_state_dict_into, read_weights_file
 
@@ -52,7 +54,7 @@ class Preprocessing:
 class ModelSpec:
     """Everything needed to rebuild the architecture (weights come separately)."""
 
-    source: str  # "deepfit" | "timm" | "torchvision"
+    source: str  # "deepfit" | "timm" | "torchvision" | "features" (a feature extractor + classical head)
     name: str
     num_classes: int
     drop_rate: float = 0.0
@@ -104,6 +106,8 @@ def _suggest(name: str, names: list[str]) -> str:
 
 def build_model(spec: ModelSpec) -> nn.Module:
     """The architecture with random weights: used for scratch training and to reload a checkpoint."""
+    if spec.source == "features":
+        return _build_feature_classifier(spec)
     if spec.source == "deepfit":
         cls, _ = OWN_MODELS[spec.name]
         _check_kwargs(cls, spec.model_args, spec.name)
@@ -132,6 +136,27 @@ def build_model(spec: ModelSpec) -> nn.Module:
         return builder(weights=None, num_classes=spec.num_classes, **kwargs)
     except TypeError as e:
         raise ConfigError(f"model {spec.name!r} does not take these --model-args {spec.model_args}: {e}") from e
+
+
+def feature_module(backbone: dict[str, Any], layer: str | None) -> nn.Module:
+    """What turns images into feature vectors: hand-made features, or a network cut at `layer`.
+
+    `backbone` is a ModelSpec dict, or {"source": "handmade", "args": {...}} for the classical baseline.
+    """
+    if backbone["source"] == "handmade":
+        return HandmadeFeatures(**backbone.get("args", {}))
+    return FeatureExtractor(build_model(ModelSpec(**backbone)), layer)
+
+
+def _build_feature_classifier(spec: ModelSpec) -> nn.Module:
+    """A `deepfit features` model: spec.model_args holds the backbone spec, the layer and the head's shape."""
+    args = spec.model_args
+    features = feature_module(args["backbone"], args.get("layer"))
+    if args["head"] == "knn":
+        head: nn.Module = KNNHead(args["dim"], spec.num_classes, args["bank_size"], args["k"])
+    else:
+        head = nn.Linear(args["dim"], spec.num_classes)
+    return FeatureClassifier(features, head)
 
 
 def _check_kwargs(cls: type, kwargs: dict[str, Any], name: str) -> None:

@@ -130,3 +130,41 @@ class FeatureExtractor(nn.Module):
                 "choose another layer"
             )
         return captured[0].float()
+
+
+class KNNHead(nn.Module):
+    """k-nearest-neighbour vote over a bank of L2-normalised training features, as logits.
+
+    Cosine similarity on unit vectors ranks neighbours exactly as Euclidean distance does, so this
+    reproduces scikit-learn's KNeighborsClassifier (uniform weights) fitted on the same unit vectors.
+    The logits are log vote shares, so softmax gives the share of the k neighbours in each class.
+    """
+
+    def __init__(self, dim: int, num_classes: int, bank_size: int, k: int) -> None:
+        super().__init__()
+        self.num_classes, self.k = num_classes, k
+        self.register_buffer("bank", torch.zeros(bank_size, dim))  # (N, D) unit rows
+        self.register_buffer("bank_labels", torch.zeros(bank_size, dtype=torch.long))  # (N,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.normalize(x.float(), dim=1)  # (B, D)
+        sims = x @ self.bank.T  # (B, N)
+        nearest = sims.topk(min(self.k, self.bank.shape[0]), dim=1).indices  # (B, k)
+        votes = nn.functional.one_hot(self.bank_labels[nearest], self.num_classes).sum(1).float()  # (B, C)
+        return (votes / votes.sum(1, keepdim=True)).clamp_min(1e-4).log()
+
+
+class FeatureClassifier(nn.Module):
+    """A feature extractor followed by a classical model turned into a torch head: images -> logits.
+
+    The run of `deepfit features` saves this as its checkpoint, so prediction, evaluation and export
+    treat it like any trained network: images in, classes out.
+    """
+
+    def __init__(self, features: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.features = features  # (B, 3, H, W) -> (B, D)
+        self.head = head  # (B, D) -> (B, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

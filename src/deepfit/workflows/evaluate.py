@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepfit.data.images import ImageStore, check_unreadable
+from deepfit.data.images import BadFile, ImageStore, check_unreadable
 from deepfit.data.sources import LabeledFile, discover
 from deepfit.data.split import load_split
 from deepfit.errors import DataError
@@ -46,18 +46,12 @@ class Evaluation:
     split: str  # "test", "val" (no test split) or "external"
 
 
-def _files_to_score(run_dir: Path, config: dict[str, Any], data: str | Path | None, classes: list[str]) -> tuple[list[LabeledFile], str, list[str]]:
-    notes: list[str] = []
+def _files_to_score(run_dir: Path, config: dict[str, Any], data: str | Path | None, classes: list[str]) -> tuple[list[LabeledFile], str]:
     if data is None:
         splits = load_split(run_dir / "split.csv", Path(config["data_root"]))
         if splits.get("test"):
-            return splits["test"], "test", notes
-        notes.append(
-            "No separate test split: these numbers are measured on the validation split, which also chose the "
-            "best epoch, so they are optimistic. Give the data a test/ folder (or let deepfit split it) for an "
-            "honest estimate."
-        )
-        return splits["val"], "val", notes
+            return splits["test"], "test"
+        return splits["val"], "val"
     catalog = discover(data)
     unknown = sorted(set(catalog.classes) - set(classes))
     if unknown:
@@ -66,7 +60,21 @@ def _files_to_score(run_dir: Path, config: dict[str, Any], data: str | Path | No
             f"{data} has classes the model was not trained on: {', '.join(unknown)} (e.g. {example}); "
             f"the model knows {', '.join(classes)}"
         )
-    return catalog.files, "external", notes
+    return catalog.files, "external"
+
+
+def _val_fallback_note(meta: dict[str, Any]) -> str:
+    if meta.get("features", {}).get("selection"):  # a classical model: tuned by cross-validation on train only
+        return (
+            "No separate test split: these numbers are measured on the validation split. It was not used to fit "
+            "or tune this model (its settings were chosen by cross-validation on the training split), so it is "
+            "an unseen set; give the data a test/ folder to keep it that way when comparing models."
+        )
+    return (
+        "No separate test split: these numbers are measured on the validation split, which also chose the "
+        "best epoch, so they are optimistic. Give the data a test/ folder (or let deepfit split it) for an "
+        "honest estimate."
+    )
 
 
 def _log_evaluation(run_dir: Path, entry: dict[str, Any]) -> int:
@@ -91,7 +99,7 @@ def evaluate(
     config = read_run_config(run_dir)
     predictor = Predictor(load_trained(run_dir, checkpoint), device)
     classes = predictor.classes
-    files, split, notes = _files_to_score(run_dir, config, data, classes)
+    files, split = _files_to_score(run_dir, config, data, classes)
     if not files:
         raise DataError(f"nothing to evaluate: the {split} split of {run_dir} is empty")
     index = {c: i for i, c in enumerate(classes)}
@@ -107,8 +115,29 @@ def evaluate(
         targets.append(labels)
     probs = torch.cat(logits).softmax(1).numpy()
     y_true = torch.cat(targets).numpy()
-    metrics = classification_metrics(y_true, probs, classes)
+    return report_evaluation(
+        run_dir, predictor.trained.meta, split=split, paths=store.paths, y_true=y_true, probs=probs, bad=bad,
+        data=data, checkpoint=checkpoint, tta=predictor.tta,
+    )
 
+
+def report_evaluation(
+    run_dir: Path,
+    meta: dict[str, Any],
+    *,
+    split: str,
+    paths: list[Path],
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    bad: list[BadFile],
+    data: str | Path | None = None,
+    checkpoint: str = "best",
+    tta: bool = False,
+) -> Evaluation:
+    """Metrics, plots, prediction CSV and the HTML report for one scored split; logged in evaluations.jsonl."""
+    classes = list(meta["classes"])
+    metrics = classification_metrics(y_true, probs, classes)
+    notes = [_val_fallback_note(meta)] if split == "val" else []
     folder = run_dir if data is None else run_dir / f"eval-{Path(data).stem}"
     folder.mkdir(parents=True, exist_ok=True)
     times_before = _log_evaluation(
@@ -125,31 +154,39 @@ def evaluate(
     confusion = np.array(metrics["confusion"])
     images = {"Confusion matrix": plot_confusion_matrix(confusion, classes, folder / "confusion_matrix.png")}
     write_confusion_csv(confusion, classes, folder / "confusion_matrix.csv")
-    curves = plot_training_curves(run_dir / "metrics.csv", folder / "training_curves.png")
+    # a classical model on features has no epochs, hence no training curves
+    curves = plot_training_curves(run_dir / "metrics.csv", folder / "training_curves.png") if (run_dir / "metrics.csv").exists() else None
     if curves is not None:
         images["Training curves"] = curves
-    _write_predictions_csv(folder / f"{split}_predictions.csv", store.paths, y_true, probs, classes)
+    _write_predictions_csv(folder / f"{split}_predictions.csv", paths, y_true, probs, classes)
     atomic_write_text(folder / f"{split}_metrics.json", json.dumps(metrics, indent=2) + "\n")
 
-    meta = predictor.trained.meta
     summary = {
         "Run": str(run_dir),
         "Model": f"{meta['model']['source']}:{meta['model']['name']}",
         "Started from": meta.get("pretrained_from") or "random initialisation (trained from scratch)",
-        "Checkpoint": f"{checkpoint} (epoch {meta.get('epoch')}, validation accuracy {_pct(meta.get('val_acc'))})",
-        "Scored on": f"{split} split, {len(store)} images" + (f" from {data}" if data else ""),
-        "Test-time augmentation": "flip" if predictor.tta else "none",
+    }
+    if "features" in meta:
+        summary["Started from"] = meta.get("pretrained_from") or "no learned weights (hand-made features)"
+        summary["Features"] = f"layer {meta['features']['layer']}"
+        summary["Classifier"] = meta["features"]["description"]
+        summary["Validation accuracy"] = _pct(meta.get("val_acc"))
+    else:
+        summary["Checkpoint"] = f"{checkpoint} (epoch {meta.get('epoch')}, validation accuracy {_pct(meta.get('val_acc'))})"
+    summary |= {
+        "Scored on": f"{split} split, {len(paths)} images" + (f" from {data}" if data else ""),
+        "Test-time augmentation": "flip" if tta else "none",
         "Date": time.strftime("%Y-%m-%d %H:%M"),
     }
     if bad:
         notes.append(f"{len(bad)} unreadable images were left out: " + ", ".join(str(b.path) for b in bad[:5]))
     report = write_html_report(
         folder / "report.html", title=f"deepfit evaluation: {run_dir.name}", summary=summary, metrics=metrics,
-        class_names=classes, images=images, worst=_worst(store.paths, y_true, probs, classes), notes=notes,
+        class_names=classes, images=images, worst=_worst(paths, y_true, probs, classes), notes=notes,
     )
     logger.info(
         f"{split} accuracy {metrics['accuracy']:.2%}, balanced accuracy {metrics['balanced_accuracy']:.2%} "
-        f"on {len(store)} images; report: {report}"
+        f"on {len(paths)} images; report: {report}"
     )
     return Evaluation(metrics, report, folder, split)
 

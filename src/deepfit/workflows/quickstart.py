@@ -7,20 +7,13 @@ it would read a user's own images.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from deepfit.config import apply_preset
-
-
-def cache_dir() -> Path:
-    """deepfit's cache: $DEEPFIT_CACHE, else $XDG_CACHE_HOME/deepfit, else ~/.cache/deepfit."""
-    if os.environ.get("DEEPFIT_CACHE"):
-        return Path(os.environ["DEEPFIT_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deepfit"
+from deepfit.fileio import cache_dir
 
 
 def digits_folder(root: Path | None = None) -> Path:

@@ -1,0 +1,158 @@
+"""Classical models on feature vectors: fitted with scikit-learn, then turned into a torch head.
+
+Each classifier's regularisation strength (or k) is chosen by stratified cross-validation on the
+training split only. The fitted model becomes an exact torch equivalent (a Linear layer with the
+standardisation folded into it, or a k-NN vote over the stored training features), so the run is
+an ordinary checkpoint that predicts from images with no scikit-learn object to unpickle.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepfit.errors import DataError
+from deepfit.log import logger
+from deepfit.models.features import KNNHead
+
+# Candidate strengths: features are standardised first, so one grid serves every network and layer.
+C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
+K_GRID = (1, 3, 5, 7, 11, 15, 21)
+# Used when a class has too few training images to cross-validate.
+DEFAULTS: dict[str, dict[str, Any]] = {"svm": {"C": 1e-2}, "logreg": {"C": 1e-1}, "ridge": {"alpha": 10.0}, "knn": {"k": 5}}
+
+
+@dataclass
+class FittedClassifier:
+    kind: str  # "svm" | "logreg" | "knn" | "ridge"
+    head: nn.Module  # (B, D) features -> (B, C) logits, deciding as the fitted scikit-learn model does
+    params: dict[str, Any]  # the chosen hyper-parameters
+    cv_accuracy: float | None  # mean cross-validated accuracy of the chosen parameters (None: not cross-validated)
+    folds: int  # 0 when there were too few images per class to cross-validate
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # every candidate: params, mean and std accuracy
+    estimator: Any = None  # the scikit-learn model itself, for users who want it
+
+    def describe(self) -> str:
+        chosen = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.params.items())
+        if not self.folds:
+            return f"{self.kind} ({chosen}, default: too few images per class to cross-validate)"
+        return f"{self.kind} ({chosen}, chosen by {self.folds}-fold cross-validation, accuracy {self.cv_accuracy:.2%})"
+
+
+def check_features(x: np.ndarray, y: np.ndarray, classes: list[str]) -> None:
+    """The causes that make a classifier impossible to fit, as errors that name them."""
+    present = set(np.unique(y).tolist())
+    if len(present) < 2:
+        only = classes[next(iter(present))] if present else "none"
+        raise DataError(
+            f"the training split holds images of a single class ({only}): a classifier needs examples of at "
+            "least two classes; add images of the others"
+        )
+    absent = [classes[i] for i in range(len(classes)) if i not in present]
+    if absent:
+        raise DataError(
+            f"classes with no training images: {', '.join(absent)}; a classifier cannot learn a class it never "
+            "saw: add training images for them (or remove their folders)"
+        )
+    if not np.isfinite(x).all():
+        raise DataError("the features contain NaN or infinite values: the network's output at this layer is not usable")
+    if x.shape[0] and float(np.ptp(x, axis=0).max()) == 0.0:
+        raise DataError(
+            f"all {x.shape[0]} feature vectors are identical, so no classifier can tell the images apart: the "
+            "layer's output does not depend on the image (choose another --layer), or the images are all the same"
+        )
+
+
+def _pipeline(kind: str, params: dict[str, Any], seed: int) -> Any:
+    from sklearn.linear_model import LogisticRegression, RidgeClassifier
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import Normalizer, StandardScaler
+    from sklearn.svm import LinearSVC
+
+    if kind == "knn":  # unit vectors: Euclidean neighbours are cosine neighbours, as in KNNHead
+        return Pipeline([("scale", Normalizer()), ("clf", KNeighborsClassifier(n_neighbors=params["k"]))])
+    clf = {
+        "svm": lambda: LinearSVC(C=params["C"], max_iter=20000, random_state=seed),
+        "logreg": lambda: LogisticRegression(C=params["C"], max_iter=2000),
+        "ridge": lambda: RidgeClassifier(alpha=params["alpha"]),
+    }[kind]()
+    return Pipeline([("scale", StandardScaler()), ("clf", clf)])
+
+
+def _candidates(kind: str, n_smallest_fold: int) -> list[dict[str, Any]]:
+    if kind == "knn":
+        return [{"k": k} for k in K_GRID if k <= n_smallest_fold] or [{"k": 1}]
+    if kind == "ridge":
+        return [{"alpha": a} for a in ALPHA_GRID]
+    return [{"C": c} for c in C_GRID]
+
+
+def fit_classifier(
+    kind: str, x: np.ndarray, y: np.ndarray, classes: list[str], *, folds: int = 5, seed: int = 0
+) -> FittedClassifier:
+    """Choose the hyper-parameter by stratified k-fold cross-validation on (x, y), refit on all of it."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=np.int64)
+    check_features(x, y, classes)
+    smallest = int(np.bincount(y, minlength=len(classes)).min())
+    folds = min(folds, smallest)
+    table: list[dict[str, Any]] = []
+    with warnings.catch_warnings():
+        # a few non-converged fits at extreme strengths are normal in a grid; the chosen one is checked below
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if folds >= 2:
+            splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+            train_fold = len(y) - len(y) // folds - 1
+            for params in _candidates(kind, train_fold):
+                scores = cross_val_score(_pipeline(kind, params, seed), x, y, cv=splitter, scoring="accuracy")
+                table.append({**params, "mean_accuracy": float(scores.mean()), "std_accuracy": float(scores.std())})
+            # ties go to the strongest regularisation (smallest C, largest alpha, largest k): the simpler model
+            best = max(table, key=lambda r: (round(r["mean_accuracy"], 6), -r.get("C", 0), r.get("alpha", 0), r.get("k", 0)))
+            params = {k: v for k, v in best.items() if k not in ("mean_accuracy", "std_accuracy")}
+            cv_accuracy: float | None = best["mean_accuracy"]
+        else:
+            folds, params, cv_accuracy = 0, dict(DEFAULTS[kind]), None
+            logger.warning(
+                f"a class has only {smallest} training image(s): too few to cross-validate; {kind} uses the "
+                f"default {params}"
+            )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        estimator = _pipeline(kind, params, seed).fit(x, y)
+    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+        logger.warning(f"the {kind} classifier ({params}) did not fully converge; its predictions may be slightly off")
+    head = to_torch_head(estimator, kind, params, x, y, len(classes))
+    return FittedClassifier(kind, head, params, cv_accuracy, folds, table, estimator)
+
+
+def to_torch_head(estimator: Any, kind: str, params: dict[str, Any], x: np.ndarray, y: np.ndarray, num_classes: int) -> nn.Module:
+    """The fitted pipeline as a torch module that gives the same decisions on the same features."""
+    if kind == "knn":
+        head = KNNHead(x.shape[1], num_classes, x.shape[0], params["k"])
+        head.bank.copy_(nn.functional.normalize(torch.from_numpy(x), dim=1))
+        head.bank_labels.copy_(torch.from_numpy(y))
+        return head
+    scaler, clf = estimator["scale"], estimator["clf"]
+    w = np.asarray(clf.coef_, dtype=np.float64)  # (C, D), or (1, D) for two classes
+    b = np.asarray(clf.intercept_, dtype=np.float64).reshape(-1)
+    if w.shape[0] == 1:
+        # two classes: one decision d for the second; logits (-d/2, d/2) give softmax = sigmoid(d), as logreg does
+        w, b = np.concatenate([-w / 2, w / 2]), np.concatenate([-b / 2, b / 2])
+    # fold the standardisation in: w . (x - mean) / scale + b = (w / scale) . x + (b - (w / scale) . mean)
+    w = w / scaler.scale_
+    b = b - w @ scaler.mean_
+    linear = nn.Linear(x.shape[1], num_classes)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(w))
+        linear.bias.copy_(torch.from_numpy(b))
+    return linear
