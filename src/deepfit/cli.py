@@ -93,6 +93,30 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--label-column", help="CSV data: the column holding labels")
     _add_config_options(f, FeaturesConfig, "feature-extraction options")
 
+    c = sub.add_parser(
+        "compare", help="machine learning or deep learning? learning curves of classical, feature and fine-tuning approaches",
+    )
+    c.add_argument("data", help="folder of class folders, folder with train/ val/ test/, or a CSV/TSV of path,label")
+    c.add_argument(
+        "--models", nargs="+", default=["resnet18"], metavar="NAME[=WEIGHTS]",
+        help="pretrained networks to compare, each with its weights file after '=' (or use --pretrained) (default: resnet18)",
+    )
+    c.add_argument("--pretrained", action="store_true", help="download the official weights of models given without a file")
+    c.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.25, 0.5, 1.0], help="shares of the training split (default: 0.1 0.25 0.5 1)")
+    c.add_argument("--classifier", default="svm", help="classical model on the features: svm, logreg, knn, ridge (default: svm)")
+    c.add_argument("--no-finetune", dest="finetune", action="store_false", help="leave out fine-tuning (the slowest approach)")
+    c.add_argument("--finetune-epochs", type=int, help="epochs of each fine-tuning run (default: the finetune preset's)")
+    c.add_argument("--scratch", action="store_true", help="also train a small cnn from scratch")
+    c.add_argument("--scratch-epochs", type=int, default=15, help="epochs of each from-scratch run (default: 15)")
+    c.add_argument("--test-fraction", type=float, default=0.2, help="test share of each class when the data has no split (default: 0.2)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--output", default="runs", help="folder for the comparison folder (default: runs)")
+    c.add_argument("--name", help="comparison folder name (default: compare-<date>-<time>)")
+    c.add_argument("--device", default="auto")
+    c.add_argument("--workers", type=int, help="image-decoding processes (default: chosen for the machine)")
+    c.add_argument("--path-column", help="CSV data: the column holding image paths")
+    c.add_argument("--label-column", help="CSV data: the column holding labels")
+
     e = sub.add_parser("evaluate", help="score a run's best checkpoint on its test split (or --data) and write report.html")
     e.add_argument("run_dir")
     e.add_argument("--data", help="another labelled data set to score instead of the test split")
@@ -139,6 +163,20 @@ def _cmd_features(args: argparse.Namespace) -> None:
         print(f"{result.evaluation.split} accuracy {result.evaluation.metrics['accuracy']:.2%}; report: {result.evaluation.report}")
     if args.__dict__.get("export"):
         print(f"features written to {args.export}")
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from deepfit.data.sources import discover
+    from deepfit.workflows.compare import compare
+
+    result = compare(
+        args.data, models=args.models, pretrained=args.pretrained, fractions=args.fractions, classifier=args.classifier,
+        finetune=args.finetune, finetune_epochs=args.finetune_epochs, scratch=args.scratch, scratch_epochs=args.scratch_epochs,
+        test_fraction=args.test_fraction, seed=args.seed, output=args.output, name=args.name, device=args.device,
+        workers=args.workers, catalog=discover(args.data, path_column=args.path_column, label_column=args.label_column),
+    )
+    print("\n".join(result.verdict))
+    print(f"table: {result.folder / 'results.csv'}; report: {result.report}")
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
@@ -193,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             _cmd_train(args)
         elif args.command == "features":
             _cmd_features(args)
+        elif args.command == "compare":
+            _cmd_compare(args)
         elif args.command == "evaluate":
             from deepfit.workflows.evaluate import evaluate
 

@@ -90,7 +90,7 @@ def resolve_splits(
     out: dict[str, list[LabeledFile]] = {s: [] for s in SPLITS}
     for f in catalog.files:
         out[f.split or "train"].append(f)
-    if not out["val"] and out["train"]:
+    if not out["val"] and out["train"] and val_fraction > 0:
         carved = stratified_split(out["train"], val_fraction, 0.0, seed)
         out["train"], out["val"] = carved["train"], carved["val"]
         logger.info(

@@ -1,0 +1,351 @@
+"""`deepfit compare`: on *this* data, does deep learning pay off, and would more data help?
+
+Every approach is trained on the same growing, nested fractions of the training split (10%, 25%,
+50%, 100% by default: each subset contains the smaller ones, and every class keeps at least one
+image) and scored on the same test split:
+
+    hand-made features + classifier     colour and gradient histograms, the classical baseline
+    <model> features + classifier       a pretrained network as a fixed feature extractor
+    <model> fine-tuned                  the `finetune` preset (head first, then the whole network)
+    cnn from scratch                    optional (--scratch): a small network with no pretraining
+
+Wall time is what producing the model took on this machine: for feature approaches, extracting the
+training images' features (measured incrementally, fraction by fraction, with no cache) plus fitting
+the classifier; for trained networks, the whole `train` call. Scoring the test split is not counted.
+The test split is the data's own test split, or its validation split when it has no test split, or
+a stratified `test_fraction` of unsplit data; the validation split is not used otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepfit.config import CLASSIFIERS, FeaturesConfig, apply_preset
+from deepfit.data.sources import Catalog, LabeledFile, discover
+from deepfit.data.split import stratified_split
+from deepfit.engine.device import resolve_device, resolve_precision
+from deepfit.errors import ConfigError, DataError
+from deepfit.fileio import atomic_write_text
+from deepfit.log import logger, setup_logging
+from deepfit.workflows.classical import fit_classifier
+from deepfit.workflows.evaluate import evaluate
+from deepfit.workflows.features import HANDMADE, Backbone, extract, load_backbone
+from deepfit.workflows.report import plot_learning_curves, write_comparison_report
+from deepfit.workflows.run import check_output_outside_data, new_run_dir
+from deepfit.workflows.train import train
+
+DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+
+
+@dataclass
+class CompareResult:
+    folder: Path
+    rows: list[dict[str, Any]]  # approach, kind, fraction, train_images, accuracy, balanced_accuracy, seconds
+    verdict: list[str]
+    report: Path
+    test_images: int
+
+
+@dataclass
+class _Data:
+    classes: list[str]
+    root: Path
+    train: list[LabeledFile]
+    test: list[LabeledFile]
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_model(text: str) -> tuple[str, str | None]:
+    """'NAME' or 'NAME=WEIGHTS_FILE' -> (name, weights or None)."""
+    name, _, weights = text.partition("=")
+    if not name:
+        raise ConfigError(f"--models expects NAME or NAME=WEIGHTS_FILE, got {text!r}")
+    return name, weights or None
+
+
+def nested_fractions(files: list[LabeledFile], fractions: Sequence[float], seed: int) -> dict[float, list[LabeledFile]]:
+    """Stratified subsets, each containing the smaller ones; every class keeps at least one image."""
+    by_class: dict[str, list[LabeledFile]] = defaultdict(list)
+    for f in sorted(files, key=LabeledFile.sort_key):
+        by_class[f.label].append(f)
+    for label, members in by_class.items():
+        random.Random(f"{seed}:{label}:fractions").shuffle(members)
+    return {
+        frac: sorted(
+            [f for members in by_class.values() for f in members[: max(1, round(frac * len(members)))]],
+            key=LabeledFile.sort_key,
+        )
+        for frac in sorted(fractions)
+    }
+
+
+def _split_for_comparison(catalog: Catalog, test_fraction: float, seed: int) -> _Data:
+    notes = []
+    if catalog.has_splits:
+        by_split: dict[str, list[LabeledFile]] = defaultdict(list)
+        for f in catalog.files:
+            by_split[f.split or "train"].append(f)
+        test = by_split.get("test") or by_split.get("val", [])
+        if not by_split.get("test") and test:
+            notes.append("the data has no test split: its validation split is the test set of this comparison")
+        train_files = by_split.get("train", [])
+    else:
+        parts = stratified_split(catalog.files, 0.0, test_fraction, seed)
+        train_files, test = parts["train"], parts["test"]
+        notes.append(f"the data has no splits: a stratified {test_fraction:.0%} of each class is the test set")
+    if not test:
+        raise DataError("nothing to compare on: the data has no test (or validation) images; add a test/ folder")
+    if not train_files:
+        raise DataError("the data has no training images")
+    return _Data(catalog.classes, catalog.root, train_files, test, notes)
+
+
+def _with_split(files: list[LabeledFile], split: str) -> list[LabeledFile]:
+    return [LabeledFile(f.path, f.label, split) for f in files]
+
+
+def _feature_rows(
+    backbone: Backbone, label: str, kind: str, data: _Data, subsets: dict[float, list[LabeledFile]],
+    classifier: str, folds: int, seed: int, device: torch.device, batch_size: int, workers: int | None,
+) -> list[dict[str, Any]]:
+    """Features of the test split once; of the training fractions incrementally, timed; one fit per fraction."""
+    precision = resolve_precision("auto", device)
+    index = {c: i for i, c in enumerate(data.classes)}
+
+    def features_of(files: list[LabeledFile]) -> tuple[np.ndarray, np.ndarray, float]:
+        result = extract(backbone, [f.path for f in files], device=device, precision=precision, batch_size=batch_size, workers=workers)
+        bad = {b.path for b in result.bad}
+        labels = np.array([index[f.label] for f in files if f.path not in bad], dtype=np.int64)
+        return result.features, labels, result.seconds
+
+    x_test, y_test, _ = features_of(data.test)
+    rows, done, extracted, seconds = [], set(), [], 0.0
+    x_parts, y_parts = [], []
+    for frac, files in subsets.items():
+        new = [f for f in files if f.path not in done]
+        if new:
+            x_new, y_new, spent = features_of(new)
+            seconds += spent
+            x_parts.append(x_new)
+            y_parts.append(y_new)
+            done.update(f.path for f in new)
+            extracted += new
+        x_train, y_train = np.concatenate(x_parts), np.concatenate(y_parts)
+        start = time.perf_counter()
+        fitted = fit_classifier(classifier, x_train, y_train, data.classes, folds=folds, seed=seed)
+        fit_seconds = time.perf_counter() - start
+        with torch.inference_mode():
+            pred = fitted.head(torch.from_numpy(x_test)).argmax(1).numpy()
+        rows.append(_row(label, kind, frac, len(y_train), y_test, pred, len(data.classes), seconds + fit_seconds))
+        logger.info(f"compare: {label} on {frac:.0%} of the training split: {rows[-1]['accuracy']:.2%}")
+    return rows
+
+
+def _row(approach: str, kind: str, frac: float, n: int, y_true: np.ndarray, pred: np.ndarray, num_classes: int, seconds: float) -> dict[str, Any]:
+    recalls = [float((pred[y_true == c] == c).mean()) for c in range(num_classes) if (y_true == c).any()]
+    return {
+        "approach": approach, "kind": kind, "fraction": frac, "train_images": n,
+        "accuracy": float((pred == y_true).mean()), "balanced_accuracy": float(np.mean(recalls)), "seconds": round(seconds, 2),
+    }
+
+
+def _trained_rows(
+    label: str, kind: str, options: dict[str, Any], preset: str | None, data: _Data, subsets: dict[float, list[LabeledFile]],
+    runs: Path, device: str,
+) -> list[dict[str, Any]]:
+    """One `deepfit train` per fraction, with no validation split (all of the fraction trains; the last epoch is kept)."""
+    rows = []
+    test = _with_split(data.test, "test")
+    for frac, files in subsets.items():
+        catalog = Catalog(sorted(_with_split(files, "train") + test, key=LabeledFile.sort_key), data.classes, data.root, "comparison")
+        config = apply_preset(preset, {**options, "val_fraction": 0.0, "output": str(runs), "device": device,
+                                       "name": f"{label.replace(' ', '-').replace('/', '_')}-{round(frac * 100)}pct"})
+        start = time.perf_counter()
+        result = train(data.root, config, catalog=catalog)
+        seconds = time.perf_counter() - start
+        evaluation = evaluate(result.run_dir, device=device)
+        m = evaluation.metrics
+        rows.append({
+            "approach": label, "kind": kind, "fraction": frac, "train_images": len(files), "accuracy": m["accuracy"],
+            "balanced_accuracy": m["balanced_accuracy"], "seconds": round(seconds, 2),
+        })
+        logger.info(f"compare: {label} on {frac:.0%} of the training split: {m['accuracy']:.2%} ({seconds:.0f} s)")
+    return rows
+
+
+def compare(
+    data: str | Path,
+    *,
+    models: Sequence[str] = ("resnet18",),
+    pretrained: bool = False,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    classifier: str = "svm",
+    finetune: bool = True,
+    finetune_epochs: int | None = None,
+    scratch: bool = False,
+    scratch_epochs: int = 15,
+    test_fraction: float = 0.2,
+    cv_folds: int = 5,
+    seed: int = 0,
+    output: str | Path = "runs",
+    name: str | None = None,
+    device: str = "auto",
+    batch_size: int = 32,
+    workers: int | None = None,
+    catalog: Catalog | None = None,
+) -> CompareResult:
+    """Learning curves of every approach on the same test split, plots, a table and a plain-words verdict."""
+    setup_logging()
+    if classifier not in CLASSIFIERS:
+        raise ConfigError(f"--classifier must be one of {', '.join(CLASSIFIERS)}, not {classifier!r}")
+    fractions = sorted({float(f) for f in fractions})
+    if not fractions or fractions[0] <= 0 or fractions[-1] > 1:
+        raise ConfigError(f"--fractions must lie in (0, 1], got {fractions}")
+    parsed = [parse_model(m) for m in models]
+    for model, weights in parsed:
+        if not weights and not pretrained:
+            raise ConfigError(f"--models {model}: give its weights as {model}=FILE, or pass --pretrained to download them")
+        if weights and not Path(weights).is_file():
+            raise ConfigError(f"weights file not found: {weights}")
+    catalog = catalog or discover(data)
+    data_split = _split_for_comparison(catalog, test_fraction, seed)
+    check_output_outside_data(output, catalog.root)
+    subsets = nested_fractions(data_split.train, fractions, seed)
+    folder = new_run_dir(output, name or f"compare-{time.strftime('%Y%m%d-%H%M%S')}", "compare")
+    logger.info(
+        f"comparing on {len(data_split.test)} test images; training fractions "
+        + ", ".join(f"{f:.0%} = {len(s)} images" for f, s in subsets.items()) + f"; results in {folder}"
+    )
+    torch_device = resolve_device(device)
+    rows: list[dict[str, Any]] = []
+    baseline = load_backbone(FeaturesConfig(model=HANDMADE), len(data_split.classes))
+    rows += _feature_rows(baseline, f"hand-made features + {classifier}", "classical", data_split, subsets, classifier,
+                          cv_folds, seed, torch_device, batch_size, workers)
+    for model, weights in parsed:
+        config = FeaturesConfig(model=model, weights=weights, pretrained=pretrained and not weights)
+        backbone = load_backbone(config, len(data_split.classes))
+        rows += _feature_rows(backbone, f"{model} features + {classifier}", "features", data_split, subsets, classifier,
+                              cv_folds, seed, torch_device, batch_size, workers)
+        if finetune:
+            options: dict[str, Any] = {"model": model, "weights": weights, "pretrained": pretrained and not weights, "workers": workers}
+            if finetune_epochs:
+                options["epochs"] = finetune_epochs
+            rows += _trained_rows(f"{model} fine-tuned", "finetune", options, "finetune", data_split, subsets, folder / "runs", device)
+    if scratch:
+        options = {"model": "cnn", "image_size": 64, "epochs": scratch_epochs, "workers": workers, "seed": seed}
+        rows += _trained_rows("cnn from scratch", "scratch", options, None, data_split, subsets, folder / "runs", device)
+
+    n_test = len(data_split.test)
+    lines = verdict(rows, n_test)
+    _write_rows(rows, folder / "results.csv")
+    size_png, time_png = plot_learning_curves(rows, n_test, folder / "accuracy_vs_size.png", folder / "accuracy_vs_time.png")
+    report = write_comparison_report(
+        folder / "report.html", title=f"deepfit compare: {Path(data).name}", verdict=lines, rows=rows,
+        images={"Test accuracy against training-set size": size_png, "Test accuracy against wall time": time_png},
+        notes=data_split.notes + [
+            f"All approaches are scored on the same {n_test} test images; the error bars are one binomial standard error.",
+            "Choosing an approach by these test scores makes its own test figure slightly optimistic: confirm the "
+            "winner on data none of them has seen.",
+        ],
+    )
+    for line in lines:
+        logger.info(line)
+    return CompareResult(folder, rows, lines, report, n_test)
+
+
+def _write_rows(rows: list[dict[str, Any]], path: Path) -> None:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, out.getvalue())
+
+
+# --- the verdict ---------------------------------------------------------------------------------
+
+
+def standard_error(p: float, n: int) -> float:
+    """Binomial standard error of an accuracy measured on n images (at least that of 1 error in n)."""
+    p = min(max(p, 1.0 / n), 1.0 - 1.0 / n) if n > 1 else p
+    return math.sqrt(p * (1 - p) / max(n, 1))
+
+
+def _noise(a: float, b: float, n: int) -> float:
+    """The smallest difference between two accuracies on the same n images worth calling real (about 1 sigma)."""
+    return math.sqrt(standard_error(a, n) ** 2 + standard_error(b, n) ** 2)
+
+
+def verdict(rows: list[dict[str, Any]], n_test: int) -> list[str]:
+    """Plain words: who wins at the full size, is a cheaper one as good, does deep learning pay, would more data help."""
+    if not rows:
+        return ["nothing was compared"]
+    largest = max(r["fraction"] for r in rows)
+    full = sorted((r for r in rows if r["fraction"] == largest), key=lambda r: (-r["accuracy"], r["seconds"]))
+    best = full[0]
+    n_train = best["train_images"]
+    lines = [
+        f"With all {n_train} training images, {best['approach']} is the most accurate: {best['accuracy']:.1%} on "
+        f"{n_test} test images (± {standard_error(best['accuracy'], n_test):.1%})."
+    ]
+    cheaper = [r for r in full[1:] if r["seconds"] < best["seconds"] and best["accuracy"] - r["accuracy"] <= _noise(best["accuracy"], r["accuracy"], n_test)]
+    if cheaper:
+        fast = min(cheaper, key=lambda r: r["seconds"])
+        ratio = best["seconds"] / max(fast["seconds"], 1e-3)
+        lines.append(
+            f"{fast['approach']} scores {fast['accuracy']:.1%}, within measurement noise of the best, in {ratio:.0f}x "
+            f"less time ({fast['seconds']:.0f} s against {best['seconds']:.0f} s): it is the better buy unless every point matters."
+        )
+    classical = [r for r in full if r["kind"] == "classical"]
+    deep = [r for r in full if r["kind"] != "classical"]
+    if classical and deep:
+        base, top = classical[0], deep[0]
+        gain, noise = top["accuracy"] - base["accuracy"], _noise(top["accuracy"], base["accuracy"], n_test)
+        if gain > 2 * noise:
+            lines.append(
+                f"Deep learning pays off on this data: {top['approach']} is {100 * gain:.1f} points above the classical "
+                f"baseline ({base['approach']}, {base['accuracy']:.1%})."
+            )
+        elif gain < -2 * noise:
+            lines.append(
+                f"Deep learning does not pay off here: the classical baseline ({base['approach']}, {base['accuracy']:.1%}) "
+                f"beats the best deep approach by {-100 * gain:.1f} points."
+            )
+        else:
+            lines.append(
+                f"Deep learning is not clearly better on this data: {top['approach']} and the classical baseline "
+                f"({base['approach']}) differ by {100 * gain:+.1f} points, within measurement noise."
+            )
+    curve = sorted((r for r in rows if r["approach"] == best["approach"]), key=lambda r: r["fraction"])
+    if len(curve) >= 2:
+        before, after = curve[-2], curve[-1]
+        gain, noise = after["accuracy"] - before["accuracy"], _noise(after["accuracy"], before["accuracy"], n_test)
+        step = f"from {before['train_images']} to {after['train_images']} training images"
+        if gain > noise:
+            lines.append(
+                f"More data would likely help: {best['approach']} gained {100 * gain:.1f} points {step} and the curve "
+                "is still rising."
+            )
+        elif gain >= -noise:
+            lines.append(
+                f"The curve of {best['approach']} has flattened ({100 * gain:+.1f} points {step}, within noise): more "
+                "images of the same kind are unlikely to help much; better labels, harder examples or a stronger "
+                "model are the next levers."
+            )
+        else:
+            lines.append(
+                f"{best['approach']} scored {100 * -gain:.1f} points lower with more data ({step}): the test split is "
+                "small or noisy, so read the curves with care."
+            )
+    return lines
