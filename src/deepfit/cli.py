@@ -157,9 +157,10 @@ def _cmd_features(args: argparse.Namespace) -> None:
     result = fit_features(args.data, path_column=args.path_column, label_column=args.label_column, **options)
     n, d = result.features.features.shape
     print(f"features: {n} images x {d} dimensions ({result.features.reused} reused from the cache)")
-    if result.evaluation is not None:
+    if result.run_dir is not None:
         print(f"run folder: {result.run_dir}")
         print(f"classifier: {result.classifier.describe()}")
+    if result.evaluation is not None:
         print(f"{result.evaluation.split} accuracy {result.evaluation.metrics['accuracy']:.2%}; report: {result.evaluation.report}")
     if args.__dict__.get("export"):
         print(f"features written to {args.export}")

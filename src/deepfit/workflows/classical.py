@@ -122,6 +122,8 @@ def fit_classifier(
             cv_accuracy: float | None = best["mean_accuracy"]
         else:
             folds, params, cv_accuracy = 0, dict(DEFAULTS[kind]), None
+            if kind == "knn":
+                params["k"] = min(params["k"], len(y))
             logger.warning(
                 f"a class has only {smallest} training image(s): too few to cross-validate; {kind} uses the "
                 f"default {params}"
@@ -143,7 +145,8 @@ def to_torch_head(estimator: Any, kind: str, params: dict[str, Any], x: np.ndarr
         head.bank_labels.copy_(torch.from_numpy(y))
         return head
     scaler, clf = estimator["scale"], estimator["clf"]
-    w = np.asarray(clf.coef_, dtype=np.float64)  # (C, D), or (1, D) for two classes
+    # (C, D), or one row for two classes: (1, D) for LinearSVC / LogisticRegression, but (D,) for RidgeClassifier
+    w = np.atleast_2d(np.asarray(clf.coef_, dtype=np.float64))
     b = np.asarray(clf.intercept_, dtype=np.float64).reshape(-1)
     if w.shape[0] == 1:
         # two classes: one decision d for the second; logits (-d/2, d/2) give softmax = sigmoid(d), as logreg does

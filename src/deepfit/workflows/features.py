@@ -72,8 +72,10 @@ class Backbone:
 
 def load_backbone(config: FeaturesConfig, num_classes: int) -> Backbone:
     if config.model == HANDMADE:
-        if config.layer not in (None, PRE_LOGITS):
-            raise ConfigError("the hand-made features have no layers: leave out --layer")
+        given = [flag for flag, value in (("--layer", config.layer not in (None, PRE_LOGITS)), ("--weights", config.weights),
+                                           ("--pretrained", config.pretrained), ("--model-args", config.model_args)) if value]
+        if given:
+            raise ConfigError(f"the hand-made features have no layers, weights or options: leave out {', '.join(given)}")
         size = config.image_size or HANDMADE_IMAGE_SIZE
         prep = Preprocessing(image_size=size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), crop_pct=1.0)
         spec = {"source": HANDMADE, "args": {}}
@@ -269,6 +271,8 @@ class FeatureSet:
     seconds: float = 0.0
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        if copy:  # np.array(features) asks for a copy: changing it must not change this set
+            return self.features.astype(dtype or self.features.dtype, copy=True)
         return self.features if dtype is None else self.features.astype(dtype)
 
     def __len__(self) -> int:
@@ -276,6 +280,8 @@ class FeatureSet:
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(features, labels) of one split."""
+        if name not in ("train", "val", "test"):
+            raise ConfigError(f"no split {name!r}: the splits are 'train', 'val' and 'test'")
         rows = np.array([s == name for s in self.splits], dtype=bool)
         return self.features[rows], self.labels[rows]
 
@@ -313,6 +319,8 @@ def extract_features(data: str | Path, config: FeaturesConfig, *, catalog: Catal
     """The feature matrix of a labelled data set, split as `deepfit train` would split it with the same seed."""
     setup_logging()
     catalog, splits = _splits_and_catalog(data, config, catalog)
+    if config.export:
+        check_export_path(Path(config.export), catalog.root)
     files = [f for name in ("train", "val", "test") for f in splits[name]]
     backbone = load_backbone(config, len(catalog.classes))
     features = feature_set(backbone, files, catalog.classes, config, resolve_device(config.device))
@@ -321,13 +329,18 @@ def extract_features(data: str | Path, config: FeaturesConfig, *, catalog: Catal
     return features
 
 
+def check_export_path(path: Path, data_root: Path | None = None) -> None:
+    """Before any work: the export must not land in the data, nor replace an existing file."""
+    if data_root is not None:
+        check_output_outside_data(Path(path).parent, data_root)
+    if Path(path).exists():
+        raise ConfigError(f"{path} already exists; deepfit does not overwrite it: choose another name or delete it first")
+
+
 def export_features(features: FeatureSet, path: Path, data_root: Path | None = None) -> Path:
     """Write the matrix with path, label and split per row: .npz (NumPy) or .parquet (one column per dimension)."""
     path = Path(path)
-    if data_root is not None:
-        check_output_outside_data(path.parent, data_root)
-    if path.exists():
-        raise ConfigError(f"{path} already exists; deepfit does not overwrite it: choose another name or delete it first")
+    check_export_path(path, data_root)
     meta = {
         "model": features.model, "layer": features.layer, "classes": features.classes,
         "preprocessing": features.preprocessing.to_dict(),
@@ -384,6 +397,8 @@ def fit_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog |
     catalog, splits = _splits_and_catalog(data, config, catalog)
     classes = catalog.classes
     check_output_outside_data(config.output, catalog.root)
+    if config.export:
+        check_export_path(Path(config.export), catalog.root)
     logger.info(f"{len(classes)} classes, {', '.join(f'{len(v)} {k}' for k, v in splits.items())} images ({catalog.layout})")
     device = resolve_device(config.device)
     backbone = load_backbone(config, len(classes))
@@ -402,17 +417,18 @@ def fit_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog |
 
     run_dir = new_run_dir(config.output, config.name or f"{backbone.name.replace('/', '_')}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}", backbone.name)
     logger.info(f"run folder: {run_dir}")
+    readable = splits  # the split saved with the run leaves out the unreadable files; `splits` keeps them for the report
     if features.skipped:
         skipped = {b.path for b in features.skipped}
-        splits = {name: [f for f in files if f.path not in skipped] for name, files in splits.items()}
-    save_split(splits, run_dir / "split.csv", catalog.root)
+        readable = {name: [f for f in files if f.path not in skipped] for name, files in splits.items()}
+    save_split(readable, run_dir / "split.csv", catalog.root)
     resolved = {
         **config.to_dict(), "classifier": kind, "data": str(Path(data).resolve()), "data_root": str(catalog.root),
         "classes": classes, "preprocessing": backbone.preprocessing.to_dict(), "device": str(device),
         "command": sys.argv,
     }
     atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
-    report_duplicates(splits, run_dir)
+    report_duplicates(readable, run_dir)
     write_skipped(features.skipped, run_dir)
     _write_cv_results(fitted, run_dir / "cv_results.csv")
 
@@ -436,6 +452,12 @@ def fit_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog |
 
     split = "test" if len(features.paths_of("test")) else "val"
     x_eval, y_eval = features.split(split)
+    if not len(y_eval):
+        logger.warning(
+            f"no test or validation images to score the classifier on: {run_dir} holds no report; give the data a "
+            "test/ folder or keep --test-fraction / --val-fraction above 0 to measure it"
+        )
+        return FeaturesResult(run_dir, features, fitted, None, val_acc)
     with torch.inference_mode():
         probs = fitted.head(torch.from_numpy(x_eval)).softmax(1).numpy()
     evaluation = report_evaluation(
