@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ImageClassifier": "deepfit.api",
     "load": "deepfit.api",
+    "resume": "deepfit.api",
     "extract_features": "deepfit.api",
     "fit_features": "deepfit.api",
     "FeaturesConfig": "deepfit.config",
@@ -27,11 +28,11 @@ _EXPORTS = {
 
 __all__ = [
     "ConfigError", "DataError", "DeepfitError", "FeaturesConfig", "ImageClassifier", "Prediction", "TrainConfig",
-    "WeightsError", "__version__", "extract_features", "fit_features", "load",
+    "WeightsError", "__version__", "extract_features", "fit_features", "load", "resume",
 ]
 
 if TYPE_CHECKING:
-    from deepfit.api import ImageClassifier, extract_features, fit_features, load
+    from deepfit.api import ImageClassifier, extract_features, fit_features, load, resume
     from deepfit.config import FeaturesConfig, TrainConfig
     from deepfit.errors import ConfigError, DataError, DeepfitError, WeightsError
     from deepfit.workflows.predict import Prediction

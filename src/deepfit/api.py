@@ -29,6 +29,7 @@ from deepfit.workflows.features import FeatureSet, FeaturesResult
 from deepfit.workflows.predict import ImageInput, Prediction, Predictor, expand_paths
 from deepfit.workflows.run import run_folder
 from deepfit.workflows.train import TrainResult, train
+from deepfit.workflows.train import resume as resume_run
 
 
 class ImageClassifier:
@@ -94,6 +95,14 @@ class ImageClassifier:
     def __repr__(self) -> str:
         where = f", run_dir={str(self.run_dir)!r}" if self.run_dir else ""
         return f"ImageClassifier({self.config.model!r}{where})"
+
+
+def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None) -> ImageClassifier:
+    """Continue a stopped run (or extend a finished one to `epochs`) and return it ready to evaluate and predict."""
+    result = resume_run(run_dir, epochs=epochs, device=device)
+    clf = load(result.run_dir, device=device or "auto")
+    clf.result = result
+    return clf
 
 
 def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> ImageClassifier:

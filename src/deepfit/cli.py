@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from deepfit.config import ALIASES, PRESETS, FeaturesConfig, TrainConfig, field_type, parse_model_args
-from deepfit.errors import DeepfitError
+from deepfit.errors import ConfigError, DeepfitError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--output", default="runs", help="folder for the run (default: runs)")
 
     t = sub.add_parser("train", help="train a classifier from scratch or by transfer learning")
-    t.add_argument("data", help="folder of class folders, folder with train/ val/ test/, or a CSV/TSV of path,label")
+    t.add_argument("data", nargs="?", help="folder of class folders, folder with train/ val/ test/, or a CSV/TSV of path,label")
+    t.add_argument(
+        "--resume", metavar="RUN_DIR",
+        help="continue a stopped run from its resumable state (with --epochs N: extend a finished run to N epochs)",
+    )
     t.add_argument("--preset", choices=sorted(PRESETS), help="a tested set of options to start from")
     t.add_argument("--path-column", help="CSV data: the column holding image paths")
     t.add_argument("--label-column", help="CSV data: the column holding labels")
@@ -137,12 +141,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from deepfit.api import ImageClassifier
+    from deepfit.api import ImageClassifier, resume
 
-    fixed = {"command", "data", "preset", "path_column", "label_column", "no_evaluate", "version"}
+    fixed = {"command", "data", "preset", "path_column", "label_column", "no_evaluate", "version", "resume"}
     options = {k: v for k, v in vars(args).items() if k not in fixed}
-    clf = ImageClassifier(options.pop("model", None), preset=args.preset, **options)
-    clf.fit(args.data, path_column=args.path_column, label_column=args.label_column)
+    if args.resume:
+        others = sorted(set(options) - {"epochs", "device"}) + (["DATA"] if args.data else []) + (["--preset"] if args.preset else [])
+        if others:
+            raise ConfigError(
+                f"--resume keeps the run's own data and options; only --epochs and --device may change (got {', '.join(others)})"
+            )
+        clf = resume(args.resume, epochs=options.get("epochs"), device=options.get("device"))
+    elif not args.data:
+        raise ConfigError("deepfit train needs DATA (a folder or CSV), or --resume RUN_DIR")
+    else:
+        clf = ImageClassifier(options.pop("model", None), preset=args.preset, **options)
+        clf.fit(args.data, path_column=args.path_column, label_column=args.label_column)
     print(f"run folder: {clf.run_dir}")
     if not args.no_evaluate:
         evaluation = clf.evaluate()

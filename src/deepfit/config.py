@@ -56,10 +56,16 @@ class TrainConfig:
     head_epochs: int = _opt(1, "transfer learning: epochs that train only the new head before the whole network")
     backbone_lr_scale: float = _opt(0.1, "transfer learning: learning-rate factor for the pretrained layers")
     tta: bool = _opt(False, "test-time augmentation: average predictions over the image and its mirror")
+    accumulate: int = _opt(1, "split each batch into N pieces and accumulate their gradients: the same effective batch "
+                           "in about 1/N of the memory")
+    skip_nonfinite: bool = _opt(False, "skip a batch whose loss is NaN or infinite instead of stopping the run")
+    save_every_steps: int = _opt(0, "save the resumable state every N steps too (default: after every epoch and "
+                                 "every 5 minutes)")
     # --- machine ---------------------------------------------------------------------------------
     device: str = _opt("auto", "device: auto (CUDA when present), cpu, cuda, cuda:1 ...")
     precision: str = _opt("auto", "auto: bf16 autocast on CUDA, fp32 on CPU", ("auto", "fp32", "bf16", "fp16"))
     channels_last: bool | None = _opt(None, "channels-last memory format; default: on for convolutional nets")
+    compile: bool = _opt(False, "torch.compile the model: faster steps after a compilation pause at the start")
     seed: int = _opt(0, "seed for the split, initialisation and augmentation")
     # --- output ----------------------------------------------------------------------------------
     output: str = _opt("runs", "folder in which run folders are created")
@@ -74,7 +80,7 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise ConfigError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, not {value!r}{_did_you_mean(str(value), choices)}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size}
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accumulate": self.accumulate}
         for key, value in positive.items():
             if value < 1:
                 raise ConfigError(f"--{_flag(key)} must be at least 1, got {value}")

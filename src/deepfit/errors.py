@@ -19,3 +19,11 @@ class ConfigError(DeepfitError, ValueError):
 
 class WeightsError(DeepfitError, ValueError):
     """A weights or checkpoint file cannot be loaded safely into the requested model."""
+
+
+class TrainingError(DeepfitError, RuntimeError):
+    """Training cannot go on (a loss that became NaN, memory that cannot be freed); the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C: the trainer stopped between two steps and a resumable checkpoint was saved."""

@@ -208,11 +208,15 @@ class ImageStore:
         return cls(paths, labels, size, images), bad
 
     def batches(
-        self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None, workers: int | None = None
+        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+        workers: int | None = None, order: torch.Tensor | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Yield (images (B,3,S,S) uint8, labels (B,), indices (B,)) over the whole store once."""
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        """Yield (images (B,3,S,S) uint8, labels (B,), indices (B,)) over the whole store once, or over
+        `order` (indices into the store) when given: the trainer passes its own shuffled order, so that a
+        resumed epoch can continue exactly where it stopped."""
+        if order is None:
+            order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        n = len(order)
         if self.images is not None:
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import sys
 import time
@@ -11,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from deepfit.engine.trainer import Callback, Trainer
+from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
 
 METRIC_COLUMNS = [
-    "epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds",
+    "epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds", "data_wait",
 ]
+# Above this share of an epoch spent waiting for batches, the data pipeline, not the model, sets the pace.
+DATA_WAIT_WARNING = 0.30
 
 
 def _fmt(value: Any) -> str:
@@ -29,11 +33,18 @@ def _fmt(value: Any) -> str:
 class MetricsCSV(Callback):
     """Appends one row per epoch to metrics.csv, flushed at once so a crashed run keeps its history."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keep_epochs: int | None = None) -> None:
         self.path = Path(path)
         if not self.path.exists():
             with self.path.open("w", newline="") as f:
                 csv.writer(f).writerow(METRIC_COLUMNS)
+        elif keep_epochs is not None:  # a resumed run: rows of epochs after its checkpoint are redone, drop them
+            with self.path.open(newline="") as f:
+                rows = list(csv.reader(f))
+            kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= keep_epochs]
+            out = io.StringIO()
+            csv.writer(out).writerows(kept)
+            atomic_write_text(self.path, out.getvalue())
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         with self.path.open("a", newline="") as f:
@@ -60,6 +71,12 @@ class EarlyStopping(Callback):
             logger.info(f"early stopping: validation accuracy has not improved for {self.patience} epochs")
             trainer.should_stop = True
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+
 
 class BestCheckpoint(Callback):
     """Saves "best" when validation accuracy improves (a tie is broken by lower validation loss),
@@ -80,6 +97,35 @@ class BestCheckpoint(Callback):
             self.best_acc, self.best_loss, self.best_epoch = acc, loss, record["epoch"]
             self.save("best", record)
         self.save("last", record)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_acc": self.best_acc, "best_loss": self.best_loss, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_acc, self.best_loss, self.best_epoch = state["best_acc"], state["best_loss"], state["best_epoch"]
+
+
+class ResumeState(Callback):
+    """Writes the trainer's whole state (see Trainer.state_dict) after every epoch and, within an epoch,
+    every `every_steps` steps or `every_seconds` seconds, whichever comes first, so a killed run loses
+    little. Put it last: the states of the other callbacks are taken after they have run."""
+
+    def __init__(self, save: Callable[[Trainer], None], every_steps: int = 0, every_seconds: float = 300.0) -> None:
+        self.save = save
+        self.every_steps, self.every_seconds = every_steps, every_seconds
+        self._steps, self._last = 0, time.perf_counter()
+
+    def on_batch_end(self, trainer: Trainer, step: int, batch_size: int) -> None:
+        self._steps += 1
+        if (self.every_steps and self._steps >= self.every_steps) or time.perf_counter() - self._last > self.every_seconds:
+            self._write(trainer)
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        self._write(trainer)
+
+    def _write(self, trainer: Trainer) -> None:
+        self.save(trainer)
+        self._steps, self._last = 0, time.perf_counter()
 
 
 class Progress(Callback):
@@ -132,6 +178,14 @@ class Progress(Callback):
         if record.get("val_acc") is not None:
             line += f" | val loss {record['val_loss']:.4f} acc {record['val_acc']:.2%}"
         line += f" | {record['images_per_s']:,.0f} img/s, {record['seconds']:.1f}s"
+        wait = record.get("data_wait")
+        if wait is not None:
+            line += f", data wait {wait:.0%}"
+            if wait > DATA_WAIT_WARNING:
+                logger.warning(
+                    f"epoch {record['epoch']} spent {wait:.0%} of its time waiting for images: the data pipeline is the "
+                    "bottleneck (more --workers, --cache memory, or a smaller storage size would help)"
+                )
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, description=f"{self.phase} epoch {record['epoch']}/{self.total_epochs}")
             self._progress.console.print(line, markup=False, highlight=False)

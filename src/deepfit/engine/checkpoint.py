@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -18,6 +18,13 @@ from torch import nn
 
 from deepfit.errors import WeightsError
 from deepfit.fileio import atomic_write, atomic_write_text
+
+if TYPE_CHECKING:
+    from deepfit.engine.trainer import Trainer
+
+# The resumable state of a run (weights, optimizer, schedule, random states, position in the epoch).
+RESUME_FILE = "resume.pt"
+RESUME_FORMAT = "deepfit-resume/1"
 
 
 def library_versions() -> dict[str, str]:
@@ -68,3 +75,20 @@ def load_weights(model: nn.Module, path: Path) -> None:
     missing, unexpected = load_model(model, str(path), strict=False)
     if missing or unexpected:
         raise WeightsError(f"{path} does not match its architecture: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
+def save_training_state(path: Path, trainer: Trainer, config: Any) -> None:
+    """The trainer's state, atomically: a kill while saving leaves the previous state file intact."""
+    state = {"format": RESUME_FORMAT, "config": config.to_dict(), **trainer.state_dict()}
+    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def load_training_state(path: Path) -> dict[str, Any]:
+    """Read a resumable state with `weights_only=True`: tensors and plain values only, no code is run."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torn, foreign or malicious files all end here
+        raise WeightsError(f"cannot read the resumable state {path}: {type(e).__name__}: {str(e)[:200]}") from e
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+        raise WeightsError(f"{path} is not a deepfit resumable state (format {state.get('format') if isinstance(state, dict) else None!r})")
+    return state

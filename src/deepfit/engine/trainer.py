@@ -6,15 +6,20 @@ It knows nothing of losses or metrics either: the task object supplies them.
 
 from __future__ import annotations
 
+import math
+import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
 from deepfit.engine.device import autocast
+from deepfit.errors import TrainingError, TrainingInterrupted
+from deepfit.log import logger
 
 BatchTransformFn = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 
@@ -25,7 +30,8 @@ class BatchSource(Protocol):
     def __len__(self) -> int: ...
 
     def batches(
-        self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
+        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+        order: torch.Tensor | None = None,
     ) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]: ...
 
     def num_batches(self, batch_size: int) -> int: ...
@@ -36,7 +42,8 @@ class Task(Protocol):
 
 
 class Callback:
-    """Hooks called by the Trainer; override what you need."""
+    """Hooks called by the Trainer; override what you need. A callback with state that a resumed run
+    must get back (best score, patience counter) also defines `state_dict()` and `load_state_dict()`."""
 
     def on_fit_start(self, trainer: Trainer, phase: str, epochs: int, steps_per_epoch: int) -> None: ...
 
@@ -70,6 +77,18 @@ class RunningStats:
         return float(self.loss_sum) / self.seen, float(self.correct) / self.seen, self.seen / elapsed
 
 
+@dataclass
+class Position:
+    """Where training stands; with the weights, optimizer and random states it is all a resumed run needs
+    to continue bit-exactly: the phase, the epochs done in it, the steps done in the current epoch and
+    that epoch's shuffled order (None between epochs)."""
+
+    phase_index: int = 0
+    epoch_in_phase: int = 0
+    step: int = 0
+    order: torch.Tensor | None = None
+
+
 class Trainer:
     def __init__(
         self,
@@ -81,6 +100,8 @@ class Trainer:
         channels_last: bool = False,
         callbacks: Sequence[Callback] = (),
         generator: torch.Generator | None = None,
+        accumulate: int = 1,
+        skip_nonfinite: bool = False,
     ) -> None:
         self.device = device
         self.precision = precision
@@ -90,11 +111,18 @@ class Trainer:
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 and fp32 do not.
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.micro_batches = accumulate  # each batch is split into this many pieces, gradients accumulated
+        self.skip_nonfinite = skip_nonfinite
         self.should_stop = False
+        self.stop_requested = False  # set by a Ctrl-C handler: stop after the current step
         self.epoch = 0  # epochs completed over all fit() calls, so phases continue the count
+        self.position = Position()
         self.running = RunningStats()
         self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.last_lr = 0.0
+        self.data_wait = 0.0  # seconds of the last epoch spent waiting for batches
+        self.skipped_steps = 0
 
     def _emit(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
@@ -112,15 +140,21 @@ class Trainer:
         train_transform: BatchTransformFn,
         eval_transform: BatchTransformFn,
         phase: str = "train",
+        phase_index: int = 0,
     ) -> None:
-        self.optimizer = optimizer
+        """Train `epochs` epochs of one phase; a position restored by `load_state_dict` for this phase resumes it."""
+        self.optimizer, self.scheduler = optimizer, scheduler
         self.should_stop = False
+        if self.position.phase_index != phase_index:
+            self.position = Position(phase_index)
         self._emit("on_fit_start", phase, epochs, train.num_batches(batch_size))
-        for _ in range(epochs):
+        while self.position.epoch_in_phase < epochs:
             started = time.perf_counter()
             train_loss, train_acc, speed = self.train_epoch(train, batch_size, optimizer, scheduler, train_transform)
             val_loss, val_acc = self.evaluate(val, batch_size, eval_transform) if val is not None and len(val) else (None, None)
             self.epoch += 1
+            self.position = Position(phase_index, self.position.epoch_in_phase + 1)
+            seconds = time.perf_counter() - started
             record = {
                 "epoch": self.epoch,
                 "phase": phase,
@@ -130,7 +164,8 @@ class Trainer:
                 "val_acc": val_acc,
                 "lr": self.last_lr,
                 "images_per_s": speed,
-                "seconds": time.perf_counter() - started,
+                "seconds": seconds,
+                "data_wait": self.data_wait / max(seconds, 1e-9),
             }
             self._emit("on_epoch_end", record)
             if self.should_stop:
@@ -145,26 +180,100 @@ class Trainer:
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
         transform: BatchTransformFn,
     ) -> tuple[float, float, float]:
+        """One epoch, or the rest of one when the position was restored mid-epoch."""
         self.model.train()
         _keep_frozen_norms_in_eval(self.model)
-        self.running = RunningStats()
-        for step, (images, targets, _) in enumerate(data.batches(batch_size, shuffle=True, generator=self.generator)):
+        pos = self.position
+        if pos.order is None:  # a new epoch: draw its order from the training generator
+            pos.order, pos.step = torch.randperm(len(data), generator=self.generator), 0
+            self.running = RunningStats()
+        self.data_wait = 0.0
+        batches = iter(data.batches(batch_size, order=pos.order[pos.step * batch_size :]))
+        while True:
+            waited = time.perf_counter()
+            batch = next(batches, None)
+            self.data_wait += time.perf_counter() - waited
+            if batch is None:
+                break
+            images, targets, _ = batch
             images = images.to(self.device, non_blocking=True)  # (B, 3, S, S) uint8
             targets = targets.to(self.device, non_blocking=True)  # (B,)
             x = transform(images, self.generator)  # (B, 3, H, W) float, normalised
-            with autocast(self.device, self.precision):
-                logits = self.model(x)  # (B, num_classes)
-                loss = self.task.loss(logits, targets)
-            optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(optimizer)
-            self.scaler.update()
+            self._step(x, targets, optimizer)
             self.last_lr = max(g["lr"] for g in optimizer.param_groups)  # the rate this step used (the head's)
             if scheduler is not None:
                 scheduler.step()
-            self.running.add(loss, logits, targets)
-            self._emit("on_batch_end", step, targets.shape[0])
+            pos.step += 1
+            self._emit("on_batch_end", pos.step - 1, targets.shape[0])
+            if self.stop_requested:
+                raise TrainingInterrupted(f"stopped at epoch {self.epoch + 1}, step {pos.step}")
+        pos.order = None
         return self.running.summary()
+
+    def _step(self, x: torch.Tensor, targets: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """One optimisation step on a batch; out of memory, the batch is split in more pieces and retried."""
+        while True:
+            optimizer.zero_grad(set_to_none=True)
+            try:
+                loss, logits = self._forward_backward(x, targets)
+                break
+            except torch.OutOfMemoryError:
+                if self.micro_batches >= x.shape[0]:
+                    raise TrainingError(
+                        f"out of memory even with one image per step (epoch {self.epoch + 1}, step "
+                        f"{self.position.step + 1}): use a smaller --image-size or model, or another device"
+                    ) from None
+                optimizer.zero_grad(set_to_none=True)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.micro_batches = min(x.shape[0], self.micro_batches * 2)
+                logger.warning(
+                    f"out of memory: batches are now split into {self.micro_batches} pieces of about "
+                    f"{math.ceil(x.shape[0] / self.micro_batches)} images, with gradients accumulated so the "
+                    f"effective batch stays {x.shape[0]}"
+                )
+        if not self._finite(loss):
+            self.skipped_steps += 1
+            optimizer.zero_grad(set_to_none=True)
+            return
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        self.running.add(loss, logits, targets)
+
+    def _forward_backward(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss of the whole batch (detached) and its logits; gradients summed over the micro-batches,
+        each weighted by its share of the batch so the result equals the whole batch's mean loss."""
+        n = x.shape[0]
+        total, all_logits = None, []
+        for xs, ts in zip(x.tensor_split(self.micro_batches), targets.tensor_split(self.micro_batches), strict=True):
+            if not len(ts):
+                continue
+            with autocast(self.device, self.precision):
+                logits = self.model(xs)  # (b, num_classes)
+                loss = self.task.loss(logits, ts)
+            if self.micro_batches > 1:
+                loss = loss * (ts.shape[0] / n)
+            self.scaler.scale(loss).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+            all_logits.append(logits.detach())
+        assert total is not None
+        return total, torch.cat(all_logits) if len(all_logits) > 1 else all_logits[0]
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        """Stop on a NaN or infinite loss (or, with skip_nonfinite, skip the step), naming where it happened.
+
+        Checking reads the loss (a GPU sync); the steps before it are untouched, so the checkpoints on
+        disk are the last good weights."""
+        if bool(torch.isfinite(loss)):
+            return True
+        where = f"epoch {self.epoch + 1}, step {self.position.step + 1}"
+        if not self.skip_nonfinite:
+            raise TrainingError(
+                f"the loss became {float(loss)} at {where}; training stopped and the checkpoints written so far are "
+                "kept. Try a lower --lr, --precision fp32, or check the data; --skip-nonfinite skips such batches instead"
+            )
+        logger.warning(f"non-finite loss ({float(loss)}) at {where}: this batch was skipped")
+        return False
 
     @torch.inference_mode()
     def evaluate(self, data: BatchSource, batch_size: int, transform: BatchTransformFn) -> tuple[float, float]:
@@ -179,6 +288,58 @@ class Trainer:
                 loss_sum += float(self.task.loss(logits, targets)) * targets.shape[0]
             correct += int((logits.argmax(1) == targets).sum())
         return loss_sum / max(1, len(data)), correct / max(1, len(data))
+
+    # --- resumable state ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-exactly: only tensors and plain Python values, so it loads
+        with `torch.load(weights_only=True)` (no code runs when a checkpoint is read)."""
+        np_state = np.random.get_state()
+        pos = self.position
+        return {
+            "model": getattr(self.model, "_orig_mod", self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python_rng": random.getstate(),
+            "numpy_rng": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+            "position": {"phase_index": pos.phase_index, "epoch_in_phase": pos.epoch_in_phase, "step": pos.step,
+                         "order": pos.order, "epoch": self.epoch},
+            "running": {"loss_sum": self.running.loss_sum, "correct": self.running.correct, "seen": self.running.seen},
+            "micro_batches": self.micro_batches,
+            "last_lr": self.last_lr,
+            "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks if hasattr(cb, "state_dict")},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict`; the optimizer and scheduler must be those of the phase being resumed."""
+        getattr(self.model, "_orig_mod", self.model).load_state_dict(state["model"])
+        if state["optimizer"] is not None and self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if state["scheduler"] is not None and self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        python_rng = state["python_rng"]
+        random.setstate((python_rng[0], tuple(python_rng[1]), python_rng[2]))
+        name, keys, *rest = state["numpy_rng"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        p = state["position"]
+        self.position = Position(p["phase_index"], p["epoch_in_phase"], p["step"], p["order"])
+        self.epoch = p["epoch"]
+        r = state["running"]
+        self.running = RunningStats(r["loss_sum"], r["correct"], r["seen"])
+        self.micro_batches = max(self.micro_batches, state["micro_batches"])
+        self.last_lr = state["last_lr"]
+        for cb in self.callbacks:
+            if hasattr(cb, "load_state_dict") and type(cb).__name__ in state["callbacks"]:
+                cb.load_state_dict(state["callbacks"][type(cb).__name__])
 
 
 def _keep_frozen_norms_in_eval(model: nn.Module) -> None:

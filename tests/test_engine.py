@@ -1,0 +1,240 @@
+"""The training engine under stress: resume after SIGKILL, reproducibility, Ctrl-C, NaN losses, out of memory,
+gradient accumulation, safe loading of the resumable state, and the data-wait figure."""
+
+from __future__ import annotations
+
+import csv
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import deepfit
+from conftest import TINY
+from deepfit.cli import main
+from deepfit.engine.checkpoint import RESUME_FILE, load_training_state
+from deepfit.errors import ConfigError, TrainingError, TrainingInterrupted, WeightsError
+
+# six epochs of three steps, the resumable state saved after every step
+LONG = {**TINY, "epochs": 6, "save_every_steps": 1}
+TIMING_COLUMNS = {"images_per_s", "seconds", "data_wait"}
+
+
+def _fit(data: Path, output: Path, name: str, **options: object) -> Path:
+    clf = deepfit.ImageClassifier(output=str(output), name=name, **{**LONG, **options}).fit(data)
+    assert clf.run_dir is not None
+    return clf.run_dir
+
+
+def _same_weights(a: Path, b: Path, kind: str = "last") -> bool:
+    wa, wb = load_file(str(a / f"{kind}.safetensors")), load_file(str(b / f"{kind}.safetensors"))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _metrics(run: Path) -> list[dict[str, str]]:
+    rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
+    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def reference(shapes_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run left alone: what every interrupted and resumed run must end with."""
+    return _fit(shapes_data, tmp_path_factory.mktemp("reference"), "ref")
+
+
+def test_same_seed_gives_bit_identical_weights(shapes_data: Path, reference: Path, tmp_path: Path) -> None:
+    again = _fit(shapes_data, tmp_path, "again")
+    assert _same_weights(reference, again) and _same_weights(reference, again, "best")
+    assert _metrics(reference) == _metrics(again)
+    other_seed = _fit(shapes_data, tmp_path, "seed1", seed=1)
+    assert not _same_weights(reference, other_seed)
+    config = (again / "config.json").read_text()
+    for key in ('"seed": 0', '"command"', '"versions"', '"torch"'):
+        assert key in config  # everything needed to repeat the run
+
+
+# A child process trains the same run and kills itself with SIGKILL: between two saves of the resumable state
+# (before the 6th save: epoch 2, step 2 of 3) or in the middle of writing the 6th one (half the bytes written).
+_KILLER = textwrap.dedent('''
+    import os, signal, sys
+    import torch
+    from deepfit.engine import callbacks, checkpoint
+    mode, saves = sys.argv[1], [0]
+    if mode == "between":
+        original = callbacks.ResumeState._write
+        def write(self, trainer):
+            saves[0] += 1
+            if saves[0] == 6:
+                os.kill(os.getpid(), signal.SIGKILL)
+            original(self, trainer)
+        callbacks.ResumeState._write = write
+    else:
+        original_save = torch.save
+        def save(obj, f, *args, **kwargs):
+            saves[0] += 1
+            if saves[0] == 6:
+                with open(f, "wb") as handle:
+                    handle.write(b"PK" + b"half a state" * 100)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.kill(os.getpid(), signal.SIGKILL)
+            original_save(obj, f, *args, **kwargs)
+        checkpoint.torch.save = save
+    from deepfit.cli import main
+    sys.exit(main(sys.argv[2:]))
+''')
+
+
+@pytest.mark.parametrize("when", ["between", "during"])
+def test_resume_after_sigkill_ends_as_if_never_stopped(when: str, shapes_data: Path, reference: Path, tmp_path: Path) -> None:
+    args = ["train", str(shapes_data), "--model", "cnn", "--model-args", "depth=2,width=8", "--image-size", "16",
+            "--epochs", "6", "--batch-size", "16", "--lr", "0.01", "--workers", "0", "--save-every-steps", "1",
+            "--output", str(tmp_path), "--name", "killed", "--no-evaluate"]
+    child = subprocess.run([sys.executable, "-c", _KILLER, when, *args], capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    run = tmp_path / "killed"
+    state = load_training_state(run / RESUME_FILE)  # the previous state is intact and loadable
+    assert state["position"]["step"] > 0  # killed in the middle of an epoch
+    assert main(["train", "--resume", str(run), "--no-evaluate"]) == 0
+    assert _same_weights(reference, run) and _same_weights(reference, run, "best")
+    assert _metrics(reference) == _metrics(run)
+    assert "resumed" in (run / "config.json").read_text()
+
+
+def test_ctrl_c_saves_a_resumable_state_and_resume_matches(shapes_data: Path, reference: Path, tmp_path: Path) -> None:
+    from deepfit.engine.trainer import Callback
+
+    class CtrlC(Callback):
+        def __init__(self) -> None:
+            self.steps = 0
+
+        def on_batch_end(self, trainer: object, step: int, batch_size: int) -> None:
+            self.steps += 1
+            if self.steps == 7:
+                os.kill(os.getpid(), signal.SIGINT)  # what the terminal sends on Ctrl-C
+
+    from deepfit.engine import trainer as trainer_module
+
+    original_init = trainer_module.Trainer.__init__
+
+    def init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        original_init(self, *args, **kwargs)
+        self.callbacks.insert(0, CtrlC())
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_module.Trainer, "__init__", init)
+        with pytest.raises(TrainingInterrupted):
+            _fit(shapes_data, tmp_path, "interrupted")
+    run = tmp_path / "interrupted"
+    assert load_training_state(run / RESUME_FILE)["position"]["step"] == 1  # stopped cleanly after step 7 = epoch 3, step 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is removed again
+    deepfit.resume(run)
+    assert _same_weights(reference, run)
+    assert _metrics(reference) == _metrics(run)
+
+
+def test_extend_a_finished_run(shapes_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _fit(shapes_data, tmp_path, "short", epochs=3)
+    with pytest.raises(ConfigError, match="already finished its 3 epochs"):
+        deepfit.resume(run)
+    with pytest.raises(ConfigError, match="extended, not shortened"):
+        deepfit.resume(run, epochs=2)
+    assert main(["train", "--resume", str(run), "--epochs", "5", "--no-evaluate"]) == 0
+    rows = _metrics(run)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert load_training_state(run / RESUME_FILE)["position"]["epoch"] == 5
+    assert main(["train", "--resume", str(run), "--lr", "0.1"]) == 2
+    assert "only --epochs and --device may change" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_state_that_needs_unpickling(shapes_data: Path, tmp_path: Path) -> None:
+    run = _fit(shapes_data, tmp_path, "victim", epochs=1)
+
+    class Payload:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    (run / RESUME_FILE).write_bytes(pickle.dumps({"format": "deepfit-resume/1", "x": Payload()}, protocol=2))
+    with pytest.raises(WeightsError, match="cannot read the resumable state"):
+        deepfit.resume(run, epochs=2)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_nan_loss_stops_naming_epoch_and_step_and_keeps_good_checkpoints(shapes_data: Path, tmp_path: Path) -> None:
+    from deepfit.tasks.classification import ClassificationTask
+
+    calls = [0]
+    original = ClassificationTask.loss
+
+    def loss(self, logits, targets):  # type: ignore[no-untyped-def]
+        calls[0] += torch.is_grad_enabled()  # training steps only, not validation
+        out = original(self, logits, targets)
+        return out * float("nan") if calls[0] == 8 and torch.is_grad_enabled() else out  # epoch 3, step 2
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ClassificationTask, "loss", loss)
+        with pytest.raises(TrainingError, match=r"became nan at epoch 3, step 2"):
+            _fit(shapes_data, tmp_path, "nan")
+    last = load_file(str(tmp_path / "nan" / "last.safetensors"))
+    assert all(torch.isfinite(t).all() for t in last.values() if t.is_floating_point())
+
+    calls[0] = 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ClassificationTask, "loss", loss)
+        run = _fit(shapes_data, tmp_path, "skipped", skip_nonfinite=True)
+    weights = load_file(str(run / "last.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
+def test_out_of_memory_halves_the_pieces_and_keeps_the_effective_batch(
+    shapes_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from deepfit.models.small import ConvNet
+
+    original = ConvNet.forward
+    sizes: list[int] = []
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        if self.training and x.shape[0] > 8:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        if self.training:
+            sizes.append(x.shape[0])
+        return original(self, x)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ConvNet, "forward", forward)
+        _fit(shapes_data, tmp_path, "oom", epochs=2)
+    assert "split into 2 pieces of about 8 images" in caplog.text and "effective batch stays 16" in caplog.text
+    assert max(sizes) <= 8 and sizes[:2] == [8, 8]
+
+
+def test_accumulated_pieces_give_the_whole_batch_gradient() -> None:
+    from torch import nn
+
+    from deepfit.engine.trainer import Trainer
+    from deepfit.tasks.classification import ClassificationTask
+
+    torch.manual_seed(0)
+    x, y = torch.randn(10, 3, 4, 4), torch.randint(0, 3, (10,))  # 10 = pieces of 4, 3, 3: unequal on purpose
+    grads = []
+    for pieces in (1, 3):
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+        trainer = Trainer(model, ClassificationTask(3, 0.1), device=torch.device("cpu"), accumulate=pieces)
+        loss, logits = trainer._forward_backward(x, y)
+        grads.append((float(loss), model[1].weight.grad.clone(), logits.shape))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-6)
+    assert grads[1][2] == (10, 3)
+
+
+def test_metrics_and_progress_report_data_wait(reference: Path) -> None:
+    rows = list(csv.DictReader((reference / "metrics.csv").read_text().splitlines()))
+    assert all(0.0 <= float(r["data_wait"]) <= 1.0 for r in rows)
