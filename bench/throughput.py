@@ -35,7 +35,7 @@ def subset(root: Path, n: int) -> list[tuple[Path, str]]:
     return [(f, c) for c in classes for f in sorted((root / "train" / c).glob("*.jpg"))[:per_class]]
 
 
-def deepfit_speed(items: list[tuple[Path, str]], epochs: int, workdir: Path) -> float:
+def deepfit_speed(items: list[tuple[Path, str]], epochs: int, workdir: Path, **options: object) -> float:
     csv_path = workdir / "data" / "subset.csv"
     csv_path.parent.mkdir(exist_ok=True)
     with csv_path.open("w", newline="") as f:
@@ -44,7 +44,7 @@ def deepfit_speed(items: list[tuple[Path, str]], epochs: int, workdir: Path) -> 
         writer.writerows((str(p), c) for p, c in items)
     config = apply_preset("cifar", {
         "epochs": epochs, "batch_size": BATCH, "val_fraction": 0.01, "test_fraction": 0.0, "tta": False,
-        "output": str(workdir / "runs"), "workers": 1,
+        "output": str(workdir / "runs"), "workers": 1, **options,
     })
     run = train(csv_path, config).run_dir
     rows = list(csv.DictReader((run / "metrics.csv").open()))

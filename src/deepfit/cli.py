@@ -157,6 +157,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
     else:
         clf = ImageClassifier(options.pop("model", None), preset=args.preset, **options)
         clf.fit(args.data, path_column=args.path_column, label_column=args.label_column)
+    from deepfit.engine.distributed import from_environment
+
+    if not from_environment().main:  # under torchrun, rank 0 reports and evaluates
+        return
     print(f"run folder: {clf.run_dir}")
     if not args.no_evaluate:
         evaluation = clf.evaluate()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +107,25 @@ class _DecodedBatch:
     images: torch.Tensor  # (k, 3, S, S) uint8
     errors: list[tuple[int, str]]  # (index, reason) of those that did not
 
+    def pin_memory(self) -> _DecodedBatch:
+        """Page-locked images copy to a GPU asynchronously (DataLoader calls this with pin_memory=True)."""
+        self.images = self.images.pin_memory()
+        return self
+
+
+class _Chunks:
+    """A batch sampler whose batches are replaced before each pass: with it, one DataLoader with
+    persistent workers serves every epoch of a streamed store instead of starting processes each time."""
+
+    def __init__(self) -> None:
+        self.chunks: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.chunks)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
 
 def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> _DecodedBatch:
     """Stack in the worker: one shared-memory tensor per batch, not one per image.
@@ -129,8 +148,19 @@ def decode_batches(
         for chunk in chunks:
             yield _collate([dataset[i] for i in chunk])
         return
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=chunks, num_workers=workers, collate_fn=_collate)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=chunks, num_workers=workers, collate_fn=_collate, pin_memory=torch.cuda.is_available(),
+    )
     yield from loader
+
+
+def _persistent_loader(paths: Sequence[Path], size: int, workers: int) -> tuple[torch.utils.data.DataLoader, _Chunks]:
+    sampler = _Chunks()
+    loader = torch.utils.data.DataLoader(
+        _DecodeDataset(paths, size), batch_sampler=sampler, num_workers=workers, collate_fn=_collate,
+        pin_memory=torch.cuda.is_available(), persistent_workers=True,
+    )
+    return loader, sampler
 
 
 def default_workers() -> int:
@@ -159,6 +189,7 @@ class ImageStore:
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
         self.size = size
         self.images = images  # (N, 3, S, S) uint8, or None when streamed from disk
+        self._loader: tuple[torch.utils.data.DataLoader, _Chunks] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -224,7 +255,15 @@ class ImageStore:
             return
         workers = default_workers() if workers is None else workers
         chunks = [order[s : s + batch_size].tolist() for s in range(0, n, batch_size)]
-        for batch in decode_batches(self.paths, self.size, chunks, workers):
+        if workers and len(self.paths) >= 256:  # decoding processes started once, kept for every epoch
+            if self._loader is None:
+                self._loader = _persistent_loader(self.paths, self.size, workers)
+            loader, sampler = self._loader
+            sampler.chunks = chunks
+            source: Iterable[_DecodedBatch] = loader
+        else:
+            source = decode_batches(self.paths, self.size, chunks, 0)
+        for batch in source:
             if batch.errors:  # readable at the start, unreadable now: the file changed under us
                 i, reason = batch.errors[0]
                 raise DataError(f"image became unreadable during training: {self.paths[i]} ({reason})")

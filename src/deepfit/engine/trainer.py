@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from deepfit.engine.device import autocast
+from deepfit.engine.distributed import Dist, all_sum, unwrap
 from deepfit.errors import TrainingError, TrainingInterrupted
 from deepfit.log import logger
 
@@ -102,10 +103,14 @@ class Trainer:
         generator: torch.Generator | None = None,
         accumulate: int = 1,
         skip_nonfinite: bool = False,
+        dist_info: Dist | None = None,
     ) -> None:
         self.device = device
         self.precision = precision
+        self.dist = dist_info or Dist()
         self.model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        if self.dist.enabled:
+            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.task = task
         self.callbacks = list(callbacks)
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -188,7 +193,8 @@ class Trainer:
             pos.order, pos.step = torch.randperm(len(data), generator=self.generator), 0
             self.running = RunningStats()
         self.data_wait = 0.0
-        batches = iter(data.batches(batch_size, order=pos.order[pos.step * batch_size :]))
+        order, local_batch = self._shard(pos.order, batch_size)
+        batches = iter(data.batches(local_batch, order=order[pos.step * local_batch :]))
         while True:
             waited = time.perf_counter()
             batch = next(batches, None)
@@ -208,7 +214,20 @@ class Trainer:
             if self.stop_requested:
                 raise TrainingInterrupted(f"stopped at epoch {self.epoch + 1}, step {pos.step}")
         pos.order = None
+        if self.dist.enabled:  # every rank reports the whole epoch
+            loss_sum, correct, seen = all_sum([float(self.running.loss_sum), float(self.running.correct), self.running.seen], self.device)
+            self.running = RunningStats(float(loss_sum), float(correct), int(seen), self.running.started)
         return self.running.summary()
+
+    def _shard(self, order: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int]:
+        """This rank's part of the epoch order, and its batch size: rank r takes items r, r + world, ...
+        of every global batch, so together the ranks make the same batches as one process would."""
+        if not self.dist.enabled:
+            return order, batch_size
+        world = self.dist.world
+        usable = len(order) - len(order) % world  # every rank must get the same number of batches, none empty
+        chunks = order[:usable].split(batch_size)
+        return torch.cat([c[self.dist.rank :: world] for c in chunks]), batch_size // world
 
     def _step(self, x: torch.Tensor, targets: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         """One optimisation step on a batch; out of memory, the batch is split in more pieces and retried."""
@@ -280,13 +299,16 @@ class Trainer:
         """(mean loss, accuracy) over a validation store."""
         self.model.eval()
         loss_sum, correct = 0.0, 0
-        for images, targets, _ in data.batches(batch_size, shuffle=False):
+        order = torch.arange(len(data))[self.dist.rank :: self.dist.world]  # every image once over all ranks
+        for images, targets, _ in data.batches(batch_size, order=order):
             x = transform(images.to(self.device, non_blocking=True), None)
             targets = targets.to(self.device, non_blocking=True)
             with autocast(self.device, self.precision):
                 logits = self.model(x)
                 loss_sum += float(self.task.loss(logits, targets)) * targets.shape[0]
             correct += int((logits.argmax(1) == targets).sum())
+        if self.dist.enabled:
+            loss_sum, correct = (float(v) for v in all_sum([loss_sum, correct], self.device))
         return loss_sum / max(1, len(data)), correct / max(1, len(data))
 
     # --- resumable state ------------------------------------------------------------------------
@@ -297,7 +319,7 @@ class Trainer:
         np_state = np.random.get_state()
         pos = self.position
         return {
-            "model": getattr(self.model, "_orig_mod", self.model).state_dict(),
+            "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
@@ -316,7 +338,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a `state_dict`; the optimizer and scheduler must be those of the phase being resumed."""
-        getattr(self.model, "_orig_mod", self.model).load_state_dict(state["model"])
+        unwrap(self.model).load_state_dict(state["model"])
         if state["optimizer"] is not None and self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         if state["scheduler"] is not None and self.scheduler is not None:

@@ -8,6 +8,7 @@
       metrics.csv         one row per epoch
       best.safetensors    weights of the best validation epoch  (+ best.json sidecar)
       last.safetensors    weights of the last epoch             (+ last.json sidecar)
+      resume.pt           the whole training state, to continue after a kill (`deepfit train --resume`)
       report.html         evaluation report (after `deepfit evaluate`)
 """
 

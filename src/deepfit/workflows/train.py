@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import random
 import signal
 import sys
@@ -32,6 +33,7 @@ from deepfit.data.augment import SMALL_IMAGE, BatchTransform
 from deepfit.data.images import BadFile, ImageStore, check_unreadable
 from deepfit.data.sources import Catalog, LabeledFile, discover
 from deepfit.data.split import cross_split_duplicates, load_split, resolve_splits, save_split
+from deepfit.engine import distributed
 from deepfit.engine.callbacks import BestCheckpoint, EarlyStopping, MetricsCSV, Progress, ResumeState
 from deepfit.engine.checkpoint import (
     RESUME_FILE,
@@ -43,7 +45,7 @@ from deepfit.engine.checkpoint import (
 )
 from deepfit.engine.device import resolve_device, resolve_precision
 from deepfit.engine.optim import build_optimizer, build_scheduler, param_groups
-from deepfit.engine.trainer import Trainer
+from deepfit.engine.trainer import Callback, Trainer
 from deepfit.errors import ConfigError, DeepfitError, TrainingInterrupted
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger, setup_logging
@@ -219,7 +221,15 @@ def _run(
     if not splits.get("test"):
         logger.warning("the data has no test split: `deepfit evaluate` will fall back to the validation split")
 
-    device = resolve_device(config.device)
+    dist_info = distributed.from_environment()
+    if dist_info.enabled and config.batch_size % dist_info.world:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is not divisible by the {dist_info.world} processes: each takes an equal "
+            "share of every batch; choose a multiple"
+        )
+    device = distributed.init(dist_info, resolve_device(config.device))
+    if not dist_info.main:
+        logger.setLevel(logging.WARNING)  # one rank reports; the others speak only of problems
     precision = resolve_precision(config.precision, device)
     created = create_model(
         config.model, len(classes), pretrained=config.pretrained and state is None, weights=config.weights if state is None else None,
@@ -244,15 +254,17 @@ def _run(
         sample, _, _ = next(train_store.batches(1024, shuffle=True, generator=torch.Generator().manual_seed(config.seed)))
         model.init_from_data(BatchTransform(prep.image_size, prep.mean, prep.std, "none")(sample))
 
-    if resume_dir is None:
+    if resume_dir is not None:
+        run_dir = resume_dir
+    elif dist_info.main:
         # The run folder is made only now, so a typo in the model name or broken data leaves no empty folder;
         # everything needed to repeat or evaluate the run is written into it before training starts.
         run_dir = new_run_dir(config.output, config.name, config.model)
         save_split(splits, run_dir / "split.csv", data_root)
         report_duplicates(splits, run_dir)
         write_skipped(bad, run_dir)
-    else:
-        run_dir = resume_dir
+    if dist_info.enabled and resume_dir is None:
+        run_dir = distributed.broadcast(run_dir if dist_info.main else None)
     logger.info(f"run folder: {run_dir}" + (f" (resumed at epoch {state['position']['epoch']}, step {state['position']['step']})" if state else ""))
     resolved = {
         **config.to_dict(),
@@ -266,9 +278,12 @@ def _run(
         "command": command or sys.argv,
         "versions": library_versions(),
     }
+    if dist_info.enabled:
+        resolved["processes"] = dist_info.world
     if resume_dir is not None:
         resolved["resumed"] = [*read_run_config(run_dir).get("resumed", []), {"command": sys.argv, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}]
-    atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
+    if dist_info.main:
+        atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
     logger.info(
         f"model {created.spec.source}:{created.spec.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
         f"parameters), input {prep.image_size}px, {device} {precision}, "
@@ -285,11 +300,14 @@ def _run(
     best = BestCheckpoint(save)
     resume_state = ResumeState(lambda t: save_training_state(run_dir / RESUME_FILE, t, config), config.save_every_steps)
     keep = state["position"]["epoch"] if state else None
-    callbacks = [Progress(config.epochs), MetricsCSV(run_dir / "metrics.csv", keep), EarlyStopping(config.early_stopping), best, resume_state]
+    # Early stopping decides from metrics summed over ranks, so every rank stops together; only rank 0 writes.
+    callbacks: list[Callback] = [EarlyStopping(config.early_stopping)]
+    if dist_info.main:
+        callbacks = [Progress(config.epochs), MetricsCSV(run_dir / "metrics.csv", keep), *callbacks, best, resume_state]
     trainer = Trainer(
         torch.compile(model) if config.compile else model, ClassificationTask(len(classes), config.label_smoothing),
         device=device, precision=precision, channels_last=channels_last, callbacks=callbacks, generator=generator,
-        accumulate=config.accumulate, skip_nonfinite=config.skip_nonfinite,
+        accumulate=config.accumulate, skip_nonfinite=config.skip_nonfinite, dist_info=dist_info,
     )
     train_tf = BatchTransform(prep.image_size, prep.mean, prep.std, config.augment, config.hflip, channels_last)
     eval_tf = BatchTransform(prep.image_size, prep.mean, prep.std, "none", channels_last=channels_last)
@@ -316,7 +334,8 @@ def _run(
                 if trainer.should_stop:
                     break
     except TrainingInterrupted:
-        save_training_state(run_dir / RESUME_FILE, trainer, config)
+        if dist_info.main:
+            save_training_state(run_dir / RESUME_FILE, trainer, config)
         logger.warning(
             f"interrupted at epoch {trainer.epoch + 1}, step {trainer.position.step}: the state is saved; continue with "
             f"`deepfit train --resume {run_dir}`"
@@ -325,7 +344,7 @@ def _run(
     if trainer.skipped_steps:
         logger.warning(f"{trainer.skipped_steps} batches with a non-finite loss were skipped (--skip-nonfinite)")
 
-    best_acc = best.best_acc if val_store is not None and len(val_store) else None
+    best_acc = best.best_acc if val_store is not None and len(val_store) and dist_info.main else None
     if best_acc is not None:
         logger.info(f"best validation accuracy {best_acc:.2%} at epoch {best.best_epoch}; weights in {run_dir / 'best.safetensors'}")
     return TrainResult(run_dir, best_acc, best.best_epoch, classes)
@@ -335,7 +354,8 @@ def _run(
 def stop_on_ctrl_c(trainer: Trainer) -> Iterator[None]:
     """The first Ctrl-C asks the trainer to stop after the current step (it then saves a resumable state);
     a second one interrupts at once. Only in the main thread, where Python delivers signals."""
-    if threading.current_thread() is not threading.main_thread():
+    # torchrun forwards Ctrl-C to every rank, which could stop at different steps: there it just interrupts
+    if threading.current_thread() is not threading.main_thread() or trainer.dist.enabled:
         yield
         return
 

@@ -1,0 +1,61 @@
+"""Training speed of the CIFAR-10 preset with each speed option, against the plain PyTorch loop, in one run.
+
+    uv run python bench/speed_options.py [--images 10000] [--epochs 3]
+
+Every variant trains deepfit's `fastnet` on the same CIFAR-10 images in memory with the `cifar` preset
+(batch 256, SGD, translation + flip); the first epoch is warm-up (and, with --compile, compilation) and
+is not counted. The reference is the plain loop of bench/throughput.py (fp32, channels-last).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from common import record, unpack
+from throughput import deepfit_speed, plain_speed, subset
+
+VARIANTS = {
+    "default (fp32, channels-last)": {},
+    "--no-channels-last": {"channels_last": False},
+    "--accumulate 2": {"accumulate": 2},
+    "--compile": {"compile": True},
+    "--precision bf16 (CPU autocast)": {"precision": "bf16"},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=10000)
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+    items = subset(unpack("cifar10.tar.gz", "cifar10"), args.images)
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = plain_speed(items, args.epochs)
+        for name, options in VARIANTS.items():
+            results[name] = deepfit_speed(items, args.epochs, Path(tmp), **options)
+            print(f"{name}: {results[name]:.0f} img/s (plain loop {reference:.0f})", flush=True)
+    rows = "\n".join(f"| deepfit, {name} | {v:.0f} | {v / reference:.2f} |" for name, v in results.items())
+    record(
+        "speed_options", "Training speed options on the CPU (CIFAR-10 preset)",
+        f"""
+`fastnet` with the `cifar` preset, batch 256, {len(items)} CIFAR-10 images in memory, {args.epochs} epochs per variant
+(the first not counted), torch {torch.__version__} with {torch.get_num_threads()} threads. One run of each, so
+differences under about 15% are within this VM's run-to-run noise (see the throughput section).
+
+| loop | images/s | ratio to the plain loop |
+|---|---|---|
+| plain PyTorch loop (fp32, channels-last) | {reference:.0f} | 1.00 |
+{rows}
+
+This CPU has no native bf16, so bf16 autocast is expected to be slower here; it is the default only on CUDA.
+""",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Distributed training on PyTorch's own engine: torchrun with 2 CPU processes (gloo) against one process,
+and a rank that never comes is reported by a timeout error that says what to check."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deepfit.cli import main
+
+ARGS = ["--model", "cnn", "--model-args", "depth=2,width=8", "--image-size", "16", "--epochs", "4",
+        "--batch-size", "16", "--lr", "0.01", "--workers", "0", "--augment", "none", "--no-evaluate"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
+
+
+def test_two_gloo_processes_match_one_process(shapes_data: Path, tmp_path: Path) -> None:
+    assert main(["train", str(shapes_data), *ARGS, "--output", str(tmp_path / "one"), "--name", "run"]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+              "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "deepfit.cli"]
+    done = subprocess.run([*launch, "train", str(shapes_data), *ARGS, "--output", str(tmp_path / "two"), "--name", "run"],
+                          capture_output=True, text=True, timeout=400, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["run"]  # one run folder: only rank 0 writes
+    assert done.stdout.count("run folder:") == 1  # and only rank 0 reports
+    assert "processes" in (tmp_path / "two" / "run" / "config.json").read_text()
+    one, two = _rows(tmp_path / "one" / "run"), _rows(tmp_path / "two" / "run")
+    assert len(one) == len(two) == 4
+    # each rank takes half of every batch and DDP averages the gradients: the same optimisation as one process,
+    # up to batch norm (each rank normalises its own half) and float summation order
+    for a, b in zip(one, two, strict=True):
+        assert abs(float(a["train_loss"]) - float(b["train_loss"])) < 0.1
+        assert abs(float(a["val_loss"]) - float(b["val_loss"])) < 0.1
+        assert abs(float(a["val_acc"]) - float(b["val_acc"])) <= 0.12  # at most one of the 9 validation images
+    assert (tmp_path / "two" / "run" / "best.safetensors").is_file()
+
+
+def test_batch_must_split_evenly_over_processes(shapes_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert main(["train", str(shapes_data), *ARGS, "--output", str(tmp_path)]) == 2
+    assert "not divisible by the 3 processes" in capsys.readouterr().err
+
+
+def test_a_rank_that_never_comes_is_reported_not_waited_for_forever() -> None:
+    code = (
+        "import torch\n"
+        "from deepfit.engine import distributed\n"
+        "distributed.init(distributed.Dist(0, 2, 0), torch.device('cpu'))\n"
+    )
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "DEEPFIT_DIST_TIMEOUT": "3"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode != 0
+    assert "waited more than 3 s for the other ranks" in done.stderr
+    assert "MASTER_ADDR" in done.stderr and "torchrun" in done.stderr
