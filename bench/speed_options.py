@@ -35,24 +35,27 @@ def main() -> None:
     items = subset(unpack("cifar10.tar.gz", "cifar10"), args.images)
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        reference = plain_speed(items, args.epochs)
+        plain = [plain_speed(items, args.epochs)]  # measured before and after the variants: drift shows in the spread
         for name, options in VARIANTS.items():
             results[name] = deepfit_speed(items, args.epochs, Path(tmp), **options)
-            print(f"{name}: {results[name]:.0f} img/s (plain loop {reference:.0f})", flush=True)
+            print(f"{name}: {results[name]:.0f} img/s (plain loop {plain[0]:.0f})", flush=True)
+        plain.append(plain_speed(items, args.epochs))
+    reference = sum(plain) / len(plain)
     rows = "\n".join(f"| deepfit, {name} | {v:.0f} | {v / reference:.2f} |" for name, v in results.items())
     record(
         "speed_options", "Training speed options on the CPU (CIFAR-10 preset)",
         f"""
 `fastnet` with the `cifar` preset, batch 256, {len(items)} CIFAR-10 images in memory, {args.epochs} epochs per variant
-(the first not counted), torch {torch.__version__} with {torch.get_num_threads()} threads. One run of each, so
-differences under about 15% are within this VM's run-to-run noise (see the throughput section).
+(the first not counted), torch {torch.__version__} with {torch.get_num_threads()} threads. One run of each variant;
+the spread of the two plain-loop runs shows this VM's run-to-run noise (see also the throughput section).
 
 | loop | images/s | ratio to the plain loop |
 |---|---|---|
-| plain PyTorch loop (fp32, channels-last) | {reference:.0f} | 1.00 |
+| plain PyTorch loop (fp32, channels-last), mean of the runs before and after ({plain[0]:.0f}, {plain[1]:.0f}) | {reference:.0f} | 1.00 |
 {rows}
 
-This CPU has no native bf16, so bf16 autocast is expected to be slower here; it is the default only on CUDA.
+deepfit's CPU default stays fp32 (bf16 is the default on CUDA only): CPUs without native bf16 run bf16 matrix
+products several times slower, so check the bf16 row on your own machine before choosing it.
 """,
     )
 

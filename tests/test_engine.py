@@ -238,3 +238,66 @@ def test_accumulated_pieces_give_the_whole_batch_gradient() -> None:
 def test_metrics_and_progress_report_data_wait(reference: Path) -> None:
     rows = list(csv.DictReader((reference / "metrics.csv").read_text().splitlines()))
     assert all(0.0 <= float(r["data_wait"]) <= 1.0 for r in rows)
+
+
+def test_bf16_autocast_and_channels_last_options_train_on_cpu(shapes_data: Path, tmp_path: Path) -> None:
+    run = _fit(shapes_data, tmp_path, "bf16", epochs=2, precision="bf16", channels_last=False)
+    config = (run / "config.json").read_text()
+    assert '"precision": "bf16"' in config and '"channels_last": false' in config
+    weights = load_file(str(run / "last.safetensors"))
+    assert all(t.dtype != torch.bfloat16 for t in weights.values())  # autocast computes in bf16, weights stay fp32
+
+
+def test_streamed_store_keeps_its_decoding_workers_across_epochs(tmp_path: Path) -> None:
+    from conftest import write_class_folders
+    from deepfit.data.images import ImageStore
+
+    paths = write_class_folders(tmp_path / "many", ["a", "b"], 130, size=16)  # 260: enough to start workers
+    store, bad = ImageStore.load(paths, [0] * len(paths), 16, cache="disk", workers=1)
+    assert not bad and not store.in_memory
+    seen = []
+    for epoch in range(2):
+        order = torch.randperm(len(store), generator=torch.Generator().manual_seed(epoch))
+        got = torch.cat([idx for _, _, idx in store.batches(64, order=order)])
+        assert torch.equal(got, order)  # every image once, in the order asked for
+        seen.append(store._loader)
+    assert seen[0] is not None and seen[0] is seen[1]  # one loader, its workers persistent
+    assert seen[0][0].persistent_workers
+
+
+def test_slow_data_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    import time
+
+    from torch import nn
+
+    from deepfit.engine.callbacks import Progress
+    from deepfit.engine.trainer import Trainer
+    from deepfit.tasks.classification import ClassificationTask
+
+    class SlowStore:
+        def __len__(self) -> int:
+            return 8
+
+        def num_batches(self, batch_size: int) -> int:
+            return 4
+
+        def batches(self, batch_size: int, *, shuffle: bool = False, generator=None, order=None):  # type: ignore[no-untyped-def]
+            for idx in (order if order is not None else torch.arange(8)).split(batch_size):
+                time.sleep(0.05)  # a slow disk: far longer than the step
+                yield torch.zeros(len(idx), 3, 4, 4, dtype=torch.uint8), torch.zeros(len(idx), dtype=torch.long), idx
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
+    trainer = Trainer(model, ClassificationTask(2, 0.0), device=torch.device("cpu"), callbacks=[Progress(1, live=False)])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    identity = lambda x, g: x.float()  # noqa: E731
+    trainer.fit(SlowStore(), None, epochs=1, batch_size=2, optimizer=optimizer, scheduler=None,
+                train_transform=identity, eval_transform=identity)
+    assert "waiting for images: the data pipeline is the bottleneck" in caplog.text
+
+
+@pytest.mark.slow  # torch.compile generates and builds C++ for the CPU: about a minute here
+def test_compile_option_trains_and_saves_plain_weights(shapes_data: Path, tmp_path: Path) -> None:
+    run = _fit(shapes_data, tmp_path, "compiled", epochs=2, compile=True)
+    weights = load_file(str(run / "last.safetensors"))
+    assert not any(k.startswith("_orig_mod") for k in weights)
+    assert deepfit.load(run).predict(sorted(shapes_data.rglob("*.png"))[:2])

@@ -21,10 +21,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from deepfit.errors import ConfigError, TrainingError
+from deepfit.errors import ConfigError, DeepfitError, TrainingError
 
 # How long a rank waits for the others at a collective before it reports them as hung.
 DEFAULT_TIMEOUT_S = 600
+# What the messages of failed collectives (a peer that hung, died or cannot be reached) contain.
+_COMMUNICATION_WORDS = ("timed out", "timeout", "connection", "socket", "peer", "gloo", "nccl", "rendezvous")
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,13 @@ def collective(what: str) -> Iterator[None]:
     """Turn a timed-out or broken collective into an error that says what to check, not a silent freeze."""
     try:
         yield
-    except RuntimeError as e:  # torch.distributed's DistError, DistBackendError and timeouts are RuntimeErrors
-        raise _hung(what, e) from e
+    except DeepfitError:
+        raise
+    except RuntimeError as e:  # torch.distributed's errors are RuntimeErrors; so are ordinary bugs, left as they are
+        text = str(e).lower()
+        if isinstance(e, getattr(dist, "DistError", ())) or any(w in text for w in _COMMUNICATION_WORDS):
+            raise _hung(what, e) from e
+        raise
 
 
 def init(info: Dist, device: torch.device) -> torch.device:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from deepfit.engine.device import autocast
-from deepfit.engine.distributed import Dist, all_sum, unwrap
+from deepfit.engine.distributed import Dist, all_sum, collective, unwrap
 from deepfit.errors import TrainingError, TrainingInterrupted
 from deepfit.log import logger
 
@@ -205,7 +205,11 @@ class Trainer:
             images = images.to(self.device, non_blocking=True)  # (B, 3, S, S) uint8
             targets = targets.to(self.device, non_blocking=True)  # (B,)
             x = transform(images, self.generator)  # (B, 3, H, W) float, normalised
-            self._step(x, targets, optimizer)
+            if self.dist.enabled:  # DDP's gradient all-reduce runs inside backward: a hung rank times out there
+                with collective(f"step {pos.step + 1} of epoch {self.epoch + 1}"):
+                    self._step(x, targets, optimizer)
+            else:
+                self._step(x, targets, optimizer)
             self.last_lr = max(g["lr"] for g in optimizer.param_groups)  # the rate this step used (the head's)
             if scheduler is not None:
                 scheduler.step()
