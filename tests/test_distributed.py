@@ -68,3 +68,21 @@ def test_a_rank_that_never_comes_is_reported_not_waited_for_forever() -> None:
     assert done.returncode != 0
     assert "waited more than 3 s for the other ranks" in done.stderr
     assert "MASTER_ADDR" in done.stderr and "torchrun" in done.stderr
+
+
+def test_a_distributed_run_is_extended_with_resume(shapes_data: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def launch(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+                   "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "deepfit.cli", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=400, env=env)
+
+    first = launch("train", str(shapes_data), *[a if a != "4" else "2" for a in ARGS], "--output", str(tmp_path), "--name", "run")
+    assert first.returncode == 0, first.stderr[-3000:]
+    extended = launch("train", "--resume", str(tmp_path / "run"), "--epochs", "4", "--no-evaluate")
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    rows = _rows(tmp_path / "run")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
