@@ -258,7 +258,9 @@ def test_streamed_store_keeps_its_decoding_workers_across_epochs(tmp_path: Path)
     seen = []
     for epoch in range(2):
         order = torch.randperm(len(store), generator=torch.Generator().manual_seed(epoch))
+        rng = torch.get_rng_state()
         got = torch.cat([idx for _, _, idx in store.batches(64, order=order)])
+        assert torch.equal(torch.get_rng_state(), rng)  # starting workers draws nothing dropout would have drawn
         assert torch.equal(got, order)  # every image once, in the order asked for
         seen.append(store._loader)
     assert seen[0] is not None and seen[0] is seen[1]  # one loader, its workers persistent

@@ -150,15 +150,22 @@ def decode_batches(
         return
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=chunks, num_workers=workers, collate_fn=_collate, pin_memory=torch.cuda.is_available(),
+        generator=_worker_seeds(),
     )
     yield from loader
+
+
+def _worker_seeds() -> torch.Generator:
+    """The DataLoader seeds its workers from this instead of drawing from torch's global generator, which
+    dropout uses: starting workers must not shift the training's random numbers (decoding uses none)."""
+    return torch.Generator().manual_seed(0)
 
 
 def _persistent_loader(paths: Sequence[Path], size: int, workers: int) -> tuple[torch.utils.data.DataLoader, _Chunks]:
     sampler = _Chunks()
     loader = torch.utils.data.DataLoader(
         _DecodeDataset(paths, size), batch_sampler=sampler, num_workers=workers, collate_fn=_collate,
-        pin_memory=torch.cuda.is_available(), persistent_workers=True,
+        pin_memory=torch.cuda.is_available(), persistent_workers=True, generator=_worker_seeds(),
     )
     return loader, sampler
 
