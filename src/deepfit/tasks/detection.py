@@ -1,0 +1,99 @@
+"""COCO metrics for detection and instance segmentation, computed by pycocotools itself.
+
+Why not our own implementation: the COCO numbers people compare against are defined by pycocotools'
+COCOeval (its 101-point interpolation, area ranges, crowd handling and 100 detections per image).
+Calling it on in-memory COCO dictionaries gives exactly those numbers, with no file round trip.
+
+    targets[i]     = {"boxes": (N, 4) xyxy pixels, "labels": (N,) 0-based, "height": H, "width": W,
+                      optional "masks": (N, H, W) bool, optional "iscrowd": (N,)}
+    predictions[i] = {"boxes": (M, 4), "scores": (M,), "labels": (M,), optional "masks": (M, H, W) bool}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+import numpy as np
+
+# The index of "all areas" and of "100 detections per image" in COCOeval's precision array.
+_ALL_AREAS, _MAX_DETS = 0, 2
+
+
+def _rle(mask: np.ndarray) -> dict[str, Any]:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def _xywh(box: np.ndarray) -> list[float]:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
+def to_coco(
+    targets: list[dict[str, Any]], predictions: list[dict[str, Any]], num_classes: int, iou_type: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Ground truth as a COCO dataset dict and predictions as a COCO results list (category id = label + 1)."""
+    images, annotations, results = [], [], []
+    for image_id, (t, p) in enumerate(zip(targets, predictions, strict=True), start=1):
+        images.append({"id": image_id, "height": int(t["height"]), "width": int(t["width"])})
+        crowd = np.asarray(t.get("iscrowd", np.zeros(len(t["labels"]))), dtype=int)
+        for j, (box, label) in enumerate(zip(np.asarray(t["boxes"]), np.asarray(t["labels"]), strict=True)):
+            ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label) + 1,
+                   "bbox": _xywh(box), "iscrowd": int(crowd[j])}
+            if iou_type == "segm":
+                ann["segmentation"] = _rle(np.asarray(t["masks"][j]))
+                ann["area"] = float(np.asarray(t["masks"][j]).sum())
+            else:
+                ann["area"] = ann["bbox"][2] * ann["bbox"][3]
+            annotations.append(ann)
+        for j, (box, score, label) in enumerate(zip(np.asarray(p["boxes"]), np.asarray(p["scores"]), np.asarray(p["labels"]), strict=True)):
+            res = {"image_id": image_id, "category_id": int(label) + 1, "bbox": _xywh(box), "score": float(score)}
+            if iou_type == "segm":
+                res["segmentation"] = _rle(np.asarray(p["masks"][j]) > 0.5)
+            results.append(res)
+    categories = [{"id": k + 1, "name": str(k)} for k in range(num_classes)]
+    return {"images": images, "annotations": annotations, "categories": categories}, results
+
+
+def coco_metrics(
+    targets: list[dict[str, Any]], predictions: list[dict[str, Any]], classes: list[str], iou_type: str = "bbox"
+) -> dict[str, Any]:
+    """mAP@[.50:.95], mAP@.50, mAP@.75, AP per class and the precision-recall curve (IoU .50) per class."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', not {iou_type!r}")
+    gt_dict, results = to_coco(targets, predictions, len(classes), iou_type)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and the summary table
+        gt = COCO()
+        gt.dataset = gt_dict
+        gt.createIndex()
+        dt = gt.loadRes(results) if results else COCO()
+        if not results:  # no detection at all: every AP is 0, not an error
+            dt.dataset = {"images": gt_dict["images"], "annotations": [], "categories": gt_dict["categories"]}
+            dt.createIndex()
+        evaluator = COCOeval(gt, dt, iou_type)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    precision = evaluator.eval["precision"]  # (IoU thresholds, recall points, classes, areas, max dets)
+    per_class, curves = [], []
+    for k, name in enumerate(classes):
+        p = precision[:, :, k, _ALL_AREAS, _MAX_DETS]
+        has_gt = bool((p > -1).any())
+        per_class.append({"class": name, "ap": float(p[p > -1].mean()) if has_gt else None,
+                          "ap50": float(p[0][p[0] > -1].mean()) if has_gt else None})
+        curves.append({"class": name, "recall": evaluator.params.recThrs.tolist(),
+                       "precision": np.clip(p[0], 0, None).tolist() if has_gt else []})
+    stats = evaluator.stats
+    return {
+        "iou_type": iou_type, "map": float(max(stats[0], 0.0)), "map50": float(max(stats[1], 0.0)),
+        "map75": float(max(stats[2], 0.0)), "per_class": per_class, "pr_curves": curves,
+        "num_images": len(targets), "num_objects": len(gt_dict["annotations"]),
+    }
