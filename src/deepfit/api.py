@@ -128,8 +128,7 @@ def extract_features(
     """
     from deepfit.workflows.features import extract_features as extract
 
-    config = FeaturesConfig.from_dict({"model": model, **options} if model else options)
-    return extract(data, config, catalog=discover(data, path_column=path_column, label_column=label_column))
+    return _with_features_config(extract, data, model, path_column, label_column, options)
 
 
 def fit_features(
@@ -140,5 +139,12 @@ def fit_features(
     `deepfit.load()` and `deepfit predict` use like any other."""
     from deepfit.workflows.features import fit_features as fit
 
+    return _with_features_config(fit, data, model, path_column, label_column, options)
+
+
+def _with_features_config(
+    workflow: Any, data: str | Path, model: str | None, path_column: str | None, label_column: str | None, options: dict[str, Any]
+) -> Any:
+    """Validate the options as a FeaturesConfig (a typo suggests the right name) and run the workflow."""
     config = FeaturesConfig.from_dict({"model": model, **options} if model else options)
-    return fit(data, config, catalog=discover(data, path_column=path_column, label_column=label_column))
+    return workflow(data, config, catalog=discover(data, path_column=path_column, label_column=label_column))

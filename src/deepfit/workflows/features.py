@@ -309,24 +309,36 @@ def feature_set(
     )
 
 
-def _splits_and_catalog(data: str | Path, config: FeaturesConfig, catalog: Catalog | None) -> tuple[Catalog, dict[str, list[LabeledFile]]]:
+@dataclass
+class _Extracted:
+    catalog: Catalog
+    splits: dict[str, list[LabeledFile]]
+    backbone: Backbone
+    features: FeatureSet
+
+
+def _extract_all(data: str | Path, config: FeaturesConfig, catalog: Catalog | None, output: str | None = None) -> _Extracted:
+    """Split as `deepfit train` would (same seed, same split), check where files will go before any work,
+    then extract (or reuse) the features of every split and export them when asked."""
     catalog = catalog or discover(data)
     splits = resolve_splits(catalog, config.val_fraction, config.test_fraction, config.seed)
-    return catalog, splits
+    if output is not None:
+        check_output_outside_data(output, catalog.root)
+    if config.export:
+        check_export_path(Path(config.export), catalog.root)
+    logger.info(f"{len(catalog.classes)} classes, {', '.join(f'{len(v)} {k}' for k, v in splits.items())} images ({catalog.layout})")
+    backbone = load_backbone(config, len(catalog.classes))
+    files = [f for name in ("train", "val", "test") for f in splits[name]]
+    features = feature_set(backbone, files, catalog.classes, config, resolve_device(config.device))
+    if config.export:
+        export_features(features, Path(config.export), catalog.root)
+    return _Extracted(catalog, splits, backbone, features)
 
 
 def extract_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog | None = None) -> FeatureSet:
     """The feature matrix of a labelled data set, split as `deepfit train` would split it with the same seed."""
     setup_logging()
-    catalog, splits = _splits_and_catalog(data, config, catalog)
-    if config.export:
-        check_export_path(Path(config.export), catalog.root)
-    files = [f for name in ("train", "val", "test") for f in splits[name]]
-    backbone = load_backbone(config, len(catalog.classes))
-    features = feature_set(backbone, files, catalog.classes, config, resolve_device(config.device))
-    if config.export:
-        export_features(features, Path(config.export), catalog.root)
-    return features
+    return _extract_all(data, config, catalog).features
 
 
 def check_export_path(path: Path, data_root: Path | None = None) -> None:
@@ -394,17 +406,9 @@ def fit_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog |
     """Extract features, fit the classical model on the training split, score it, and save a run folder."""
     setup_logging()
     seed_everything(config.seed)
-    catalog, splits = _splits_and_catalog(data, config, catalog)
+    extracted = _extract_all(data, config, catalog, output=config.output)
+    catalog, splits, backbone, features = extracted.catalog, extracted.splits, extracted.backbone, extracted.features
     classes = catalog.classes
-    check_output_outside_data(config.output, catalog.root)
-    if config.export:
-        check_export_path(Path(config.export), catalog.root)
-    logger.info(f"{len(classes)} classes, {', '.join(f'{len(v)} {k}' for k, v in splits.items())} images ({catalog.layout})")
-    device = resolve_device(config.device)
-    backbone = load_backbone(config, len(classes))
-    features = feature_set(backbone, [f for name in ("train", "val", "test") for f in splits[name]], classes, config, device)
-    if config.export:
-        export_features(features, Path(config.export), catalog.root)
     kind = config.fit_classifier
     if kind is None:
         return FeaturesResult(None, features, None, None, None)
@@ -424,7 +428,7 @@ def fit_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog |
     save_split(readable, run_dir / "split.csv", catalog.root)
     resolved = {
         **config.to_dict(), "classifier": kind, "data": str(Path(data).resolve()), "data_root": str(catalog.root),
-        "classes": classes, "preprocessing": backbone.preprocessing.to_dict(), "device": str(device),
+        "classes": classes, "preprocessing": backbone.preprocessing.to_dict(), "device": str(resolve_device(config.device)),
         "command": sys.argv,
     }
     atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
