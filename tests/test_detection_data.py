@@ -326,3 +326,19 @@ def test_coco128_yolo_and_coco_json_agree(coco128: Path) -> None:
         order_y, order_c = np.lexsort(y.boxes.T[::-1]), np.lexsort(c.boxes[plain].T[::-1])
         np.testing.assert_allclose(y.boxes[order_y], c.boxes[plain][order_c], atol=0.01)
         assert y.labels[order_y].tolist() == c.labels[plain][order_c].tolist()
+
+
+def test_cli_data_check_summarises_and_reports_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from deepfit.cli import main
+
+    good = "0 0.5 0.5 0.2 0.2\n" * 30
+    root = _yolo(tmp_path / "d", "names: [cat, dog]\n", {"a": good + "1 0.5 0.5 0 0.2\n", "b": "1 0.5 0.5 0.4 0.4\n"},
+                 {"a": (50, 50), "b": (40, 40), "c": (20, 20)})
+    assert main(["data", "check", str(root)]) == 0
+    captured = capsys.readouterr()
+    assert "yolo labels" in captured.out and "3 images, 31 objects in 2 classes" in captured.out
+    assert "cat" in captured.out and "30" in captured.out and "images with no objects: 1" in captured.out
+    assert "a.txt:31" in captured.err and "zero size" in captured.err  # the bad box, by file and line
+    _image(tmp_path / "e" / "photo.png", 8, 8)
+    assert main(["data", "check", str(tmp_path / "e")]) == 2
+    assert "no detection labels found" in capsys.readouterr().err

@@ -121,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--path-column", help="CSV data: the column holding image paths")
     c.add_argument("--label-column", help="CSV data: the column holding labels")
 
+    d = sub.add_parser("data", help="look at a data set before training on it")
+    d_sub = d.add_subparsers(dest="data_command", parser_class=_Parser, required=True)
+    dc = d_sub.add_parser("check", help="detection / instance-segmentation labels: what was found, and what is wrong")
+    dc.add_argument("data", help="COCO JSON (or its folder), YOLO folder with its YAML, Pascal VOC folder, or images/ + masks/")
+    dc.add_argument("--format", choices=["coco", "yolo", "voc", "masks"], help="the label format (default: recognised)")
+    dc.add_argument("--classes", nargs="+", help="class names in order (VOC, mask PNGs)")
+
     e = sub.add_parser("evaluate", help="score a run's best checkpoint on its test split (or --data) and write report.html")
     e.add_argument("run_dir")
     e.add_argument("--data", help="another labelled data set to score instead of the test split")
@@ -198,6 +205,31 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     print(f"table: {result.folder / 'results.csv'}; report: {result.report}")
 
 
+def _cmd_data_check(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from deepfit.data.detection import read_detection, summarize
+    from deepfit.log import setup_logging
+
+    setup_logging()  # each problem the reader finds is a warning naming its file
+    summary = summarize(read_detection(args.data, format=args.format, classes=args.classes))
+    console = Console()
+    console.print(
+        f"{summary['format']} labels in {summary['root']}: {summary['images']} images, {summary['objects']} objects in "
+        f"{summary['classes']} classes" + (" (with masks)" if summary["has_masks"] else "")
+    )
+    if summary["splits"]:
+        console.print("splits: " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
+    table = Table(title="objects per class")
+    table.add_column("class")
+    table.add_column("objects", justify="right")
+    for name, count in summary["objects_per_class"].items():
+        table.add_row(name, str(count))
+    console.print(table)
+    console.print(f"images with no objects: {summary['images_without_objects']}; crowd objects: {summary['crowd_objects']}")
+
+
 def _cmd_predict(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -252,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             _cmd_features(args)
         elif args.command == "compare":
             _cmd_compare(args)
+        elif args.command == "data":
+            _cmd_data_check(args)
         elif args.command == "evaluate":
             from deepfit.workflows.evaluate import evaluate
 
