@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from deepfit.engine.distributed import unwrap
 from deepfit.errors import WeightsError
 from deepfit.fileio import atomic_write, atomic_write_text
 
@@ -52,7 +53,7 @@ def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     The sidecar is written first and the weights last, so a complete weights file always has a
     matching sidecar next to it.
     """
-    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    model = unwrap(model)  # the user's module inside torch.compile / DDP wrappers
     meta = {**meta, "versions": library_versions()}
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
     # A few safetensors header fields let other tools use the file without the sidecar.

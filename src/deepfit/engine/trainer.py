@@ -246,7 +246,7 @@ class Trainer:
                         f"out of memory even with one image per step (epoch {self.epoch + 1}, step "
                         f"{self.position.step + 1}): use a smaller --image-size or model, or another device"
                     ) from None
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=True)  # free the partial gradients before emptying the cache
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 self.micro_batches = min(x.shape[0], self.micro_batches * 2)

@@ -167,8 +167,7 @@ class DetectorSpec:
 
     @property
     def kind(self) -> str:
-        kind = self.name.split(":", 1)[0] if ":" in self.name else next((k for k in KINDS if self.name.startswith(k)), "ssd")
-        return kind
+        return self.name.split(":", 1)[0] if ":" in self.name else next((k for k in KINDS if self.name.startswith(k)), "ssd")
 
     @property
     def masks(self) -> bool:

@@ -39,6 +39,7 @@ from deepfit.engine.device import resolve_device, resolve_precision
 from deepfit.errors import ConfigError, DataError
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger, setup_logging
+from deepfit.tasks.classification import classification_metrics
 from deepfit.workflows.classical import fit_classifier
 from deepfit.workflows.evaluate import evaluate
 from deepfit.workflows.features import HANDMADE, Backbone, extract, load_backbone
@@ -126,12 +127,11 @@ def _feature_rows(
 
     def features_of(files: list[LabeledFile]) -> tuple[np.ndarray, np.ndarray, float]:
         result = extract(backbone, [f.path for f in files], device=device, precision=precision, batch_size=batch_size, workers=workers)
-        bad = {b.path for b in result.bad}
-        labels = np.array([index[f.label] for f in files if f.path not in bad], dtype=np.int64)
+        labels = np.array([index[files[i].label] for i in result.kept], dtype=np.int64)  # the readable files' rows
         return result.features, labels, result.seconds
 
     x_test, y_test, _ = features_of(data.test)
-    rows, done, extracted, seconds = [], set(), [], 0.0
+    rows, done, seconds = [], set(), 0.0
     x_parts, y_parts = [], []
     for frac, files in subsets.items():
         new = [f for f in files if f.path not in done]
@@ -141,23 +141,23 @@ def _feature_rows(
             x_parts.append(x_new)
             y_parts.append(y_new)
             done.update(f.path for f in new)
-            extracted += new
         x_train, y_train = np.concatenate(x_parts), np.concatenate(y_parts)
         start = time.perf_counter()
         fitted = fit_classifier(classifier, x_train, y_train, data.classes, folds=folds, seed=seed)
         fit_seconds = time.perf_counter() - start
         with torch.inference_mode():
-            pred = fitted.head(torch.from_numpy(x_test)).argmax(1).numpy()
-        rows.append(_row(label, kind, frac, len(y_train), y_test, pred, len(data.classes), seconds + fit_seconds))
+            probs = fitted.head(torch.from_numpy(x_test)).softmax(1).numpy()
+        metrics = classification_metrics(y_test, probs, data.classes)
+        rows.append(_row(label, kind, frac, len(y_train), metrics, seconds + fit_seconds))
         logger.info(f"compare: {label} on {frac:.0%} of the training split: {rows[-1]['accuracy']:.2%}")
     return rows
 
 
-def _row(approach: str, kind: str, frac: float, n: int, y_true: np.ndarray, pred: np.ndarray, num_classes: int, seconds: float) -> dict[str, Any]:
-    recalls = [float((pred[y_true == c] == c).mean()) for c in range(num_classes) if (y_true == c).any()]
+def _row(approach: str, kind: str, frac: float, n: int, metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """One line of results.csv, from the metrics every approach is scored with (tasks/classification.py)."""
     return {
-        "approach": approach, "kind": kind, "fraction": frac, "train_images": n,
-        "accuracy": float((pred == y_true).mean()), "balanced_accuracy": float(np.mean(recalls)), "seconds": round(seconds, 2),
+        "approach": approach, "kind": kind, "fraction": frac, "train_images": n, "accuracy": metrics["accuracy"],
+        "balanced_accuracy": metrics["balanced_accuracy"], "seconds": round(seconds, 2),
     }
 
 
@@ -175,13 +175,9 @@ def _trained_rows(
         start = time.perf_counter()
         result = train(data.root, config, catalog=catalog)
         seconds = time.perf_counter() - start
-        evaluation = evaluate(result.run_dir, device=device)
-        m = evaluation.metrics
-        rows.append({
-            "approach": label, "kind": kind, "fraction": frac, "train_images": len(files), "accuracy": m["accuracy"],
-            "balanced_accuracy": m["balanced_accuracy"], "seconds": round(seconds, 2),
-        })
-        logger.info(f"compare: {label} on {frac:.0%} of the training split: {m['accuracy']:.2%} ({seconds:.0f} s)")
+        metrics = evaluate(result.run_dir, device=device).metrics
+        rows.append(_row(label, kind, frac, len(files), metrics, seconds))
+        logger.info(f"compare: {label} on {frac:.0%} of the training split: {metrics['accuracy']:.2%} ({seconds:.0f} s)")
     return rows
 
 
