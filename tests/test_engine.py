@@ -228,11 +228,23 @@ def test_accumulated_pieces_give_the_whole_batch_gradient() -> None:
         torch.manual_seed(1)
         model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
         trainer = Trainer(model, ClassificationTask(3, 0.1), device=torch.device("cpu"), accumulate=pieces)
-        loss, logits = trainer._forward_backward(x, y)
-        grads.append((float(loss), model[1].weight.grad.clone(), logits.shape))
+        loss, correct = trainer._forward_backward(x, y)
+        grads.append((float(loss), model[1].weight.grad.clone(), int(correct)))
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-6)
-    assert grads[1][2] == (10, 3)
+    assert grads[0][2] == grads[1][2]
+
+
+def test_per_image_targets_are_cut_like_the_images() -> None:
+    """Detection targets (a list of dicts) are split into the same pieces as the image tensor."""
+    from deepfit.engine.trainer import split_like
+
+    images = torch.zeros(10, 3, 2, 2)
+    targets = [{"labels": torch.tensor([i])} for i in range(10)]
+    for pieces in (1, 3, 4, 12):
+        parts = split_like(targets, pieces)
+        assert [len(p) for p in parts] == [len(p) for p in images.tensor_split(pieces)]
+        assert [t["labels"].item() for p in parts for t in p] == list(range(10))
 
 
 def test_metrics_and_progress_report_data_wait(reference: Path) -> None:

@@ -25,7 +25,7 @@ def test_live_bar_shows_loss_accuracy_and_speed() -> None:
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [2.0, 0.0]])
     targets = torch.tensor([0, 1, 1, 0])  # 3 of 4 right
     for step in range(3):
-        trainer.running.add(torch.tensor(0.5), logits, targets)
+        trainer.running.add(torch.tensor(0.5), (logits.argmax(1) == targets).sum(), len(targets))
         progress.on_batch_end(trainer, step, 4)
     record = {"epoch": 1, "phase": "train", "train_loss": 0.5, "train_acc": 0.75, "val_loss": 0.4, "val_acc": 0.8,
               "images_per_s": 100.0, "seconds": 0.1}

@@ -26,16 +26,32 @@ def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any
     return field(default=default, metadata=meta)
 
 
+TASKS = ("classify", "detect", "segment-instances")
+# Defaults that depend on the task: a detector's step costs far more than a classifier's, and its
+# randomly initialised heads and pyramid want a smaller Adam step than a classification head does.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "classify": {"model": "resnet18", "batch_size": 64},
+    "detect": {"model": "fasterrcnn:tv/mobilenet_v2", "batch_size": 4, "image_size": 512},
+    "segment-instances": {"model": "maskrcnn:tv/mobilenet_v2", "batch_size": 4, "image_size": 512},
+}
+
+
 @dataclass
 class TrainConfig:
+    task: str = _opt("classify", "what to learn: image classes, object boxes, or object boxes and masks", TASKS)
     # --- model -----------------------------------------------------------------------------------
-    model: str = _opt("resnet18", "architecture: deepfit's own (cnn, fastnet), or any timm / torchvision name")
+    model: str | None = _opt(None, "architecture: deepfit's own (cnn, fastnet), or any timm / torchvision name; detection: "
+                             "a torchvision detector or KIND:BACKBONE (default resnet18; fasterrcnn:tv/mobilenet_v2 "
+                             "for detect, maskrcnn:tv/mobilenet_v2 for segment-instances)")
     pretrained: bool = _opt(False, "load the architecture's official pretrained weights by name (needs internet once)")
     weights: str | None = _opt(None, "local .safetensors/.pth weights to start from (transfer learning offline)")
     model_args: dict = _opt({}, "architecture options as key=value,... (e.g. depth=4,width=32,activation=gelu)")
     dropout: float = _opt(0.0, "dropout before the classifier")
+    freeze_backbone: bool = _opt(False, "detection: keep the pretrained backbone fixed and train only the pyramid and heads "
+                                 "(the feature-extraction workflow)")
     # --- data ------------------------------------------------------------------------------------
-    image_size: int | None = _opt(None, "input size in pixels; default: the model's pretrained config, or the data's")
+    image_size: int | None = _opt(None, "input size in pixels; default: the model's pretrained config, or the data's; "
+                                  "detection: images are letterboxed to this square (default 512)")
     val_fraction: float = _opt(0.15, "share of each class held out for validation when the data has no split")
     test_fraction: float = _opt(0.15, "share of each class held out for the final test when the data has no split")
     augment: str = _opt("light", "augmentation policy", ("none", "light", "strong"))
@@ -44,7 +60,7 @@ class TrainConfig:
     workers: int | None = _opt(None, "data-loading processes; default: chosen for the machine")
     # --- optimisation ----------------------------------------------------------------------------
     epochs: int = _opt(10, "passes over the training split")
-    batch_size: int = _opt(64, "images per optimisation step")
+    batch_size: int | None = _opt(None, "images per optimisation step (default 64; 4 for detection)")
     optimizer: str = _opt("adamw", "optimizer", ("adamw", "sgd"))
     lr: float | None = _opt(None, "peak learning rate; default 1e-3 for adamw, 0.05 for sgd")
     momentum: float = _opt(0.9, "SGD momentum (Nesterov)")
@@ -72,7 +88,15 @@ class TrainConfig:
     name: str | None = _opt(None, "run folder name; default: <model>-<date>-<time>")
 
     def __post_init__(self) -> None:
+        if self.task in TASK_DEFAULTS:  # an unknown task is reported by validate()
+            for key, value in TASK_DEFAULTS[self.task].items():
+                if getattr(self, key) is None:
+                    setattr(self, key, value)
         self.validate()
+
+    @property
+    def detection(self) -> bool:
+        return self.task in ("detect", "segment-instances")
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -104,6 +128,8 @@ class TrainConfig:
     def resolved_lr(self) -> float:
         if self.lr is not None:
             return self.lr
+        if self.detection:
+            return 1e-4 if self.optimizer == "adamw" else 0.01
         return 1e-3 if self.optimizer == "adamw" else 0.05
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,6 +18,9 @@ from deepfit.log import logger
 METRIC_COLUMNS = [
     "epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds", "data_wait",
 ]
+# Detection has no training accuracy and no validation loss (torchvision's detectors return losses only in
+# training mode); it is validated by COCO mAP.
+DETECTION_METRIC_COLUMNS = ["epoch", "phase", "train_loss", "val_map", "val_map50", "lr", "images_per_s", "seconds", "data_wait"]
 # Above this share of an epoch spent waiting for batches, the data pipeline, not the model, sets the pace.
 DATA_WAIT_WARNING = 0.30
 
@@ -33,11 +36,12 @@ def _fmt(value: Any) -> str:
 class MetricsCSV(Callback):
     """Appends one row per epoch to metrics.csv, flushed at once so a crashed run keeps its history."""
 
-    def __init__(self, path: Path, keep_epochs: int | None = None) -> None:
+    def __init__(self, path: Path, keep_epochs: int | None = None, columns: list[str] = METRIC_COLUMNS) -> None:
         self.path = Path(path)
+        self.columns = columns
         if not self.path.exists():
             with self.path.open("w", newline="") as f:
-                csv.writer(f).writerow(METRIC_COLUMNS)
+                csv.writer(f).writerow(columns)
         elif keep_epochs is not None:  # a resumed run: rows of epochs after its checkpoint are redone, drop them
             with self.path.open(newline="") as f:
                 rows = list(csv.reader(f))
@@ -48,19 +52,20 @@ class MetricsCSV(Callback):
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow([_fmt(record.get(c)) for c in METRIC_COLUMNS])
+            csv.writer(f).writerow([_fmt(record.get(c)) for c in self.columns])
 
 
 class EarlyStopping(Callback):
-    """Stops when validation accuracy has not improved for `patience` epochs (0 disables it)."""
+    """Stops when the validation score (`monitor`: accuracy, or mAP for detection) has not improved for
+    `patience` epochs (0 disables it)."""
 
-    def __init__(self, patience: int, min_delta: float = 1e-4) -> None:
-        self.patience, self.min_delta = patience, min_delta
+    def __init__(self, patience: int, min_delta: float = 1e-4, monitor: str = "val_acc") -> None:
+        self.patience, self.min_delta, self.monitor = patience, min_delta, monitor
         self.best = -math.inf
         self.bad_epochs = 0
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        score = record.get("val_acc")
+        score = record.get(self.monitor)
         if not self.patience or score is None:
             return
         if score > self.best + self.min_delta:
@@ -68,7 +73,7 @@ class EarlyStopping(Callback):
             return
         self.bad_epochs += 1
         if self.bad_epochs >= self.patience:
-            logger.info(f"early stopping: validation accuracy has not improved for {self.patience} epochs")
+            logger.info(f"early stopping: {self.monitor} has not improved for {self.patience} epochs")
             trainer.should_stop = True
 
     def state_dict(self) -> dict[str, Any]:
@@ -79,30 +84,33 @@ class EarlyStopping(Callback):
 
 
 class BestCheckpoint(Callback):
-    """Saves "best" when validation accuracy improves (a tie is broken by lower validation loss),
-    and "last" after every epoch."""
+    """Saves "best" when the validation score (`monitor`) improves (a tie is broken by lower validation
+    loss, where the task has one; else by the later epoch), and "last" after every epoch."""
 
-    def __init__(self, save: Callable[[str, dict[str, Any]], None]) -> None:
+    def __init__(self, save: Callable[[str, dict[str, Any]], None], monitor: str = "val_acc") -> None:
         self.save = save  # save(kind, record) with kind "best" or "last"
-        self.best_acc = -math.inf
+        self.monitor = monitor
+        self.best_score = -math.inf
         self.best_loss = math.inf
         self.best_epoch = 0
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        acc = record.get("val_acc")
-        loss = record.get("val_loss")
-        if acc is None:  # no validation split: the latest weights are the best we know
-            acc, loss = 0.0, -record["epoch"]
-        if acc > self.best_acc or (acc == self.best_acc and loss < self.best_loss):
-            self.best_acc, self.best_loss, self.best_epoch = acc, loss, record["epoch"]
+        score = record.get(self.monitor)
+        loss = record.get("val_loss", -record["epoch"])
+        if score is None:  # no validation split: the latest weights are the best we know
+            score, loss = 0.0, -record["epoch"]
+        if score > self.best_score or (score == self.best_score and loss < self.best_loss):
+            self.best_score, self.best_loss, self.best_epoch = score, loss, record["epoch"]
             self.save("best", record)
         self.save("last", record)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_acc": self.best_acc, "best_loss": self.best_loss, "best_epoch": self.best_epoch}
+        return {"best_score": self.best_score, "best_loss": self.best_loss, "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best_acc, self.best_loss, self.best_epoch = state["best_acc"], state["best_loss"], state["best_epoch"]
+        # runs saved before detection named the score best_acc
+        self.best_score = state.get("best_score", state.get("best_acc", -math.inf))
+        self.best_loss, self.best_epoch = state["best_loss"], state["best_epoch"]
 
 
 class ResumeState(Callback):
@@ -163,7 +171,7 @@ class Progress(Callback):
         stats = None
         if now - self._last_refresh > 0.5 or step + 1 == self.steps:  # reading the sums syncs a GPU: not every step
             loss, acc, speed = trainer.running.summary()
-            stats = f"loss {loss:.4f}  acc {acc:.2%}  {speed:,.0f} img/s"
+            stats = f"loss {loss:.4f}  " + (f"acc {acc:.2%}  " if acc is not None else "") + f"{speed:,.1f} img/s"
             self._last_refresh = now
         if stats:
             self._progress.update(self._task, completed=step + 1, stats=stats, refresh=True)
@@ -171,13 +179,14 @@ class Progress(Callback):
             self._progress.update(self._task, completed=step + 1)
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        line = (
-            f"epoch {record['epoch']}/{self.total_epochs} [{record['phase']}] "
-            f"train loss {record['train_loss']:.4f} acc {record['train_acc']:.2%}"
-        )
-        if record.get("val_acc") is not None:
-            line += f" | val loss {record['val_loss']:.4f} acc {record['val_acc']:.2%}"
-        line += f" | {record['images_per_s']:,.0f} img/s, {record['seconds']:.1f}s"
+        line = f"epoch {record['epoch']}/{self.total_epochs} [{record['phase']}] train loss {record['train_loss']:.4f}"
+        if record.get("train_acc") is not None:
+            line += f" acc {record['train_acc']:.2%}"
+        validation = [(k[4:], v) for k, v in record.items() if k.startswith("val_") and v is not None]
+        if validation:
+            line += " | val " + " ".join(f"{k} {v:.2%}" if k == "acc" else f"{k} {v:.4f}" for k, v in validation)
+        speed = record["images_per_s"]
+        line += f" | {speed:,.0f} img/s, {record['seconds']:.1f}s" if speed >= 10 else f" | {speed:.2f} img/s, {record['seconds']:.1f}s"
         wait = record.get("data_wait")
         if wait is not None:
             line += f", data wait {wait:.0%}"

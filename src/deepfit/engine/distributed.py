@@ -103,6 +103,14 @@ def all_sum(values: list[float] | torch.Tensor, device: torch.device) -> torch.T
     return t
 
 
+def gather(value: Any) -> list[Any]:
+    """Every rank's value (any picklable object), in rank order, on every rank."""
+    out: list[Any] = [None] * dist.get_world_size()
+    with collective("collecting validation results"):
+        dist.all_gather_object(out, value)
+    return out
+
+
 def broadcast(value: Any) -> Any:
     """Rank 0's value (any picklable object), on every rank."""
     box = [value]

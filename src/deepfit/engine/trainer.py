@@ -1,7 +1,10 @@
 """The training loop: one short function per concern, everything optional added by callbacks.
 
 The loop knows nothing of files, logs or early stopping; callbacks (see callbacks.py) do those.
-It knows nothing of losses or metrics either: the task object supplies them.
+It knows nothing of losses, metrics or what a batch holds either: the task object (tasks/) runs the
+model on a batch and scores it, so classification and detection share this loop. A batch is
+(inputs, targets, indices): a (B, C, H, W) tensor of images and a (B,) tensor of labels for
+classification; images and a list of B dicts of boxes, labels and masks for detection.
 """
 
 from __future__ import annotations
@@ -18,28 +21,50 @@ import torch
 from torch import nn
 
 from deepfit.engine.device import autocast
-from deepfit.engine.distributed import Dist, all_sum, collective, unwrap
+from deepfit.engine.distributed import Dist, all_sum, collective, gather, unwrap
 from deepfit.errors import TrainingError, TrainingInterrupted
 from deepfit.log import logger
 
 BatchTransformFn = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 
 
+Targets = Any  # a (B,) tensor, or a list of B per-image dicts of tensors
+
+
 class BatchSource(Protocol):
-    """Anything that yields (images, targets, indices) batches: an in-memory or streamed image store."""
+    """Anything that yields (images, targets, indices) batches: an in-memory or streamed image store.
+
+    A source whose augmentation runs per sample while loading (detection: boxes move with the image)
+    sets `per_sample_augment`; the trainer then hands it a seed per epoch, kept in the resumable state,
+    (the keyword `seed` of `batches`), so an epoch's augmentation is the same whether or not the run was
+    stopped in between."""
 
     def __len__(self) -> int: ...
 
     def batches(
         self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
         order: torch.Tensor | None = None,
-    ) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]: ...
+    ) -> Iterable[tuple[torch.Tensor, Targets, torch.Tensor]]: ...
 
     def num_batches(self, batch_size: int) -> int: ...
 
 
 class Task(Protocol):
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+    """What the trainer asks of a task (see tasks/classification.py and tasks/detection.py)."""
+
+    monitor: str  # the validation value that picks the best epoch and drives early stopping, e.g. "val_acc"
+
+    def training_loss(self, model: nn.Module, x: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mean loss of the batch, number of correct predictions or None where the task has no accuracy)."""
+        ...
+
+    def validation_batch(self, model: nn.Module, x: torch.Tensor, targets: Targets) -> Any:
+        """A picklable partial result for one validation batch (collected over batches and ranks)."""
+        ...
+
+    def validation_result(self, parts: list[Any]) -> dict[str, float]:
+        """The epoch's validation values (including `monitor`) from all the partial results."""
+        ...
 
 
 class Callback:
@@ -64,18 +89,18 @@ class RunningStats:
     seen: int = 0
     started: float = field(default_factory=time.perf_counter)
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        n = targets.shape[0]
+    def add(self, loss: torch.Tensor, correct: torch.Tensor | None, n: int) -> None:
         self.loss_sum = self.loss_sum + loss.detach() * n
-        self.correct = self.correct + (logits.detach().argmax(1) == targets).sum()
+        self.correct = self.correct + correct if correct is not None else math.nan
         self.seen += n
 
-    def summary(self) -> tuple[float, float, float]:
-        """(mean loss, accuracy, images per second)."""
+    def summary(self) -> tuple[float, float | None, float]:
+        """(mean loss, accuracy or None for tasks without one, images per second)."""
         if not self.seen:
             return float("nan"), float("nan"), 0.0
         elapsed = max(1e-9, time.perf_counter() - self.started)
-        return float(self.loss_sum) / self.seen, float(self.correct) / self.seen, self.seen / elapsed
+        accuracy = float(self.correct) / self.seen
+        return float(self.loss_sum) / self.seen, None if math.isnan(accuracy) else accuracy, self.seen / elapsed
 
 
 @dataclass
@@ -88,6 +113,7 @@ class Position:
     epoch_in_phase: int = 0
     step: int = 0
     order: torch.Tensor | None = None
+    seed: int = 0  # the epoch's augmentation seed, for sources that augment per sample
 
 
 class Trainer:
@@ -156,7 +182,7 @@ class Trainer:
         while self.position.epoch_in_phase < epochs:
             started = time.perf_counter()
             train_loss, train_acc, speed = self.train_epoch(train, batch_size, optimizer, scheduler, train_transform)
-            val_loss, val_acc = self.evaluate(val, batch_size, eval_transform) if val is not None and len(val) else (None, None)
+            validation = self.evaluate(val, batch_size, eval_transform) if val is not None and len(val) else {}
             self.epoch += 1
             self.position = Position(phase_index, self.position.epoch_in_phase + 1)
             seconds = time.perf_counter() - started
@@ -165,8 +191,7 @@ class Trainer:
                 "phase": phase,
                 "train_loss": train_loss,
                 "train_acc": train_acc,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
+                **validation,
                 "lr": self.last_lr,
                 "images_per_s": speed,
                 "seconds": seconds,
@@ -189,12 +214,15 @@ class Trainer:
         self.model.train()
         _keep_frozen_norms_in_eval(self.model)
         pos = self.position
-        if pos.order is None:  # a new epoch: draw its order from the training generator
+        if pos.order is None:  # a new epoch: draw its order (and augmentation seed) from the training generator
             pos.order, pos.step = torch.randperm(len(data), generator=self.generator), 0
+            if getattr(data, "per_sample_augment", False):
+                pos.seed = int(torch.randint(2**62, (1,), generator=self.generator))
             self.running = RunningStats()
         self.data_wait = 0.0
         order, local_batch = self._shard(pos.order, batch_size)
-        batches = iter(data.batches(local_batch, order=order[pos.step * local_batch :]))
+        seeded = {"seed": pos.seed} if getattr(data, "per_sample_augment", False) else {}
+        batches = iter(data.batches(local_batch, order=order[pos.step * local_batch :], **seeded))
         while True:
             waited = time.perf_counter()
             batch = next(batches, None)
@@ -203,7 +231,7 @@ class Trainer:
                 break
             images, targets, _ = batch
             images = images.to(self.device, non_blocking=True)  # (B, 3, S, S) uint8
-            targets = targets.to(self.device, non_blocking=True)  # (B,)
+            targets = to_device(targets, self.device)  # (B,) labels, or B dicts of boxes, labels, masks
             x = transform(images, self.generator)  # (B, 3, H, W) float, normalised
             if self.dist.enabled:  # DDP's gradient all-reduce runs inside backward: a hung rank times out there
                 with collective(f"step {pos.step + 1} of epoch {self.epoch + 1}"):
@@ -214,7 +242,7 @@ class Trainer:
             if scheduler is not None:
                 scheduler.step()
             pos.step += 1
-            self._emit("on_batch_end", pos.step - 1, targets.shape[0])
+            self._emit("on_batch_end", pos.step - 1, len(targets))
             if self.stop_requested:
                 raise TrainingInterrupted(f"stopped at epoch {self.epoch + 1}, step {pos.step}")
         pos.order = None
@@ -233,12 +261,12 @@ class Trainer:
         chunks = order[:usable].split(batch_size)
         return torch.cat([c[self.dist.rank :: world] for c in chunks]), batch_size // world
 
-    def _step(self, x: torch.Tensor, targets: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    def _step(self, x: torch.Tensor, targets: Targets, optimizer: torch.optim.Optimizer) -> None:
         """One optimisation step on a batch; out of memory, the batch is split in more pieces and retried."""
         while True:
             optimizer.zero_grad(set_to_none=True)
             try:
-                loss, logits = self._forward_backward(x, targets)
+                loss, correct = self._forward_backward(x, targets)
                 break
             except torch.OutOfMemoryError:
                 if self.micro_batches >= x.shape[0]:
@@ -261,26 +289,26 @@ class Trainer:
             return
         self.scaler.step(optimizer)
         self.scaler.update()
-        self.running.add(loss, logits, targets)
+        self.running.add(loss, correct, len(targets))
 
-    def _forward_backward(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss of the whole batch (detached) and its logits; gradients summed over the micro-batches,
-        each weighted by its share of the batch so the result equals the whole batch's mean loss."""
+    def _forward_backward(self, x: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Loss of the whole batch (detached) and its number of correct predictions; gradients summed over the
+        micro-batches, each weighted by its share of the batch so the result equals the whole batch's mean loss."""
         n = x.shape[0]
-        total, all_logits = None, []
-        for xs, ts in zip(x.tensor_split(self.micro_batches), targets.tensor_split(self.micro_batches), strict=True):
+        total, correct = None, None
+        for xs, ts in zip(x.tensor_split(self.micro_batches), split_like(targets, self.micro_batches), strict=True):
             if not len(ts):
                 continue
             with autocast(self.device, self.precision):
-                logits = self.model(xs)  # (b, num_classes)
-                loss = self.task.loss(logits, ts)
+                loss, right = self.task.training_loss(self.model, xs, ts)
             if self.micro_batches > 1:
-                loss = loss * (ts.shape[0] / n)
+                loss = loss * (len(ts) / n)
             self.scaler.scale(loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
-            all_logits.append(logits.detach())
+            if right is not None:
+                correct = right if correct is None else correct + right
         assert total is not None
-        return total, torch.cat(all_logits) if len(all_logits) > 1 else all_logits[0]
+        return total, correct
 
     def _finite(self, loss: torch.Tensor) -> bool:
         """Stop on a NaN or infinite loss (or, with skip_nonfinite, skip the step), naming where it happened.
@@ -299,21 +327,18 @@ class Trainer:
         return False
 
     @torch.inference_mode()
-    def evaluate(self, data: BatchSource, batch_size: int, transform: BatchTransformFn) -> tuple[float, float]:
-        """(mean loss, accuracy) over a validation store."""
+    def evaluate(self, data: BatchSource, batch_size: int, transform: BatchTransformFn) -> dict[str, float]:
+        """The task's validation values (e.g. val_loss and val_acc) over a validation store."""
         self.model.eval()
-        loss_sum, correct = 0.0, 0
+        parts = []
         order = torch.arange(len(data))[self.dist.rank :: self.dist.world]  # every image once over all ranks
         for images, targets, _ in data.batches(batch_size, order=order):
             x = transform(images.to(self.device, non_blocking=True), None)
-            targets = targets.to(self.device, non_blocking=True)
             with autocast(self.device, self.precision):
-                logits = self.model(x)
-                loss_sum += float(self.task.loss(logits, targets)) * targets.shape[0]
-            correct += int((logits.argmax(1) == targets).sum())
+                parts.append(self.task.validation_batch(self.model, x, to_device(targets, self.device)))
         if self.dist.enabled:
-            loss_sum, correct = (float(v) for v in all_sum([loss_sum, correct], self.device))
-        return loss_sum / max(1, len(data)), correct / max(1, len(data))
+            parts = [p for rank_parts in gather(parts) for p in rank_parts]
+        return self.task.validation_result(parts)
 
     # --- resumable state ------------------------------------------------------------------------
 
@@ -333,7 +358,7 @@ class Trainer:
             "python_rng": random.getstate(),
             "numpy_rng": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
             "position": {"phase_index": pos.phase_index, "epoch_in_phase": pos.epoch_in_phase, "step": pos.step,
-                         "order": pos.order, "epoch": self.epoch},
+                         "order": pos.order, "seed": pos.seed, "epoch": self.epoch},
             "running": {"loss_sum": self.running.loss_sum, "correct": self.running.correct, "seen": self.running.seen},
             "micro_batches": self.micro_batches,
             "last_lr": self.last_lr,
@@ -357,7 +382,7 @@ class Trainer:
         name, keys, *rest = state["numpy_rng"]
         np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
         p = state["position"]
-        self.position = Position(p["phase_index"], p["epoch_in_phase"], p["step"], p["order"])
+        self.position = Position(p["phase_index"], p["epoch_in_phase"], p["step"], p["order"], p.get("seed", 0))
         self.epoch = p["epoch"]
         r = state["running"]
         self.running = RunningStats(r["loss_sum"], r["correct"], r["seen"])
@@ -366,6 +391,22 @@ class Trainer:
         for cb in self.callbacks:
             if hasattr(cb, "load_state_dict") and type(cb).__name__ in state["callbacks"]:
                 cb.load_state_dict(state["callbacks"][type(cb).__name__])
+
+
+def to_device(targets: Targets, device: torch.device) -> Targets:
+    """A batch's targets on the device: a tensor, or a list of per-image dicts of tensors."""
+    if isinstance(targets, torch.Tensor):
+        return targets.to(device, non_blocking=True)
+    return [{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+
+
+def split_like(targets: Targets, pieces: int) -> list[Targets]:
+    """Targets cut into `pieces` consecutive parts of the sizes `Tensor.tensor_split` gives the images."""
+    if isinstance(targets, torch.Tensor):
+        return list(targets.tensor_split(pieces))
+    bounds = [int(part[0]) for part in torch.arange(len(targets)).tensor_split(pieces) if len(part)] + [len(targets)]
+    parts = [targets[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return parts + [[]] * (pieces - len(parts))
 
 
 def _keep_frozen_norms_in_eval(model: nn.Module) -> None:

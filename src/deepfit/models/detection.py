@@ -228,3 +228,11 @@ def load_detector_weights(model: nn.Module, state: dict[str, torch.Tensor], orig
     if replaced:
         logger.info(f"loaded {origin}; class layers replaced for the new classes: {', '.join(replaced)}")
     return replaced
+
+
+def set_thresholds(model: nn.Module, conf: float, iou: float) -> None:
+    """Score threshold and NMS IoU of a torchvision detector's post-processing (where each model keeps them)."""
+    if not (0 <= conf <= 1 and 0 < iou <= 1):
+        raise ConfigError(f"--conf must be in [0, 1] and --iou in (0, 1], got {conf} and {iou}")
+    holder = getattr(model, "roi_heads", model)  # R-CNNs keep them in their RoI heads; RetinaNet, FCOS, SSD on the model
+    holder.score_thresh, holder.nms_thresh = conf, iou

@@ -11,6 +11,7 @@ class ClassificationTask:
     """What the engine needs to know about classification, and nothing about how the model is built."""
 
     name = "classify"
+    monitor = "val_acc"
 
     def __init__(self, num_classes: int, label_smoothing: float = 0.0) -> None:
         self.num_classes = num_classes
@@ -18,6 +19,20 @@ class ClassificationTask:
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.criterion(logits.float(), targets)  # fp32 loss even under autocast: stable softmax
+
+    def training_loss(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)  # (B, num_classes)
+        return self.loss(logits, targets), (logits.detach().argmax(1) == targets).sum()
+
+    def validation_batch(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> tuple[float, int, int]:
+        """(summed loss, correct, images) of one batch."""
+        logits = model(x)
+        return float(self.loss(logits, targets)) * len(targets), int((logits.argmax(1) == targets).sum()), len(targets)
+
+    @staticmethod
+    def validation_result(parts: list[tuple[float, int, int]]) -> dict[str, float]:
+        loss_sum, correct, seen = (sum(p[i] for p in parts) for i in range(3))
+        return {"val_loss": loss_sum / max(1, seen), "val_acc": correct / max(1, seen)}
 
     @staticmethod
     def correct(logits: torch.Tensor, targets: torch.Tensor) -> int:

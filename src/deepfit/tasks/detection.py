@@ -7,6 +7,7 @@ Calling it on in-memory COCO dictionaries gives exactly those numbers, with no f
     targets[i]     = {"boxes": (N, 4) xyxy pixels, "labels": (N,) 0-based, "height": H, "width": W,
                       optional "masks": (N, H, W) bool, optional "iscrowd": (N,)}
     predictions[i] = {"boxes": (M, 4), "scores": (M,), "labels": (M,), optional "masks": (M, H, W) bool}
+    (masks may also be lists of COCO RLE dicts: full-size masks of a whole data set do not fit in memory)
 """
 
 from __future__ import annotations
@@ -21,11 +22,17 @@ import numpy as np
 _ALL_AREAS, _MAX_DETS = 0, 2
 
 
-def _rle(mask: np.ndarray) -> dict[str, Any]:
+def _rle(mask: np.ndarray | dict[str, Any], threshold: float = 0.5) -> dict[str, Any]:
+    """COCO RLE of a mask (bool, or probabilities cut at `threshold`), or of an RLE already made."""
     from pycocotools import mask as mask_utils
 
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
+    if isinstance(mask, dict):
+        rle = dict(mask)
+    else:
+        mask = np.asarray(mask)
+        rle = mask_utils.encode(np.asfortranarray((mask > threshold if mask.dtype != bool else mask).astype(np.uint8)))
+    if isinstance(rle["counts"], bytes):
+        rle["counts"] = rle["counts"].decode("ascii")
     return rle
 
 
@@ -46,15 +53,17 @@ def to_coco(
             ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label) + 1,
                    "bbox": _xywh(box), "iscrowd": int(crowd[j])}
             if iou_type == "segm":
-                ann["segmentation"] = _rle(np.asarray(t["masks"][j]))
-                ann["area"] = float(np.asarray(t["masks"][j]).sum())
+                from pycocotools import mask as mask_utils
+
+                ann["segmentation"] = _rle(t["masks"][j])
+                ann["area"] = float(mask_utils.area(ann["segmentation"]))
             else:
                 ann["area"] = ann["bbox"][2] * ann["bbox"][3]
             annotations.append(ann)
         for j, (box, score, label) in enumerate(zip(np.asarray(p["boxes"]), np.asarray(p["scores"]), np.asarray(p["labels"]), strict=True)):
             res = {"image_id": image_id, "category_id": int(label) + 1, "bbox": _xywh(box), "score": float(score)}
             if iou_type == "segm":
-                res["segmentation"] = _rle(np.asarray(p["masks"][j]) > 0.5)
+                res["segmentation"] = _rle(p["masks"][j])
             results.append(res)
     categories = [{"id": k + 1, "name": str(k)} for k in range(num_classes)]
     return {"images": images, "annotations": annotations, "categories": categories}, results
@@ -97,3 +106,59 @@ def coco_metrics(
         "map75": float(max(stats[2], 0.0)), "per_class": per_class, "pr_curves": curves,
         "num_images": len(targets), "num_objects": len(gt_dict["annotations"]),
     }
+
+
+class DetectionTask:
+    """What the engine needs to know about detection and instance segmentation.
+
+    torchvision's detectors compute their own losses (RPN, box, class, mask) when given targets in
+    training mode; the task converts our 0-based labels to their convention (0 = background) and sums
+    the losses. Validation runs the model in inference mode and scores boxes with COCO mAP: mask mAP
+    needs every mask pasted at full size, too slow to repeat every epoch, so it is left to `evaluate`.
+    """
+
+    monitor = "val_map"
+
+    def __init__(self, classes: list[str], masks: bool) -> None:
+        self.classes, self.masks = classes, masks
+        self.name = "segment-instances" if masks else "detect"
+
+    def model_targets(self, targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for t in targets:
+            target = {"boxes": t["boxes"], "labels": t["labels"] + 1}
+            if self.masks:
+                target["masks"] = t["masks"]
+            out.append(target)
+        return out
+
+    def training_loss(self, model: Any, x: Any, targets: list[dict[str, Any]]) -> tuple[Any, None]:
+        losses = model(list(x), self.model_targets(targets))  # {"loss_classifier": ..., "loss_box_reg": ..., ...}
+        return sum(v.float() for v in losses.values()), None
+
+    @staticmethod
+    def predictions(outputs: list[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
+        """The model's outputs as numpy, 0-based labels (masks, where present, stay as (M, 1, H, W) probabilities)."""
+        out = []
+        for o in outputs:
+            p = {"boxes": o["boxes"].float().cpu().numpy(), "scores": o["scores"].float().cpu().numpy(),
+                 "labels": o["labels"].cpu().numpy() - 1}
+            if "masks" in o:
+                p["masks"] = o["masks"].float().cpu().numpy()
+            out.append(p)
+        return out
+
+    def validation_batch(self, model: Any, x: Any, targets: list[dict[str, Any]]) -> list[tuple[dict, dict]]:
+        """(truth, prediction) box pairs of the batch, on the CPU."""
+        outputs = self.predictions(model(list(x)))
+        h, w = x.shape[-2:]
+        pairs = []
+        for t, p in zip(targets, outputs, strict=True):
+            truth = {"boxes": t["boxes"].cpu().numpy(), "labels": t["labels"].cpu().numpy(), "height": h, "width": w}
+            pairs.append((truth, {k: v for k, v in p.items() if k != "masks"}))
+        return pairs
+
+    def validation_result(self, parts: list[list[tuple[dict, dict]]]) -> dict[str, float]:
+        pairs = [pair for part in parts for pair in part]
+        metrics = coco_metrics([t for t, _ in pairs], [p for _, p in pairs], self.classes, "bbox")
+        return {"val_map": metrics["map"], "val_map50": metrics["map50"]}

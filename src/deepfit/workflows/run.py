@@ -43,7 +43,7 @@ def check_output_outside_data(output: str | Path, data_root: Path) -> None:
 def new_run_dir(output: str | Path, name: str | None, model: str) -> Path:
     """Create a fresh run folder; an existing one is never reused or overwritten."""
     output = Path(output).resolve()
-    base = name or f"{model.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = name or f"{model.replace('/', '_').replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
     for i in range(1, 1000):
         run_dir = output / (base if i == 1 else f"{base}-{i}")
         try:

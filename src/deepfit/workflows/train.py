@@ -344,7 +344,7 @@ def _run(
     if trainer.skipped_steps:
         logger.warning(f"{trainer.skipped_steps} batches with a non-finite loss were skipped (--skip-nonfinite)")
 
-    best_acc = best.best_acc if val_store is not None and len(val_store) and dist_info.main else None
+    best_acc = best.best_score if val_store is not None and len(val_store) and dist_info.main else None
     if best_acc is not None:
         logger.info(f"best validation accuracy {best_acc:.2%} at epoch {best.best_epoch}; weights in {run_dir / 'best.safetensors'}")
     return TrainResult(run_dir, best_acc, best.best_epoch, classes)
