@@ -220,3 +220,36 @@ def hymenoptera_slice(hymenoptera: Path, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture(scope="session")
 def weights_dir(shared_dir: Path) -> Path:
     return shared_dir / "weights"
+
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+
+
+def _draw_squares(root: Path, n_train: int = 8, n_val: int = 4, size: int = 96) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "data.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (root / "data.yaml").write_text("names: [red, blue]\n")
+    for split, n in (("train", n_train), ("val", n_val)):
+        for i in range(n):
+            image = np.full((size, size, 3), 128, np.uint8)
+            lines = []
+            for k, colour in enumerate(COLOURS.values()):
+                side = int(rng.integers(20, 36))
+                x, y = int(rng.integers(0, size - side)), int(rng.integers(0, size - side))
+                if k == 1 and i % 2:  # some images have one square only
+                    continue
+                image[y:y + side, x:x + side] = colour
+                x1, y1, x2, y2 = (v / size for v in (x, y, x + side, y + side))
+                lines.append(f"{k} {x1} {y1} {x2} {y1} {x2} {y2} {x1} {y2}")
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / "images" / split / f"{split}{i}.png")
+            (root / "labels" / split / f"{split}{i}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def squares(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Detection data: 8 train and 4 val images of a red and a blue square, labelled as YOLO-seg polygons
+    (so the same labels give boxes and masks)."""
+    return _draw_squares(tmp_path_factory.mktemp("squares") / "data")

@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ImageClassifier": "deepfit.api",
+    "ObjectDetector": "deepfit.api",
     "load": "deepfit.api",
     "resume": "deepfit.api",
     "extract_features": "deepfit.api",
@@ -27,12 +28,12 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "ConfigError", "DataError", "DeepfitError", "FeaturesConfig", "ImageClassifier", "Prediction", "TrainConfig",
+    "ConfigError", "DataError", "DeepfitError", "FeaturesConfig", "ImageClassifier", "ObjectDetector", "Prediction", "TrainConfig",
     "WeightsError", "__version__", "extract_features", "fit_features", "load", "resume",
 ]
 
 if TYPE_CHECKING:
-    from deepfit.api import ImageClassifier, extract_features, fit_features, load, resume
+    from deepfit.api import ImageClassifier, ObjectDetector, extract_features, fit_features, load, resume
     from deepfit.config import FeaturesConfig, TrainConfig
     from deepfit.errors import ConfigError, DataError, DeepfitError, WeightsError
     from deepfit.workflows.predict import Prediction

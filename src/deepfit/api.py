@@ -11,6 +11,11 @@
     feats = deepfit.extract_features("data/", model="resnet50", pretrained=True)   # (N, D) + paths, labels, splits
     run = deepfit.fit_features("data/", model="resnet50", pretrained=True, classifier="svm")
     deepfit.load(run.run_dir).predict("new_photos/")
+
+    det = deepfit.ObjectDetector("fasterrcnn:tv/mobilenet_v2", weights="mobilenet_v2.safetensors")
+    det.fit("coco128/object_detection")  # COCO JSON, YOLO, VOC or instance-mask PNGs
+    det.evaluate()                       # COCO mAP, report.html
+    det.predict("street.jpg")            # {"boxes", "labels", "names", "scores"} (+ "masks")
 """
 
 from __future__ import annotations
@@ -24,10 +29,18 @@ import numpy as np
 from deepfit.config import FeaturesConfig, TrainConfig, apply_preset
 from deepfit.data.sources import discover
 from deepfit.errors import DeepfitError
+from deepfit.workflows.detect import (
+    DetectionEvaluation,
+    DetectionPredictor,
+    DetectionRun,
+    evaluate_detector,
+    resume_detector,
+    train_detector,
+)
 from deepfit.workflows.evaluate import Evaluation, evaluate
 from deepfit.workflows.features import FeatureSet, FeaturesResult
 from deepfit.workflows.predict import ImageInput, Prediction, Predictor, expand_paths
-from deepfit.workflows.run import run_folder
+from deepfit.workflows.run import run_folder, run_task
 from deepfit.workflows.train import TrainResult, train
 from deepfit.workflows.train import resume as resume_run
 
@@ -40,6 +53,8 @@ class ImageClassifier:
     """
 
     def __init__(self, model: str | None = None, *, preset: str | None = None, **options: Any) -> None:
+        if options.get("task", "classify") != "classify":
+            raise DeepfitError(f"task={options['task']!r}: use deepfit.ObjectDetector for detection and instance segmentation")
         # model=None keeps the preset's (or the default) architecture.
         self.config: TrainConfig = apply_preset(preset, {"model": model, **options} if model else options)
         self.run_dir: Path | None = None
@@ -97,16 +112,77 @@ class ImageClassifier:
         return f"ImageClassifier({self.config.model!r}{where})"
 
 
-def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None) -> ImageClassifier:
+class ObjectDetector:
+    """A detector (task="detect": boxes) or instance segmenter (task="segment-instances": boxes and masks)
+    to train, evaluate and use. Options are those of `deepfit train` (see `TrainConfig`)."""
+
+    def __init__(self, model: str | None = None, *, task: str = "detect", **options: Any) -> None:
+        if task == "classify":
+            raise DeepfitError("task='classify': use deepfit.ImageClassifier")
+        self.config = TrainConfig.from_dict({"task": task, **({"model": model} if model else {}), **options})
+        self.run_dir: Path | None = None
+        self.result: DetectionRun | None = None
+        self._predictor: DetectionPredictor | None = None
+
+    def fit(self, data: str | Path, *, format: str | None = None, classes: list[str] | None = None, **options: Any) -> ObjectDetector:
+        """Train on labels in any supported format (`format` forces one; `classes` names VOC / mask-PNG classes)."""
+        config = self.config.replace(**options) if options else self.config
+        self.result = train_detector(data, config, format=format, classes=classes)
+        self.config, self.run_dir, self._predictor = config, self.result.run_dir, None
+        return self
+
+    def evaluate(self, data: str | Path | None = None, checkpoint: str = "best") -> DetectionEvaluation:
+        """COCO mAP (boxes, and masks for instance segmentation) on the test split, or on another labelled set."""
+        return evaluate_detector(self._require_run(), data, checkpoint=checkpoint, device=self.config.device)
+
+    @property
+    def predictor(self) -> DetectionPredictor:
+        if self._predictor is None:
+            self._predictor = DetectionPredictor.from_run(self._require_run(), device=self.config.device)
+        return self._predictor
+
+    @property
+    def classes(self) -> list[str]:
+        return self.predictor.trained.classes
+
+    def predict(self, inputs: Any, *, conf: float = 0.25, iou: float = 0.5) -> Any:
+        """One image (path, PIL image, (H, W, 3) array, (3, H, W) tensor) -> a dict of boxes (xyxy pixels), labels,
+        names, scores (and masks (M, H, W) bool); a list, a folder or a glob -> a list of them."""
+        if isinstance(inputs, str | Path) and (Path(inputs).is_dir() or any(c in str(inputs) for c in "*?[")):
+            inputs = expand_paths([inputs])
+        return self.predictor.predict(inputs, conf=conf, iou=iou)
+
+    def _require_run(self) -> Path:
+        if self.run_dir is None:
+            raise DeepfitError("this detector has not been trained yet: call fit(data) or deepfit.load(run_dir)")
+        return self.run_dir
+
+    def __repr__(self) -> str:
+        where = f", run_dir={str(self.run_dir)!r}" if self.run_dir else ""
+        return f"ObjectDetector({self.config.model!r}, task={self.config.task!r}{where})"
+
+
+def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None) -> ImageClassifier | ObjectDetector:
     """Continue a stopped run (or extend a finished one to `epochs`) and return it ready to evaluate and predict."""
+    if run_task(run_dir) != "classify":
+        detection = resume_detector(run_dir, epochs=epochs, device=device)
+        det = load(detection.run_dir, device=device or "auto")
+        det.result = detection
+        return det
     result = resume_run(run_dir, epochs=epochs, device=device)
     clf = load(result.run_dir, device=device or "auto")
     clf.result = result
     return clf
 
 
-def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> ImageClassifier:
+def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> ImageClassifier | ObjectDetector:
     """A trained run, ready to predict and evaluate in a fresh process (no user code needed)."""
+    if run_task(run_dir) != "classify":
+        detector = DetectionPredictor.from_run(run_dir, checkpoint, device)
+        det = ObjectDetector.__new__(ObjectDetector)
+        det.config = TrainConfig.from_dict({**detector.trained.meta["config"], "device": device})
+        det.run_dir, det.result, det._predictor = run_folder(run_dir), None, detector
+        return det
     predictor = Predictor.from_run(run_dir, checkpoint, device)
     clf = ImageClassifier.__new__(ImageClassifier)
     clf.config = predictor.trained.config.replace(device=device)

@@ -77,8 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quickstart", help="train, evaluate and report on the embedded handwritten digits")
     q.add_argument("--output", default="runs", help="folder for the run (default: runs)")
 
-    t = sub.add_parser("train", help="train a classifier from scratch or by transfer learning")
-    t.add_argument("data", nargs="?", help="folder of class folders, folder with train/ val/ test/, or a CSV/TSV of path,label")
+    t = sub.add_parser("train", help="train a classifier, detector or instance segmenter, from scratch or by transfer learning")
+    t.add_argument(
+        "data", nargs="?",
+        help="classification: folder of class folders, folder with train/ val/ test/, or a CSV/TSV of path,label; "
+        "detection: COCO JSON (or its folder), YOLO folder with its YAML, Pascal VOC folder, or images/ + masks/",
+    )
     t.add_argument(
         "--resume", metavar="RUN_DIR",
         help="continue a stopped run from its resumable state (with --epochs N: extend a finished run to N epochs)",
@@ -87,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--path-column", help="CSV data: the column holding image paths")
     t.add_argument("--label-column", help="CSV data: the column holding labels")
     t.add_argument("--no-evaluate", action="store_true", help="do not score the test split after training")
+    t.add_argument("--format", choices=["coco", "yolo", "voc", "masks"], help="detection: the label format (default: recognised)")
+    t.add_argument("--classes", nargs="+", help="detection: class names in order (VOC, mask PNGs)")
     _add_config_options(t)
 
     f = sub.add_parser(
@@ -134,11 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", default="best", choices=["best", "last"])
     e.add_argument("--device", default="auto")
 
-    p = sub.add_parser("predict", help="classify images (files, folders, globs) with a trained run")
+    p = sub.add_parser("predict", help="classify images, or detect objects in them (files, folders, globs), with a trained run")
     p.add_argument("run_dir")
     p.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--top-k", type=int, default=3, help="classes to list per image (default: 3)")
-    p.add_argument("--output", help="write predictions to this .csv or .json (default: RUN_DIR/predictions.csv)")
+    p.add_argument(
+        "--output",
+        help="classification: write predictions to this .csv or .json (default: RUN_DIR/predictions.csv); detection: the "
+        "folder for drawn images, detections.json (COCO results) and detections.csv (default: RUN_DIR/predictions)",
+    )
+    p.add_argument("--conf", type=float, default=0.25, help="detection: lowest score kept (default: 0.25)")
+    p.add_argument("--iou", type=float, default=0.5, help="detection: IoU above which overlapping boxes are merged by NMS (default: 0.5)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--device", default="auto")
 
@@ -150,8 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_train(args: argparse.Namespace) -> None:
     from deepfit.api import ImageClassifier, resume
 
-    fixed = {"command", "data", "preset", "path_column", "label_column", "no_evaluate", "version", "resume"}
+    fixed = {"command", "data", "preset", "path_column", "label_column", "no_evaluate", "version", "resume", "format", "classes"}
     options = {k: v for k, v in vars(args).items() if k not in fixed}
+    if options.get("task", "classify") != "classify" and not args.resume:
+        _train_detector(args, options)
+        return
     if args.resume:
         others = sorted(set(options) - {"epochs", "device"}) + (["DATA"] if args.data else []) + (["--preset"] if args.preset else [])
         if others:
@@ -170,7 +185,33 @@ def _cmd_train(args: argparse.Namespace) -> None:
         return
     print(f"run folder: {clf.run_dir}")
     if not args.no_evaluate:
-        evaluation = clf.evaluate()
+        _print_evaluation(clf.evaluate())
+
+
+def _train_detector(args: argparse.Namespace, options: dict[str, Any]) -> None:
+    from deepfit.api import ObjectDetector
+    from deepfit.engine.distributed import from_environment
+
+    if args.preset or args.path_column or args.label_column:
+        raise ConfigError("--preset, --path-column and --label-column are for classification, not detection")
+    if not args.data:
+        raise ConfigError("deepfit train --task detect needs DATA (labels in COCO, YOLO, VOC or mask-PNG form)")
+    det = ObjectDetector(options.pop("model", None), **options)
+    det.fit(args.data, format=args.format, classes=args.classes)
+    if not from_environment().main:
+        return
+    print(f"run folder: {det.run_dir}")
+    if not args.no_evaluate:
+        _print_evaluation(det.evaluate())
+
+
+def _print_evaluation(evaluation: Any) -> None:
+    if hasattr(evaluation, "box"):  # detection
+        text = f"box mAP {evaluation.box['map']:.4f} (mAP50 {evaluation.box['map50']:.4f})"
+        if evaluation.mask:
+            text += f", mask mAP {evaluation.mask['map']:.4f} (mAP50 {evaluation.mask['map50']:.4f})"
+        print(f"{evaluation.split}: {text}; report: {evaluation.report}")
+    else:
         print(f"{evaluation.split} accuracy {evaluation.metrics['accuracy']:.2%}; report: {evaluation.report}")
 
 
@@ -235,8 +276,11 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from rich.table import Table
 
     from deepfit.workflows.predict import Predictor, expand_paths, write_predictions
-    from deepfit.workflows.run import run_folder
+    from deepfit.workflows.run import run_folder, run_task
 
+    if run_task(args.run_dir) != "classify":
+        _predict_detections(args)
+        return
     predictor = Predictor.from_run(args.run_dir, args.checkpoint, args.device)
     predictions, failed = predictor.predict_files(expand_paths(args.paths), top_k=args.top_k)
     table = Table(title=f"{len(predictions)} images")
@@ -251,6 +295,19 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     out = Path(args.output) if args.output else run_folder(args.run_dir) / "predictions.csv"
     out = write_predictions(predictions, out)
     print(f"predictions written to {out}" + (f"; {len(failed)} unreadable files skipped" if failed else ""))
+
+
+def _predict_detections(args: argparse.Namespace) -> None:
+    from deepfit.workflows.detect import predict_to_folder
+    from deepfit.workflows.predict import expand_paths
+
+    out, results, failed = predict_to_folder(
+        args.run_dir, expand_paths(args.paths), args.output, conf=args.conf, iou=args.iou, checkpoint=args.checkpoint,
+        device=args.device,
+    )
+    objects = sum(len(r["boxes"]) for r in results)
+    print(f"{objects} objects in {len(results)} images (score >= {args.conf}); drawn images, detections.json and detections.csv "
+          f"in {out}" + (f"; {len(failed)} unreadable files skipped" if failed else ""))
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
@@ -288,9 +345,14 @@ def main(argv: list[str] | None = None) -> int:
             _cmd_data_check(args)
         elif args.command == "evaluate":
             from deepfit.workflows.evaluate import evaluate
+            from deepfit.workflows.run import run_task
 
-            evaluation = evaluate(args.run_dir, args.data, checkpoint=args.checkpoint, device=args.device)
-            print(f"{evaluation.split} accuracy {evaluation.metrics['accuracy']:.2%}; report: {evaluation.report}")
+            if run_task(args.run_dir) != "classify":
+                from deepfit.workflows.detect import evaluate_detector
+
+                _print_evaluation(evaluate_detector(args.run_dir, args.data, checkpoint=args.checkpoint, device=args.device))
+            else:
+                _print_evaluation(evaluate(args.run_dir, args.data, checkpoint=args.checkpoint, device=args.device))
         elif args.command == "predict":
             _cmd_predict(args)
         elif args.command == "models":

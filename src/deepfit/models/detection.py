@@ -203,12 +203,16 @@ def build_detector(spec: DetectorSpec, *, backbone_weights: str | Path | None = 
     names = _tv_detection_names()
     if spec.name not in names:
         raise ConfigError(f"unknown detector {spec.name!r}{_suggest(spec.name, names)}; or use KIND:BACKBONE (kinds: {', '.join(KINDS)})")
-    kwargs: dict[str, Any] = {"weights": None, "weights_backbone": None, "num_classes": spec.num_classes + 1}
+    # pretrained_backbone: the backbone's ImageNet weights by name, as for KIND:BACKBONE (a whole detector's
+    # weights come as a file through load_detector_weights)
+    kwargs: dict[str, Any] = {"weights": None, "weights_backbone": "DEFAULT" if pretrained_backbone else None,
+                              "num_classes": spec.num_classes + 1}
     if not spec.name.startswith("ssd"):
         kwargs |= {"min_size": spec.min_size, "max_size": spec.max_size}
     if freeze_backbone:
         kwargs["trainable_backbone_layers"] = 0
-    return torchvision.models.get_model(spec.name, **kwargs)
+    with _fetching(spec.name) if pretrained_backbone else contextlib.nullcontext():
+        return torchvision.models.get_model(spec.name, **kwargs)
 
 
 def load_detector_weights(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> list[str]:

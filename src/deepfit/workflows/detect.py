@@ -354,7 +354,7 @@ def _as_tensor(item: ImageInput) -> torch.Tensor:
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
         raise DataError(f"an image must be (H, W, 3) or (H, W) pixels, not an array of shape {array.shape}")
-    return torch.from_numpy(np.ascontiguousarray(array[..., :3])).permute(2, 0, 1)
+    return torch.from_numpy(np.array(array[..., :3])).permute(2, 0, 1)  # a copy: the input may be read-only
 
 
 class DetectionPredictor:

@@ -75,6 +75,12 @@ def run_folder(path: str | Path) -> Path:
     return path if path.is_dir() else path.parent
 
 
+def run_task(path: str | Path) -> str:
+    """The task a run folder (or a checkpoint in one) was trained for: classify, detect or segment-instances."""
+    config = run_folder(path) / "config.json"
+    return json.loads(config.read_text()).get("task", "classify") if config.is_file() else "classify"
+
+
 def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     """A run folder -> its best (or last) weights; a .safetensors path is taken as is."""
     path = Path(path)
