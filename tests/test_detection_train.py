@@ -146,3 +146,32 @@ def test_a_corrupt_image_is_named(tmp_path: Path) -> None:
     bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
     with pytest.raises(DataError, match="broken.jpg"):
         decode_rgb(str(bad))
+
+
+def test_random_split_is_seeded_leak_free_and_folder_splits_are_kept(squares: Path) -> None:
+    from dataclasses import replace
+
+    from deepfit.data.detection import read_detection
+    from deepfit.workflows.detect import split_samples
+
+    dataset = read_detection(squares)
+    given = split_samples(dataset, 0.2, 0.2, 0)
+    assert [len(given[k]) for k in ("train", "val", "test")] == [8, 4, 0]  # the folders, as they are
+    unsplit = replace(dataset, samples=[replace(s, split=None) for s in dataset.samples])
+    a, b = split_samples(unsplit, 0.25, 0.25, 0), split_samples(unsplit, 0.25, 0.25, 0)
+    assert {k: [s.path for s in v] for k, v in a.items()} == {k: [s.path for s in v] for k, v in b.items()}
+    assert [len(a[k]) for k in ("train", "val", "test")] == [6, 3, 3]
+    paths = [s.path for v in a.values() for s in v]
+    assert len(paths) == len(set(paths)) == 12  # every image in exactly one split
+
+
+def test_a_trained_detector_is_fine_tuned_from_its_weights_file(detect_run: Path, squares: Path, tmp_path: Path) -> None:
+    """--weights with a whole detector's weights (not a backbone's) loads all of it."""
+    from deepfit.workflows.detect import create_detector, load_detector
+
+    config = TrainConfig(task="detect", weights=str(detect_run / "best.safetensors"), image_size=128)
+    model, _, origin = create_detector(config, ["red", "blue"])
+    trained = load_detector(detect_run).model.state_dict()
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, trained[key], rtol=0, atol=0)
+    assert origin == str(detect_run / "best.safetensors")

@@ -87,8 +87,11 @@ class BestCheckpoint(Callback):
     """Saves "best" when the validation score (`monitor`) improves (a tie is broken by lower validation
     loss, where the task has one; else by the later epoch), and "last" after every epoch."""
 
-    def __init__(self, save: Callable[[str, dict[str, Any]], None], monitor: str = "val_acc") -> None:
+    def __init__(self, save: Callable[[str, dict[str, Any]], None], monitor: str = "val_acc",
+                 link: Callable[[str, str], None] | None = None) -> None:
         self.save = save  # save(kind, record) with kind "best" or "last"
+        # link("last", "best"): make best the checkpoint just saved as last without writing the weights again
+        self.link = link
         self.monitor = monitor
         self.best_score = -math.inf
         self.best_loss = math.inf
@@ -99,10 +102,13 @@ class BestCheckpoint(Callback):
         loss = record.get("val_loss", -record["epoch"])
         if score is None:  # no validation split: the latest weights are the best we know
             score, loss = 0.0, -record["epoch"]
+        self.save("last", record)
         if score > self.best_score or (score == self.best_score and loss < self.best_loss):
             self.best_score, self.best_loss, self.best_epoch = score, loss, record["epoch"]
-            self.save("best", record)
-        self.save("last", record)
+            if self.link is not None:
+                self.link("last", "best")
+            else:
+                self.save("best", record)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best_score": self.best_score, "best_loss": self.best_loss, "best_epoch": self.best_epoch}

@@ -8,7 +8,9 @@ library versions that wrote it.
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +63,21 @@ def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     header = {k: json.dumps(prep[k]) for k in ("mean", "std", "image_size", "crop_pct") if k in prep}
     header["classes"] = json.dumps(meta.get("classes", []))
     atomic_write(path, lambda tmp: save_model(model, str(tmp), metadata=header))
+
+
+def link_checkpoint(src: Path, dst: Path) -> None:
+    """Make `dst` the same checkpoint as `src` (sidecar and weights) without serialising the weights again:
+    a hard link where the file system allows one, else a copy. Atomic like save_checkpoint, and safe to
+    overwrite `src` later: that replaces its directory entry, never the shared file's contents."""
+    for source, target in ((Path(src).with_suffix(".json"), Path(dst).with_suffix(".json")), (Path(src), Path(dst))):
+        def write(tmp: Path, source: Path = source) -> None:
+            tmp.unlink()
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copy2(source, tmp)
+
+        atomic_write(target, write)
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:

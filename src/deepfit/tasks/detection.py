@@ -154,7 +154,8 @@ class DetectionTask:
         h, w = x.shape[-2:]
         pairs = []
         for t, p in zip(targets, outputs, strict=True):
-            truth = {"boxes": t["boxes"].cpu().numpy(), "labels": t["labels"].cpu().numpy(), "height": h, "width": w}
+            truth = {"boxes": t["boxes"].cpu().numpy(), "labels": t["labels"].cpu().numpy(), "height": h, "width": w,
+                     "iscrowd": t["iscrowd"].cpu().numpy()}  # crowd regions: detections there neither count nor miss
             pairs.append((truth, {k: v for k, v in p.items() if k != "masks"}))
         return pairs
 

@@ -49,6 +49,7 @@ from deepfit.engine.callbacks import (
 from deepfit.engine.checkpoint import (
     RESUME_FILE,
     library_versions,
+    link_checkpoint,
     load_training_state,
     load_weights,
     read_sidecar,
@@ -95,24 +96,25 @@ def split_samples(dataset: DetectionDataset, val_fraction: float, test_fraction:
     splits: dict[str, list[DetectionSample]] = {"train": [], "val": [], "test": []}
     for s in dataset.samples:
         splits[s.split if s.split in splits else "train"].append(s)
-    if not splits["val"] and not splits["test"]:
-        pool = splits["train"]
-        order = list(range(len(pool)))
-        random.Random(seed).shuffle(order)
-        n_val, n_test = round(len(pool) * val_fraction), round(len(pool) * test_fraction)
-        splits = {"test": [pool[i] for i in sorted(order[:n_test])], "val": [pool[i] for i in sorted(order[n_test:n_test + n_val])],
-                  "train": [pool[i] for i in sorted(order[n_test + n_val:])]}
-    elif not splits["val"] and val_fraction > 0:  # a test split but no val: carve val from train
-        pool = splits["train"]
-        order = list(range(len(pool)))
-        random.Random(seed).shuffle(order)
-        n_val = round(len(pool) * val_fraction)
-        splits["val"], splits["train"] = [pool[i] for i in sorted(order[:n_val])], [pool[i] for i in sorted(order[n_val:])]
+    if not splits["test"] and not splits["val"]:
+        n = len(splits["train"])
+        splits["test"], splits["train"] = _carve(splits["train"], round(n * test_fraction), seed)
+        splits["val"], splits["train"] = _carve(splits["train"], round(n * val_fraction), seed + 1)
+    elif not splits["val"]:  # a test split but no val: carve val from train
+        splits["val"], splits["train"] = _carve(splits["train"], round(len(splits["train"]) * val_fraction), seed)
     if not splits["train"]:
         raise DataError(f"no training images in {dataset.root}: every image is in a val or test folder")
     if not any(len(s) for s in splits["train"]):
         raise DataError(f"the training images in {dataset.root} have no objects: nothing to learn from; check the labels")
     return splits
+
+
+def _carve(pool: list[DetectionSample], n: int, seed: int) -> tuple[list[DetectionSample], list[DetectionSample]]:
+    """(n images drawn at random, the rest), each in the pool's order."""
+    order = list(range(len(pool)))
+    random.Random(seed).shuffle(order)
+    taken = set(order[:n])
+    return [s for i, s in enumerate(pool) if i in taken], [s for i, s in enumerate(pool) if i not in taken]
 
 
 def _save_split(splits: dict[str, list[DetectionSample]], path: Path, root: Path) -> None:
@@ -274,7 +276,8 @@ def _run(
         save_checkpoint(run_dir / f"{kind}.safetensors", model, {**meta, "epoch": record["epoch"], "val_map": record.get("val_map")})
 
     task = DetectionTask(classes, masks)
-    best = BestCheckpoint(save, monitor=task.monitor)
+    best = BestCheckpoint(save, monitor=task.monitor,
+                          link=lambda src, dst: link_checkpoint(run_dir / f"{src}.safetensors", run_dir / f"{dst}.safetensors"))
     callbacks: list[Callback] = [EarlyStopping(config.early_stopping, monitor=task.monitor)]
     if dist_info.main:
         keep = state["position"]["epoch"] if state else None

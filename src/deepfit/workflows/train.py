@@ -38,6 +38,7 @@ from deepfit.engine.callbacks import BestCheckpoint, EarlyStopping, MetricsCSV, 
 from deepfit.engine.checkpoint import (
     RESUME_FILE,
     library_versions,
+    link_checkpoint,
     load_training_state,
     read_sidecar,
     save_checkpoint,
@@ -297,7 +298,7 @@ def _run(
     def save(kind: str, record: dict[str, Any]) -> None:
         save_checkpoint(run_dir / f"{kind}.safetensors", model, {**meta, "epoch": record["epoch"], "val_acc": record.get("val_acc")})
 
-    best = BestCheckpoint(save)
+    best = BestCheckpoint(save, link=lambda src, dst: link_checkpoint(run_dir / f"{src}.safetensors", run_dir / f"{dst}.safetensors"))
     resume_state = ResumeState(lambda t: save_training_state(run_dir / RESUME_FILE, t, config), config.save_every_steps)
     keep = state["position"]["epoch"] if state else None
     # Early stopping decides from metrics summed over ranks, so every rank stops together; only rank 0 writes.
