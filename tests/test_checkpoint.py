@@ -102,3 +102,31 @@ def test_missing_sidecar_or_checkpoint_is_a_clear_error(run_copy: Path, tmp_path
     (run_copy / "best.json").unlink()
     with pytest.raises(WeightsError, match=r"sidecar missing: .*best\.json"):
         load_trained(run_copy)
+
+
+def test_best_linked_to_last_survives_the_next_last(tmp_path: Path) -> None:
+    """When an epoch is both last and best, best is a link to last's files, not a second serialisation;
+    saving a later last (a new file renamed into place) leaves that best as it was."""
+    from torch import nn
+
+    from deepfit.engine.callbacks import BestCheckpoint
+    from deepfit.engine.checkpoint import link_checkpoint, save_checkpoint
+
+    model = nn.Linear(2, 2)
+    saves: list[str] = []
+
+    def save(kind: str, record: dict) -> None:
+        saves.append(kind)
+        save_checkpoint(tmp_path / f"{kind}.safetensors", model, {"epoch": record["epoch"]})
+
+    best = BestCheckpoint(save, link=lambda src, dst: link_checkpoint(tmp_path / f"{src}.safetensors", tmp_path / f"{dst}.safetensors"))
+    best.on_epoch_end(None, {"epoch": 1, "val_acc": 0.5, "val_loss": 1.0})
+    first = load_file(tmp_path / "best.safetensors")
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    best.on_epoch_end(None, {"epoch": 2, "val_acc": 0.4, "val_loss": 1.0})  # worse: best stays epoch 1
+    assert saves == ["last", "last"]
+    assert read_sidecar(tmp_path / "best.safetensors")["epoch"] == 1 and read_sidecar(tmp_path / "last.safetensors")["epoch"] == 2
+    torch.testing.assert_close(load_file(tmp_path / "best.safetensors")["weight"], first["weight"])
+    assert not torch.equal(load_file(tmp_path / "last.safetensors")["weight"], first["weight"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json", "best.safetensors", "last.json", "last.safetensors"]
