@@ -70,8 +70,10 @@ def test_flip_mirrors_the_boxes() -> None:
 def test_degenerate_boxes_leave_with_their_labels_and_masks() -> None:
     sample = _sample()
     sample["boxes"][1] = torch.tensor([100.0, 70.0, 100.5, 110.0])  # half a pixel wide
+    sample["iscrowd"] = torch.tensor([False, True])
     out = detection_transform(96, train=False)(sample)
     assert out["labels"].tolist() == [3] and len(out["boxes"]) == 1 and len(out["masks"]) == 1
+    assert out["iscrowd"].tolist() == [False]  # the crowd flag leaves with its box too
 
 
 def test_letterbox_of_a_tall_image() -> None:

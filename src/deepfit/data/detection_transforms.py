@@ -78,8 +78,9 @@ def detection_transform(
 
 
 def _labels(sample: Any) -> tuple[torch.Tensor, ...]:
-    """What SanitizeBoundingBoxes drops together with a removed box: its label (and its mask, which it handles)."""
-    return (sample["labels"],)
+    """What SanitizeBoundingBoxes drops together with a removed box: its label and crowd flag (and its mask,
+    which it handles by type)."""
+    return tuple(sample[k] for k in ("labels", "iscrowd") if k in sample)
 
 
 def make_sample(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None = None) -> Sample:
