@@ -27,8 +27,7 @@ def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any
 
 
 TASKS = ("classify", "detect", "segment-instances")
-# Defaults that depend on the task: a detector's step costs far more than a classifier's, and its
-# randomly initialised heads and pyramid want a smaller Adam step than a classification head does.
+# Defaults that depend on the task: a detector's step costs far more than a classifier's.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "classify": {"model": "resnet18", "batch_size": 64},
     "detect": {"model": "fasterrcnn:tv/mobilenet_v2", "batch_size": 4, "image_size": 512},
@@ -62,7 +61,7 @@ class TrainConfig:
     epochs: int = _opt(10, "passes over the training split")
     batch_size: int | None = _opt(None, "images per optimisation step (default 64; 4 for detection)")
     optimizer: str = _opt("adamw", "optimizer", ("adamw", "sgd"))
-    lr: float | None = _opt(None, "peak learning rate; default 1e-3 for adamw, 0.05 for sgd")
+    lr: float | None = _opt(None, "peak learning rate; default 1e-3 for adamw, 0.05 for sgd (0.01 for detection)")
     momentum: float = _opt(0.9, "SGD momentum (Nesterov)")
     weight_decay: float = _opt(0.05, "decoupled weight decay; never applied to norm layers and biases")
     schedule: str = _opt("cosine", "learning-rate schedule after warm-up", ("cosine", "onecycle", "constant"))
@@ -128,9 +127,11 @@ class TrainConfig:
     def resolved_lr(self) -> float:
         if self.lr is not None:
             return self.lr
-        if self.detection:
-            return 1e-4 if self.optimizer == "adamw" else 0.01
-        return 1e-3 if self.optimizer == "adamw" else 0.05
+        if self.optimizer == "adamw":
+            # detection too: on a short fine-tuning run (drawn squares, 96 steps, 320 px) AdamW reached box mAP
+            # 0.42 at 1e-3 against 0.21 at 1e-4
+            return 1e-3
+        return 0.01 if self.detection else 0.05
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -39,6 +39,10 @@ KINDS = ("fasterrcnn", "retinanet", "fcos", "maskrcnn")
 _CLASS_LAYERS = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.",
                  "head.classification_head.cls_logits.", "head.classification_head.module_list.")
 _ANCHOR_BASE = (16, 32, 64, 128, 256, 512)
+# Objects from 32 to 512 pixels: with 5 or more pyramid levels (strides 4 to 64) one size per level, as in
+# FPN; a coarser backbone (mobilenets give 3 levels, strides 16 to 64) gets every size at every level, as
+# torchvision's own mobilenet detectors do: one size a level would leave nothing under ~100 px an anchor.
+_ALL_SIZES = (32, 64, 128, 256, 512)
 
 
 def _tv_detection_names() -> list[str]:
@@ -140,9 +144,10 @@ def _detector(kind: str, backbone: nn.Module, num_classes: int, min_size: int, m
     levels = _levels(backbone)
     n = len(levels)
     base = _ANCHOR_BASE[-n:] if n <= len(_ANCHOR_BASE) else _ANCHOR_BASE
+    per_level = tuple((s,) for s in base) if n >= len(_ALL_SIZES) else (_ALL_SIZES,) * n
     sizes = dict(min_size=min_size, max_size=max_size)
     if kind in ("fasterrcnn", "maskrcnn"):
-        anchors = AnchorGenerator(tuple((s,) for s in base), ((0.5, 1.0, 2.0),) * n)
+        anchors = AnchorGenerator(per_level, ((0.5, 1.0, 2.0),) * n)
         pooled = [name for name in levels if name != "pool"]  # RoIs are pooled from the pyramid, not the extra level
         boxes = MultiScaleRoIAlign(pooled, output_size=7, sampling_ratio=2)
         if kind == "fasterrcnn":
@@ -150,7 +155,9 @@ def _detector(kind: str, backbone: nn.Module, num_classes: int, min_size: int, m
         masks = MultiScaleRoIAlign(pooled, output_size=14, sampling_ratio=2)
         return MaskRCNN(backbone, num_classes + 1, rpn_anchor_generator=anchors, box_roi_pool=boxes, mask_roi_pool=masks, **sizes)
     if kind == "retinanet":
-        anchors = AnchorGenerator(tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in base), ((0.5, 1.0, 2.0),) * n)
+        # RetinaNet's three octave scales per size (2^0, 2^1/3, 2^2/3)
+        octaves = tuple(tuple(int(s * 2 ** (k / 3)) for s in level for k in range(3)) for level in per_level)
+        anchors = AnchorGenerator(octaves, ((0.5, 1.0, 2.0),) * n)
         return RetinaNet(backbone, num_classes + 1, anchor_generator=anchors, **sizes)
     anchors = AnchorGenerator(tuple((s // 2,) for s in base), ((1.0,),) * n)
     return FCOS(backbone, num_classes + 1, anchor_generator=anchors, **sizes)
