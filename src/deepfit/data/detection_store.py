@@ -45,9 +45,10 @@ def decode_rgb(path: str) -> torch.Tensor:
 
 
 class _Samples(Dataset):
-    def __init__(self, samples: list[DetectionSample], size: int, train: bool, masks: bool, resize: str, hflip: bool) -> None:
-        self.samples, self.size, self.train, self.masks = samples, size, train, masks
-        self.transform = detection_transform(size, train=train, resize=resize, hflip=hflip)
+    def __init__(self, samples: list[DetectionSample], size: int, train: bool, augment: bool, masks: bool, resize: str,
+                 hflip: bool) -> None:
+        self.samples, self.size, self.train, self.augment, self.masks = samples, size, train, augment, masks
+        self.transform = detection_transform(size, train=augment, resize=resize, hflip=hflip)
         self.resize = resize
         self.seed = 0
 
@@ -68,7 +69,7 @@ class _Samples(Dataset):
         masks = torch.from_numpy(_stack_masks(s, index)) if self.masks else None
         sample = make_sample(image, torch.from_numpy(s.boxes[index]).reshape(-1, 4), torch.from_numpy(s.labels[index]), masks)
         sample["iscrowd"] = torch.as_tensor(s.iscrowd, dtype=torch.bool)[index]
-        if self.train:
+        if self.augment:
             # v2 transforms draw from torch's global generator: fork it so loading in the main process leaves
             # the training's random numbers alone, and seed it by (epoch, image) so any worker gives the same result
             with torch.random.fork_rng(devices=[]):
@@ -110,9 +111,10 @@ class DetectionStore:
     per_sample_augment = True
 
     def __init__(self, samples: list[DetectionSample], size: int, *, train: bool, masks: bool, workers: int = 0,
-                 resize: str = "letterbox", hflip: bool = True) -> None:
+                 augment: bool | None = None, resize: str = "letterbox", hflip: bool = True) -> None:
+        """`train`: training targets (crowd regions left out) with augmentation (unless `augment` is False)."""
         self.samples, self.size, self.workers = samples, size, workers
-        self._data = _Samples(samples, size, train, masks, resize, hflip)
+        self._data = _Samples(samples, size, train, train if augment is None else augment, masks, resize, hflip)
 
     def __len__(self) -> int:
         return len(self.samples)

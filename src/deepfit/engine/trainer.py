@@ -35,9 +35,8 @@ class BatchSource(Protocol):
     """Anything that yields (images, targets, indices) batches: an in-memory or streamed image store.
 
     A source whose augmentation runs per sample while loading (detection: boxes move with the image)
-    sets `per_sample_augment`; the trainer then hands it a seed per epoch, kept in the resumable state,
-    (the keyword `seed` of `batches`), so an epoch's augmentation is the same whether or not the run was
-    stopped in between."""
+    sets `per_sample_augment`; the trainer then passes `batches` a `seed` per epoch, kept in the resumable
+    state, so an epoch's augmentation is the same whether or not the run was stopped in between."""
 
     def __len__(self) -> int: ...
 

@@ -239,7 +239,7 @@ def _run(
 
     masks = spec.masks
     workers = _workers(config)
-    train_store = DetectionStore(splits["train"], config.image_size, train=config.augment != "none", masks=masks,
+    train_store = DetectionStore(splits["train"], config.image_size, train=True, augment=config.augment != "none", masks=masks,
                                  workers=workers, hflip=config.hflip)
     val_store = DetectionStore(splits["val"], config.image_size, train=False, masks=False, workers=workers) if splits["val"] else None
 
