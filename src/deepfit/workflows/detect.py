@@ -78,6 +78,7 @@ from deepfit.workflows.train import seed_everything, stop_on_ctrl_c
 _DETECTOR_KEYS = ("backbone.", "rpn.", "roi_heads.", "head.", "anchor_generator.")
 GALLERY_SIZE = 16
 DEFAULT_CONF, DEFAULT_IOU = 0.25, 0.5
+PREDICT_BATCH = 8  # images per forward pass when predicting
 
 
 @dataclass
@@ -195,7 +196,7 @@ def train_detector(data: str | Path, config: TrainConfig, *, format: str | None 
         )
     check_output_outside_data(config.output, dataset.root)
     splits = split_samples(dataset, config.val_fraction, config.test_fraction, config.seed)
-    return _run(data, config, dataset, splits, generator, format=format)
+    return _run(data, config, dataset, splits, generator)
 
 
 def resume_detector(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None) -> DetectionRun:
@@ -208,16 +209,21 @@ def resume_detector(run_dir: str | Path, *, epochs: int | None = None, device: s
     state = load_training_state(run_dir / RESUME_FILE)
     if state["position"]["epoch"] >= config.epochs:
         raise ConfigError(f"{run_dir.name} already finished its {state['position']['epoch']} epochs; pass --epochs N to extend it")
-    dataset = read_detection(saved["data"], format=saved.get("label_format"), classes=saved["classes"] if saved.get("label_format") in ("voc", "masks") else None)
+    dataset = _read_run_data(saved)
     splits = _load_split(run_dir / "split.csv", dataset)
     generator = seed_everything(config.seed)
-    return _run(saved["data"], config, dataset, splits, generator, format=saved.get("label_format"), resume_dir=run_dir,
-                state=state, command=saved.get("command"))
+    return _run(saved["data"], config, dataset, splits, generator, resume_dir=run_dir, state=state, command=saved.get("command"))
+
+
+def _read_run_data(saved: dict[str, Any]) -> DetectionDataset:
+    """A run's labels read again as they were for training (VOC and mask-PNG class order comes from the run)."""
+    fmt = saved.get("label_format")
+    return read_detection(saved["data"], format=fmt, classes=saved["classes"] if fmt in ("voc", "masks") else None)
 
 
 def _run(
     data: str | Path, config: TrainConfig, dataset: DetectionDataset, splits: dict[str, list[DetectionSample]],
-    generator: torch.Generator, *, format: str | None, resume_dir: Path | None = None, state: dict[str, Any] | None = None,
+    generator: torch.Generator, *, resume_dir: Path | None = None, state: dict[str, Any] | None = None,
     command: list[str] | None = None,
 ) -> DetectionRun:
     classes = dataset.classes
@@ -382,7 +388,7 @@ class DetectionPredictor:
 
     @torch.inference_mode()
     def predict(self, images: Sequence[ImageInput] | ImageInput, *, conf: float = DEFAULT_CONF, iou: float = DEFAULT_IOU,
-                batch_size: int = 8) -> list[dict[str, np.ndarray]] | dict[str, np.ndarray]:
+                batch_size: int = PREDICT_BATCH) -> list[dict[str, np.ndarray]] | dict[str, np.ndarray]:
         """Boxes (xyxy pixels), labels (class indexes), class names, scores and, for instance segmenters, masks
         ((M, H, W) bool) of one image or a list of them."""
         single = not isinstance(images, list | tuple)
@@ -465,7 +471,7 @@ def evaluate_detector(run_dir: str | Path, data: str | Path | None = None, *, ch
     trained = load_detector(run, checkpoint)
     saved = read_run_config(run)
     if data is None:
-        dataset = read_detection(saved["data"], format=saved.get("label_format"), classes=trained.classes if saved.get("label_format") in ("voc", "masks") else None)
+        dataset = _read_run_data(saved)
         splits = _load_split(run / "split.csv", dataset)
         split = "test" if splits.get("test") else "val"
         if not splits.get(split):
@@ -483,8 +489,8 @@ def evaluate_detector(run_dir: str | Path, data: str | Path | None = None, *, ch
     masks = trained.masks
     truths, predictions = [], []
     started = time.perf_counter()
-    for start in range(0, len(samples), 8):
-        batch = samples[start:start + 8]
+    for start in range(0, len(samples), PREDICT_BATCH):
+        batch = samples[start:start + PREDICT_BATCH]
         preds = predictor.predict([s.path for s in batch], conf=EVAL_CONF, iou=DEFAULT_IOU)
         for s, p in zip(batch, preds, strict=True):
             truths.append(_truth(s, masks))
@@ -542,15 +548,16 @@ def predict_to_folder(run_dir: str | Path, paths: list[Path], output: str | Path
     if clash:
         raise ConfigError(f"{clash[0]} already exists (and {len(clash) - 1} more): deepfit does not overwrite; pass another --output")
     done, results, failed = [], [], []
-    for start in range(0, len(paths), 8):
-        for path in paths[start:start + 8]:
+    for start in range(0, len(paths), PREDICT_BATCH):
+        images = []
+        for path in paths[start:start + PREDICT_BATCH]:
             try:
-                image = decode_rgb(str(path))
+                images.append((path, decode_rgb(str(path))))
             except DataError as e:
                 logger.warning(str(e))
                 failed.append(path)
-                continue
-            p = predictor.predict(image, conf=conf, iou=iou)
+        predictions = predictor.predict([image for _, image in images], conf=conf, iou=iou) if images else []
+        for (path, image), p in zip(images, predictions, strict=True):
             draw_detections(image, p, predictor.trained.classes).save(out / f"{path.stem}.jpg", quality=90)
             done.append(path)
             results.append(p)
