@@ -11,8 +11,10 @@ import hashlib
 import io
 import random
 from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from deepfit.data.sources import Catalog, LabeledFile, natural_key
 from deepfit.errors import ConfigError, DataError
@@ -194,3 +196,58 @@ def cross_split_duplicates(splits: dict[str, list[LabeledFile]]) -> list[list[La
         logger.debug("found %d groups of identical files across splits", len(groups))
     return groups
 
+
+
+# --- image-level splits for detection and segmentation --------------------------------------------------
+# Their samples are images with labels inside (objects, a mask), not class-labelled files: there is no class
+# to stratify by, so images are drawn at random (seeded), each image in exactly one split.
+
+
+class _ImageSample(Protocol):
+    path: Path  # absolute
+    split: str | None  # the split the data's own layout gives it, if any
+
+
+S = TypeVar("S", bound=_ImageSample)
+
+
+def split_images(samples: Sequence[S], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[S]]:
+    """The data's own train/val/test folders when it has them; otherwise a seeded random split of the images.
+
+    Images without a split of their own (beside a train/ and val/ folder) are training images; a test
+    split without val has val carved from train."""
+    splits: dict[str, list[S]] = {"train": [], "val": [], "test": []}
+    for s in samples:
+        splits[s.split if s.split in splits else "train"].append(s)
+    if not splits["test"] and not splits["val"]:
+        n = len(splits["train"])
+        splits["test"], splits["train"] = _carve(splits["train"], round(n * test_fraction), seed)
+        splits["val"], splits["train"] = _carve(splits["train"], round(n * val_fraction), seed + 1)
+    elif not splits["val"]:
+        splits["val"], splits["train"] = _carve(splits["train"], round(len(splits["train"]) * val_fraction), seed)
+    return splits
+
+
+def _carve(pool: list[S], n: int, seed: int) -> tuple[list[S], list[S]]:
+    """(n images drawn at random, the rest), each in the pool's order."""
+    order = list(range(len(pool)))
+    random.Random(seed).shuffle(order)
+    taken = set(order[:n])
+    return [s for i, s in enumerate(pool) if i in taken], [s for i, s in enumerate(pool) if i not in taken]
+
+
+def save_image_split(splits: Mapping[str, Sequence[S]], csv_path: Path, root: Path, describe: Callable[[S], str]) -> None:
+    """`save_split` for image samples; `describe` fills the label column (e.g. "3 objects")."""
+    save_split({k: [LabeledFile(s.path, describe(s), k) for s in v] for k, v in splits.items()}, csv_path, root)
+
+
+def load_image_split(csv_path: Path, samples: Sequence[S], root: Path) -> dict[str, list[S]]:
+    """A split saved by `save_image_split`, matched to a fresh read of the labels by image path."""
+    by_path = {s.path: s for s in samples}
+    splits = {}
+    for name, files in load_split(csv_path, root).items():
+        missing = [f.path for f in files if f.path not in by_path]
+        if missing:
+            raise DataError(f"{len(missing)} images of the run's {name} split are no longer in the labels (e.g. {missing[0]})")
+        splits[name] = [by_path[f.path] for f in files]
+    return splits

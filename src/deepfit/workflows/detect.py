@@ -17,9 +17,6 @@ each image's own pixels and adds mask mAP, plots and a gallery.
 from __future__ import annotations
 
 import json
-import logging
-import random
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,44 +32,32 @@ from deepfit.data.detection import DetectionDataset, DetectionSample, read_detec
 from deepfit.data.detection_store import DetectionStore, decode_rgb
 from deepfit.data.detection_transforms import detection_transform, make_sample
 from deepfit.data.images import default_workers
-from deepfit.data.sources import LabeledFile
-from deepfit.data.split import load_split, save_split
-from deepfit.engine import distributed
+from deepfit.data.split import load_image_split, save_image_split, split_images
 from deepfit.engine.callbacks import (
     DETECTION_METRIC_COLUMNS,
-    BestCheckpoint,
-    EarlyStopping,
-    MetricsCSV,
-    Progress,
-    ResumeState,
 )
 from deepfit.engine.checkpoint import (
     RESUME_FILE,
-    library_versions,
-    link_checkpoint,
     load_training_state,
     load_weights,
     read_sidecar,
-    save_checkpoint,
-    save_training_state,
 )
 from deepfit.engine.device import autocast, resolve_device, resolve_precision
-from deepfit.engine.optim import build_optimizer, build_scheduler, param_groups
-from deepfit.engine.trainer import Callback, Trainer
+from deepfit.engine.optim import param_groups
 from deepfit.errors import ConfigError, DataError, DeepfitError
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger, setup_logging
 from deepfit.models.detection import DetectorSpec, build_detector, load_detector_weights, set_thresholds
 from deepfit.models.weights import FROZEN_STATS, read_weights_file
 from deepfit.tasks.detection import DetectionTask, coco_metrics
+from deepfit.workflows import runner
 from deepfit.workflows.run import (
     CHECKPOINT_FORMAT,
     check_output_outside_data,
-    new_run_dir,
     read_run_config,
     resolve_checkpoint,
 )
-from deepfit.workflows.train import seed_everything, stop_on_ctrl_c
+from deepfit.workflows.train import seed_everything
 
 # A whole detector's state dict has these prefixes; a classification network's (a backbone's) has not.
 _DETECTOR_KEYS = ("backbone.", "rpn.", "roi_heads.", "head.", "anchor_generator.")
@@ -90,47 +75,13 @@ class DetectionRun:
 
 
 def split_samples(dataset: DetectionDataset, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[DetectionSample]]:
-    """The data's own train/val/test folders when it has them; otherwise a seeded random split of the images.
-
-    Images, not objects, are split, so no image is in two splits. Images without a split of their own
-    (beside a train/ and val/ folder) are training images."""
-    splits: dict[str, list[DetectionSample]] = {"train": [], "val": [], "test": []}
-    for s in dataset.samples:
-        splits[s.split if s.split in splits else "train"].append(s)
-    if not splits["test"] and not splits["val"]:
-        n = len(splits["train"])
-        splits["test"], splits["train"] = _carve(splits["train"], round(n * test_fraction), seed)
-        splits["val"], splits["train"] = _carve(splits["train"], round(n * val_fraction), seed + 1)
-    elif not splits["val"]:  # a test split but no val: carve val from train
-        splits["val"], splits["train"] = _carve(splits["train"], round(len(splits["train"]) * val_fraction), seed)
+    """The data's own train/val/test folders when it has them; otherwise a seeded random split of the images
+    (see data/split.py `split_images`): images, not objects, are split, so no image is in two splits."""
+    splits = split_images(dataset.samples, val_fraction, test_fraction, seed)
     if not splits["train"]:
         raise DataError(f"no training images in {dataset.root}: every image is in a val or test folder")
     if not any(len(s) for s in splits["train"]):
         raise DataError(f"the training images in {dataset.root} have no objects: nothing to learn from; check the labels")
-    return splits
-
-
-def _carve(pool: list[DetectionSample], n: int, seed: int) -> tuple[list[DetectionSample], list[DetectionSample]]:
-    """(n images drawn at random, the rest), each in the pool's order."""
-    order = list(range(len(pool)))
-    random.Random(seed).shuffle(order)
-    taken = set(order[:n])
-    return [s for i, s in enumerate(pool) if i in taken], [s for i, s in enumerate(pool) if i not in taken]
-
-
-def _save_split(splits: dict[str, list[DetectionSample]], path: Path, root: Path) -> None:
-    save_split({k: [LabeledFile(s.path, f"{len(s)} objects", k) for s in v] for k, v in splits.items()}, path, root)
-
-
-def _load_split(path: Path, dataset: DetectionDataset) -> dict[str, list[DetectionSample]]:
-    """The saved split, matched to a fresh read of the labels by image path."""
-    by_path = {s.path: s for s in dataset.samples}
-    splits = {}
-    for name, files in load_split(path, dataset.root).items():
-        missing = [f.path for f in files if f.path not in by_path]
-        if missing:
-            raise DataError(f"{len(missing)} images of the run's {name} split are no longer in the labels (e.g. {missing[0]})")
-        splits[name] = [by_path[f.path] for f in files]
     return splits
 
 
@@ -210,7 +161,7 @@ def resume_detector(run_dir: str | Path, *, epochs: int | None = None, device: s
     if state["position"]["epoch"] >= config.epochs:
         raise ConfigError(f"{run_dir.name} already finished its {state['position']['epoch']} epochs; pass --epochs N to extend it")
     dataset = _read_run_data(saved)
-    splits = _load_split(run_dir / "split.csv", dataset)
+    splits = load_image_split(run_dir / "split.csv", dataset.samples, dataset.root)
     generator = seed_everything(config.seed)
     return _run(saved["data"], config, dataset, splits, generator, resume_dir=run_dir, state=state, command=saved.get("command"))
 
@@ -232,13 +183,7 @@ def _run(
                 f"{objects} training objects ({dataset.format})")
     if not splits["test"]:
         logger.warning("the data has no test split: `deepfit evaluate` will fall back to the validation split")
-    dist_info = distributed.from_environment()
-    if dist_info.enabled and config.batch_size % dist_info.world:
-        raise ConfigError(f"--batch-size {config.batch_size} is not divisible by the {dist_info.world} processes")
-    device = distributed.init(dist_info, resolve_device(config.device))
-    if not dist_info.main:
-        logger.setLevel(logging.WARNING)
-    precision = resolve_precision(config.precision, device)
+    machine = runner.start(config)
     model, spec, origin = create_detector(config, classes, load=state is None)
     if config.transfer:
         _freeze_pretrained_norms(model)
@@ -249,26 +194,13 @@ def _run(
                                  workers=workers, hflip=config.hflip)
     val_store = DetectionStore(splits["val"], config.image_size, train=False, masks=False, workers=workers) if splits["val"] else None
 
-    if resume_dir is not None:
-        run_dir = resume_dir
-    elif dist_info.main:
-        run_dir = new_run_dir(config.output, config.name, config.model)
-        _save_split(splits, run_dir / "split.csv", dataset.root)
-    if dist_info.enabled and resume_dir is None:
-        run_dir = distributed.broadcast(run_dir if dist_info.main else None)
+    record = {"data_root": str(dataset.root), "label_format": dataset.format, "classes": classes, "class_ids": dataset.class_ids}
+    run_dir = runner.open_run(config, machine, data=data, record=record, resume_dir=resume_dir, command=command,
+                       save_split=lambda d: save_image_split(splits, d / "split.csv", dataset.root, lambda s: f"{len(s)} objects"))
     logger.info(f"run folder: {run_dir}" + (f" (resumed at epoch {state['position']['epoch']}, step {state['position']['step']})" if state else ""))
-    resolved = {
-        **config.to_dict(), "data": str(Path(data).resolve()), "data_root": str(dataset.root), "label_format": dataset.format,
-        "classes": classes, "class_ids": dataset.class_ids, "device": str(device), "precision": precision,
-        "command": command or sys.argv, "versions": library_versions(),
-    }
-    if resume_dir is not None:
-        resolved["resumed"] = [*read_run_config(run_dir).get("resumed", []), {"command": sys.argv, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}]
-    if dist_info.main:
-        atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
     logger.info(f"model {spec.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
                 f"{sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f}M trained), input {config.image_size}px "
-                f"letterboxed, {device} {precision}")
+                f"letterboxed, {machine.device} {machine.precision}")
 
     meta = {
         "format": CHECKPOINT_FORMAT, "task": config.task,
@@ -277,38 +209,10 @@ def _run(
         "pretrained_from": origin if state is None else read_sidecar(run_dir / "last.safetensors").get("pretrained_from"),
         "config": config.to_dict(),
     }
-
-    def save(kind: str, record: dict[str, Any]) -> None:
-        save_checkpoint(run_dir / f"{kind}.safetensors", model, {**meta, "epoch": record["epoch"], "val_map": record.get("val_map")})
-
-    task = DetectionTask(classes, masks)
-    best = BestCheckpoint(save, monitor=task.monitor,
-                          link=lambda src, dst: link_checkpoint(run_dir / f"{src}.safetensors", run_dir / f"{dst}.safetensors"))
-    callbacks: list[Callback] = [EarlyStopping(config.early_stopping, monitor=task.monitor)]
-    if dist_info.main:
-        keep = state["position"]["epoch"] if state else None
-        resume_state = ResumeState(lambda t: save_training_state(run_dir / RESUME_FILE, t, config), config.save_every_steps)
-        callbacks = [Progress(config.epochs), MetricsCSV(run_dir / "metrics.csv", keep, DETECTION_METRIC_COLUMNS), *callbacks, best, resume_state]
-    trainer = Trainer(model, task, device=device, precision=precision, callbacks=callbacks, generator=generator,
-                      accumulate=config.accumulate, skip_nonfinite=config.skip_nonfinite, dist_info=dist_info)
-    optimizer = build_optimizer(_detector_param_groups(model, config), config.optimizer, config.resolved_lr, config.momentum)
-    steps_per_epoch = train_store.num_batches(config.batch_size)
-    warmup = min(config.epochs * steps_per_epoch // 2, round(config.warmup_epochs * steps_per_epoch))
-    scheduler = build_scheduler(optimizer, config.epochs * steps_per_epoch, warmup, config.schedule)
-    if state is not None:
-        trainer.optimizer, trainer.scheduler = optimizer, scheduler
-        trainer.load_state_dict(state)
-    try:
-        with stop_on_ctrl_c(trainer):
-            trainer.fit(train_store, val_store, epochs=config.epochs, batch_size=config.batch_size, optimizer=optimizer,
-                        scheduler=scheduler, train_transform=to_unit_range, eval_transform=to_unit_range)
-    except KeyboardInterrupt:
-        if dist_info.main:
-            save_training_state(run_dir / RESUME_FILE, trainer, config)
-        logger.warning(f"interrupted at epoch {trainer.epoch + 1}, step {trainer.position.step}: the state is saved; continue "
-                       f"with `deepfit train --resume {run_dir}`")
-        raise
-    best_map = best.best_score if val_store is not None and dist_info.main else None
+    best = runner.fit(run_dir, model, DetectionTask(classes, masks), train_store, val_store, config, machine,
+               groups=_detector_param_groups(model, config), meta=meta, columns=DETECTION_METRIC_COLUMNS, generator=generator,
+               transform=to_unit_range, state=state)
+    best_map = best.best_score if val_store is not None and machine.dist.main else None
     if best_map is not None:
         logger.info(f"best validation box mAP {best_map:.4f} at epoch {best.best_epoch}; weights in {run_dir / 'best.safetensors'}")
     return DetectionRun(run_dir, best_map, best.best_epoch, classes)
@@ -472,7 +376,7 @@ def evaluate_detector(run_dir: str | Path, data: str | Path | None = None, *, ch
     saved = read_run_config(run)
     if data is None:
         dataset = _read_run_data(saved)
-        splits = _load_split(run / "split.csv", dataset)
+        splits = load_image_split(run / "split.csv", dataset.samples, dataset.root)
         split = "test" if splits.get("test") else "val"
         if not splits.get(split):
             raise DataError(f"{run.name} has neither a test nor a validation split to evaluate on: pass --data")
