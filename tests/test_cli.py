@@ -51,12 +51,13 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
         assert command in out
 
 
-def test_models_lists_all_three_sources(capsys: pytest.CaptureFixture[str]) -> None:
+def test_models_lists_all_sources_and_segmenters(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "resnet18"]) == 0
     lines = {line.split(" (")[0]: line for line in capsys.readouterr().out.splitlines()}
-    assert set(lines) == {"deepfit", "timm", "torchvision"}
+    assert set(lines) == {"deepfit", "timm", "torchvision", "segmentation, --task segment"}
     assert "resnet18" in lines["timm"].split() and "resnet18" in lines["torchvision"].split()
     assert lines["deepfit"].startswith("deepfit (0)")
+    assert "unet:tv/resnet18" in lines["segmentation, --task segment"].split()
 
 
 def test_train_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ImageClassifier": "deepfit.api",
     "ObjectDetector": "deepfit.api",
+    "SemanticSegmenter": "deepfit.api",
     "load": "deepfit.api",
     "resume": "deepfit.api",
     "extract_features": "deepfit.api",
@@ -28,12 +29,20 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "ConfigError", "DataError", "DeepfitError", "FeaturesConfig", "ImageClassifier", "ObjectDetector", "Prediction", "TrainConfig",
-    "WeightsError", "__version__", "extract_features", "fit_features", "load", "resume",
+    "ConfigError", "DataError", "DeepfitError", "FeaturesConfig", "ImageClassifier", "ObjectDetector", "Prediction", "SemanticSegmenter",
+    "TrainConfig", "WeightsError", "__version__", "extract_features", "fit_features", "load", "resume",
 ]
 
 if TYPE_CHECKING:
-    from deepfit.api import ImageClassifier, ObjectDetector, extract_features, fit_features, load, resume
+    from deepfit.api import (
+        ImageClassifier,
+        ObjectDetector,
+        SemanticSegmenter,
+        extract_features,
+        fit_features,
+        load,
+        resume,
+    )
     from deepfit.config import FeaturesConfig, TrainConfig
     from deepfit.errors import ConfigError, DataError, DeepfitError, WeightsError
     from deepfit.workflows.predict import Prediction

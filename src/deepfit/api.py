@@ -16,6 +16,11 @@
     det.fit("coco128/object_detection")  # COCO JSON, YOLO, VOC or instance-mask PNGs
     det.evaluate()                       # COCO mAP, report.html
     det.predict("street.jpg")            # {"boxes", "labels", "names", "scores"} (+ "masks")
+
+    seg = deepfit.SemanticSegmenter("unet:tv/mobilenet_v2", weights="mobilenet_v2.safetensors")
+    seg.fit("membrane/")                 # images/ + masks/ (indexed, palette, RGB or 0/255), a YAML, or COCO JSON
+    seg.evaluate()                       # per-class IoU and Dice, mIoU, report.html
+    seg.predict("scan.png")              # (H, W) uint8 class indexes at the image's own size
 """
 
 from __future__ import annotations
@@ -41,6 +46,14 @@ from deepfit.workflows.evaluate import Evaluation, evaluate
 from deepfit.workflows.features import FeatureSet, FeaturesResult
 from deepfit.workflows.predict import ImageInput, Prediction, Predictor, expand_paths
 from deepfit.workflows.run import run_folder, run_task
+from deepfit.workflows.segment import (
+    SegmentationEvaluation,
+    SegmentationPredictor,
+    SegmentationRun,
+    evaluate_segmenter,
+    resume_segmenter,
+    train_segmenter,
+)
 from deepfit.workflows.train import TrainResult, train
 from deepfit.workflows.train import resume as resume_run
 
@@ -54,7 +67,8 @@ class ImageClassifier:
 
     def __init__(self, model: str | None = None, *, preset: str | None = None, **options: Any) -> None:
         if options.get("task", "classify") != "classify":
-            raise DeepfitError(f"task={options['task']!r}: use deepfit.ObjectDetector for detection and instance segmentation")
+            raise DeepfitError(f"task={options['task']!r}: use deepfit.ObjectDetector for detection and instance segmentation, "
+                               "deepfit.SemanticSegmenter for semantic segmentation")
         # model=None keeps the preset's (or the default) architecture.
         self.config: TrainConfig = apply_preset(preset, {"model": model, **options} if model else options)
         self.run_dir: Path | None = None
@@ -117,8 +131,9 @@ class ObjectDetector:
     to train, evaluate and use. Options are those of `deepfit train` (see `TrainConfig`)."""
 
     def __init__(self, model: str | None = None, *, task: str = "detect", **options: Any) -> None:
-        if task == "classify":
-            raise DeepfitError("task='classify': use deepfit.ImageClassifier")
+        if task not in ("detect", "segment-instances"):
+            raise DeepfitError(f"task={task!r}: ObjectDetector is for 'detect' and 'segment-instances'; use deepfit.ImageClassifier "
+                               "for 'classify' and deepfit.SemanticSegmenter for 'segment'")
         self.config = TrainConfig.from_dict({"task": task, **({"model": model} if model else {}), **options})
         self.run_dir: Path | None = None
         self.result: DetectionRun | None = None
@@ -162,9 +177,69 @@ class ObjectDetector:
         return f"ObjectDetector({self.config.model!r}, task={self.config.task!r}{where})"
 
 
-def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None) -> ImageClassifier | ObjectDetector:
+class SemanticSegmenter:
+    """A semantic segmenter (a class for every pixel) to train, evaluate and use. Options are those of
+    `deepfit train --task segment` (see `TrainConfig`): loss, class_weights, ignore_index, tile_size, ..."""
+
+    def __init__(self, model: str | None = None, **options: Any) -> None:
+        if options.get("task", "segment") != "segment":
+            raise DeepfitError(f"task={options['task']!r}: SemanticSegmenter is for 'segment'")
+        self.config = TrainConfig.from_dict({**options, "task": "segment", **({"model": model} if model else {})})
+        self.run_dir: Path | None = None
+        self.result: SegmentationRun | None = None
+        self._predictor: SegmentationPredictor | None = None
+
+    def fit(self, data: str | Path, *, masks: str | Path | None = None, format: str | None = None, classes: list[str] | None = None,
+            colors: dict[str, Any] | str | Path | None = None, skip_unmasked: bool = False, **options: Any) -> SemanticSegmenter:
+        """Train on images and masks: `masks` names the mask folder when it is not beside the images; `classes` names
+        indexed mask values in order; `colors` maps class names to the RGB colours of colour-coded masks (a dict or JSON);
+        `skip_unmasked` leaves images without a mask out on purpose instead of counting them as bad pairs."""
+        config = self.config.replace(**options) if options else self.config
+        self.result = train_segmenter(data, config, masks=masks, format=format, classes=classes, colors=colors,
+                                      skip_unmasked=skip_unmasked)
+        self.config, self.run_dir, self._predictor = config, self.result.run_dir, None
+        return self
+
+    def evaluate(self, data: str | Path | None = None, *, masks: str | Path | None = None, checkpoint: str = "best") -> SegmentationEvaluation:
+        """Per-class IoU and Dice, mean IoU and pixel accuracy on the test split, or on another set of images and masks."""
+        return evaluate_segmenter(self._require_run(), data, checkpoint=checkpoint, device=self.config.device, masks=masks)
+
+    @property
+    def predictor(self) -> SegmentationPredictor:
+        if self._predictor is None:
+            self._predictor = SegmentationPredictor.from_run(self._require_run(), device=self.config.device)
+        return self._predictor
+
+    @property
+    def classes(self) -> list[str]:
+        return self.predictor.trained.classes
+
+    def predict(self, inputs: Any) -> Any:
+        """One image (path, PIL image, (H, W[, 3]) array, (3, H, W) tensor) -> an (H, W) uint8 array of class indexes
+        (into `classes`) at the image's own size; a list, a folder or a glob -> a list of them."""
+        if isinstance(inputs, str | Path) and (Path(inputs).is_dir() or any(c in str(inputs) for c in "*?[")):
+            inputs = expand_paths([inputs])
+        return self.predictor.predict(inputs)
+
+    def _require_run(self) -> Path:
+        if self.run_dir is None:
+            raise DeepfitError("this segmenter has not been trained yet: call fit(data) or deepfit.load(run_dir)")
+        return self.run_dir
+
+    def __repr__(self) -> str:
+        where = f", run_dir={str(self.run_dir)!r}" if self.run_dir else ""
+        return f"SemanticSegmenter({self.config.model!r}{where})"
+
+
+def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None) -> ImageClassifier | ObjectDetector | SemanticSegmenter:
     """Continue a stopped run (or extend a finished one to `epochs`) and return it ready to evaluate and predict."""
-    if run_task(run_dir) != "classify":
+    task = run_task(run_dir)
+    if task == "segment":
+        segmentation = resume_segmenter(run_dir, epochs=epochs, device=device)
+        seg = load(segmentation.run_dir, device=device or "auto")
+        seg.result = segmentation
+        return seg
+    if task != "classify":
         detection = resume_detector(run_dir, epochs=epochs, device=device)
         det = load(detection.run_dir, device=device or "auto")
         det.result = detection
@@ -175,9 +250,16 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None
     return clf
 
 
-def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> ImageClassifier | ObjectDetector:
+def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> ImageClassifier | ObjectDetector | SemanticSegmenter:
     """A trained run, ready to predict and evaluate in a fresh process (no user code needed)."""
-    if run_task(run_dir) != "classify":
+    task = run_task(run_dir)
+    if task == "segment":
+        segmenter = SegmentationPredictor.from_run(run_dir, checkpoint, device)
+        seg = SemanticSegmenter.__new__(SemanticSegmenter)
+        seg.config = TrainConfig.from_dict({**segmenter.trained.meta["config"], "device": device})
+        seg.run_dir, seg.result, seg._predictor = run_folder(run_dir), None, segmenter
+        return seg
+    if task != "classify":
         detector = DetectionPredictor.from_run(run_dir, checkpoint, device)
         det = ObjectDetector.__new__(ObjectDetector)
         det.config = TrainConfig.from_dict({**detector.trained.meta["config"], "device": device})

@@ -69,6 +69,20 @@ def _add_config_options(parser: argparse.ArgumentParser, cls: type = TrainConfig
             group.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text, metavar=metavar)
 
 
+def _add_label_options(parser: argparse.ArgumentParser) -> None:
+    """How detection and segmentation labels are read (train and data check)."""
+    parser.add_argument("--format", choices=["coco", "yolo", "voc", "masks", "folders", "yaml"],
+                        help="the label format (default: recognised); detection: coco, yolo, voc, masks (instance PNGs); "
+                        "segmentation: folders, yaml, coco")
+    parser.add_argument("--classes", nargs="+", help="detection: class names in order (VOC, mask PNGs); segmentation: the names "
+                        "of mask values 0, 1, 2, ...")
+    parser.add_argument("--masks", help="segmentation: the folder of mask images, when DATA is the folder of images")
+    parser.add_argument("--colors", help="segmentation: JSON file mapping class names to the [r, g, b] colours of colour-coded "
+                        "masks (an entry named ignore: pixels that are not a class); default: inferred and printed")
+    parser.add_argument("--skip-unmasked", action="store_true", help="segmentation: leave images without a mask out on purpose "
+                        "(partly labelled data) instead of counting them as bad pairs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="deepfit", description="Train, evaluate and use image classifiers from labelled examples.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -77,11 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quickstart", help="train, evaluate and report on the embedded handwritten digits")
     q.add_argument("--output", default="runs", help="folder for the run (default: runs)")
 
-    t = sub.add_parser("train", help="train a classifier, detector or instance segmenter, from scratch or by transfer learning")
+    t = sub.add_parser("train", help="train a classifier, detector, instance or semantic segmenter, from scratch or by transfer learning")
     t.add_argument(
         "data", nargs="?",
         help="classification: folder of class folders, folder with train/ val/ test/, or a CSV/TSV of path,label; "
-        "detection: COCO JSON (or its folder), YOLO folder with its YAML, Pascal VOC folder, or images/ + masks/",
+        "detection: COCO JSON (or its folder), YOLO folder with its YAML, Pascal VOC folder, or images/ + masks/; "
+        "segmentation: images/ + masks/ (or --masks DIR), a YAML naming them, or COCO JSON",
     )
     t.add_argument(
         "--resume", metavar="RUN_DIR",
@@ -91,8 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--path-column", help="CSV data: the column holding image paths")
     t.add_argument("--label-column", help="CSV data: the column holding labels")
     t.add_argument("--no-evaluate", action="store_true", help="do not score the test split after training")
-    t.add_argument("--format", choices=["coco", "yolo", "voc", "masks"], help="detection: the label format (default: recognised)")
-    t.add_argument("--classes", nargs="+", help="detection: class names in order (VOC, mask PNGs)")
+    _add_label_options(t)
     _add_config_options(t)
 
     f = sub.add_parser(
@@ -129,14 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="look at a data set before training on it")
     d_sub = d.add_subparsers(dest="data_command", parser_class=_Parser, required=True)
-    dc = d_sub.add_parser("check", help="detection / instance-segmentation labels: what was found, and what is wrong")
+    dc = d_sub.add_parser("check", help="detection or segmentation labels: what was found, and what is wrong")
     dc.add_argument("data", help="COCO JSON (or its folder), YOLO folder with its YAML, Pascal VOC folder, or images/ + masks/")
-    dc.add_argument("--format", choices=["coco", "yolo", "voc", "masks"], help="the label format (default: recognised)")
-    dc.add_argument("--classes", nargs="+", help="class names in order (VOC, mask PNGs)")
+    dc.add_argument("--task", choices=["detect", "segment"],
+                    help="read the labels as objects (detect) or as a class per pixel (segment); default: from the layout "
+                    "(a folder of mask images is read as semantic masks)")
+    dc.add_argument("--ignore-index", type=int, default=255, help="segmentation: mask value that is not a class, -1 for none (default: 255)")
+    _add_label_options(dc)
 
     e = sub.add_parser("evaluate", help="score a run's best checkpoint on its test split (or --data) and write report.html")
     e.add_argument("run_dir")
     e.add_argument("--data", help="another labelled data set to score instead of the test split")
+    e.add_argument("--masks", help="segmentation: the mask folder of --data, when it is not beside the images")
+    e.add_argument("--skip-unmasked", action="store_true", help="segmentation: leave images of --data without a mask out")
     e.add_argument("--checkpoint", default="best", choices=["best", "last"])
     e.add_argument("--device", default="auto")
 
@@ -147,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output",
         help="classification: write predictions to this .csv or .json (default: RUN_DIR/predictions.csv); detection: the "
-        "folder for drawn images, detections.json (COCO results) and detections.csv (default: RUN_DIR/predictions)",
+        "folder for drawn images, detections.json (COCO results) and detections.csv; segmentation: the folder for mask PNGs "
+        "(class indexes) and colour overlays (default: RUN_DIR/predictions)",
     )
     p.add_argument("--conf", type=float, default=0.25, help="detection: lowest score kept (default: 0.25)")
     p.add_argument("--iou", type=float, default=0.5, help="detection: IoU above which overlapping boxes are merged by NMS (default: 0.5)")
@@ -162,10 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_train(args: argparse.Namespace) -> None:
     from deepfit.api import ImageClassifier, resume
 
-    fixed = {"command", "data", "preset", "path_column", "label_column", "no_evaluate", "version", "resume", "format", "classes"}
+    fixed = {"command", "data", "preset", "path_column", "label_column", "no_evaluate", "version", "resume", "format", "classes",
+             "masks", "colors", "skip_unmasked"}
     options = {k: v for k, v in vars(args).items() if k not in fixed}
-    if options.get("task", "classify") != "classify" and not args.resume:
-        _train_detector(args, options)
+    task = options.get("task", "classify")
+    if task != "classify" and not args.resume:
+        _train_labelled(args, options, task)
         return
     if args.resume:
         others = sorted(set(options) - {"epochs", "device"}) + (["DATA"] if args.data else []) + (["--preset"] if args.preset else [])
@@ -188,25 +210,49 @@ def _cmd_train(args: argparse.Namespace) -> None:
         _print_evaluation(clf.evaluate())
 
 
-def _train_detector(args: argparse.Namespace, options: dict[str, Any]) -> None:
-    from deepfit.api import ObjectDetector
+def _train_labelled(args: argparse.Namespace, options: dict[str, Any], task: str) -> None:
+    """Detection, instance or semantic segmentation: labels read from COCO, YOLO, VOC or mask files."""
+    from deepfit.api import ObjectDetector, SemanticSegmenter
     from deepfit.engine.distributed import from_environment
 
     if args.preset or args.path_column or args.label_column:
-        raise ConfigError("--preset, --path-column and --label-column are for classification, not detection")
+        raise ConfigError(f"--preset, --path-column and --label-column are for classification, not --task {task}")
     if not args.data:
-        raise ConfigError("deepfit train --task detect needs DATA (labels in COCO, YOLO, VOC or mask-PNG form)")
-    det = ObjectDetector(options.pop("model", None), **options)
-    det.fit(args.data, format=args.format, classes=args.classes)
+        raise ConfigError(f"deepfit train --task {task} needs DATA (images with their labels)")
+    model = options.pop("model", None)
+    if task == "segment":
+        _check_format(args.format, task)
+        learner: Any = SemanticSegmenter(model, **options)
+        learner.fit(args.data, masks=args.masks, format=args.format, classes=args.classes, colors=args.colors,
+                    skip_unmasked=args.skip_unmasked)
+    else:
+        if args.masks or args.colors or args.skip_unmasked:
+            raise ConfigError("--masks, --colors and --skip-unmasked are for --task segment (instance-mask PNGs are found in DATA/masks)")
+        _check_format(args.format, task)
+        learner = ObjectDetector(model, **options)
+        learner.fit(args.data, format=args.format, classes=args.classes)
     if not from_environment().main:
         return
-    print(f"run folder: {det.run_dir}")
+    print(f"run folder: {learner.run_dir}")
     if not args.no_evaluate:
-        _print_evaluation(det.evaluate())
+        _print_evaluation(learner.evaluate())
+
+
+_FORMATS = {"detect": ("coco", "yolo", "voc", "masks"), "segment": ("folders", "yaml", "coco")}
+
+
+def _check_format(fmt: str | None, task: str) -> None:
+    formats = _FORMATS["segment" if task == "segment" else "detect"]
+    if fmt is not None and fmt not in formats:
+        raise ConfigError(f"--format {fmt} is not a {task} format; use one of {', '.join(formats)}")
 
 
 def _print_evaluation(evaluation: Any) -> None:
-    if hasattr(evaluation, "box"):  # detection
+    if "miou" in evaluation.metrics:  # semantic segmentation
+        m = evaluation.metrics
+        print(f"{evaluation.split}: mIoU {m['miou']:.4f}, mean Dice {m['mean_dice']:.4f}, pixel accuracy {m['pixel_accuracy']:.2%}; "
+              f"report: {evaluation.report}")
+    elif hasattr(evaluation, "box"):  # detection
         text = f"box mAP {evaluation.box['map']:.4f} (mAP50 {evaluation.box['map50']:.4f})"
         if evaluation.mask:
             text += f", mask mAP {evaluation.mask['map']:.4f} (mAP50 {evaluation.mask['map50']:.4f})"
@@ -246,14 +292,82 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     print(f"table: {result.folder / 'results.csv'}; report: {result.report}")
 
 
+_MASK_FOLDERS = {"masks", "mask", "labels", "label", "annotations", "segmentationclass", "gt"}
+_MASK_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+def _looks_like_semantic_masks(data: Path) -> bool:
+    """True when DATA (or a split folder in it) has a folder of mask images, or a YAML naming `masks:` folders.
+
+    Instance-mask PNGs (detection's `masks` format) look the same; they come with a classes.json or need
+    `--task detect`. YOLO's labels/ hold .txt files and VOC's Annotations/ .xml, so neither matches."""
+    if data.is_file():
+        return data.suffix.lower() in (".yaml", ".yml") and "masks:" in data.read_text(errors="replace")
+    if not data.is_dir() or (data / "classes.json").is_file():
+        return False
+    if any("masks:" in y.read_text(errors="replace") for y in [*data.glob("*.yaml"), *data.glob("*.yml")]):
+        return True
+    folders = [data, *(d for d in data.iterdir() if d.is_dir())]
+    for folder in folders:
+        for d in folder.iterdir():
+            if d.is_dir() and d.name.lower() in _MASK_FOLDERS:
+                return any(f.suffix.lower() in _MASK_SUFFIXES for f in d.rglob("*"))
+    return False
+
+
 def _cmd_data_check(args: argparse.Namespace) -> None:
+    from deepfit.log import setup_logging
+
+    setup_logging()  # each problem the reader finds is a warning naming its file
+    task = args.task
+    if task is None:
+        fmt = args.format
+        task = ("segment" if fmt in _FORMATS["segment"] and fmt != "coco" else "detect") if fmt else (
+            "segment" if args.masks or args.colors or _looks_like_semantic_masks(Path(args.data)) else "detect")
+    _check_format(args.format, task)
+    if task == "segment":
+        _check_segmentation(args)
+    else:
+        if args.masks or args.colors or args.skip_unmasked:
+            raise ConfigError("--masks, --colors and --skip-unmasked are for segmentation masks (--task segment)")
+        _check_detection(args)
+
+
+def _check_segmentation(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from deepfit.data.segmentation import read_segmentation, summarize
+
+    dataset = read_segmentation(args.data, masks=args.masks, format=args.format, classes=args.classes, colors=args.colors,
+                                ignore_value=None if args.ignore_index < 0 else args.ignore_index, max_bad=1.0,
+                                skip_unmasked=args.skip_unmasked)
+    summary = summarize(dataset)
+    console = Console()
+    console.print(f"{summary['format']} segmentation masks ({summary['kind']}) in {summary['root']}: {summary['images']} images "
+                  f"with a usable mask, {len(dataset.classes)} classes" + (f"; ignored value {dataset.ignore_value}" if dataset.ignore_value is not None else ""))
+    if summary.get("splits"):
+        console.print("splits: " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
+    table = Table(title="pixels per class")
+    table.add_column("class")
+    table.add_column("mask value", justify="right")
+    table.add_column("share of pixels", justify="right")
+    for (name, share), value in zip(summary["pixel_share"].items(), dataset.values, strict=True):
+        table.add_row(name, str(value), f"{share:.2%}")
+    console.print(table)
+    for kind, files in summary["problems"].items():
+        console.print(f"{kind}: {len(files)}")
+        for f in files[:50]:
+            console.print(f"  {f}", markup=False, highlight=False)
+        if len(files) > 50:
+            console.print(f"  ... and {len(files) - 50} more")
+
+
+def _check_detection(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from deepfit.data.detection import read_detection, summarize
-    from deepfit.log import setup_logging
-
-    setup_logging()  # each problem the reader finds is a warning naming its file
     summary = summarize(read_detection(args.data, format=args.format, classes=args.classes))
     console = Console()
     console.print(
@@ -278,7 +392,11 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from deepfit.workflows.predict import Predictor, expand_paths, write_predictions
     from deepfit.workflows.run import run_folder, run_task
 
-    if run_task(args.run_dir) != "classify":
+    task = run_task(args.run_dir)
+    if task == "segment":
+        _predict_masks(args)
+        return
+    if task != "classify":
         _predict_detections(args)
         return
     predictor = Predictor.from_run(args.run_dir, args.checkpoint, args.device)
@@ -310,11 +428,24 @@ def _predict_detections(args: argparse.Namespace) -> None:
           f"in {out}" + (f"; {len(failed)} unreadable files skipped" if failed else ""))
 
 
+def _predict_masks(args: argparse.Namespace) -> None:
+    from deepfit.workflows.predict import expand_paths
+    from deepfit.workflows.segment import predict_to_folder
+
+    out, done, failed = predict_to_folder(args.run_dir, expand_paths(args.paths), args.output, checkpoint=args.checkpoint, device=args.device)
+    print(f"{len(done)} images segmented: mask PNGs (class indexes, class colours as palette) and colour overlays in {out}"
+          + (f"; {len(failed)} unreadable files skipped" if failed else ""))
+
+
 def _cmd_models(args: argparse.Namespace) -> None:
     from deepfit.models.factory import list_models
+    from deepfit.models.segmentation import list_segmenters
 
     for source, names in list_models(args.pattern).items():
         print(f"{source} ({len(names)}): {' '.join(names)}")
+    segmenters = [n for n in list_segmenters() if args.pattern in n]
+    if segmenters:
+        print(f"segmentation, --task segment ({len(segmenters)}): {' '.join(segmenters)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,7 +478,13 @@ def main(argv: list[str] | None = None) -> int:
             from deepfit.workflows.evaluate import evaluate
             from deepfit.workflows.run import run_task
 
-            if run_task(args.run_dir) != "classify":
+            task = run_task(args.run_dir)
+            if task == "segment":
+                from deepfit.workflows.segment import evaluate_segmenter
+
+                _print_evaluation(evaluate_segmenter(args.run_dir, args.data, checkpoint=args.checkpoint, device=args.device, masks=args.masks,
+                                                     skip_unmasked=args.skip_unmasked))
+            elif task != "classify":
                 from deepfit.workflows.detect import evaluate_detector
 
                 _print_evaluation(evaluate_detector(args.run_dir, args.data, checkpoint=args.checkpoint, device=args.device))

@@ -26,31 +26,36 @@ def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any
     return field(default=default, metadata=meta)
 
 
-TASKS = ("classify", "detect", "segment-instances")
+TASKS = ("classify", "detect", "segment-instances", "segment")
 # Defaults that depend on the task: a detector's step costs far more than a classifier's.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "classify": {"model": "resnet18", "batch_size": 64},
     "detect": {"model": "fasterrcnn:tv/mobilenet_v2", "batch_size": 4, "image_size": 512},
     "segment-instances": {"model": "maskrcnn:tv/mobilenet_v2", "batch_size": 4, "image_size": 512},
+    # semantic segmentation trains on random crops of image_size pixels at the images' own resolution
+    "segment": {"model": "unet:tv/mobilenet_v2", "batch_size": 8, "image_size": 256},
 }
 
 
 @dataclass
 class TrainConfig:
-    task: str = _opt("classify", "what to learn: image classes, object boxes, or object boxes and masks", TASKS)
+    task: str = _opt("classify", "what to learn: image classes, object boxes, object boxes and masks, or a class for every "
+                     "pixel (segment)", TASKS)
     # --- model -----------------------------------------------------------------------------------
     model: str | None = _opt(None, "architecture: deepfit's own (cnn, fastnet), or any timm / torchvision name; detection: "
                              "a torchvision detector or KIND:BACKBONE (default resnet18; fasterrcnn:tv/mobilenet_v2 "
-                             "for detect, maskrcnn:tv/mobilenet_v2 for segment-instances)")
+                             "for detect, maskrcnn:tv/mobilenet_v2 for segment-instances); segment: KIND:ENCODER with KIND "
+                             "unet, deeplabv3, fcn or lraspp, or a torchvision segmentation model (default unet:tv/mobilenet_v2)")
     pretrained: bool = _opt(False, "load the architecture's official pretrained weights by name (needs internet once)")
     weights: str | None = _opt(None, "local .safetensors/.pth weights to start from (transfer learning offline)")
     model_args: dict = _opt({}, "architecture options as key=value,... (e.g. depth=4,width=32,activation=gelu)")
     dropout: float = _opt(0.0, "dropout before the classifier")
-    freeze_backbone: bool = _opt(False, "detection: keep the pretrained backbone fixed and train only the pyramid and heads "
-                                 "(the feature-extraction workflow)")
+    freeze_backbone: bool = _opt(False, "detection and segmentation: keep the pretrained backbone (encoder) fixed and train "
+                                 "only the rest (the feature-extraction workflow)")
     # --- data ------------------------------------------------------------------------------------
     image_size: int | None = _opt(None, "input size in pixels; default: the model's pretrained config, or the data's; "
-                                  "detection: images are letterboxed to this square (default 512)")
+                                  "detection: images are letterboxed to this square (default 512); segmentation: the side of "
+                                  "the random training crops, at the images' own resolution (default 256)")
     val_fraction: float = _opt(0.15, "share of each class held out for validation when the data has no split")
     test_fraction: float = _opt(0.15, "share of each class held out for the final test when the data has no split")
     augment: str = _opt("light", "augmentation policy", ("none", "light", "strong"))
@@ -66,7 +71,14 @@ class TrainConfig:
     weight_decay: float = _opt(0.05, "decoupled weight decay; never applied to norm layers and biases")
     schedule: str = _opt("cosine", "learning-rate schedule after warm-up", ("cosine", "onecycle", "constant"))
     warmup_epochs: float = _opt(1.0, "linear warm-up length in epochs (may be fractional)")
-    label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy loss")
+    label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy loss (classification)")
+    loss: str = _opt("ce", "segmentation loss: ce, dice, focal or a sum such as ce+dice")
+    class_weights: str = _opt("none", "segmentation: weight the loss per class, 'balanced' = median-frequency weights from "
+                              "the training split's pixel counts", ("none", "balanced"))
+    ignore_index: int = _opt(255, "segmentation: mask value excluded from loss and metrics, -1 for none (indexed masks; "
+                             "binary 0/255 masks keep 255 as foreground)")
+    tile_size: int = _opt(512, "segmentation: images larger than this (either side) are predicted in overlapping tiles of this "
+                          "size, so memory stays bounded for images of any size")
     early_stopping: int = _opt(0, "stop when validation accuracy has not improved for this many epochs (0: off)")
     head_epochs: int = _opt(1, "transfer learning: epochs that train only the new head before the whole network")
     backbone_lr_scale: float = _opt(0.1, "transfer learning: learning-rate factor for the pretrained layers")
@@ -97,6 +109,10 @@ class TrainConfig:
     def detection(self) -> bool:
         return self.task in ("detect", "segment-instances")
 
+    @property
+    def segmentation(self) -> bool:
+        return self.task == "segment"
+
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
@@ -117,6 +133,12 @@ class TrainConfig:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.pretrained and self.weights:
             raise ConfigError("give either --pretrained (official weights by name) or --weights FILE, not both")
+        if self.tile_size < 32:
+            raise ConfigError(f"--tile-size must be at least 32 pixels, got {self.tile_size}")
+        if self.segmentation:
+            from deepfit.tasks.segmentation import parse_loss
+
+            parse_loss(self.loss)
 
     @property
     def transfer(self) -> bool:

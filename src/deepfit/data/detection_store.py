@@ -24,24 +24,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from deepfit.data.detection import DetectionSample
 from deepfit.data.detection_transforms import detection_transform, make_sample
+from deepfit.data.images import decode_rgb
 from deepfit.errors import DataError
 
 Batch = tuple[torch.Tensor, list[dict[str, torch.Tensor]], torch.Tensor]
-
-
-def decode_rgb(path: str) -> torch.Tensor:
-    """(3, H, W) uint8 RGB of an image file; an unreadable file is an error that names it.
-
-    Decoded by Pillow, not torchvision.io (deprecated there since 0.29), and without EXIF rotation: the
-    label readers take the image size from the same stored, unrotated pixels."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            array = np.array(image.convert("RGB"))  # (H, W, 3)
-        return torch.from_numpy(array).permute(2, 0, 1)
-    except (OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"cannot decode {path} ({type(e).__name__}: {str(e)[:120]}): replace or remove the file") from e
 
 
 class _Samples(Dataset):

@@ -304,3 +304,38 @@ def check_unreadable(bad: list[BadFile], total: int, what: str, max_fraction: fl
         )
     for b in bad:
         logger.warning(f"skipped unreadable image {b.path}: {b.reason}")
+
+
+# --- whole images at their own size (detection, segmentation) ---------------------------------------------
+
+
+def decode_rgb(path: str) -> torch.Tensor:
+    """(3, H, W) uint8 RGB of an image file; an unreadable file is an error that names it.
+
+    Decoded by Pillow, not torchvision.io (deprecated there since 0.29), and without EXIF rotation: the
+    label readers take the image size from the same stored, unrotated pixels."""
+    try:
+        with Image.open(path) as image:
+            array = np.array(image.convert("RGB"))  # (H, W, 3)
+        return torch.from_numpy(array).permute(2, 0, 1)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"cannot decode {path} ({type(e).__name__}: {str(e)[:120]}): replace or remove the file") from e
+
+
+# what prediction accepts as one image: a path, a PIL image, an (H, W, 3) or (H, W) uint8 array, a (3, H, W) tensor
+ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
+
+
+def image_tensor(item: ImageInput) -> torch.Tensor:
+    """(3, H, W) uint8 RGB of an image given as a path, a PIL image, an (H, W[, 3|4]) array or a (3, H, W) tensor."""
+    if isinstance(item, str | Path):
+        return decode_rgb(str(item))
+    if isinstance(item, torch.Tensor):
+        t = item if item.dtype == torch.uint8 else (item.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        return t if t.shape[0] == 3 else t.expand(3, *t.shape[-2:])
+    array = np.asarray(item.convert("RGB") if isinstance(item, Image.Image) else item)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise DataError(f"an image must be (H, W, 3) or (H, W) pixels, not an array of shape {array.shape}")
+    return torch.from_numpy(np.array(array[..., :3])).permute(2, 0, 1)  # a copy: the input may be read-only

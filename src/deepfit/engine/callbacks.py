@@ -21,6 +21,8 @@ METRIC_COLUMNS = [
 # Detection has no training accuracy and no validation loss (torchvision's detectors return losses only in
 # training mode); it is validated by COCO mAP.
 DETECTION_METRIC_COLUMNS = ["epoch", "phase", "train_loss", "val_map", "val_map50", "lr", "images_per_s", "seconds", "data_wait"]
+SEGMENTATION_METRIC_COLUMNS = ["epoch", "phase", "train_loss", "val_loss", "val_miou", "val_pixel_acc", "lr", "images_per_s", "seconds",
+                               "data_wait"]
 # Above this share of an epoch spent waiting for batches, the data pipeline, not the model, sets the pace.
 DATA_WAIT_WARNING = 0.30
 

@@ -29,9 +29,9 @@ from torch import nn
 
 from deepfit.config import TrainConfig, field_names
 from deepfit.data.detection import DetectionDataset, DetectionSample, read_detection
-from deepfit.data.detection_store import DetectionStore, decode_rgb
+from deepfit.data.detection_store import DetectionStore
 from deepfit.data.detection_transforms import detection_transform, make_sample
-from deepfit.data.images import default_workers
+from deepfit.data.images import ImageInput, decode_rgb, default_workers, image_tensor
 from deepfit.data.split import load_image_split, save_image_split, split_images
 from deepfit.engine.callbacks import (
     DETECTION_METRIC_COLUMNS,
@@ -131,7 +131,8 @@ def _detector_param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     return param_groups(backbone, config.weight_decay, scale) + param_groups(rest, config.weight_decay)
 
 
-def _workers(config: TrainConfig) -> int:
+def workers_for(config: TrainConfig) -> int:
+    """Loading processes for per-sample decoding and augmentation (detection, segmentation)."""
     return config.workers if config.workers is not None else min(4, default_workers())
 
 
@@ -189,7 +190,7 @@ def _run(
         _freeze_pretrained_norms(model)
 
     masks = spec.masks
-    workers = _workers(config)
+    workers = workers_for(config)
     train_store = DetectionStore(splits["train"], config.image_size, train=True, augment=config.augment != "none", masks=masks,
                                  workers=workers, hflip=config.hflip)
     val_store = DetectionStore(splits["val"], config.image_size, train=False, masks=False, workers=workers) if splits["val"] else None
@@ -252,24 +253,6 @@ def load_detector(path: str | Path, which: str = "best") -> TrainedDetector:
     return TrainedDetector(model, spec, list(meta["classes"]), meta.get("class_ids"), int(meta["preprocessing"]["image_size"]), meta)
 
 
-ImageInput = str | Path | np.ndarray | torch.Tensor | Any  # a path, an (H, W, 3) uint8 array, a (3, H, W) tensor or a PIL image
-
-
-def _as_tensor(item: ImageInput) -> torch.Tensor:
-    """(3, H, W) uint8 RGB."""
-    if isinstance(item, str | Path):
-        return decode_rgb(str(item))
-    if isinstance(item, torch.Tensor):
-        t = item if item.dtype == torch.uint8 else (item.float().clamp(0, 1) * 255).round().to(torch.uint8)
-        return t if t.shape[0] == 3 else t.expand(3, *t.shape[-2:])
-    array = np.asarray(item.convert("RGB") if hasattr(item, "convert") else item)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise DataError(f"an image must be (H, W, 3) or (H, W) pixels, not an array of shape {array.shape}")
-    return torch.from_numpy(np.array(array[..., :3])).permute(2, 0, 1)  # a copy: the input may be read-only
-
-
 class DetectionPredictor:
     """Batched inference with a trained detector; results are in each image's own pixels."""
 
@@ -300,7 +283,7 @@ class DetectionPredictor:
         set_thresholds(self.model, conf, iou)
         results = []
         for start in range(0, len(items), batch_size):
-            originals = [_as_tensor(item) for item in items[start:start + batch_size]]
+            originals = [image_tensor(item) for item in items[start:start + batch_size]]
             prepared = [self._prepare(t) for t in originals]
             x = to_unit_range(torch.stack([p[0] for p in prepared]).to(self.device))
             with autocast(self.device, self.precision):

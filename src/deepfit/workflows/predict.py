@@ -16,15 +16,13 @@ import torch
 from PIL import Image
 
 from deepfit.data.augment import SMALL_IMAGE, BatchTransform
-from deepfit.data.images import decode_file, pil_to_storage, to_rgb
+from deepfit.data.images import ImageInput, decode_file, pil_to_storage, to_rgb
 from deepfit.data.sources import IMAGE_EXTENSIONS, natural_key
 from deepfit.engine.device import autocast, resolve_device, resolve_precision
 from deepfit.errors import DataError
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
 from deepfit.workflows.run import TrainedModel, load_trained
-
-ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 
 
 @dataclass

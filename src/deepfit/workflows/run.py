@@ -76,7 +76,7 @@ def run_folder(path: str | Path) -> Path:
 
 
 def run_task(path: str | Path) -> str:
-    """The task a run folder (or a checkpoint in one) was trained for: classify, detect or segment-instances."""
+    """The task a run folder (or a checkpoint in one) was trained for: classify, detect, segment-instances or segment."""
     config = run_folder(path) / "config.json"
     return json.loads(config.read_text()).get("task", "classify") if config.is_file() else "classify"
 
