@@ -224,3 +224,15 @@ def test_list_segmenters() -> None:
     assert {f"{k}:tv/mobilenet_v2" for k in KINDS} <= set(names)
     assert "unet:tv/resnet18" in names and "unet:<timm model>" in names
     assert len(names) == len(set(names))
+
+
+def test_deeplabv3_trains_on_a_batch_of_one_image() -> None:
+    """torchvision's ASPP image pooling raises on one image in training; ours uses the running statistics then."""
+    model = build_segmenter(SegmenterSpec("deeplabv3:tv/mobilenet_v2", 3)).train()
+    pooled = next(m for m in model.modules() if type(m).__name__ == "_PooledBatchNorm")
+    before = pooled.running_mean.clone()
+    model(torch.rand(1, 3, 64, 64)).sum().backward()
+    assert torch.equal(pooled.running_mean, before)  # one image: running statistics used, not updated
+    model(torch.rand(2, 3, 64, 64))
+    assert not torch.equal(pooled.running_mean, before)  # two images: a normal batch-norm step
+    assert "decoder.head.0.convs.4.2.running_mean" in model.state_dict()  # the keys of torchvision's BatchNorm2d

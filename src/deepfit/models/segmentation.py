@@ -306,8 +306,7 @@ def _decoder(kind: str, channels: list[int], reductions: list[int], num_classes:
         return UNetDecoder(channels, num_classes)
     if kind == "deeplabv3":
         rates = [max(1, r * 8 // reductions[-1]) for r in _ASPP_RATES_AT_8]
-        # ASPP's image-pooling branch has a BatchNorm after global pooling: in training it needs more than one
-        # image per batch (torchvision's behaviour, kept as is).
+        # ASPP's image-pooling branch has a BatchNorm after global pooling: see _PooledBatchNorm
         return CoarsestHead(DeepLabHead(channels[-1], num_classes, atrous_rates=rates))
     if kind == "fcn":
         return CoarsestHead(FCNHead(channels[-1], num_classes))
@@ -348,7 +347,29 @@ def build_segmenter(spec: SegmenterSpec, *, encoder_weights: str | Path | None =
         model = _torchvision_segmenter(spec, encoder_weights, pretrained_encoder)
     if freeze_encoder:
         model.encoder.requires_grad_(False)
+    _allow_single_image_batches(model)
     return model
+
+
+class _PooledBatchNorm(nn.BatchNorm2d):
+    """DeepLabV3's image-pooling branch normalises after global pooling: one value per channel and image, so a
+    training batch of one image (an epoch's last, smaller batch; a micro-batch of --accumulate) has no batch
+    statistics and torchvision's BatchNorm2d raises. Such a batch is normalised with the running statistics
+    instead; any larger batch is a plain BatchNorm2d step. The state-dict keys are BatchNorm2d's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, 1, 1)
+        if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
+def _allow_single_image_batches(model: nn.Module) -> None:
+    from torchvision.models.segmentation.deeplabv3 import ASPPPooling
+
+    for pooling in (m for m in model.modules() if isinstance(m, ASPPPooling)):
+        for m in pooling.modules():
+            if type(m) is nn.BatchNorm2d:
+                m.__class__ = _PooledBatchNorm
 
 
 def _torchvision_segmenter(spec: SegmenterSpec, weights_file: str | Path | None, pretrained: bool) -> Segmenter:
