@@ -77,8 +77,8 @@ class TrainConfig:
                               "the training split's pixel counts", ("none", "balanced"))
     ignore_index: int = _opt(255, "segmentation: mask value excluded from loss and metrics, -1 for none (indexed masks; "
                              "binary 0/255 masks keep 255 as foreground)")
-    tile_size: int = _opt(512, "segmentation: images larger than this (either side) are predicted in overlapping tiles of this "
-                          "size, so memory stays bounded for images of any size")
+    tile_size: int = _opt(1024, "segmentation: images larger than this (either side) are predicted in overlapping tiles of "
+                          "this size, so memory stays bounded for images of any size")
     early_stopping: int = _opt(0, "stop when validation accuracy has not improved for this many epochs (0: off)")
     head_epochs: int = _opt(1, "transfer learning: epochs that train only the new head before the whole network")
     backbone_lr_scale: float = _opt(0.1, "transfer learning: learning-rate factor for the pretrained layers")

@@ -234,6 +234,11 @@ def load_segmenter(path: str | Path, which: str = "best") -> TrainedSegmenter:
     return TrainedSegmenter(model, spec, list(meta["classes"]), meta["class_map"], int(meta["preprocessing"]["tile_size"]), meta)
 
 
+def _tile_batch(num_classes: int, tile: int) -> int:
+    """Tiles a forward pass: their logits and softmax (about 3 copies of K x tile x tile floats) within ~256 MB."""
+    return max(1, min(4, 2**28 // (12 * num_classes * tile * tile)))
+
+
 class SegmentationPredictor:
     """Whole-image inference: a class index for every pixel, at the image's own size."""
 
@@ -252,8 +257,9 @@ class SegmentationPredictor:
     def predict_one(self, image: ImageInput) -> np.ndarray:
         """(H, W) uint8 class indexes of one image (a path, PIL image, (H, W[, 3]) array or (3, H, W) tensor)."""
         x = to_unit_range(image_tensor(image).to(self.device))  # (3, H, W) float in [0, 1]
+        k = len(self.trained.classes)
         with autocast(self.device, self.precision):
-            classes = predict_image(self.model, x, num_classes=len(self.trained.classes), tile=self.tile, overlap=self.tile // 8)
+            classes = predict_image(self.model, x, num_classes=k, tile=self.tile, overlap=self.tile // 8, batch_size=_tile_batch(k, self.tile))
         return classes.numpy().astype(np.uint8)
 
     def predict(self, images: Sequence[ImageInput] | ImageInput) -> np.ndarray | list[np.ndarray]:
