@@ -15,16 +15,14 @@ which worker loads the image, and a resumed epoch repeats it exactly.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from deepfit.data.detection import DetectionSample
 from deepfit.data.detection_transforms import detection_transform, make_sample
 from deepfit.data.images import decode_rgb
+from deepfit.data.loader import PerSampleStore
 from deepfit.errors import DataError
 
 Batch = tuple[torch.Tensor, list[dict[str, torch.Tensor]], torch.Tensor]
@@ -91,42 +89,13 @@ def _collate(items: list[tuple[int, torch.Tensor, dict[str, torch.Tensor]]]) -> 
     return torch.stack(images), list(targets), torch.tensor(indices)
 
 
-class DetectionStore:
-    """A BatchSource (see engine/trainer.py) over detection samples; images are read from disk each epoch."""
+class DetectionStore(PerSampleStore):
+    """A BatchSource (see engine/trainer.py) over detection samples; images are read from disk each epoch.
 
-    per_sample_augment = True
+    `batches` yields (images (B, 3, S, S) uint8, B target dicts, indices (B,))."""
 
     def __init__(self, samples: list[DetectionSample], size: int, *, train: bool, masks: bool, workers: int = 0,
                  augment: bool | None = None, resize: str = "letterbox", hflip: bool = True) -> None:
         """`train`: training targets (crowd regions left out) with augmentation (unless `augment` is False)."""
-        self.samples, self.size, self.workers = samples, size, workers
-        self._data = _Samples(samples, size, train, train if augment is None else augment, masks, resize, hflip)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    @property
-    def in_memory(self) -> bool:
-        return False
-
-    def num_batches(self, batch_size: int) -> int:
-        return math.ceil(len(self) / batch_size)
-
-    def batches(
-        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
-        order: torch.Tensor | None = None, seed: int = 0,
-    ) -> Iterator[Batch]:
-        """Yield (images (B, 3, S, S) uint8, B target dicts, indices (B,)) in `order` (default: shuffled with
-        `generator` when `shuffle`, else in sequence)."""
-        if order is None:
-            order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
-        if not len(order):
-            return
-        self._data.seed = seed
-        chunks = [c.tolist() for c in order.split(batch_size)]
-        workers = min(self.workers, len(chunks))
-        loader = DataLoader(self._data, batch_sampler=chunks, num_workers=workers, collate_fn=_collate,
-                            pin_memory=torch.cuda.is_available(),
-                            # workers' seeds come from this, not from torch's global generator that dropout uses
-                            generator=torch.Generator().manual_seed(seed))
-        yield from loader
+        self.samples, self.size = samples, size
+        super().__init__(_Samples(samples, size, train, train if augment is None else augment, masks, resize, hflip), _collate, workers)

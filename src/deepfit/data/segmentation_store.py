@@ -20,16 +20,16 @@ not depend on the worker that loads it and a resumed epoch repeats it exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
 from deepfit.data.images import decode_rgb
+from deepfit.data.loader import PerSampleStore
 from deepfit.data.segmentation import IGNORE, SegmentationDataset, SegmentationSample
 from deepfit.errors import DataError
 
@@ -107,6 +107,7 @@ class _Tiles(Dataset):
         self.tiles = [(k, y, x) for k, s in enumerate(samples)
                       for y in range(0, s.height, size) for x in range(0, s.width, size)]
         self._cached: tuple[int, torch.Tensor, torch.Tensor] | None = None  # the last image: its tiles come in a row
+        self.seed = 0  # tiles draw nothing at random; kept for PerSampleStore
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -126,40 +127,12 @@ def _collate(items: list[tuple[int, torch.Tensor, torch.Tensor]]) -> Batch:
     return torch.stack(images), torch.stack(masks), torch.tensor(indices)
 
 
-class SegmentationStore:
-    """A BatchSource (see engine/trainer.py) of crops (train) or tiles (validation); images are read from disk each epoch."""
+class SegmentationStore(PerSampleStore):
+    """A BatchSource (see engine/trainer.py) of crops (train) or tiles (validation); images are read from disk each epoch.
 
-    per_sample_augment = True
+    `batches` yields (images (B, 3, S, S) uint8, masks (B, S, S) uint8, indices (B,))."""
 
     def __init__(self, dataset: SegmentationDataset, samples: list[SegmentationSample], size: int, *, train: bool,
                  augment: str = "light", hflip: bool = True, workers: int = 0) -> None:
-        self.samples, self.size, self.workers = samples, size, workers
-        self._data: _Crops | _Tiles = _Crops(dataset, samples, size, augment, hflip) if train else _Tiles(dataset, samples, size)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    @property
-    def in_memory(self) -> bool:
-        return False
-
-    def num_batches(self, batch_size: int) -> int:
-        return math.ceil(len(self) / batch_size)
-
-    def batches(
-        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
-        order: torch.Tensor | None = None, seed: int = 0,
-    ) -> Iterator[Batch]:
-        """Yield (images (B, 3, S, S) uint8, masks (B, S, S) uint8, indices (B,)) in `order` (default: shuffled
-        with `generator` when `shuffle`, else in sequence)."""
-        if order is None:
-            order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
-        if not len(order):
-            return
-        if isinstance(self._data, _Crops):
-            self._data.seed = seed
-        chunks = [c.tolist() for c in order.split(batch_size)]
-        workers = min(self.workers, len(chunks))
-        loader = DataLoader(self._data, batch_sampler=chunks, num_workers=workers, collate_fn=_collate,
-                            pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed))
-        yield from loader
+        self.samples, self.size = samples, size
+        super().__init__(_Crops(dataset, samples, size, augment, hflip) if train else _Tiles(dataset, samples, size), _collate, workers)

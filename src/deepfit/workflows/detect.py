@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepfit.config import TrainConfig, field_names
+from deepfit.config import TrainConfig
 from deepfit.data.detection import DetectionDataset, DetectionSample, read_detection
 from deepfit.data.detection_store import DetectionStore
 from deepfit.data.detection_transforms import detection_transform, make_sample
@@ -37,8 +37,6 @@ from deepfit.engine.callbacks import (
     DETECTION_METRIC_COLUMNS,
 )
 from deepfit.engine.checkpoint import (
-    RESUME_FILE,
-    load_training_state,
     load_weights,
     read_sidecar,
 )
@@ -155,12 +153,7 @@ def resume_detector(run_dir: str | Path, *, epochs: int | None = None, device: s
     """Continue a stopped detection run (or extend a finished one to `epochs`), as `train.resume` does."""
     setup_logging()
     run_dir = Path(run_dir).resolve()
-    saved = read_run_config(run_dir)
-    options = {k: v for k, v in saved.items() if k in field_names(TrainConfig)}
-    config = TrainConfig.from_dict({**options, **({"epochs": epochs} if epochs else {}), **({"device": device} if device else {})})
-    state = load_training_state(run_dir / RESUME_FILE)
-    if state["position"]["epoch"] >= config.epochs:
-        raise ConfigError(f"{run_dir.name} already finished its {state['position']['epoch']} epochs; pass --epochs N to extend it")
+    saved, config, state = runner.reopen(run_dir, epochs=epochs, device=device)
     dataset = _read_run_data(saved)
     splits = load_image_split(run_dir / "split.csv", dataset.samples, dataset.root)
     generator = seed_everything(config.seed)

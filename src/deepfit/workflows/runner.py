@@ -21,13 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepfit.config import TrainConfig
+from deepfit.config import TrainConfig, field_names
 from deepfit.engine import distributed
 from deepfit.engine.callbacks import BestCheckpoint, EarlyStopping, MetricsCSV, Progress, ResumeState
 from deepfit.engine.checkpoint import (
     RESUME_FILE,
     library_versions,
     link_checkpoint,
+    load_training_state,
     save_checkpoint,
     save_training_state,
 )
@@ -83,6 +84,18 @@ def open_run(
     if machine.dist.main:
         atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
     return run_dir
+
+
+def reopen(run_dir: Path, *, epochs: int | None, device: str | None) -> tuple[dict[str, Any], TrainConfig, dict[str, Any]]:
+    """A stopped (or finished, to extend to `epochs`) run: its saved config.json, its options as a TrainConfig with
+    `epochs` and `device` changed when given, and its resumable state."""
+    saved = read_run_config(run_dir)
+    options = {k: v for k, v in saved.items() if k in field_names(TrainConfig)}
+    config = TrainConfig.from_dict({**options, **({"epochs": epochs} if epochs else {}), **({"device": device} if device else {})})
+    state = load_training_state(run_dir / RESUME_FILE)
+    if state["position"]["epoch"] >= config.epochs:
+        raise ConfigError(f"{run_dir.name} already finished its {state['position']['epoch']} epochs; pass --epochs N to extend it")
+    return saved, config, state
 
 
 def fit(

@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepfit.config import TrainConfig, field_names
+from deepfit.config import TrainConfig
 from deepfit.data.images import ImageInput, decode_rgb, image_tensor
 from deepfit.data.segmentation import IGNORE, SegmentationDataset, SegmentationSample, read_segmentation
 from deepfit.data.segmentation_store import SegmentationStore, load_pair
 from deepfit.data.split import load_image_split, save_image_split, split_images
 from deepfit.engine.callbacks import SEGMENTATION_METRIC_COLUMNS
-from deepfit.engine.checkpoint import RESUME_FILE, load_training_state, load_weights, read_sidecar
+from deepfit.engine.checkpoint import load_weights, read_sidecar
 from deepfit.engine.device import autocast, resolve_device, resolve_precision
 from deepfit.engine.optim import param_groups
 from deepfit.errors import ConfigError, DataError, DeepfitError
@@ -137,12 +137,7 @@ def resume_segmenter(run_dir: str | Path, *, epochs: int | None = None, device: 
     """Continue a stopped segmentation run (or extend a finished one to `epochs`)."""
     setup_logging()
     run_dir = Path(run_dir).resolve()
-    saved = read_run_config(run_dir)
-    options = {k: v for k, v in saved.items() if k in field_names(TrainConfig)}
-    config = TrainConfig.from_dict({**options, **({"epochs": epochs} if epochs else {}), **({"device": device} if device else {})})
-    state = load_training_state(run_dir / RESUME_FILE)
-    if state["position"]["epoch"] >= config.epochs:
-        raise ConfigError(f"{run_dir.name} already finished its {state['position']['epoch']} epochs; pass --epochs N to extend it")
+    saved, config, state = runner.reopen(run_dir, epochs=epochs, device=device)
     dataset = _read_run_data(saved)
     splits = load_image_split(run_dir / "split.csv", dataset.samples, dataset.root)
     generator = seed_everything(config.seed)
