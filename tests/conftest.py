@@ -253,3 +253,35 @@ def squares(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Detection data: 8 train and 4 val images of a red and a blue square, labelled as YOLO-seg polygons
     (so the same labels give boxes and masks)."""
     return _draw_squares(tmp_path_factory.mktemp("squares") / "data")
+
+
+# --- semantic segmentation ------------------------------------------------------------------------
+
+SIZE = 64
+RECTANGLE_COLOURS = [(220, 30, 30), (30, 30, 220)]
+
+
+def rectangle_pair(rng: np.random.Generator, height: int = SIZE, width: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Semantic segmentation data: (H, W, 3) image of a red and a blue rectangle on noise, (H, W) mask 0/1/2."""
+    image = rng.integers(100, 156, (height, width, 3)).astype(np.uint8)
+    mask = np.zeros((height, width), np.uint8)
+    for k, colour in enumerate(RECTANGLE_COLOURS, start=1):
+        h, w = int(rng.integers(height // 5, height // 2)), int(rng.integers(width // 5, width // 2))
+        y, x = int(rng.integers(0, height - h)), int(rng.integers(0, width - w))
+        image[y:y + h, x:x + w] = colour
+        mask[y:y + h, x:x + w] = k
+    return image, mask
+
+
+def draw_rectangles(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
+    """`counts[split]` drawn pairs in DATA/{images,masks}/SPLIT/, and classes.txt naming the mask values."""
+    rng = np.random.default_rng(seed)
+    for split, n in counts.items():
+        for i in range(n):
+            image, mask = rectangle_pair(rng)
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+            (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / "images" / split / f"{split}{i}.png")
+            Image.fromarray(mask).save(root / "masks" / split / f"{split}{i}.png")
+    (root / "classes.txt").write_text("background\nred\nblue\n")
+    return root

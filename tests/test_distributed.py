@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import draw_rectangles
 from deepfit.cli import main
 
 ARGS = ["--model", "cnn", "--model-args", "depth=2,width=8", "--image-size", "16", "--epochs", "4",
@@ -63,6 +64,21 @@ def test_detection_trains_under_torchrun(squares: Path, tmp_path: Path) -> None:
     rows = _rows(tmp_path / "det")
     assert len(rows) == 1 and rows[0]["val_map"] != ""
     assert (tmp_path / "det" / "best.safetensors").is_file()
+
+
+def test_segmentation_trains_under_torchrun(tmp_path: Path) -> None:
+    """Crops shard over ranks and validation confusion matrices are gathered from both: one run folder, one score."""
+    data = draw_rectangles(tmp_path / "data", {"train": 8, "val": 3})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+              "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "deepfit.cli"]
+    args = ["train", str(data), "--task", "segment", "--epochs", "1", "--image-size", "32", "--batch-size", "4",
+            "--workers", "0", "--output", str(tmp_path / "runs"), "--name", "seg", "--no-evaluate"]
+    done = subprocess.run([*launch, *args], capture_output=True, text=True, timeout=400, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _rows(tmp_path / "runs" / "seg")
+    assert len(rows) == 1 and float(rows[0]["val_miou"]) >= 0
+    assert (tmp_path / "runs" / "seg" / "best.safetensors").is_file()
 
 
 def test_batch_must_split_evenly_over_processes(shapes_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

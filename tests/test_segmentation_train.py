@@ -1,7 +1,7 @@
 """Semantic segmentation end to end: train (three workflows), resume, evaluate, predict, data check, bad input.
 
-The data are drawn here: a red and a blue rectangle on a noisy grey background, with an indexed mask
-(0 background, 1 red, 2 blue), so a small U-Net learns them within a few epochs on the CPU.
+The data are drawn by conftest.draw_rectangles: a red and a blue rectangle on a noisy grey background, with
+an indexed mask (0 background, 1 red, 2 blue), so a small U-Net learns them within a few epochs on the CPU.
 """
 
 from __future__ import annotations
@@ -14,39 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import SIZE, draw_rectangles, rectangle_pair
 from deepfit.errors import ConfigError, DataError
-
-SIZE = 64
-COLOURS = [(220, 30, 30), (30, 30, 220)]
-
-
-def _pair(rng: np.random.Generator, height: int = SIZE, width: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
-    image = rng.integers(100, 156, (height, width, 3)).astype(np.uint8)
-    mask = np.zeros((height, width), np.uint8)
-    for k, colour in enumerate(COLOURS, start=1):
-        h, w = int(rng.integers(height // 5, height // 2)), int(rng.integers(width // 5, width // 2))
-        y, x = int(rng.integers(0, height - h)), int(rng.integers(0, width - w))
-        image[y:y + h, x:x + w] = colour
-        mask[y:y + h, x:x + w] = k
-    return image, mask
-
-
-def _draw(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    for split, n in counts.items():
-        for i in range(n):
-            image, mask = _pair(rng)
-            (root / "images" / split).mkdir(parents=True, exist_ok=True)
-            (root / "masks" / split).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(root / "images" / split / f"{split}{i}.png")
-            Image.fromarray(mask).save(root / "masks" / split / f"{split}{i}.png")
-    (root / "classes.txt").write_text("background\nred\nblue\n")
-    return root
 
 
 @pytest.fixture(scope="module")
 def rectangles(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _draw(tmp_path_factory.mktemp("rect") / "data", {"train": 20, "val": 4, "test": 4})
+    return draw_rectangles(tmp_path_factory.mktemp("rect") / "data", {"train": 20, "val": 4, "test": 4})
 
 
 FAST = ["--image-size", "48", "--batch-size", "4", "--workers", "0", "--lr", "3e-3"]
@@ -98,7 +72,7 @@ def test_predict_writes_masks_and_overlays_without_overwriting(trained: Path, tm
     from deepfit.cli import main
 
     rng = np.random.default_rng(5)
-    image, mask = _pair(rng, 70, 90)  # another size than the training crops
+    image, mask = rectangle_pair(rng, 70, 90)  # another size than the training crops
     Image.fromarray(image).save(tmp_path / "new.png")
     out = tmp_path / "pred"
     assert main(["predict", str(trained), str(tmp_path / "new.png"), "--output", str(out)]) == 0
@@ -117,7 +91,7 @@ def test_load_predicts_class_indexes_at_the_original_size(trained: Path) -> None
 
     seg = deepfit.load(trained)
     assert isinstance(seg, deepfit.SemanticSegmenter) and seg.classes == ["background", "red", "blue"]
-    image, mask = _pair(np.random.default_rng(7), 53, 101)
+    image, mask = rectangle_pair(np.random.default_rng(7), 53, 101)
     result = seg.predict(image)  # an (H, W, 3) array
     assert result.shape == (53, 101) and result.dtype == np.uint8
     assert (result == mask).mean() > 0.8
@@ -128,7 +102,7 @@ def test_load_predicts_class_indexes_at_the_original_size(trained: Path) -> None
 def test_tiled_prediction_of_a_large_image_matches_the_whole_image(trained: Path) -> None:
     from deepfit.workflows.segment import SegmentationPredictor, load_segmenter
 
-    image, _ = _pair(np.random.default_rng(9), 150, 200)
+    image, _ = rectangle_pair(np.random.default_rng(9), 150, 200)
     whole = SegmentationPredictor(load_segmenter(trained), "cpu", tile_size=256).predict(image)
     tiled = SegmentationPredictor(load_segmenter(trained), "cpu", tile_size=96).predict(image)  # 150x200 > 96: tiles
     assert tiled.shape == whole.shape == (150, 200)
@@ -171,7 +145,7 @@ def test_resume_extends_a_finished_run(rectangles: Path, tmp_path: Path) -> None
 def test_data_check_reports_classes_shares_and_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from deepfit.cli import main
 
-    root = _draw(tmp_path / "d", {"train": 6})
+    root = draw_rectangles(tmp_path / "d", {"train": 6})
     Image.open(root / "masks" / "train" / "train0.png").resize((SIZE, SIZE + 4)).save(root / "masks" / "train" / "train0.png")
     (root / "masks" / "train" / "train1.png").unlink()
     assert main(["data", "check", str(root)]) == 0
@@ -184,7 +158,7 @@ def test_data_check_reports_classes_shares_and_problems(tmp_path: Path, capsys: 
 def test_training_stops_when_too_many_pairs_are_bad(tmp_path: Path) -> None:
     from deepfit import SemanticSegmenter
 
-    root = _draw(tmp_path / "d", {"train": 10})
+    root = draw_rectangles(tmp_path / "d", {"train": 10})
     (root / "masks" / "train" / "train3.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="train3"):
         SemanticSegmenter(epochs=1, image_size=32, workers=0, output=str(tmp_path / "runs")).fit(root)
