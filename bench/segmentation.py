@@ -5,7 +5,7 @@
    `deepfit train --task segment` from the shared ImageNet weights and from scratch, the same epochs; IoU and
    Dice of each class from `deepfit evaluate`, wall times. In these masks 255 (read as class "foreground")
    is the inside of the cells and 0 ("background") the membranes between them.
-2. coco128 semantic masks (shared coco128.tar, 100 train2017 + 100 val2017 images, 133 thing and stuff
+2. coco128 semantic masks (shared coco128.tar, 100 train2017 + 100 val2017 images, 129 thing and stuff
    classes; 0 = unlabelled is ignored): train2017 for a fixed number of epochs (the CPU budget), then mIoU on
    val2017 as the test split.
 3. Speed: deepfit's engine (Trainer + SegmentationTask with the callbacks `deepfit train` uses: progress,
