@@ -175,3 +175,33 @@ def test_wrong_task_options_are_errors(rectangles: Path, tmp_path: Path) -> None
     with pytest.raises(DeepfitError, match="SemanticSegmenter"):
         ObjectDetector(task="segment")
     assert main(["train", str(rectangles), "--task", "segment", "--format", "yolo", "--output", str(tmp_path)]) == 2
+
+
+def test_evaluate_on_other_data_reads_it_with_the_runs_class_map(trained: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from deepfit.cli import main
+
+    other = draw_rectangles(tmp_path / "other", {"extra": 3}, seed=11)
+    (other / "classes.txt").unlink()  # the run's class map names the values, not the new folder
+    assert main(["evaluate", str(trained), "--data", str(other)]) == 0
+    assert capsys.readouterr().out.startswith(f"{other}: mIoU ")
+    record = json.loads((trained / "evaluation.json").read_text())
+    assert record["split"] == str(other) and [c["class"] for c in record["per_class"]] == ["background", "red", "blue"]
+
+
+def test_predict_skips_an_unreadable_file_and_refuses_clashing_names(trained: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from deepfit.cli import main
+
+    image, _ = rectangle_pair(np.random.default_rng(2))
+    Image.fromarray(image).save(tmp_path / "good.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    assert main(["predict", str(trained), str(tmp_path / "good.png"), str(tmp_path / "broken.png"), "--output", str(tmp_path / "o")]) == 0
+    captured = capsys.readouterr()
+    assert "1 images segmented" in captured.out and "1 unreadable files skipped" in captured.out and "broken.png" in captured.err
+    assert (tmp_path / "o" / "good.png").is_file() and not (tmp_path / "o" / "broken.png").exists()
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(image).save(tmp_path / "sub" / "good.png")
+    assert main(["predict", str(trained), str(tmp_path / "good.png"), str(tmp_path / "sub" / "good.png"),
+                 "--output", str(tmp_path / "o2")]) == 2
+    assert "several images are named 'good'" in capsys.readouterr().err
