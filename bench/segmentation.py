@@ -8,13 +8,16 @@
 2. coco128 semantic masks (shared coco128.tar, 100 train2017 + 100 val2017 images, 129 thing and stuff
    classes; 0 = unlabelled is ignored): train2017 for a fixed number of epochs (the CPU budget), then mIoU on
    val2017 as the test split.
-3. Speed: deepfit's engine (Trainer + SegmentationTask with the callbacks `deepfit train` uses: progress,
+3. Large images: peak memory and time of `SegmentationPredictor` (tiles of 1024 px) on 4096 x 3072 and 2048 x 1536
+   images, each run in a fresh process (its peak resident memory, less the same process's before predicting), for
+   2 and 80 classes, against the size of the K x H x W probabilities a whole-image prediction would hold.
+4. Speed: deepfit's engine (Trainer + SegmentationTask with the callbacks `deepfit train` uses: progress,
    metrics.csv, best/last checkpoints and the resumable state each epoch) against a plain PyTorch loop
    (float images, model, cross-entropy, backward, step, and a torch.save checkpoint per epoch): same model, same
    initial weights, same batches (order and crops) from the same loader, same optimizer; alternated epochs,
    medians of `--repeats`.
 
-    uv run python bench/segmentation.py [--only membrane|coco128|speed] [--epochs 40] [--coco-epochs 20]
+    uv run python bench/segmentation.py [--only membrane|coco128|large|speed] [--epochs 40] [--coco-epochs 20]
 
 Each part records its own section of BENCHMARKS.md.
 """
@@ -124,6 +127,54 @@ def coco128(epochs: int, output: Path) -> None:
     record("segmentation-coco128", "Semantic segmentation: coco128 mIoU on a fixed CPU budget", body)
 
 
+# --- large images -----------------------------------------------------------------------------------
+
+_LARGE = """
+import resource, sys, time, torch
+from deepfit.models.segmentation import SegmenterSpec, build_segmenter
+from deepfit.workflows.segment import SegmentationPredictor, TrainedSegmenter
+k, height, width = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+torch.manual_seed(0)
+model = build_segmenter(SegmenterSpec("unet:tv/mobilenet_v2", k)).eval()
+trained = TrainedSegmenter(model, SegmenterSpec("unet:tv/mobilenet_v2", k), [str(i) for i in range(k)],
+                           {"colors": [[0, 0, 0]] * k}, 1024, {})
+image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8)
+predictor = SegmentationPredictor(trained, "cpu")
+predictor.predict(image[:, :64, :64])  # first-call allocations, not the image's
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+mask = predictor.predict(image)
+seconds = time.perf_counter() - started
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(mask.shape[0], mask.shape[1], seconds, before * 1024, peak * 1024)
+"""
+
+
+def large() -> None:
+    import subprocess
+    import sys
+
+    rows = []
+    for k, height, width in ((2, 3072, 4096), (80, 1536, 2048), (80, 3072, 4096)):
+        done = subprocess.run([sys.executable, "-c", _LARGE, str(k), str(height), str(width)], capture_output=True, text=True,
+                              check=True)
+        h, w, seconds, before, peak = done.stdout.split()
+        assert (int(h), int(w)) == (height, width)
+        whole = k * height * width * 4
+        rows.append(f"| {width} x {height} | {k} | {float(seconds):.1f} s | {(float(peak) - float(before)) / 2**30:.2f} GiB | {float(peak) / 2**30:.2f} GiB | "
+                    f"{whole / 2**30:.2f} GiB |")
+    body = (
+        "`SegmentationPredictor` (`unet:tv/mobilenet_v2`, untrained: time and memory do not depend on the weights) on one "
+        "large image, tiles of 1024 px overlapping by 128, fp32 on the CPU, each run in a fresh process. Peak "
+        "memory is the process's peak resident set (ru_maxrss); its growth is that peak less the peak before the prediction "
+        "(the model loaded and a small image predicted once).\n\n"
+        "| image | classes | time | peak memory growth | process peak | K x H x W fp32 probabilities (not held) |\n"
+        "|---|---|---|---|---|---|\n"
+        + "\n".join(rows) + "\n"
+    )
+    record("segmentation-large", "Semantic segmentation: large images in tiles", body)
+
+
 # --- speed ---------------------------------------------------------------------------------------------
 
 
@@ -205,7 +256,7 @@ def speed(repeats: int, epochs: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["membrane", "coco128", "speed"])
+    parser.add_argument("--only", choices=["membrane", "coco128", "large", "speed"])
     parser.add_argument("--epochs", type=int, default=40, help="membrane epochs (each run)")
     parser.add_argument("--coco-epochs", type=int, default=20, help="coco128 epochs: the CPU budget")
     parser.add_argument("--repeats", type=int, default=3)
@@ -218,6 +269,8 @@ def main() -> None:
             membrane(args.epochs, Path(tmp))
         if args.only in (None, "coco128"):
             coco128(args.coco_epochs, Path(tmp))
+        if args.only in (None, "large"):
+            large()
 
 
 if __name__ == "__main__":
