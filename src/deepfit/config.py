@@ -79,7 +79,8 @@ class TrainConfig:
                              "binary 0/255 masks keep 255 as foreground)")
     tile_size: int = _opt(1024, "segmentation: images larger than this (either side) are predicted in overlapping tiles of "
                           "this size, so memory stays bounded for images of any size")
-    early_stopping: int = _opt(0, "stop when validation accuracy has not improved for this many epochs (0: off)")
+    early_stopping: int = _opt(0, "stop when the validation score (accuracy; mAP for detection, mIoU for segmentation) has not "
+                               "improved for this many epochs (0: off)")
     head_epochs: int = _opt(1, "transfer learning: epochs that train only the new head before the whole network")
     backbone_lr_scale: float = _opt(0.1, "transfer learning: learning-rate factor for the pretrained layers")
     tta: bool = _opt(False, "test-time augmentation: average predictions over the image and its mirror")

@@ -785,7 +785,7 @@ def _decide(
         rgbs = [_unpack(int(p)) for p in found]
         classes = ["#{:02x}{:02x}{:02x}".format(*c) for c in rgbs]
         logger.info("inferred %d classes from the masks' colours; to name them, save this as a JSON file, "
-                    "rename the classes and pass it as colors=:", len(rgbs))
+                    "rename the classes and pass it as --colors FILE (colors= in Python):", len(rgbs))
         for i, (name, c) in enumerate(zip(classes, rgbs, strict=True)):
             logger.info('%s"%s": [%d, %d, %d]%s', "{" if i == 0 else " ", name, *c,
                         "}" if i == len(rgbs) - 1 else ",")
