@@ -39,7 +39,8 @@ from deepfit.engine.checkpoint import link_checkpoint, save_checkpoint, save_tra
 from deepfit.engine.trainer import Trainer
 from deepfit.models.detection import DetectorSpec, build_detector
 from deepfit.tasks.detection import DetectionTask
-from deepfit.workflows.detect import evaluate_detector, to_unit_range, train_detector
+from deepfit.workflows.detect import evaluate_detector, train_detector
+from deepfit.workflows.runner import to_unit_range
 
 from common import SHARED, record, unpack
 

@@ -48,7 +48,7 @@ from deepfit.engine.checkpoint import link_checkpoint, save_checkpoint, save_tra
 from deepfit.engine.trainer import Trainer
 from deepfit.models.segmentation import SegmenterSpec, build_segmenter
 from deepfit.tasks.segmentation import SegmentationTask
-from deepfit.workflows.detect import to_unit_range
+from deepfit.workflows.runner import to_unit_range
 from deepfit.workflows.segment import evaluate_segmenter, train_segmenter
 
 from common import SHARED, cache, record, unpack

@@ -200,9 +200,12 @@ class SemanticSegmenter:
         self.config, self.run_dir, self._predictor = config, self.result.run_dir, None
         return self
 
-    def evaluate(self, data: str | Path | None = None, *, masks: str | Path | None = None, checkpoint: str = "best") -> SegmentationEvaluation:
-        """Per-class IoU and Dice, mean IoU and pixel accuracy on the test split, or on another set of images and masks."""
-        return evaluate_segmenter(self._require_run(), data, checkpoint=checkpoint, device=self.config.device, masks=masks)
+    def evaluate(self, data: str | Path | None = None, *, masks: str | Path | None = None, skip_unmasked: bool = False,
+                 checkpoint: str = "best") -> SegmentationEvaluation:
+        """Per-class IoU and Dice, mean IoU and pixel accuracy on the test split, or on another set of images and masks
+        (`masks`, `skip_unmasked` as for `fit`), as `deepfit evaluate` does."""
+        return evaluate_segmenter(self._require_run(), data, checkpoint=checkpoint, device=self.config.device, masks=masks,
+                                  skip_unmasked=skip_unmasked)
 
     @property
     def predictor(self) -> SegmentationPredictor:

@@ -238,12 +238,15 @@ def _train_labelled(args: argparse.Namespace, options: dict[str, Any], task: str
         _print_evaluation(learner.evaluate())
 
 
-_FORMATS = {"detect": ("coco", "yolo", "voc", "masks"), "segment": ("folders", "yaml", "coco")}
-
-
 def _check_format(fmt: str | None, task: str) -> None:
-    formats = _FORMATS["segment" if task == "segment" else "detect"]
-    if fmt is not None and fmt not in formats:
+    """--format names one of the formats of the reader the task uses (the CLI offers both readers' formats)."""
+    if fmt is None:
+        return
+    if task == "segment":
+        from deepfit.data.segmentation import FORMATS as formats
+    else:
+        from deepfit.data.detection import FORMATS as formats
+    if fmt not in formats:
         raise ConfigError(f"--format {fmt} is not a {task} format; use one of {', '.join(formats)}")
 
 
@@ -292,38 +295,17 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     print(f"table: {result.folder / 'results.csv'}; report: {result.report}")
 
 
-_MASK_FOLDERS = {"masks", "mask", "labels", "label", "annotations", "segmentationclass", "gt"}
-_MASK_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".gif"}
-
-
-def _looks_like_semantic_masks(data: Path) -> bool:
-    """True when DATA (or a split folder in it) has a folder of mask images, or a YAML naming `masks:` folders.
-
-    Instance-mask PNGs (detection's `masks` format) look the same; they come with a classes.json or need
-    `--task detect`. YOLO's labels/ hold .txt files and VOC's Annotations/ .xml, so neither matches."""
-    if data.is_file():
-        return data.suffix.lower() in (".yaml", ".yml") and "masks:" in data.read_text(errors="replace")
-    if not data.is_dir() or (data / "classes.json").is_file():
-        return False
-    if any("masks:" in y.read_text(errors="replace") for y in [*data.glob("*.yaml"), *data.glob("*.yml")]):
-        return True
-    folders = [data, *(d for d in data.iterdir() if d.is_dir())]
-    for folder in folders:
-        for d in folder.iterdir():
-            if d.is_dir() and d.name.lower() in _MASK_FOLDERS:
-                return any(f.suffix.lower() in _MASK_SUFFIXES for f in d.rglob("*"))
-    return False
-
-
 def _cmd_data_check(args: argparse.Namespace) -> None:
     from deepfit.log import setup_logging
 
     setup_logging()  # each problem the reader finds is a warning naming its file
     task = args.task
     if task is None:
+        from deepfit.data.segmentation import FORMATS, holds_semantic_masks
+
         fmt = args.format
-        task = ("segment" if fmt in _FORMATS["segment"] and fmt != "coco" else "detect") if fmt else (
-            "segment" if args.masks or args.colors or _looks_like_semantic_masks(Path(args.data)) else "detect")
+        task = ("segment" if fmt in FORMATS and fmt != "coco" else "detect") if fmt else (
+            "segment" if args.masks or args.colors or holds_semantic_masks(args.data) else "detect")
     _check_format(args.format, task)
     if task == "segment":
         _check_segmentation(args)

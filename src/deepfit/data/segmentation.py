@@ -535,6 +535,22 @@ def _detect(path: Path, mask_dir: Path | None) -> str:
     raise DataError(f"no segmentation masks found in {path}\n{LAYOUTS}")
 
 
+def holds_semantic_masks(path: str | Path) -> bool:
+    """Whether `path` is laid out as semantic masks: a YAML naming `masks:` folders, or image and mask folders
+    (`deepfit data check` reads such data as segmentation). COCO JSON is left to detection, and so is a folder
+    with ``classes.json``: detection's instance-mask PNGs, which sit in the same images/ + masks/ layout."""
+    path = Path(path)
+    try:
+        if path.is_file():
+            return path.suffix.lower() in (".yaml", ".yml") and bool(_seg_entries(_load_yaml(path)))
+        if not path.is_dir() or (path / "classes.json").is_file():
+            return False
+        yaml_path = _yolo_yaml(path)
+        return (yaml_path is not None and bool(_seg_entries(_load_yaml(yaml_path)))) or bool(_folder_pairs(path))
+    except DataError:  # an unreadable YAML: the reader that is asked next says what is wrong with it
+        return False
+
+
 def _has_masks(folder: Path) -> bool:
     for _, _, filenames in os.walk(folder, followlinks=True):
         if any(os.path.splitext(n)[1].lower() in MASK_EXTENSIONS for n in filenames):

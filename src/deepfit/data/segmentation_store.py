@@ -107,7 +107,6 @@ class _Tiles(Dataset):
         self.tiles = [(k, y, x) for k, s in enumerate(samples)
                       for y in range(0, s.height, size) for x in range(0, s.width, size)]
         self._cached: tuple[int, torch.Tensor, torch.Tensor] | None = None  # the last image: its tiles come in a row
-        self.seed = 0  # tiles draw nothing at random; kept for PerSampleStore
 
     def __len__(self) -> int:
         return len(self.tiles)

@@ -197,7 +197,6 @@ def cross_split_duplicates(splits: dict[str, list[LabeledFile]]) -> list[list[La
     return groups
 
 
-
 # --- image-level splits for detection and segmentation --------------------------------------------------
 # Their samples are images with labels inside (objects, a mask), not class-labelled files: there is no class
 # to stratify by, so images are drawn at random (seeded), each image in exactly one split.
@@ -211,11 +210,12 @@ class _ImageSample(Protocol):
 S = TypeVar("S", bound=_ImageSample)
 
 
-def split_images(samples: Sequence[S], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[S]]:
+def split_images(samples: Sequence[S], val_fraction: float, test_fraction: float, seed: int, root: Path) -> dict[str, list[S]]:
     """The data's own train/val/test folders when it has them; otherwise a seeded random split of the images.
 
     Images without a split of their own (beside a train/ and val/ folder) are training images; a test
-    split without val has val carved from train."""
+    split without val has val carved from train. No training image at all (`root`'s data is all val or
+    test) is a DataError."""
     splits: dict[str, list[S]] = {"train": [], "val": [], "test": []}
     for s in samples:
         splits[s.split if s.split in splits else "train"].append(s)
@@ -225,6 +225,8 @@ def split_images(samples: Sequence[S], val_fraction: float, test_fraction: float
         splits["val"], splits["train"] = _carve(splits["train"], round(n * val_fraction), seed + 1)
     elif not splits["val"]:
         splits["val"], splits["train"] = _carve(splits["train"], round(len(splits["train"]) * val_fraction), seed)
+    if not splits["train"]:
+        raise DataError(f"no training images in {root}: every image is in a val or test folder")
     return splits
 
 

@@ -31,7 +31,7 @@ from deepfit.config import TrainConfig
 from deepfit.data.detection import DetectionDataset, DetectionSample, read_detection
 from deepfit.data.detection_store import DetectionStore
 from deepfit.data.detection_transforms import detection_transform, make_sample
-from deepfit.data.images import ImageInput, decode_rgb, default_workers, image_tensor
+from deepfit.data.images import ImageInput, decode_rgb, image_tensor
 from deepfit.data.split import load_image_split, save_image_split, split_images
 from deepfit.engine.callbacks import (
     DETECTION_METRIC_COLUMNS,
@@ -55,6 +55,7 @@ from deepfit.workflows.run import (
     read_run_config,
     resolve_checkpoint,
 )
+from deepfit.workflows.runner import to_unit_range, workers_for
 from deepfit.workflows.train import seed_everything
 
 # A whole detector's state dict has these prefixes; a classification network's (a backbone's) has not.
@@ -75,9 +76,7 @@ class DetectionRun:
 def split_samples(dataset: DetectionDataset, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[DetectionSample]]:
     """The data's own train/val/test folders when it has them; otherwise a seeded random split of the images
     (see data/split.py `split_images`): images, not objects, are split, so no image is in two splits."""
-    splits = split_images(dataset.samples, val_fraction, test_fraction, seed)
-    if not splits["train"]:
-        raise DataError(f"no training images in {dataset.root}: every image is in a val or test folder")
+    splits = split_images(dataset.samples, val_fraction, test_fraction, seed, dataset.root)
     if not any(len(s) for s in splits["train"]):
         raise DataError(f"the training images in {dataset.root} have no objects: nothing to learn from; check the labels")
     return splits
@@ -127,11 +126,6 @@ def _detector_param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     rest = [(n, p) for n, p in model.named_parameters() if id(p) not in body_ids]
     scale = config.backbone_lr_scale if config.transfer else 1.0
     return param_groups(backbone, config.weight_decay, scale) + param_groups(rest, config.weight_decay)
-
-
-def workers_for(config: TrainConfig) -> int:
-    """Loading processes for per-sample decoding and augmentation (detection, segmentation)."""
-    return config.workers if config.workers is not None else min(4, default_workers())
 
 
 def train_detector(data: str | Path, config: TrainConfig, *, format: str | None = None, classes: list[str] | None = None) -> DetectionRun:
@@ -190,7 +184,7 @@ def _run(
 
     record = {"data_root": str(dataset.root), "label_format": dataset.format, "classes": classes, "class_ids": dataset.class_ids}
     run_dir = runner.open_run(config, machine, data=data, record=record, resume_dir=resume_dir, command=command,
-                       save_split=lambda d: save_image_split(splits, d / "split.csv", dataset.root, lambda s: f"{len(s)} objects"))
+                              save_split=lambda d: save_image_split(splits, d / "split.csv", dataset.root, lambda s: f"{len(s)} objects"))
     logger.info(f"run folder: {run_dir}" + (f" (resumed at epoch {state['position']['epoch']}, step {state['position']['step']})" if state else ""))
     logger.info(f"model {spec.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
                 f"{sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f}M trained), input {config.image_size}px "
@@ -204,17 +198,12 @@ def _run(
         "config": config.to_dict(),
     }
     best = runner.fit(run_dir, model, DetectionTask(classes, masks), train_store, val_store, config, machine,
-               groups=_detector_param_groups(model, config), meta=meta, columns=DETECTION_METRIC_COLUMNS, generator=generator,
-               transform=to_unit_range, state=state)
+                      groups=_detector_param_groups(model, config), meta=meta, columns=DETECTION_METRIC_COLUMNS,
+                      generator=generator, transform=to_unit_range, state=state)
     best_map = best.best_score if val_store is not None and machine.dist.main else None
     if best_map is not None:
         logger.info(f"best validation box mAP {best_map:.4f} at epoch {best.best_epoch}; weights in {run_dir / 'best.safetensors'}")
     return DetectionRun(run_dir, best_map, best.best_epoch, classes)
-
-
-def to_unit_range(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, 3, S, S) uint8 -> float in [0, 1]; torchvision's detectors normalise inside (GeneralizedRCNNTransform)."""
-    return images.float().div_(255)
 
 
 # --- using a trained detector ------------------------------------------------------------------------

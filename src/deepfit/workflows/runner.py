@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from deepfit.config import TrainConfig, field_names
+from deepfit.data.images import default_workers
 from deepfit.engine import distributed
 from deepfit.engine.callbacks import BestCheckpoint, EarlyStopping, MetricsCSV, Progress, ResumeState
 from deepfit.engine.checkpoint import (
@@ -40,6 +41,17 @@ from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
 from deepfit.workflows.run import new_run_dir, read_run_config
 from deepfit.workflows.train import stop_on_ctrl_c
+
+
+def workers_for(config: TrainConfig) -> int:
+    """Loading processes for per-sample decoding and augmentation (data/loader.py)."""
+    return config.workers if config.workers is not None else min(4, default_workers())
+
+
+def to_unit_range(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, 3, S, S) uint8 -> float in [0, 1]: the batch transform of both tasks, whose models normalise inside
+    (torchvision's detectors in GeneralizedRCNNTransform, segmenters with their encoder's mean and std)."""
+    return images.float().div_(255)
 
 
 @dataclass

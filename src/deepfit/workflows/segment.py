@@ -56,13 +56,13 @@ from deepfit.tasks.segmentation import (
     segmentation_metrics,
 )
 from deepfit.workflows import runner
-from deepfit.workflows.detect import to_unit_range, workers_for
 from deepfit.workflows.run import (
     CHECKPOINT_FORMAT,
     check_output_outside_data,
     read_run_config,
     resolve_checkpoint,
 )
+from deepfit.workflows.runner import to_unit_range, workers_for
 from deepfit.workflows.train import seed_everything
 
 GALLERY_SIZE = 12
@@ -127,9 +127,7 @@ def train_segmenter(data: str | Path, config: TrainConfig, *, masks: str | Path 
     dataset = read_segmentation(data, masks=masks, format=format, classes=classes, colors=colors, ignore_value=ignore_value(config),
                                 skip_unmasked=skip_unmasked, workers=config.workers)
     check_output_outside_data(config.output, dataset.root)
-    splits = split_images(dataset.samples, config.val_fraction, config.test_fraction, config.seed)
-    if not splits["train"]:
-        raise DataError(f"no training images in {dataset.root}: every image is in a val or test folder")
+    splits = split_images(dataset.samples, config.val_fraction, config.test_fraction, config.seed, dataset.root)
     return _run(data, config, dataset, splits, generator, masks=masks, skip_unmasked=skip_unmasked)
 
 
