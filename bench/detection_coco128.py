@@ -26,8 +26,6 @@ from pathlib import Path
 import torch
 
 from deepfit.config import TrainConfig
-from deepfit.data.detection import read_detection
-from deepfit.data.detection_store import DetectionStore
 from deepfit.engine.callbacks import (
     DETECTION_METRIC_COLUMNS,
     BestCheckpoint,
@@ -37,10 +35,12 @@ from deepfit.engine.callbacks import (
 )
 from deepfit.engine.checkpoint import link_checkpoint, save_checkpoint, save_training_state
 from deepfit.engine.trainer import Trainer
-from deepfit.models.detection import DetectorSpec, build_detector
-from deepfit.tasks.detection import DetectionTask
-from deepfit.workflows.detect import evaluate_detector, train_detector
-from deepfit.workflows.runner import to_unit_range
+from deepfit.runs.session import to_unit_range
+from deepfit.tasks.detect.data import read_detection
+from deepfit.tasks.detect.model import DetectorSpec, build_detector
+from deepfit.tasks.detect.objective import DetectionTask
+from deepfit.tasks.detect.store import DetectionStore
+from deepfit.tasks.detect.workflow import evaluate_detector, train_detector
 
 from common import SHARED, record, unpack
 

@@ -23,9 +23,9 @@ import time
 import torch
 
 from deepfit.config import FeaturesConfig
-from deepfit.data.augment import BatchTransform
-from deepfit.data.images import ImageStore
 from deepfit.data.sources import discover
+from deepfit.modalities.image.augment import BatchTransform
+from deepfit.modalities.image.store import ImageStore
 from deepfit.models.factory import create_model
 from deepfit.models.features import FeatureExtractor
 from deepfit.workflows.features import extract_batch, fit_features

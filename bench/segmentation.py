@@ -35,8 +35,6 @@ import torch
 import yaml
 
 from deepfit.config import TrainConfig
-from deepfit.data.segmentation import read_segmentation
-from deepfit.data.segmentation_store import SegmentationStore
 from deepfit.engine.callbacks import (
     SEGMENTATION_METRIC_COLUMNS,
     BestCheckpoint,
@@ -46,10 +44,12 @@ from deepfit.engine.callbacks import (
 )
 from deepfit.engine.checkpoint import link_checkpoint, save_checkpoint, save_training_state
 from deepfit.engine.trainer import Trainer
-from deepfit.models.segmentation import SegmenterSpec, build_segmenter
-from deepfit.tasks.segmentation import SegmentationTask
-from deepfit.workflows.runner import to_unit_range
-from deepfit.workflows.segment import evaluate_segmenter, train_segmenter
+from deepfit.runs.session import to_unit_range
+from deepfit.tasks.segment.data import read_segmentation
+from deepfit.tasks.segment.model import SegmenterSpec, build_segmenter
+from deepfit.tasks.segment.objective import SegmentationTask
+from deepfit.tasks.segment.store import SegmentationStore
+from deepfit.tasks.segment.workflow import evaluate_segmenter, train_segmenter
 
 from common import SHARED, cache, record, unpack
 
@@ -131,8 +131,8 @@ def coco128(epochs: int, output: Path) -> None:
 
 _LARGE = """
 import resource, sys, time, torch
-from deepfit.models.segmentation import SegmenterSpec, build_segmenter
-from deepfit.workflows.segment import SegmentationPredictor, TrainedSegmenter
+from deepfit.tasks.segment.model import SegmenterSpec, build_segmenter
+from deepfit.tasks.segment.workflow import SegmentationPredictor, TrainedSegmenter
 k, height, width = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 torch.manual_seed(0)
 model = build_segmenter(SegmenterSpec("unet:tv/mobilenet_v2", k)).eval()

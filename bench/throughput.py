@@ -22,7 +22,7 @@ from PIL import Image
 
 from deepfit.config import apply_preset
 from deepfit.models.small import FastNet
-from deepfit.workflows.train import train
+from deepfit.tasks.classify.train import train
 
 from common import record, unpack
 

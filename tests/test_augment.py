@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepfit.data.augment import SMALL_IMAGE, BatchTransform, center_crop
+from deepfit.modalities.image.augment import SMALL_IMAGE, BatchTransform, center_crop
 
 MEAN = (0.5, 0.4, 0.3)
 STD = (0.2, 0.25, 0.3)

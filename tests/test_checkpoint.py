@@ -18,7 +18,7 @@ from conftest import TINY, TrainedRun
 from deepfit.config import TrainConfig
 from deepfit.engine.checkpoint import read_sidecar
 from deepfit.errors import DeepfitError, WeightsError
-from deepfit.workflows.run import CHECKPOINT_FORMAT, load_trained, resolve_checkpoint
+from deepfit.runs.folder import CHECKPOINT_FORMAT, load_trained, resolve_checkpoint
 
 
 def test_sidecar_holds_everything_to_rebuild_the_model(trained_run: TrainedRun) -> None:
@@ -44,7 +44,7 @@ def test_sidecar_holds_everything_to_rebuild_the_model(trained_run: TrainedRun) 
 
 def test_from_scratch_preprocessing_is_the_data_statistics(trained_run: TrainedRun) -> None:
     """Scratch training normalises with the training images' own mean/std, not ImageNet's."""
-    from deepfit.data.images import ImageStore
+    from deepfit.modalities.image.store import ImageStore
 
     prep = json.loads((trained_run.run_dir / "best.json").read_text())["preprocessing"]
     with (trained_run.run_dir / "split.csv").open(newline="") as f:

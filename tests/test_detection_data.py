@@ -12,13 +12,13 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from deepfit.data.detection import (
+from deepfit.errors import DataError
+from deepfit.tasks.detect.data import (
     DetectionSample,
     rasterize,
     read_detection,
     summarize,
 )
-from deepfit.errors import DataError
 
 
 def _image(path: Path, width: int, height: int) -> Path:

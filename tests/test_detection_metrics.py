@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepfit.tasks.detection import coco_metrics, to_coco
+from deepfit.tasks.detect.objective import coco_metrics, to_coco
 
 CLASSES = ["cat", "dog"]
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from deepfit.errors import ConfigError, WeightsError
-from deepfit.models.detection import DetectorSpec, build_detector, load_detector_weights
+from deepfit.tasks.detect.model import DetectorSpec, build_detector, load_detector_weights
 
 SIZE = 128
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from deepfit.tasks.detection import coco_metrics
-from deepfit.workflows.detection_report import (
+from deepfit.tasks.detect.objective import coco_metrics
+from deepfit.tasks.detect.report import (
     draw_detections,
     image_score,
     plot_per_class_ap,

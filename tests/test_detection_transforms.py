@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepfit.data.detection_transforms import Letterbox, detection_transform, make_sample
+from deepfit.tasks.detect.transforms import Letterbox, detection_transform, make_sample
 
 H, W = 120, 160
 BOXES = torch.tensor([[30.0, 20.0, 70.0, 60.0], [100.0, 70.0, 150.0, 110.0]])  # xyxy, pixel edges

@@ -168,7 +168,7 @@ def test_resume_refuses_a_state_that_needs_unpickling(shapes_data: Path, tmp_pat
 
 
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_good_checkpoints(shapes_data: Path, tmp_path: Path) -> None:
-    from deepfit.tasks.classification import ClassificationTask
+    from deepfit.tasks.classify.objective import ClassificationTask
 
     calls = [0]
     original = ClassificationTask.loss
@@ -219,7 +219,7 @@ def test_accumulated_pieces_give_the_whole_batch_gradient() -> None:
     from torch import nn
 
     from deepfit.engine.trainer import Trainer
-    from deepfit.tasks.classification import ClassificationTask
+    from deepfit.tasks.classify.objective import ClassificationTask
 
     torch.manual_seed(0)
     x, y = torch.randn(10, 3, 4, 4), torch.randint(0, 3, (10,))  # 10 = pieces of 4, 3, 3: unequal on purpose
@@ -262,7 +262,7 @@ def test_bf16_autocast_and_channels_last_options_train_on_cpu(shapes_data: Path,
 
 def test_streamed_store_keeps_its_decoding_workers_across_epochs(tmp_path: Path) -> None:
     from conftest import write_class_folders
-    from deepfit.data.images import ImageStore
+    from deepfit.modalities.image.store import ImageStore
 
     paths = write_class_folders(tmp_path / "many", ["a", "b"], 130, size=16)  # 260: enough to start workers
     store, bad = ImageStore.load(paths, [0] * len(paths), 16, cache="disk", workers=1)
@@ -286,7 +286,7 @@ def test_slow_data_is_reported(caplog: pytest.LogCaptureFixture) -> None:
 
     from deepfit.engine.callbacks import Progress
     from deepfit.engine.trainer import Trainer
-    from deepfit.tasks.classification import ClassificationTask
+    from deepfit.tasks.classify.objective import ClassificationTask
 
     class SlowStore:
         def __len__(self) -> int:

@@ -223,7 +223,7 @@ def test_loaded_run_predicts_the_labels_of_test_predictions_csv(handmade_run: Fe
 
 
 def test_evaluate_reextracts_through_the_saved_model_and_agrees(handmade_run: FeaturesResult, tmp_path: Path) -> None:
-    from deepfit.workflows.evaluate import evaluate
+    from deepfit.tasks.classify.evaluate import evaluate
 
     assert handmade_run.run_dir is not None and handmade_run.evaluation is not None
     run = Path(shutil.copytree(handmade_run.run_dir, tmp_path / "run"))
@@ -316,7 +316,7 @@ def test_real_named_layer_gives_other_features(real: RealFeatures) -> None:
 
 
 def test_real_run_reevaluates_from_images(real: RealFeatures, tmp_path: Path) -> None:
-    from deepfit.workflows.evaluate import evaluate
+    from deepfit.tasks.classify.evaluate import evaluate
 
     assert real.fit.run_dir is not None and real.fit.evaluation is not None
     run = Path(shutil.copytree(real.fit.run_dir, tmp_path / "run"))
@@ -520,7 +520,7 @@ class _Call:
 @pytest.fixture
 def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[_Call]]:
     """Every call of the hand-made network, with how many images had been decoded by then."""
-    from deepfit.data import images
+    from deepfit.modalities.image import store as images
 
     calls: list[_Call] = []
     decoded = [0]

@@ -112,7 +112,7 @@ def test_run_loads_in_a_fresh_process(trained_run: TrainedRun) -> None:
 def test_tta_views_mirror_and_shift_small_images() -> None:
     import torch
 
-    from deepfit.workflows.predict import tta_views
+    from deepfit.tasks.classify.predict import tta_views
 
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float).view(2, 3, 8, 8)
     views = tta_views(x)

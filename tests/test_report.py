@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepfit.workflows.report import (
+from deepfit.tasks.classify.report import (
     WorstPrediction,
     plot_confusion_matrix,
     plot_training_curves,

@@ -14,13 +14,13 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED
-from deepfit.data.segmentation import (
+from deepfit.errors import DataError
+from deepfit.tasks.segment.data import (
     IGNORE,
     SegmentationDataset,
     read_segmentation,
     summarize,
 )
-from deepfit.errors import DataError
 
 
 def _image(path: Path, width: int, height: int) -> Path:

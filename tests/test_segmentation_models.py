@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from deepfit.errors import ConfigError, WeightsError
 from deepfit.models.factory import IMAGENET_MEAN, IMAGENET_STD
-from deepfit.models.segmentation import (
+from deepfit.tasks.segment.model import (
     KINDS,
     Segmenter,
     SegmenterSpec,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepfit.workflows import segmentation_report
-from deepfit.workflows.segmentation_report import (
+from deepfit.tasks.segment import report as segmentation_report
+from deepfit.tasks.segment.report import (
     IGNORE,
     colorize,
     image_score,

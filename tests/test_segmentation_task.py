@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepfit.errors import ConfigError
-from deepfit.tasks import segmentation as seg
-from deepfit.tasks.segmentation import (
+from deepfit.tasks.segment import objective as seg
+from deepfit.tasks.segment.objective import (
     IGNORE,
     SegmentationLoss,
     SegmentationTask,

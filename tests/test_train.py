@@ -16,8 +16,8 @@ import torch
 from conftest import TINY, TINY_CLI, TrainedRun, write_class_folders
 from deepfit import ImageClassifier, TrainConfig
 from deepfit.cli import main
-from deepfit.data.images import ImageStore
 from deepfit.engine.device import resolve_device, resolve_precision
+from deepfit.modalities.image.store import ImageStore
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

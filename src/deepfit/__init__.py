@@ -21,7 +21,7 @@ _EXPORTS = {
     "fit_features": "deepfit.api",
     "FeaturesConfig": "deepfit.config",
     "TrainConfig": "deepfit.config",
-    "Prediction": "deepfit.workflows.predict",
+    "Prediction": "deepfit.tasks.classify.predict",
     "DeepfitError": "deepfit.errors",
     "DataError": "deepfit.errors",
     "ConfigError": "deepfit.errors",
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     )
     from deepfit.config import FeaturesConfig, TrainConfig
     from deepfit.errors import ConfigError, DataError, DeepfitError, WeightsError
-    from deepfit.workflows.predict import Prediction
+    from deepfit.tasks.classify.predict import Prediction
 
 
 def __getattr__(name: str) -> Any:

@@ -34,7 +34,12 @@ import numpy as np
 from deepfit.config import FeaturesConfig, TrainConfig, apply_preset
 from deepfit.data.sources import discover
 from deepfit.errors import DeepfitError
-from deepfit.workflows.detect import (
+from deepfit.runs.folder import run_folder, run_task
+from deepfit.tasks.classify.evaluate import Evaluation, evaluate
+from deepfit.tasks.classify.predict import ImageInput, Prediction, Predictor, expand_paths
+from deepfit.tasks.classify.train import TrainResult, train
+from deepfit.tasks.classify.train import resume as resume_run
+from deepfit.tasks.detect.workflow import (
     DetectionEvaluation,
     DetectionPredictor,
     DetectionRun,
@@ -42,11 +47,7 @@ from deepfit.workflows.detect import (
     resume_detector,
     train_detector,
 )
-from deepfit.workflows.evaluate import Evaluation, evaluate
-from deepfit.workflows.features import FeatureSet, FeaturesResult
-from deepfit.workflows.predict import ImageInput, Prediction, Predictor, expand_paths
-from deepfit.workflows.run import run_folder, run_task
-from deepfit.workflows.segment import (
+from deepfit.tasks.segment.workflow import (
     SegmentationEvaluation,
     SegmentationPredictor,
     SegmentationRun,
@@ -54,8 +55,7 @@ from deepfit.workflows.segment import (
     resume_segmenter,
     train_segmenter,
 )
-from deepfit.workflows.train import TrainResult, train
-from deepfit.workflows.train import resume as resume_run
+from deepfit.workflows.features import FeatureSet, FeaturesResult
 
 
 class ImageClassifier:

@@ -243,9 +243,9 @@ def _check_format(fmt: str | None, task: str) -> None:
     if fmt is None:
         return
     if task == "segment":
-        from deepfit.data.segmentation import FORMATS as formats
+        from deepfit.tasks.segment.data import FORMATS as formats
     else:
-        from deepfit.data.detection import FORMATS as formats
+        from deepfit.tasks.detect.data import FORMATS as formats
     if fmt not in formats:
         raise ConfigError(f"--format {fmt} is not a {task} format; use one of {', '.join(formats)}")
 
@@ -301,7 +301,7 @@ def _cmd_data_check(args: argparse.Namespace) -> None:
     setup_logging()  # each problem the reader finds is a warning naming its file
     task = args.task
     if task is None:
-        from deepfit.data.segmentation import FORMATS, holds_semantic_masks
+        from deepfit.tasks.segment.data import FORMATS, holds_semantic_masks
 
         fmt = args.format
         task = ("segment" if fmt in FORMATS and fmt != "coco" else "detect") if fmt else (
@@ -319,7 +319,7 @@ def _check_segmentation(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from deepfit.data.segmentation import read_segmentation, summarize
+    from deepfit.tasks.segment.data import read_segmentation, summarize
 
     dataset = read_segmentation(args.data, masks=args.masks, format=args.format, classes=args.classes, colors=args.colors,
                                 ignore_value=None if args.ignore_index < 0 else args.ignore_index, max_bad=1.0,
@@ -349,7 +349,7 @@ def _check_detection(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from deepfit.data.detection import read_detection, summarize
+    from deepfit.tasks.detect.data import read_detection, summarize
     summary = summarize(read_detection(args.data, format=args.format, classes=args.classes))
     console = Console()
     console.print(
@@ -371,8 +371,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from deepfit.workflows.predict import Predictor, expand_paths, write_predictions
-    from deepfit.workflows.run import run_folder, run_task
+    from deepfit.runs.folder import run_folder, run_task
+    from deepfit.tasks.classify.predict import Predictor, expand_paths, write_predictions
 
     task = run_task(args.run_dir)
     if task == "segment":
@@ -398,8 +398,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _predict_detections(args: argparse.Namespace) -> None:
-    from deepfit.workflows.detect import predict_to_folder
-    from deepfit.workflows.predict import expand_paths
+    from deepfit.tasks.classify.predict import expand_paths
+    from deepfit.tasks.detect.workflow import predict_to_folder
 
     out, results, failed = predict_to_folder(
         args.run_dir, expand_paths(args.paths), args.output, conf=args.conf, iou=args.iou, checkpoint=args.checkpoint,
@@ -411,8 +411,8 @@ def _predict_detections(args: argparse.Namespace) -> None:
 
 
 def _predict_masks(args: argparse.Namespace) -> None:
-    from deepfit.workflows.predict import expand_paths
-    from deepfit.workflows.segment import predict_to_folder
+    from deepfit.tasks.classify.predict import expand_paths
+    from deepfit.tasks.segment.workflow import predict_to_folder
 
     out, done, failed = predict_to_folder(args.run_dir, expand_paths(args.paths), args.output, checkpoint=args.checkpoint, device=args.device)
     print(f"{len(done)} images segmented: mask PNGs (class indexes, class colours as palette) and colour overlays in {out}"
@@ -421,7 +421,7 @@ def _predict_masks(args: argparse.Namespace) -> None:
 
 def _cmd_models(args: argparse.Namespace) -> None:
     from deepfit.models.factory import list_models
-    from deepfit.models.segmentation import list_segmenters
+    from deepfit.tasks.segment.model import list_segmenters
 
     for source, names in list_models(args.pattern).items():
         print(f"{source} ({len(names)}): {' '.join(names)}")
@@ -457,17 +457,17 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "data":
             _cmd_data_check(args)
         elif args.command == "evaluate":
-            from deepfit.workflows.evaluate import evaluate
-            from deepfit.workflows.run import run_task
+            from deepfit.runs.folder import run_task
+            from deepfit.tasks.classify.evaluate import evaluate
 
             task = run_task(args.run_dir)
             if task == "segment":
-                from deepfit.workflows.segment import evaluate_segmenter
+                from deepfit.tasks.segment.workflow import evaluate_segmenter
 
                 _print_evaluation(evaluate_segmenter(args.run_dir, args.data, checkpoint=args.checkpoint, device=args.device, masks=args.masks,
                                                      skip_unmasked=args.skip_unmasked))
             elif task != "classify":
-                from deepfit.workflows.detect import evaluate_detector
+                from deepfit.tasks.detect.workflow import evaluate_detector
 
                 _print_evaluation(evaluate_detector(args.run_dir, args.data, checkpoint=args.checkpoint, device=args.device))
             else:

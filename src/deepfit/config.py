@@ -137,7 +137,7 @@ class TrainConfig:
         if self.tile_size < 32:
             raise ConfigError(f"--tile-size must be at least 32 pixels, got {self.tile_size}")
         if self.segmentation:
-            from deepfit.tasks.segmentation import parse_loss
+            from deepfit.tasks.segment.objective import parse_loss
 
             parse_loss(self.loss)
 

@@ -39,13 +39,13 @@ from deepfit.engine.device import resolve_device, resolve_precision
 from deepfit.errors import ConfigError, DataError
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger, setup_logging
-from deepfit.tasks.classification import classification_metrics
+from deepfit.runs.folder import check_output_outside_data, new_run_dir
+from deepfit.tasks.classify.evaluate import evaluate
+from deepfit.tasks.classify.objective import classification_metrics
+from deepfit.tasks.classify.report import plot_learning_curves, write_comparison_report
+from deepfit.tasks.classify.train import train
 from deepfit.workflows.classical import fit_classifier
-from deepfit.workflows.evaluate import evaluate
 from deepfit.workflows.features import HANDMADE, Backbone, extract, load_backbone
-from deepfit.workflows.report import plot_learning_curves, write_comparison_report
-from deepfit.workflows.run import check_output_outside_data, new_run_dir
-from deepfit.workflows.train import train
 
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 

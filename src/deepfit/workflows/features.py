@@ -29,8 +29,6 @@ import torch
 from torch import nn
 
 from deepfit.config import FeaturesConfig
-from deepfit.data.augment import BatchTransform
-from deepfit.data.images import BadFile, check_unreadable, decode_batches, default_workers
 from deepfit.data.sources import Catalog, LabeledFile, discover
 from deepfit.data.split import file_digest, resolve_splits, save_split
 from deepfit.engine.checkpoint import save_checkpoint
@@ -38,13 +36,15 @@ from deepfit.engine.device import autocast, resolve_device, resolve_precision
 from deepfit.errors import ConfigError, DataError
 from deepfit.fileio import atomic_write, atomic_write_text, cache_dir
 from deepfit.log import logger, setup_logging
+from deepfit.modalities.image.augment import BatchTransform
+from deepfit.modalities.image.store import BadFile, check_unreadable, decode_batches, default_workers
 from deepfit.models.factory import ModelSpec, Preprocessing, create_model, is_convolutional
 from deepfit.models.features import PRE_LOGITS, FeatureClassifier, FeatureExtractor
 from deepfit.models.handmade import HANDMADE_IMAGE_SIZE, HandmadeFeatures
+from deepfit.runs.folder import CHECKPOINT_FORMAT, check_output_outside_data, new_run_dir
+from deepfit.tasks.classify.evaluate import Evaluation, report_evaluation
+from deepfit.tasks.classify.train import report_duplicates, seed_everything, write_skipped
 from deepfit.workflows.classical import FittedClassifier, fit_classifier
-from deepfit.workflows.evaluate import Evaluation, report_evaluation
-from deepfit.workflows.run import CHECKPOINT_FORMAT, check_output_outside_data, new_run_dir
-from deepfit.workflows.train import report_duplicates, seed_everything, write_skipped
 
 HANDMADE = "handmade"
 # Bump when the hand-made features change: their cached vectors must not be served for the new definition.

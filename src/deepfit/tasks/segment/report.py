@@ -8,10 +8,10 @@ Conventions:
 
     mask   = (H, W) uint8 class indexes 0..K-1; ``IGNORE`` (255) marks unlabelled or ambiguous pixels
     colors = (K, 3) uint8, the display colour of each class
-    metrics = what ``deepfit.tasks.segmentation.segmentation_metrics`` returns: pixel_accuracy, miou,
+    metrics = what ``deepfit.tasks.segment.objective.segmentation_metrics`` returns: pixel_accuracy, miou,
               mean_dice, per_class (class, iou, dice, precision, recall, pixels, predicted), confusion
 
-Everything is drawn with PIL and matplotlib's object API (no pyplot), as in :mod:`deepfit.workflows.report`.
+Everything is drawn with PIL and matplotlib's object API (no pyplot), as in :mod:`deepfit.tasks.classify.report`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from deepfit.fileio import atomic_write_bytes, atomic_write_text
 from deepfit.log import logger
-from deepfit.workflows.detection_report import _class_color, _font_path, _np
-from deepfit.workflows.report import (
+from deepfit.tasks.classify.report import (
     _clamp,
     _data_uri,
     _esc,
@@ -44,6 +43,7 @@ from deepfit.workflows.report import (
     plot_confusion_matrix,
     write_confusion_csv,
 )
+from deepfit.tasks.detect.report import _class_color, _font_path, _np
 
 __all__ = [
     "IGNORE",
@@ -57,7 +57,7 @@ __all__ = [
     "write_segmentation_report",
 ]
 
-IGNORE = 255  # the mask value of ignored / unlabelled pixels (the same value deepfit.tasks.segmentation uses)
+IGNORE = 255  # the mask value of ignored / unlabelled pixels (the same value deepfit.tasks.segment.objective uses)
 
 # Dark grey is no class's colour in the usual palettes and reads as "nothing here" next to saturated colours.
 IGNORE_COLOR = (64, 64, 64)

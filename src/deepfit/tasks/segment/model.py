@@ -33,9 +33,9 @@ from torch import nn
 
 from deepfit.errors import ConfigError, WeightsError
 from deepfit.log import logger
-from deepfit.models.detection import _fetching, _load_backbone_state, _suggest
 from deepfit.models.factory import IMAGENET_MEAN, IMAGENET_STD
 from deepfit.models.weights import read_weights_file, strip_prefixes
+from deepfit.tasks.detect.model import _fetching, _load_backbone_state, _suggest
 
 KINDS = ("unet", "deeplabv3", "fcn", "lraspp")
 # Decoder widths from the coarsest level to the finest (the last one works at the input's full size).

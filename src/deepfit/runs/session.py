@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from deepfit.config import TrainConfig, field_names
-from deepfit.data.images import default_workers
+from deepfit.modalities.image.store import default_workers
 from deepfit.engine import distributed
 from deepfit.engine.callbacks import BestCheckpoint, EarlyStopping, MetricsCSV, Progress, ResumeState
 from deepfit.engine.checkpoint import (
@@ -39,8 +39,8 @@ from deepfit.engine.trainer import BatchSource, BatchTransformFn, Callback, Task
 from deepfit.errors import ConfigError
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
-from deepfit.workflows.run import new_run_dir, read_run_config
-from deepfit.workflows.train import stop_on_ctrl_c
+from deepfit.runs.folder import new_run_dir, read_run_config
+from deepfit.tasks.classify.train import stop_on_ctrl_c
 
 
 def workers_for(config: TrainConfig) -> int:

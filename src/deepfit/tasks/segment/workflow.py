@@ -29,9 +29,6 @@ import torch
 from torch import nn
 
 from deepfit.config import TrainConfig
-from deepfit.data.images import ImageInput, decode_rgb, image_tensor
-from deepfit.data.segmentation import IGNORE, SegmentationDataset, SegmentationSample, read_segmentation
-from deepfit.data.segmentation_store import SegmentationStore, load_pair
 from deepfit.data.split import load_image_split, save_image_split, split_images
 from deepfit.engine.callbacks import SEGMENTATION_METRIC_COLUMNS
 from deepfit.engine.checkpoint import load_weights, read_sidecar
@@ -40,30 +37,33 @@ from deepfit.engine.optim import param_groups
 from deepfit.errors import ConfigError, DataError, DeepfitError
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger, setup_logging
-from deepfit.models.segmentation import (
+from deepfit.modalities.image.store import ImageInput, decode_rgb, image_tensor
+from deepfit.models.weights import FROZEN_STATS, read_weights_file
+from deepfit.runs import session as runner
+from deepfit.runs.folder import (
+    CHECKPOINT_FORMAT,
+    check_output_outside_data,
+    read_run_config,
+    resolve_checkpoint,
+)
+from deepfit.runs.session import to_unit_range, workers_for
+from deepfit.tasks.classify.train import seed_everything
+from deepfit.tasks.segment.data import IGNORE, SegmentationDataset, SegmentationSample, read_segmentation
+from deepfit.tasks.segment.model import (
     Segmenter,
     SegmenterSpec,
     build_segmenter,
     is_segmenter_state,
     load_segmenter_weights,
 )
-from deepfit.models.weights import FROZEN_STATS, read_weights_file
-from deepfit.tasks.segmentation import (
+from deepfit.tasks.segment.objective import (
     SegmentationTask,
     class_weights,
     confusion_matrix,
     predict_image,
     segmentation_metrics,
 )
-from deepfit.workflows import runner
-from deepfit.workflows.run import (
-    CHECKPOINT_FORMAT,
-    check_output_outside_data,
-    read_run_config,
-    resolve_checkpoint,
-)
-from deepfit.workflows.runner import to_unit_range, workers_for
-from deepfit.workflows.train import seed_everything
+from deepfit.tasks.segment.store import SegmentationStore, load_pair
 
 GALLERY_SIZE = 12
 _GALLERY_HEIGHT = 240  # pixels of each panel (image, truth, prediction) in the report
@@ -277,7 +277,7 @@ def evaluate_segmenter(run_dir: str | Path, data: str | Path | None = None, *, c
     """Per-class IoU and Dice, mean IoU, pixel accuracy and the confusion matrix on the run's test split (its val split
     when it has none), or on all of `data` read with the run's class map; writes report.html (the worst images first:
     image, true mask, predicted mask), evaluation.json, per_class.csv and confusion.csv into the run folder."""
-    from deepfit.workflows.segmentation_report import image_score, side_by_side, write_segmentation_report
+    from deepfit.tasks.segment.report import image_score, side_by_side, write_segmentation_report
 
     setup_logging()
     run = Path(run_dir).resolve()
@@ -334,7 +334,7 @@ def predict_to_folder(run_dir: str | Path, paths: list[Path], output: str | Path
                       device: str = "auto") -> tuple[Path, list[Path], list[Path]]:
     """For each image NAME: NAME.png (class indexes, with the class colours as its palette) and NAME_overlay.jpg in
     `output` (default RUN_DIR/predictions); an existing file there is never overwritten. Returns (folder, done, failed)."""
-    from deepfit.workflows.segmentation_report import overlay, save_mask_png
+    from deepfit.tasks.segment.report import overlay, save_mask_png
 
     predictor = SegmentationPredictor.from_run(run_dir, checkpoint, device)
     out = Path(output) if output else Path(run_dir) / "predictions"

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from deepfit.data.detection import DetectionSample
-from deepfit.data.detection_transforms import detection_transform, make_sample
-from deepfit.data.images import decode_rgb
 from deepfit.data.loader import PerSampleStore
 from deepfit.errors import DataError
+from deepfit.modalities.image.store import decode_rgb
+from deepfit.tasks.detect.data import DetectionSample
+from deepfit.tasks.detect.transforms import detection_transform, make_sample
 
 Batch = tuple[torch.Tensor, list[dict[str, torch.Tensor]], torch.Tensor]
 

@@ -18,22 +18,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepfit.data.images import BadFile, ImageStore, check_unreadable
 from deepfit.data.sources import LabeledFile, discover
 from deepfit.data.split import load_split
 from deepfit.errors import DataError
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger, setup_logging
-from deepfit.tasks.classification import classification_metrics
-from deepfit.workflows.predict import Predictor
-from deepfit.workflows.report import (
+from deepfit.modalities.image.store import BadFile, ImageStore, check_unreadable
+from deepfit.runs.folder import load_trained, read_run_config
+from deepfit.tasks.classify.objective import classification_metrics
+from deepfit.tasks.classify.predict import Predictor
+from deepfit.tasks.classify.report import (
     WorstPrediction,
     plot_confusion_matrix,
     plot_training_curves,
     write_confusion_csv,
     write_html_report,
 )
-from deepfit.workflows.run import load_trained, read_run_config
 
 WORST_SHOWN = 16
 

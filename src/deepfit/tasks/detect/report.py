@@ -11,7 +11,7 @@ Conventions (numpy arrays or torch tensors are both accepted everywhere):
     truth      = {"boxes": (N, 4), "labels": (N,), optional "masks": (N, H, W) bool}
 
 ``class_ids`` maps a class index to the dataset's own category id (COCO's ids have gaps); without it the
-category id is index + 1, the same numbering :func:`deepfit.tasks.detection.to_coco` uses.
+category id is index + 1, the same numbering :func:`deepfit.tasks.detect.objective.to_coco` uses.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from PIL import Image
 
 from deepfit.fileio import atomic_write_bytes, atomic_write_text
 from deepfit.log import logger
-from deepfit.workflows.report import (
+from deepfit.tasks.classify.report import (
     _clamp,
     _data_uri,
     _esc,

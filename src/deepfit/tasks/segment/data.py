@@ -19,7 +19,7 @@ Layouts (`format=` forces one; otherwise it is found from what `source` holds):
   YAML's folder, or to its ``path:``) and class names under ``classes:`` or ``names:``: a list (value i
   is class i) or an ``{id: name}`` dict whose ids may have gaps (mask value id is that class; classes
   are in id order).
-* ``coco``: a COCO JSON (or a folder holding one), read by `deepfit.data.detection.read_detection`;
+* ``coco``: a COCO JSON (or a folder holding one), read by `deepfit.tasks.detect.data.read_detection`;
   the classes are ``background`` and the categories. Objects are painted largest first so that smaller
   ones stay visible on top, crowd objects are painted IGNORE, and every pixel no object covers is
   background. `values` are ``[0, *category ids]``.
@@ -68,7 +68,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from deepfit.data.detection import (
+from deepfit.data.sources import natural_key
+from deepfit.errors import DataError
+from deepfit.log import logger
+from deepfit.tasks.detect.data import (
     _WARN_LIMIT,
     DetectionSample,
     _child,
@@ -79,9 +82,6 @@ from deepfit.data.detection import (
     _yolo_yaml,
     read_detection,
 )
-from deepfit.data.sources import natural_key
-from deepfit.errors import DataError
-from deepfit.log import logger
 
 IGNORE = 255  # class index of ignored pixels in every mask `read_mask` returns
 FORMATS = ("folders", "yaml", "coco")

@@ -15,14 +15,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deepfit.data.augment import SMALL_IMAGE, BatchTransform
-from deepfit.data.images import ImageInput, decode_file, pil_to_storage, to_rgb
 from deepfit.data.sources import IMAGE_EXTENSIONS, natural_key
 from deepfit.engine.device import autocast, resolve_device, resolve_precision
 from deepfit.errors import DataError
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
-from deepfit.workflows.run import TrainedModel, load_trained
+from deepfit.modalities.image.augment import SMALL_IMAGE, BatchTransform
+from deepfit.modalities.image.store import ImageInput, decode_file, pil_to_storage, to_rgb
+from deepfit.runs.folder import TrainedModel, load_trained
 
 
 @dataclass

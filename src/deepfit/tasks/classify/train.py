@@ -29,8 +29,6 @@ import torch
 from torch import nn
 
 from deepfit.config import TrainConfig, field_names
-from deepfit.data.augment import SMALL_IMAGE, BatchTransform
-from deepfit.data.images import BadFile, ImageStore, check_unreadable
 from deepfit.data.sources import Catalog, LabeledFile, discover
 from deepfit.data.split import cross_split_duplicates, load_split, resolve_splits, save_split
 from deepfit.engine import distributed
@@ -50,10 +48,12 @@ from deepfit.engine.trainer import Callback, Trainer
 from deepfit.errors import ConfigError, DeepfitError, TrainingInterrupted
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger, setup_logging
+from deepfit.modalities.image.augment import SMALL_IMAGE, BatchTransform
+from deepfit.modalities.image.store import BadFile, ImageStore, check_unreadable
 from deepfit.models.factory import CreatedModel, Preprocessing, create_model, is_convolutional
 from deepfit.models.weights import classifier_module, freeze_folded_norms
-from deepfit.tasks.classification import ClassificationTask
-from deepfit.workflows.run import CHECKPOINT_FORMAT, check_output_outside_data, new_run_dir, read_run_config
+from deepfit.runs.folder import CHECKPOINT_FORMAT, check_output_outside_data, new_run_dir, read_run_config
+from deepfit.tasks.classify.objective import ClassificationTask
 
 # A linear head on frozen features tolerates, and in the few steps of a short phase needs, a higher
 # learning rate than the whole network does.

@@ -28,10 +28,6 @@ import torch
 from torch import nn
 
 from deepfit.config import TrainConfig
-from deepfit.data.detection import DetectionDataset, DetectionSample, read_detection
-from deepfit.data.detection_store import DetectionStore
-from deepfit.data.detection_transforms import detection_transform, make_sample
-from deepfit.data.images import ImageInput, decode_rgb, image_tensor
 from deepfit.data.split import load_image_split, save_image_split, split_images
 from deepfit.engine.callbacks import (
     DETECTION_METRIC_COLUMNS,
@@ -45,18 +41,22 @@ from deepfit.engine.optim import param_groups
 from deepfit.errors import ConfigError, DataError, DeepfitError
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger, setup_logging
-from deepfit.models.detection import DetectorSpec, build_detector, load_detector_weights, set_thresholds
+from deepfit.modalities.image.store import ImageInput, decode_rgb, image_tensor
 from deepfit.models.weights import FROZEN_STATS, read_weights_file
-from deepfit.tasks.detection import DetectionTask, coco_metrics
-from deepfit.workflows import runner
-from deepfit.workflows.run import (
+from deepfit.runs import session as runner
+from deepfit.runs.folder import (
     CHECKPOINT_FORMAT,
     check_output_outside_data,
     read_run_config,
     resolve_checkpoint,
 )
-from deepfit.workflows.runner import to_unit_range, workers_for
-from deepfit.workflows.train import seed_everything
+from deepfit.runs.session import to_unit_range, workers_for
+from deepfit.tasks.classify.train import seed_everything
+from deepfit.tasks.detect.data import DetectionDataset, DetectionSample, read_detection
+from deepfit.tasks.detect.model import DetectorSpec, build_detector, load_detector_weights, set_thresholds
+from deepfit.tasks.detect.objective import DetectionTask, coco_metrics
+from deepfit.tasks.detect.store import DetectionStore
+from deepfit.tasks.detect.transforms import detection_transform, make_sample
 
 # A whole detector's state dict has these prefixes; a classification network's (a backbone's) has not.
 _DETECTOR_KEYS = ("backbone.", "rpn.", "roi_heads.", "head.", "anchor_generator.")
@@ -328,7 +328,7 @@ def evaluate_detector(run_dir: str | Path, data: str | Path | None = None, *, ch
                       format: str | None = None) -> DetectionEvaluation:
     """COCO box (and mask) mAP on the run's test split (its val split when it has none), or on all of `data`;
     writes report.html, evaluation.json, per_class_ap.csv and detections.json (COCO results) into the run folder."""
-    from deepfit.workflows.detection_report import (
+    from deepfit.tasks.detect.report import (
         draw_detections,
         image_score,
         write_coco_results,
@@ -407,7 +407,7 @@ def predict_to_folder(run_dir: str | Path, paths: list[Path], output: str | Path
                       iou: float = DEFAULT_IOU, checkpoint: str = "best", device: str = "auto") -> tuple[Path, list[dict[str, Any]], list[Path]]:
     """Predict on image files: drawn images, detections.json (COCO results) and detections.csv in `output`
     (default RUN_DIR/predictions); an existing file there is never overwritten. Returns (folder, predictions, failed)."""
-    from deepfit.workflows.detection_report import draw_detections, write_coco_results, write_detections_csv
+    from deepfit.tasks.detect.report import draw_detections, write_coco_results, write_detections_csv
 
     predictor = DetectionPredictor.from_run(run_dir, checkpoint, device)
     out = Path(output) if output else Path(run_dir) / "predictions"

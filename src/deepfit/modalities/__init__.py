@@ -1,0 +1,1 @@
+"""Modalities: how each kind of input is decoded, stored, augmented and batched."""

@@ -1,0 +1,1 @@
+"""Images: decoding, the in-memory uint8 store, batch augmentation, input coercion."""

@@ -1,0 +1,1 @@
+"""The report kit: HTML page, plots and galleries shared by every task."""
