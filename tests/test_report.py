@@ -11,13 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepfit.tasks.classify.report import (
-    WorstPrediction,
-    plot_confusion_matrix,
-    plot_training_curves,
-    write_confusion_csv,
-    write_html_report,
-)
+from deepfit.report.confusion import plot_confusion_matrix, write_confusion_csv
+from deepfit.report.plots import plot_training_curves
+from deepfit.tasks.classify.report import WorstPrediction, write_html_report
 
 # A class name with markup and an entity: it must come out escaped, never as live HTML.
 CLASSES = ["cat", "<b>&amp", "dog"]

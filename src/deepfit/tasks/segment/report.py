@@ -11,39 +11,38 @@ Conventions:
     metrics = what ``deepfit.tasks.segment.objective.segmentation_metrics`` returns: pixel_accuracy, miou,
               mean_dice, per_class (class, iou, dice, precision, recall, pixels, predicted), confusion
 
-Everything is drawn with PIL and matplotlib's object API (no pyplot), as in :mod:`deepfit.tasks.classify.report`.
+Everything is drawn with PIL and matplotlib's object API (no pyplot); the page, the confusion matrix, the
+bar chart and the panel strips come from the shared report kit, :mod:`deepfit.report`.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
-from deepfit.fileio import atomic_write_bytes, atomic_write_text
+from deepfit.data.formats.masks import IGNORE_INDEX as IGNORE
+from deepfit.fileio import atomic_write_bytes
 from deepfit.log import logger
-from deepfit.tasks.classify.report import (
-    _clamp,
-    _data_uri,
-    _esc,
-    _fixed,
-    _html_document,
-    _images_html,
-    _percent,
-    _save_figure,
-    _shorten,
-    _summary_html,
-    _to_float,
-    plot_confusion_matrix,
-    write_confusion_csv,
+from deepfit.report.confusion import plot_confusion_matrix, write_confusion_csv
+from deepfit.report.drawing import as_numpy, class_color
+from deepfit.report.gallery import panel_strip, scored_gallery
+from deepfit.report.html import (
+    WEAKEST_BADGE,
+    data_table,
+    empty_note,
+    esc,
+    metric_cards,
+    score_cells,
+    table_row,
+    write_results_page,
 )
-from deepfit.tasks.detect.report import _class_color, _font_path, _np
+from deepfit.report.plots import keep_ends, plot_class_bars
+from deepfit.report.text import fixed, percent, to_float, write_csv
 
 __all__ = [
     "IGNORE",
@@ -57,19 +56,12 @@ __all__ = [
     "write_segmentation_report",
 ]
 
-IGNORE = 255  # the mask value of ignored / unlabelled pixels (the same value deepfit.tasks.segment.objective uses)
-
 # Dark grey is no class's colour in the usual palettes and reads as "nothing here" next to saturated colours.
 IGNORE_COLOR = (64, 64, 64)
 _MAX_IOU_BARS = 60  # above this the chart keeps the worst and the best half of this many
 _MAX_CONFUSION_CLASSES = 40  # above this the confusion picture keeps only the classes that occur
 _MAX_LEGEND_SWATCHES = 40
-_PANEL_GAP_PX = 4  # white space between the panels of a side-by-side strip
-_GAP_COLOR = (255, 255, 255)
-_CAPTION_BACKGROUND = (31, 41, 51)
-_CAPTION_TEXT = (245, 247, 250)
-_GALLERY_WIDTH_PX = 1000  # three panels side by side need more room than detection's 480 px thumbnails
-_GALLERY_MAX_HEIGHT_PX = 600
+_GALLERY_MAX_SIZE = (1000, 600)  # three panels side by side need more room than detection's 480 px drawings
 
 
 # --------------------------------------------------------------------------------------------------
@@ -86,7 +78,7 @@ def _colors(colors: Any) -> np.ndarray:
 
 def _mask(mask: Any) -> np.ndarray:
     """(H, W) int64 class indexes from a numpy array, a torch tensor (any device) or a PIL image."""
-    array = np.asarray(mask) if isinstance(mask, Image.Image) else _np(mask)
+    array = np.asarray(mask) if isinstance(mask, Image.Image) else as_numpy(mask)
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]  # (1, H, W), as a batch of one comes out of a model
     if array.ndim != 2:
@@ -103,7 +95,7 @@ def _rgb(image: Any) -> np.ndarray:
     """(H, W, 3) uint8 from a PIL image or an (H, W[, 1|3|4]) array; float arrays are taken to be in [0, 1]."""
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
-    array = _np(image)
+    array = as_numpy(image)
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
@@ -118,7 +110,7 @@ def _rgb(image: Any) -> np.ndarray:
 
 def _swatch(colors: np.ndarray | None, index: int) -> tuple[int, int, int]:
     if colors is None:
-        return _class_color(index)
+        return class_color(index)
     if 0 <= index < len(colors):
         r, g, b = (int(v) for v in colors[index])
         return r, g, b
@@ -164,26 +156,6 @@ def overlay(image: np.ndarray, mask: np.ndarray, colors: np.ndarray, alpha: floa
     return np.where(_known(index, len(_colors(colors)))[:, :, None], blended, picture)
 
 
-def _caption_height(height: int) -> int:
-    """The caption strip grows a little with the panels so its text stays legible on large strips."""
-    return int(round(_clamp(height / 12.0, 14.0, 32.0)))
-
-
-def _caption_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    font_path = _font_path()
-    if font_path:
-        try:
-            return ImageFont.truetype(font_path, size)
-        except OSError as error:  # a font file that cannot be read must not stop the pictures
-            logger.debug("cannot load %s (%s); using PIL's default font", font_path, error)
-    return ImageFont.load_default(size)
-
-
-def _panel(picture: Image.Image, height: int, resample: Image.Resampling) -> Image.Image:
-    width = max(1, int(round(picture.width * height / max(1, picture.height))))
-    return picture.resize((width, height), resample)
-
-
 def side_by_side(
     image: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray, colors: np.ndarray, *, height: int = 240
 ) -> Image.Image:
@@ -193,28 +165,11 @@ def side_by_side(
     has a small caption strip above it ("image", "truth", "prediction"); without a truth the strip is
     image | prediction.
     """
-    if height < 1:
-        raise ValueError(f"height must be at least 1, got {height}")
-    panels = [("image", _panel(Image.fromarray(_rgb(image)), height, Image.Resampling.BILINEAR))]
+    panels = [("image", Image.fromarray(_rgb(image)), Image.Resampling.BILINEAR)]
     if truth is not None:
-        panels.append(("truth", _panel(Image.fromarray(colorize(truth, colors)), height, Image.Resampling.NEAREST)))
-    panels.append(("prediction", _panel(Image.fromarray(colorize(prediction, colors)), height, Image.Resampling.NEAREST)))
-
-    strip = _caption_height(height)
-    total_width = sum(panel.width for _, panel in panels) + _PANEL_GAP_PX * (len(panels) - 1)
-    canvas = Image.new("RGB", (total_width, strip + height), _GAP_COLOR)
-    draw = ImageDraw.Draw(canvas)
-    font = _caption_font(max(8, strip - 6))
-    x = 0
-    for caption, panel in panels:
-        draw.rectangle((x, 0, x + panel.width - 1, strip - 1), fill=_CAPTION_BACKGROUND)
-        if isinstance(font, ImageFont.FreeTypeFont):
-            draw.text((x + 5, strip / 2), caption, fill=_CAPTION_TEXT, font=font, anchor="lm")
-        else:  # PIL's bitmap font knows no anchors
-            draw.text((x + 5, 2), caption, fill=_CAPTION_TEXT, font=font)
-        canvas.paste(panel, (x, strip))
-        x += panel.width + _PANEL_GAP_PX
-    return canvas
+        panels.append(("truth", Image.fromarray(colorize(truth, colors)), Image.Resampling.NEAREST))
+    panels.append(("prediction", Image.fromarray(colorize(prediction, colors)), Image.Resampling.NEAREST))
+    return panel_strip(panels, height)
 
 
 def image_score(confusion: np.ndarray) -> float:
@@ -225,7 +180,7 @@ def image_score(confusion: np.ndarray) -> float:
     counting them as perfect would push every image towards 1. An image with no valid pixel scores 1.0
     (there is nothing wrong to look at). Used to put the worst images first in the gallery.
     """
-    matrix = _np(confusion).astype(np.float64)
+    matrix = as_numpy(confusion).astype(np.float64)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"expected a square (K, K) confusion matrix, got shape {matrix.shape}")
     overlap = np.diag(matrix)
@@ -273,14 +228,13 @@ def write_per_class_csv(path: Path, metrics: Mapping[str, Any]) -> Path:
     Ratios have four decimals; a class with no true and no predicted pixel gets empty cells, not 0,
     because it was not measured.
     """
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(_CSV_COLUMNS)
-    for row in metrics.get("per_class") or []:
-        ratios = ["" if row.get(key) is None else f"{float(row[key]):.4f}" for key in ("iou", "dice", "precision", "recall")]
-        counts = ["" if row.get(key) is None else str(int(row[key])) for key in ("pixels", "predicted")]
-        writer.writerow([row["class"], *ratios, *counts])
-    return atomic_write_text(Path(path), buffer.getvalue())
+    rows = (
+        [row["class"],
+         *("" if row.get(key) is None else f"{float(row[key]):.4f}" for key in ("iou", "dice", "precision", "recall")),
+         *("" if row.get(key) is None else str(int(row[key])) for key in ("pixels", "predicted"))]
+        for row in metrics.get("per_class") or []
+    )
+    return write_csv(Path(path), _CSV_COLUMNS, rows)
 
 
 def plot_per_class_iou(metrics: Mapping[str, Any], path: Path, colors: np.ndarray | None = None) -> Path:
@@ -290,46 +244,31 @@ def plot_per_class_iou(metrics: Mapping[str, Any], path: Path, colors: np.ndarra
     zero. With more than ``_MAX_IOU_BARS`` classes only the worst and the best half of that many are drawn.
     """
     table = _colors(colors) if colors is not None else None
-    rows = [(str(r["class"]), _to_float(r["iou"]), k) for k, r in enumerate(metrics.get("per_class") or [])
+    rows = [(str(r["class"]), to_float(r["iou"]), k) for k, r in enumerate(metrics.get("per_class") or [])
             if r.get("iou") is not None]
     rows.sort(key=lambda r: (r[1], r[0]))
     total = len(rows)
-    if total > _MAX_IOU_BARS:
-        rows = rows[: _MAX_IOU_BARS // 2] + rows[-(_MAX_IOU_BARS // 2):]
-    rows.reverse()  # barh draws the first row at the bottom; the worst class belongs at the top
-
-    fig = Figure(figsize=(8.5, _clamp(1.4 + 0.26 * len(rows), 3.0, 20.0)), layout="constrained")
-    ax = fig.add_subplot()
-    if rows:
-        positions = np.arange(len(rows))
-        bar_colors = [np.array(_swatch(table, k)) / 255.0 for _, _, k in rows]
-        # A thin dark edge keeps white or pale class colours visible on the white background.
-        ax.barh(positions, [r[1] for r in rows], color=bar_colors, edgecolor="#52606d", linewidth=0.5, height=0.7)
-        ax.set_yticks(positions, [_shorten(r[0]) for r in rows], fontsize=_clamp(11.0 - 0.05 * len(rows), 6.0, 10.0))
-        for y, (_, iou, _k) in enumerate(rows):
-            ax.text(min(iou, 1.0) + 0.01, y, f"{iou:.3f}", va="center", fontsize=7.5, color="#1f2933")
-        if total > _MAX_IOU_BARS:
-            ax.axhline(_MAX_IOU_BARS // 2 - 0.5, color="#7b8794", linestyle="--", linewidth=1.0)
-    else:
-        ax.text(0.5, 0.5, "no class in truth or prediction", transform=ax.transAxes, ha="center", va="center",
-                color="#7b8794")
-        ax.set_yticks([])
-    ax.set_xlim(0.0, 1.1)
-    ax.set_xlabel("IoU (intersection over union)")
+    # barh draws the first row at the bottom; the worst class belongs at the top
+    rows = keep_ends(rows, _MAX_IOU_BARS)[::-1]
+    # A thin dark edge keeps white or pale class colours visible on the white background.
+    bars = {"width": [r[1] for r in rows], "color": [np.array(_swatch(table, k)) / 255.0 for _, _, k in rows],
+            "edgecolor": "#52606d", "linewidth": 0.5, "height": 0.7}
     shown = f"; worst and best {_MAX_IOU_BARS // 2} of {total} shown" if total > _MAX_IOU_BARS else ""
-    ax.set_title(f"IoU per class, worst first{shown}; mIoU = {_fixed(metrics.get('miou'))}")
-    ax.grid(True, axis="x", color="#e3e7ec", linewidth=0.8)
-    ax.set_axisbelow(True)
-    saved = _save_figure(fig, Path(path))
-    logger.debug("per-class IoU chart written to %s", saved)
-    return saved
+    return plot_class_bars(
+        path, [r[0] for r in rows], [r[1] for r in rows], [bars],
+        title=f"IoU per class, worst first{shown}; mIoU = {fixed(metrics.get('miou'))}",
+        x_label="IoU (intersection over union)", x_max=1.1, max_height=20.0,
+        empty_text="no class in truth or prediction", what="per-class IoU chart",
+        divider=_MAX_IOU_BARS // 2 - 0.5 if total > _MAX_IOU_BARS else None,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # HTML report
 # --------------------------------------------------------------------------------------------------
 
-# Added to report.py's styles: whole-width strips for three panels, and colour swatches for classes.
+
+# Added to the page's styles (deepfit.report.html.PAGE_CSS): whole-width strips for three panels, and colour swatches for classes.
 _SEGMENTATION_CSS = """<style>
 .seg-gallery { display: grid; grid-template-columns: 1fr; gap: 14px; }
 .seg-gallery .shot img { display: block; max-width: 100%; max-height: none; height: auto; }
@@ -345,47 +284,32 @@ def _cards(metrics: Mapping[str, Any]) -> str:
     per_class = list(metrics.get("per_class") or [])
     scored = sum(1 for row in per_class if row.get("iou") is not None)
     labelled = sum(int(row.get("pixels") or 0) for row in per_class)
-    cards = [
-        ("Mean IoU", _fixed(metrics.get("miou")), f"overlap / union, mean over {scored} of {len(per_class)} classes"),
-        ("Mean Dice", _fixed(metrics.get("mean_dice")), "2 × overlap / (truth + prediction); kinder than IoU"),
-        ("Pixel accuracy", _percent(metrics.get("pixel_accuracy")),
+    return metric_cards([
+        ("Mean IoU", fixed(metrics.get("miou")), f"overlap / union, mean over {scored} of {len(per_class)} classes"),
+        ("Mean Dice", fixed(metrics.get("mean_dice")), "2 × overlap / (truth + prediction); kinder than IoU"),
+        ("Pixel accuracy", percent(metrics.get("pixel_accuracy")),
          f"of {labelled:,} labelled pixels; large classes dominate it"),
-    ]
-    parts = [
-        f'<div class="card"><div class="label">{_esc(label)}</div><div class="value">{value}</div>'
-        f'<div class="hint">{_esc(hint)}</div></div>'
-        for label, value, hint in cards
-    ]
-    return f'<div class="cards">{"".join(parts)}</div>'
+    ])
 
 
 def _weakest(per_class: Sequence[Mapping[str, Any]]) -> int | None:
-    scored = [(_to_float(row["iou"]), k) for k, row in enumerate(per_class) if row.get("iou") is not None]
+    scored = [(to_float(row["iou"]), k) for k, row in enumerate(per_class) if row.get("iou") is not None]
     return min(scored)[1] if len(scored) >= 2 else None  # with a single class "weakest" means nothing
 
 
 def _per_class_table(per_class: Sequence[Mapping[str, Any]], colors: np.ndarray) -> str:
-    if not per_class:
-        return '<p class="empty">No per-class results.</p>'
     total = sum(int(row.get("pixels") or 0) for row in per_class)
     weakest = _weakest(per_class)
-    head = ("<tr><th>class</th><th>IoU</th><th>Dice</th><th>precision</th><th>recall</th>"
-            "<th>share of true pixels</th></tr>")
     body = []
     for k, row in enumerate(per_class):
         swatch = f'<span class="swatch" style="background:{_hex(_swatch(colors, k))}"></span>'
-        badge = '<span class="badge">weakest</span>' if k == weakest else ""
-        share = _percent(int(row.get("pixels") or 0) / total) if total else "–"
-        if row.get("iou") is None:
-            cells = '<td class="none" colspan="4">absent (in neither truth nor prediction)</td>'
-        else:
-            width = _clamp(100.0 * _to_float(row["iou"]), 0.0, 100.0)
-            bar = f'<span class="bar"><span style="width:{width:.0f}%"></span></span>'
-            cells = (f"<td>{_fixed(row['iou'])}{bar}</td><td>{_fixed(row.get('dice'))}</td>"
-                     f"<td>{_fixed(row.get('precision'))}</td><td>{_fixed(row.get('recall'))}</td>")
-        row_class = ' class="weak"' if k == weakest else ""
-        body.append(f"<tr{row_class}><td>{swatch}{_esc(row['class'])}{badge}</td>{cells}<td>{share}</td></tr>")
-    return f'<table class="per-class"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
+        badge = WEAKEST_BADGE if k == weakest else ""
+        share = percent(int(row.get("pixels") or 0) / total) if total else "–"
+        cells = score_cells(row, ["iou", "dice", "precision", "recall"],
+                            missing_html="absent (in neither truth nor prediction)")
+        body.append(table_row(f"<td>{swatch}{esc(row['class'])}{badge}</td>{cells}<td>{share}</td>", weak=k == weakest))
+    columns = ["class", "IoU", "Dice", "precision", "recall", "share of true pixels"]
+    return data_table(columns, body, empty_html="No per-class results.")
 
 
 def _legend(per_class: Sequence[Mapping[str, Any]], colors: np.ndarray) -> str:
@@ -395,7 +319,7 @@ def _legend(per_class: Sequence[Mapping[str, Any]], colors: np.ndarray) -> str:
     order = occurs + [k for k in range(len(per_class)) if k not in seen]
     items = [
         f'<span class="item"><span class="swatch" style="background:{_hex(_swatch(colors, k))}"></span>'
-        f"{_esc(per_class[k]['class'])}</span>"
+        f"{esc(per_class[k]['class'])}</span>"
         for k in order[:_MAX_LEGEND_SWATCHES]
     ]
     if len(order) > _MAX_LEGEND_SWATCHES:
@@ -403,30 +327,6 @@ def _legend(per_class: Sequence[Mapping[str, Any]], colors: np.ndarray) -> str:
     items.append(f'<span class="item"><span class="swatch" style="background:{_hex(IGNORE_COLOR)}"></span>'
                  "ignored / unlabelled</span>")
     return f'<p class="legend">{"".join(items)}</p>'
-
-
-def _gallery_uri(picture: Image.Image) -> str:
-    """JPEG data URI, scaled down (never up) to fit the report's column.
-
-    Not detection_report's ``_jpeg_uri``: its 480 px cap would halve three-panel strips and make the
-    masks too small to judge.
-    """
-    shown = picture.convert("RGB")
-    shown.thumbnail((_GALLERY_WIDTH_PX, _GALLERY_MAX_HEIGHT_PX))
-    buffer = io.BytesIO()
-    shown.save(buffer, format="JPEG", quality=88)
-    return _data_uri(buffer.getvalue(), "image/jpeg")
-
-
-def _gallery(gallery: Sequence[tuple[str, Image.Image, float]]) -> str:
-    if not gallery:
-        return '<p class="empty">No images to show.</p>'
-    cards = [
-        f'<div class="shot"><img src="{_gallery_uri(picture)}" alt="{_esc(name)}">'
-        f'<div class="path">{_esc(name)}</div><div class="row">mean IoU of this image: <b>{_fixed(score, 3)}</b></div></div>'
-        for name, picture, score in gallery
-    ]
-    return f'<div class="gallery seg-gallery">{"".join(cards)}</div>'
 
 
 def _confusion_picture(confusion: np.ndarray, names: list[str], path: Path) -> tuple[str, Path] | None:
@@ -474,25 +374,15 @@ def write_segmentation_report(
             images[picture[0]] = picture[1]
     write_per_class_csv(out_dir / "per_class.csv", metrics)
 
-    explanation = (
-        '<p class="empty">Each image beside its true and predicted masks, sorted worst first by the image\'s '
-        "mean IoU over the classes it shows or is predicted to show.</p>"
+    explanation = empty_note(
+        "Each image beside its true and predicted masks, sorted worst first by the image's "
+        "mean IoU over the classes it shows or is predicted to show."
     )
-    sections = [
-        _SEGMENTATION_CSS,
-        f"<h1>{_esc(title)}</h1>",
-        _summary_html(dict(summary), names),
-        _cards(metrics),
-        "<h2>Per-class results</h2>",
-        _per_class_table(per_class, table),
-        "<h2>Pictures</h2>",
-        _images_html(images),
-        "<h2>Predictions, worst first</h2>",
-        explanation,
-        _legend(per_class, table),
-        _gallery(gallery),
-        "<footer>Generated by deepfit.</footer>",
-    ]
-    saved = atomic_write_bytes(out_dir / "report.html", _html_document(title, sections))
-    logger.info("segmentation report written to %s", saved)
-    return saved
+    strips = scored_gallery(gallery, score_label="mean IoU of this image", decimals=3, max_size=_GALLERY_MAX_SIZE,
+                            quality=88, extra_class="seg-gallery")
+    return write_results_page(
+        out_dir / "report.html", title, summary=dict(summary), class_names=names, cards_html=_cards(metrics),
+        per_class_html=_per_class_table(per_class, table), images=images, gallery_title="Predictions, worst first",
+        gallery_html=[explanation, _legend(per_class, table), strips], styles=_SEGMENTATION_CSS,
+        what="segmentation report",
+    )

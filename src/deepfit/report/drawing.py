@@ -1,0 +1,90 @@
+"""What the pictures and charts of every task draw with: class colours, the label font, plain arrays.
+
+One palette for all tasks means a class has the same colour in a detection drawing, a mask without a
+colour map of its own, and a precision-recall chart. Arrays are accepted from numpy, torch (any device)
+or lists alike; torch itself is imported only where a tensor is made.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image
+
+from deepfit.log import logger
+
+__all__ = ["PALETTE", "as_numpy", "class_color", "image_tensor", "label_font_path", "text_color"]
+
+# tab10's strong colours first, then tab20's light ones: neighbouring class indices differ clearly.
+_TAB20 = colormaps["tab20"].colors
+PALETTE: list[tuple[int, int, int]] = [
+    (int(round(255 * r)), int(round(255 * g)), int(round(255 * b))) for r, g, b in [*_TAB20[0::2], *_TAB20[1::2]]
+]
+
+
+def as_numpy(value: Any) -> np.ndarray:
+    """numpy view of a numpy array, torch tensor (any device) or list."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def class_color(index: int) -> tuple[int, int, int]:
+    """The RGB colour of class ``index`` (0-255 each); the palette repeats past its 20 colours."""
+    return PALETTE[index % len(PALETTE)]
+
+
+def text_color(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black on light label backgrounds, white on dark ones, so every label stays readable."""
+    r, g, b = background
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
+
+
+@functools.lru_cache(maxsize=1)
+def label_font_path() -> str | None:
+    """Path of a TrueType font for labels and captions, or ``None`` (then PIL's default font is used).
+
+    matplotlib ships DejaVu Sans; with a TrueType font the label size can follow the image size.
+    """
+    from matplotlib import font_manager
+
+    try:
+        return font_manager.findfont("DejaVu Sans", fallback_to_default=True)
+    except Exception as error:  # a broken font cache must not stop the pictures
+        logger.debug("no TrueType font for labels (%s); using PIL's default", error)
+        return None
+
+
+def image_tensor(image: Any) -> Any:
+    """(3, H, W) uint8 torch tensor, what torchvision's drawing functions take, from any usual image.
+
+    Accepted: a PIL image, an (H, W[, C]) numpy array, or a ([C,] H, W) tensor; float images are taken
+    to be in [0, 1]. torch is imported only here, so the rest of the kit works without it.
+    """
+    import torch
+
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        if tensor.ndim == 2:
+            tensor = tensor[None]
+    else:
+        array = np.asarray(image)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+    if tensor.ndim != 3:
+        raise ValueError(f"expected one image, got an array of shape {tuple(tensor.shape)}")
+    if tensor.shape[0] == 1:
+        tensor = tensor.expand(3, -1, -1)
+    elif tensor.shape[0] == 4:
+        tensor = tensor[:3]  # alpha is dropped: the picture is for looking at
+    elif tensor.shape[0] != 3:
+        raise ValueError(f"expected 1, 3 or 4 channels, got an image of shape {tuple(tensor.shape)}")
+    if tensor.is_floating_point():
+        tensor = (tensor.clamp(0, 1) * 255).round()  # float images are taken to be in [0, 1]
+    return tensor.to(torch.uint8).contiguous()
