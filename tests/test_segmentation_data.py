@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED
+from deepfit.data.formats.masks import IGNORE_INDEX as IGNORE
 from deepfit.errors import DataError
 from deepfit.tasks.segment.data import (
-    IGNORE,
     SegmentationDataset,
     read_segmentation,
     summarize,

@@ -8,20 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepfit.data.formats.masks import IGNORE_INDEX as IGNORE
 from deepfit.errors import ConfigError
-from deepfit.tasks.segment import objective as seg
+from deepfit.tasks.segment import tiling as seg
 from deepfit.tasks.segment.objective import (
-    IGNORE,
     SegmentationLoss,
     SegmentationTask,
     class_weights,
     confusion_matrix,
     parse_loss,
-    predict_image,
-    predict_tiled,
-    predict_whole,
     segmentation_metrics,
 )
+from deepfit.tasks.segment.tiling import predict_image, predict_tiled, predict_whole
 
 X = IGNORE
 

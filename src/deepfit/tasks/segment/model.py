@@ -10,8 +10,9 @@ Names:
                                        (ViT, Swin) take only that size
 
 A network is an `encoder` (the part that classification weights, e.g. ImageNet, fit; what fine-tuning gives a
-lower learning rate or freezes) and a decoder. The encoder's own input normalisation (mean, std) is applied
-inside `forward`, so the preprocessing is saved and loaded with the weights and callers feed plain [0, 1] images.
+lower learning rate or freezes; built by `deepfit.models.backbones`) and a decoder. The encoder's own input
+normalisation (mean, std) is applied inside `forward`, so the preprocessing is saved and loaded with the weights
+and callers feed plain [0, 1] images.
 Any H, W works: every upsampling goes to the exact size of the map it meets, never by a fixed factor.
 
 Weights: `encoder_weights` (a classification weights file of the encoder), or `pretrained_encoder` to fetch the
@@ -21,9 +22,8 @@ official ones by name (needs internet once); a whole segmenter's state dict goes
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +31,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepfit.errors import ConfigError, WeightsError
+from deepfit.errors import ConfigError
 from deepfit.log import logger
+from deepfit.models.backbones import (
+    TV_CLASSIFIER,
+    TV_ENCODERS,
+    fetching,
+    load_backbone_state,
+    load_model_state,
+    suggest,
+    timm_encoder,
+    tv_encoder,
+)
 from deepfit.models.factory import IMAGENET_MEAN, IMAGENET_STD
 from deepfit.models.weights import read_weights_file, strip_prefixes
-from deepfit.tasks.detect.model import _fetching, _load_backbone_state, _suggest
 
 KINDS = ("unet", "deeplabv3", "fcn", "lraspp")
 # Decoder widths from the coarsest level to the finest (the last one works at the input's full size).
@@ -44,11 +53,6 @@ _UNET_WIDTHS = (256, 128, 64, 32, 16)
 # encoder's real stride, else at stride 32 (a 16x16 map for a 512 image) the dilated taps would all read padding.
 _ASPP_RATES_AT_8 = (12, 24, 36)
 _LRASPP_INTER = 128  # torchvision's own width for LR-ASPP's high branch
-# Keys of a classification network that no encoder has (its classifier).
-_TIMM_CLASSIFIER = ("classifier.", "fc.", "head.", "conv_head.", "bn2.")
-_TV_CLASSIFIER = ("fc.", "classifier.")
-_TV_ENCODERS = ("resnet", "resnext", "wide_resnet", "mobilenet_v2", "mobilenet_v3")
-_PROBE = 64  # a multiple of 32: the probe's stride-32 map is still 2x2, so every halving shows
 
 
 @dataclass
@@ -87,145 +91,6 @@ class Segmenter(nn.Module):
         if isinstance(features, dict):  # a torchvision segmentation backbone: {"out"} or {"low", "high"}, fine to coarse
             features = list(features.values())
         return self.decoder(features, size)
-
-
-# --- encoders: a list of feature maps, fine to coarse ---------------------------------------------------
-
-
-class TimmEncoder(nn.Module):
-    """A timm network's stages (features_only): maps at the reductions timm reports (usually 2, 4, 8, 16, 32)."""
-
-    def __init__(self, name: str, *, pretrained: bool = False) -> None:
-        super().__init__()
-        import timm
-
-        self.body = timm.create_model(name, features_only=True, pretrained=pretrained)
-        self.channels: list[int] = list(self.body.feature_info.channels())
-        self.reductions: list[int] = list(self.body.feature_info.reduction())
-        # transformers such as Swin give channels-last maps; the decoders want (B, C, H, W)
-        self.channels_last = getattr(self.body, "output_fmt", "NCHW") == "NHWC"
-        cfg = getattr(self.body, "pretrained_cfg", None) or {}
-        self.input_mean = tuple(cfg.get("mean", IMAGENET_MEAN))
-        self.input_std = tuple(cfg.get("std", IMAGENET_STD))
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        maps = list(self.body(x))
-        return [m.permute(0, 3, 1, 2) for m in maps] if self.channels_last else maps
-
-
-class TvResNetEncoder(nn.Module):
-    """torchvision's ResNet, cut into the stem (after its ReLU, /2) and layer1..layer4 (/4 to /32).
-
-    The modules keep their classification names (conv1, layer1, ...) so ImageNet state dicts load unchanged."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.channels, self.reductions = _probe(self)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.relu(self.bn1(self.conv1(x)))  # (B, 64, H/2, W/2)
-        out = [x]
-        x = self.maxpool(x)  # (B, 64, H/4, W/4)
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = layer(x)  # (B, C, H/4, W/4) ... (B, C, H/32, W/32)
-            out.append(x)
-        return out
-
-
-class TvMobileNetEncoder(nn.Module):
-    """torchvision's MobileNetV2 / V3 `features`: the last block of each stride (where the next one halves the size).
-
-    Kept as `features` so ImageNet state dicts load unchanged; the blocks to tap are found by a dry forward
-    pass, which is exact for any variant and width rather than a table of indices per network."""
-
-    def __init__(self, features: nn.Sequential) -> None:
-        super().__init__()
-        self.features = features
-        sizes = []
-        with _eval(features), torch.no_grad():
-            x = torch.zeros(1, 3, _PROBE, _PROBE)
-            for block in features:
-                x = block(x)
-                sizes.append(x.shape[-1])
-        last = len(sizes) - 1
-        self.taps = [i for i, s in enumerate(sizes) if i == last or sizes[i + 1] < s]
-        self.channels, self.reductions = _probe(self)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out = []
-        for i, block in enumerate(self.features):
-            x = block(x)
-            if i in self.taps:
-                out.append(x)  # (B, C, H/2, W/2), (B, C, H/4, W/4), ... (B, C, H/32, W/32)
-        return out
-
-
-@contextlib.contextmanager
-def _eval(module: nn.Module) -> Iterator[None]:
-    """Eval mode for a dry forward (batch-norm statistics untouched), then the mode it had."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
-
-
-def _probe(encoder: nn.Module) -> tuple[list[int], list[int]]:
-    """(channels, reductions) of an encoder's maps, from a tiny forward pass."""
-    with _eval(encoder), torch.no_grad():
-        maps = encoder(torch.zeros(1, 3, _PROBE, _PROBE))
-    return [int(m.shape[1]) for m in maps], [_PROBE // int(m.shape[-1]) for m in maps]
-
-
-def _tv_encoder(name: str, weights_file: str | Path | None, pretrained: bool) -> nn.Module:
-    import torchvision
-
-    names = torchvision.models.list_models(module=torchvision.models)
-    supported = [n for n in names if n.startswith(_TV_ENCODERS)]
-    if name not in supported:
-        raise ConfigError(
-            f"torchvision encoder {name!r} is not supported{_suggest(name, supported)}: use a resnet*, resnext*, "
-            "wide_resnet*, mobilenet_v2 or mobilenet_v3_* (or a timm name without tv/)"
-        )
-    weights = torchvision.models.get_model_weights(name).DEFAULT if pretrained else None
-    with _fetching(name) if pretrained else contextlib.nullcontext():
-        net = torchvision.models.get_model(name, weights=weights)
-    if weights_file:
-        state, _ = read_weights_file(Path(weights_file))
-        _load_backbone_state(net, state, str(weights_file), ignore=_TV_CLASSIFIER)
-    if isinstance(net, torchvision.models.ResNet):
-        return TvResNetEncoder(net)
-    return TvMobileNetEncoder(net.features)
-
-
-def _timm_encoder(name: str, weights_file: str | Path | None, pretrained: bool) -> TimmEncoder:
-    import timm
-
-    name = name.removeprefix("timm/")
-    if not timm.is_model(name):
-        raise ConfigError(f"timm has no encoder {name!r}{_suggest(name, timm.list_models())}")
-    try:
-        with _fetching(name) if pretrained else contextlib.nullcontext():
-            encoder = TimmEncoder(name, pretrained=pretrained)
-    except (RuntimeError, AssertionError, NotImplementedError, TypeError) as e:  # not WeightsError (a ValueError)
-        raise ConfigError(f"timm's {name!r} cannot serve as an encoder (it gives no feature maps: {e})") from e
-    if weights_file:
-        state, _ = read_weights_file(Path(weights_file))
-        _load_backbone_state(encoder.body, _timm_feature_keys(state, encoder.body), str(weights_file), ignore=_TIMM_CLASSIFIER)
-    return encoder
-
-
-def _timm_feature_keys(state: dict[str, torch.Tensor], body: nn.Module) -> dict[str, torch.Tensor]:
-    """timm's generic feature wrapper flattens the first level of names (stages.0.x -> stages_0.x): follow it."""
-    own = body.state_dict()
-    out = {}
-    for key, value in state.items():
-        flat = key.replace(".", "_", 1)
-        out[flat if key not in own and flat in own else key] = value
-    return out
 
 
 # --- decoders: (feature maps fine to coarse, the input's size) -> (B, K, H, W) ---------------------------
@@ -335,12 +200,12 @@ def build_segmenter(spec: SegmenterSpec, *, encoder_weights: str | Path | None =
     if ":" in spec.name:
         kind, encoder_name = spec.name.split(":", 1)
         if kind not in KINDS:
-            raise ConfigError(f"unknown segmenter kind {kind!r}{_suggest(kind, list(KINDS))}; kinds: {', '.join(KINDS)}")
+            raise ConfigError(f"unknown segmenter kind {kind!r}{suggest(kind, list(KINDS))}; kinds: {', '.join(KINDS)}")
         if encoder_name.startswith(("tv/", "torchvision/")):
-            encoder = _tv_encoder(encoder_name.split("/", 1)[1], encoder_weights, pretrained_encoder)
+            encoder = tv_encoder(encoder_name.split("/", 1)[1], encoder_weights, pretrained_encoder)
             mean, std = IMAGENET_MEAN, IMAGENET_STD
         else:
-            encoder = _timm_encoder(encoder_name, encoder_weights, pretrained_encoder)
+            encoder = timm_encoder(encoder_name, encoder_weights, pretrained_encoder)
             mean, std = encoder.input_mean, encoder.input_std
         model = Segmenter(encoder, _decoder(kind, encoder.channels, encoder.reductions, spec.num_classes), mean, std)
     else:
@@ -381,16 +246,16 @@ def _torchvision_segmenter(spec: SegmenterSpec, weights_file: str | Path | None,
     names = _tv_segmentation_names()
     if spec.name not in names:
         raise ConfigError(
-            f"unknown segmenter {spec.name!r}{_suggest(spec.name, names)}; use one of {', '.join(names)}, "
+            f"unknown segmenter {spec.name!r}{suggest(spec.name, names)}; use one of {', '.join(names)}, "
             f"or KIND:ENCODER (kinds: {', '.join(KINDS)})"
         )
-    with _fetching(spec.name) if pretrained else contextlib.nullcontext():
+    with fetching(spec.name, pretrained):
         # aux_loss=False: no auxiliary head, whose output the training loop would not use
         net = torchvision.models.get_model(spec.name, weights=None, weights_backbone="DEFAULT" if pretrained else None,
                                            num_classes=spec.num_classes, aux_loss=False)
     if weights_file:
         state, _ = read_weights_file(Path(weights_file))
-        _load_backbone_state(net.backbone, _tv_backbone_keys(state, net.backbone), str(weights_file), ignore=_TV_CLASSIFIER)
+        load_backbone_state(net.backbone, _tv_backbone_keys(state, net.backbone), str(weights_file), ignore=TV_CLASSIFIER)
     head = net.classifier
     decoder = LRASPPDecoder(head, low=0) if isinstance(head, LRASPPHead) else CoarsestHead(head)
     return Segmenter(net.backbone, decoder, IMAGENET_MEAN, IMAGENET_STD)
@@ -407,20 +272,8 @@ def _tv_backbone_keys(state: dict[str, torch.Tensor], backbone: nn.Module) -> di
 def load_segmenter_weights(model: Segmenter, state: dict[str, torch.Tensor], origin: str) -> list[str]:
     """Load a whole segmenter's weights (e.g. another run's, with other classes); class-specific layers of another
     shape are left random (and returned). Anything else that does not fit means another architecture: an error."""
-    state = strip_prefixes(state)
-    own = model.state_dict()
-    differ = [k for k in state if k in own and state[k].shape != own[k].shape]
-    replaced = [k for k in differ if k.startswith(model.class_layers)]
-    wrong = [k for k in differ if k not in replaced]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if wrong or missing or unexpected:
-        raise WeightsError(
-            f"{origin} does not match this segmenter: {len(wrong)} tensors of another shape (e.g. {wrong[:2]}), "
-            f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); "
-            "is it for another network?"
-        )
-    model.load_state_dict({k: v for k, v in state.items() if k not in replaced}, strict=False)
+    replaced = load_model_state(model, strip_prefixes(state), origin, class_layers=model.class_layers,
+                                what="segmenter", hint="; is it for another network?")
     if replaced:
         logger.info(f"loaded {origin}; class layers left random for the new classes: {', '.join(replaced)}")
     else:
@@ -441,5 +294,5 @@ def list_segmenters() -> list[str]:
     KIND:<timm model> (any timm model with features_only, e.g. unet:resnet18)."""
     import torchvision
 
-    encoders = [n for n in torchvision.models.list_models(module=torchvision.models) if n.startswith(_TV_ENCODERS)]
+    encoders = [n for n in torchvision.models.list_models(module=torchvision.models) if n.startswith(TV_ENCODERS)]
     return [*_tv_segmentation_names(), *(f"{k}:tv/{e}" for k in KINDS for e in encoders), *(f"{k}:<timm model>" for k in KINDS)]

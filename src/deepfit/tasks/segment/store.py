@@ -28,10 +28,11 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
+from deepfit.data.formats.masks import IGNORE_INDEX as IGNORE
 from deepfit.data.loader import PerSampleStore
 from deepfit.errors import DataError
 from deepfit.modalities.image.store import decode_rgb
-from deepfit.tasks.segment.data import IGNORE, SegmentationDataset, SegmentationSample
+from deepfit.tasks.segment.data import SegmentationDataset, SegmentationSample
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

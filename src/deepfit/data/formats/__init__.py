@@ -1,0 +1,18 @@
+"""Label formats on disk, parsed into plain records that the detection and segmentation tasks assemble.
+
+Nothing here knows a task: the readers give boxes, classes and masks per image (`objects`), or decode
+mask files into class values (`masks`, `mask_classes`), and the tasks build their data sets from those.
+
+- `common`: what every reader needs: folders matched case-insensitively, images listed by relative folder
+  and stem (how images pair with their labels), splits from folder names, the dataset YAML and its class
+  names, and the bookkeeping of bad labels (a warning each up to a limit, an error past a share).
+- `objects`: one image's objects as a reader found them, the checks that drop a bad box or polygon, and
+  the layouts of object labels that error messages show.
+- `coco`, `yolo`, `voc`: those formats' object labels; `coco` also turns a COCO mask into pixels.
+- `masks`: mask files: instance-mask PNGs (one value per object), and the decoding of semantic masks
+  (index, palette or RGB) into class values, with `IGNORE_INDEX`, the class index of ignored pixels.
+- `mask_classes`: which mask values are which classes: saved class maps, colour files, and the
+  inference of the encoding and the classes from the masks found.
+- `mask_folders`: semantic masks as files: image and mask folders, the YAML naming them, how images and
+  masks pair up, and the record of the files skipped.
+"""
