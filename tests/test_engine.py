@@ -1,5 +1,6 @@
 """The training engine under stress: resume after SIGKILL, reproducibility, Ctrl-C, NaN losses, out of memory,
-gradient accumulation, safe loading of the resumable state, and the data-wait figure."""
+gradient accumulation, safe loading of the resumable state, the data-wait figure, and batches that are not
+one image tensor (dicts of token ids and masks, lists of per-image targets)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from deepfit.errors import ConfigError, TrainingError, TrainingInterrupted, Weig
 
 # six epochs of three steps, the resumable state saved after every step
 LONG = {**TINY, "epochs": 6, "save_every_steps": 1}
-TIMING_COLUMNS = {"images_per_s", "seconds", "data_wait"}
+TIMING_COLUMNS = {"samples_per_s", "seconds", "data_wait"}
 
 
 def _fit(data: Path, output: Path, name: str, **options: object) -> Path:
@@ -211,7 +212,7 @@ def test_out_of_memory_halves_the_pieces_and_keeps_the_effective_batch(
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ConvNet, "forward", forward)
         _fit(shapes_data, tmp_path, "oom", epochs=2)
-    assert "split into 2 pieces of about 8 images" in caplog.text and "effective batch stays 16" in caplog.text
+    assert "split into 2 pieces of about 8 samples" in caplog.text and "effective batch stays 16" in caplog.text
     assert max(sizes) <= 8 and sizes[:2] == [8, 8]
 
 
@@ -237,14 +238,160 @@ def test_accumulated_pieces_give_the_whole_batch_gradient() -> None:
 
 def test_per_image_targets_are_cut_like_the_images() -> None:
     """Detection targets (a list of dicts) are split into the same pieces as the image tensor."""
-    from deepfit.engine.trainer import split_like
+    from deepfit.engine.batch import split
 
     images = torch.zeros(10, 3, 2, 2)
     targets = [{"labels": torch.tensor([i])} for i in range(10)]
     for pieces in (1, 3, 4, 12):
-        parts = split_like(targets, pieces)
+        parts = split(targets, pieces)
         assert [len(p) for p in parts] == [len(p) for p in images.tensor_split(pieces)]
         assert [t["labels"].item() for p in parts for t in p] == list(range(10))
+
+
+def test_nested_batches_are_counted_moved_and_split_consistently() -> None:
+    from deepfit.engine.batch import batch_size, split, to_device
+
+    n = 10
+    inputs = {"input_ids": torch.arange(n * 4).reshape(n, 4), "attention_mask": torch.ones(n, 4, dtype=torch.long),
+              "extra": (torch.arange(n).float(), "shared words"), "scale": torch.tensor(2.0)}
+    targets = [{"boxes": torch.full((i % 3, 4), float(i)), "labels": torch.full((i % 3,), i), "name": f"img{i}"} for i in range(n)]
+    tree = (inputs, targets)
+    assert batch_size(tree) == batch_size(inputs) == batch_size(targets) == n
+    assert batch_size({"a": "text", "b": torch.tensor(1.0)}) is None
+    assert batch_size([]) == 0
+
+    for pieces in (1, 3, 4, 12):
+        parts = split(tree, pieces)
+        expected = [len(p) for p in torch.arange(n).tensor_split(pieces)]
+        assert len(parts) == pieces and [batch_size(p) for p in parts] == expected
+        for (xs, ts), size in zip(parts, expected, strict=True):
+            assert isinstance(xs, dict) and isinstance(xs["extra"], tuple) and isinstance(ts, list)
+            assert xs["input_ids"].shape == (size, 4) and xs["attention_mask"].shape == (size, 4)
+            assert len(xs["extra"][0]) == len(ts) == size and xs["extra"][1] == "shared words"
+            assert xs["scale"] is inputs["scale"]  # a 0-dim tensor is shared by the whole batch
+        # consecutive pieces, every sample once and the tensors and per-sample lists kept in step
+        assert torch.equal(torch.cat([xs["input_ids"] for xs, _ in parts]), inputs["input_ids"])
+        assert [t["name"] for _, ts in parts for t in ts] == [f"img{i}" for i in range(n)]
+        for xs, ts in parts:
+            assert [int(t["labels"][0]) for t in ts if len(t["labels"])] == [
+                int(i) for i, t in zip(xs["extra"][0], ts, strict=True) if len(t["labels"])]
+            assert [int(row[0]) // 4 for row in xs["input_ids"]] == [int(t["name"][3:]) for t in ts]
+    with pytest.raises(ValueError, match="batch of 10 samples holds a list of 9"):
+        split((inputs, targets[:9]), 2)
+
+    moved = to_device(tree, torch.device("meta"))
+    assert isinstance(moved, tuple) and isinstance(moved[0], dict) and isinstance(moved[1], list)
+    assert moved[0]["input_ids"].device.type == "meta" and moved[0]["extra"][0].device.type == "meta"
+    assert moved[1][3]["boxes"].device.type == "meta" and moved[1][3]["name"] == "img3"
+    assert moved[0]["extra"][1] == "shared words" and inputs["input_ids"].device.type == "cpu"
+
+
+VOCAB, CLASSES = 40, 3
+
+
+class _TextStore:
+    """An in-memory BatchSource of token ids with padding: inputs are {"input_ids", "attention_mask"}, targets (B,) labels."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.randint(0, CLASSES, (n,), generator=g)
+        lengths = torch.randint(2, 9, (n,), generator=g)
+        self.mask = (torch.arange(8)[None, :] < lengths[:, None]).long()  # (N, 8): 1 for real tokens, 0 for padding
+        # class c draws its tokens mostly from its own third of the vocabulary
+        tokens = torch.randint(0, VOCAB // CLASSES, (n, 8), generator=g) + self.labels[:, None] * (VOCAB // CLASSES)
+        self.ids = tokens * self.mask  # padding is token 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator=None, order=None):  # type: ignore[no-untyped-def]
+        for idx in (torch.arange(len(self)) if order is None else order).split(batch_size):
+            yield {"input_ids": self.ids[idx], "attention_mask": self.mask[idx]}, self.labels[idx], idx
+
+
+def _train_text(tmp: Path, accumulate: int, oom_once: bool = False) -> tuple[torch.nn.Module, dict]:
+    """Train a bag-of-embeddings classifier through the Trainer; what it saw, its records and metrics.csv."""
+    from torch import nn
+
+    from deepfit.engine.callbacks import MetricsCSV, metric_columns
+    from deepfit.engine.trainer import Callback, Trainer
+    from deepfit.tasks.classify.objective import ClassificationTask
+
+    class BagOfEmbeddings(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.head = nn.Embedding(VOCAB, 8), nn.Linear(8, CLASSES)
+            self.sizes: list[int] = []
+            self.oom = oom_once
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            if self.training and self.oom and input_ids.shape[0] == 10:  # the whole batch, on the first try
+                self.oom = False
+                raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+            if self.training:
+                self.sizes.append(input_ids.shape[0])
+            mask = attention_mask.unsqueeze(-1).float()  # (B, T, 1)
+            return self.head((self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1))  # mean over real tokens
+
+    class TextObjective(ClassificationTask):
+        def training_loss(self, model, x, targets):  # type: ignore[no-untyped-def]
+            return super().training_loss(lambda batch: model(**batch), x, targets)
+
+        def validation_batch(self, model, x, targets):  # type: ignore[no-untyped-def]
+            return super().validation_batch(lambda batch: model(**batch), x, targets)
+
+    class Recorder(Callback):
+        def __init__(self) -> None:
+            self.records: list[dict] = []
+            self.batch_sizes: list[int] = []
+
+        def on_batch_end(self, trainer: object, step: int, batch_size: int) -> None:
+            self.batch_sizes.append(batch_size)
+
+        def on_epoch_end(self, trainer: object, record: dict) -> None:
+            self.records.append(record)
+
+    torch.manual_seed(0)
+    model, task, recorder = BagOfEmbeddings(), TextObjective(CLASSES), Recorder()
+    tmp.mkdir()
+    trainer = Trainer(model, task, device=torch.device("cpu"), accumulate=accumulate, generator=torch.Generator().manual_seed(0),
+                      callbacks=[recorder, MetricsCSV(tmp / "metrics.csv", None, metric_columns(task))])
+    identity = lambda x, g: x  # noqa: E731
+    trainer.fit(_TextStore(25, 1), _TextStore(12, 2), epochs=3, batch_size=10, optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+                scheduler=None, train_transform=identity, eval_transform=identity)
+    rows = list(csv.DictReader((tmp / "metrics.csv").read_text().splitlines()))
+    return model, {"records": recorder.records, "batch_sizes": recorder.batch_sizes, "rows": rows,
+                   "micro_batches": trainer.micro_batches, "sizes": model.sizes}
+
+
+def test_dict_inputs_train_accumulate_and_survive_out_of_memory(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Text-like batches (a dict of token ids and attention mask) go through the same loop as images: accumulation in
+    3 unequal pieces and an out-of-memory retry in 2 pieces both give the whole batch's weights."""
+    whole, seen = _train_text(tmp_path / "whole", accumulate=1)
+    assert seen["sizes"] == [10, 10, 5] * 3 and seen["batch_sizes"] == [10, 10, 5] * 3
+
+    pieces, in_pieces = _train_text(tmp_path / "pieces", accumulate=3)
+    assert in_pieces["sizes"] == [4, 3, 3, 4, 3, 3, 2, 2, 1] * 3 and in_pieces["batch_sizes"] == [10, 10, 5] * 3
+    for (name, a), b in zip(whole.state_dict().items(), pieces.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+    retried, after_oom = _train_text(tmp_path / "oom", accumulate=1, oom_once=True)
+    assert "split into 2 pieces of about 5 samples" in caplog.text and "effective batch stays 10" in caplog.text
+    assert after_oom["micro_batches"] == 2 and after_oom["sizes"][:2] == [5, 5] and max(after_oom["sizes"]) == 5
+    for (name, a), b in zip(whole.state_dict().items(), retried.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+    for run in (seen, in_pieces, after_oom):
+        assert len(run["records"]) == 3 and all(r["samples_per_s"] > 0 and "images_per_s" not in r for r in run["records"])
+        assert all(0.0 <= r["train_acc"] <= 1.0 for r in run["records"])
+        assert list(run["rows"][0]) == ["epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+                                        "samples_per_s", "seconds", "data_wait"]
+        assert [r["epoch"] for r in run["rows"]] == ["1", "2", "3"] and all(float(r["samples_per_s"]) > 0 for r in run["rows"])
+    losses = [r["train_loss"] for r in seen["records"]]
+    assert losses[-1] < losses[0]  # it learns: the tokens tell the classes apart
 
 
 def test_metrics_and_progress_report_data_wait(reference: Path) -> None:

@@ -1,4 +1,4 @@
-"""The live progress bar on a terminal: loss, accuracy and images/s while an epoch runs."""
+"""The live progress bar on a terminal: loss, accuracy and samples/s while an epoch runs."""
 
 from __future__ import annotations
 
@@ -28,10 +28,19 @@ def test_live_bar_shows_loss_accuracy_and_speed() -> None:
         trainer.running.add(torch.tensor(0.5), (logits.argmax(1) == targets).sum(), len(targets))
         progress.on_batch_end(trainer, step, 4)
     record = {"epoch": 1, "phase": "train", "train_loss": 0.5, "train_acc": 0.75, "val_loss": 0.4, "val_acc": 0.8,
-              "images_per_s": 100.0, "seconds": 0.1}
+              "samples_per_s": 100.0, "seconds": 0.1}
     progress.on_epoch_end(trainer, record)
     progress.on_fit_end(trainer)
     text = out.getvalue()
     assert "train epoch 1/2" in text
-    assert "loss 0.5000" in text and "acc 75.00%" in text and "img/s" in text
+    assert "loss 0.5000" in text and "acc 75.00%" in text and "samples/s" in text
     assert "epoch 1/2 [train] train loss 0.5000 acc 75.00% | val loss 0.4000 acc 80.00%" in text
+
+
+def test_epoch_line_reads_the_speed_of_old_records_too(capsys) -> None:  # type: ignore[no-untyped-def]
+    """Records of runs from before samples_per_s named the speed images_per_s."""
+    progress = Progress(total_epochs=1, live=False)
+    progress.on_fit_start(_FakeTrainer(), "train", epochs=1, steps_per_epoch=1)
+    for key in ("samples_per_s", "images_per_s"):
+        progress.on_epoch_end(_FakeTrainer(), {"epoch": 1, "phase": "train", "train_loss": 0.5, key: 123.0, "seconds": 2.0})
+        assert "| 123 samples/s, 2.0s" in capsys.readouterr().err

@@ -127,17 +127,17 @@ def test_folded_batch_norm_statistics_stay_frozen_in_training(weights_dir: Path,
     """The shared mobilenet_v2 file comes from TFLite: its batch-norm layers hold identity statistics (the
     normalisation is folded into the convolutions). Batch statistics in train mode would undo that, so
     those layers stay in eval mode; a normal checkpoint (efficientnet-lite0) keeps trainable statistics."""
-    from deepfit.engine.trainer import _keep_frozen_norms_in_eval
+    from deepfit.engine.trainer import keep_frozen_norms_in_eval
 
     with caplog.at_level(logging.WARNING, logger="deepfit"):
         folded = create_model("tv/mobilenet_v2", 2, weights=weights_dir / "mobilenet_v2.safetensors").model
     assert "52 batch-norm layers have identity statistics" in caplog.text
     folded.train()
-    _keep_frozen_norms_in_eval(folded)
+    keep_frozen_norms_in_eval(folded)
     norms = [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and not any(m.training for m in norms)
 
     normal = create_model("tf_efficientnet_lite0", 2, weights=weights_dir / "tf_efficientnet_lite0.safetensors").model
     normal.train()
-    _keep_frozen_norms_in_eval(normal)
+    keep_frozen_norms_in_eval(normal)
     assert all(m.training for m in normal.modules() if isinstance(m, torch.nn.BatchNorm2d))

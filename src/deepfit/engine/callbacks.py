@@ -7,24 +7,21 @@ import io
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from deepfit.engine.trainer import Callback, Trainer
+from deepfit.engine.trainer import Callback, Task, Trainer
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
 
-METRIC_COLUMNS = [
-    "epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds", "data_wait",
-]
-# Detection has no training accuracy and no validation loss (torchvision's detectors return losses only in
-# training mode); it is validated by COCO mAP.
-DETECTION_METRIC_COLUMNS = ["epoch", "phase", "train_loss", "val_map", "val_map50", "lr", "images_per_s", "seconds", "data_wait"]
-SEGMENTATION_METRIC_COLUMNS = ["epoch", "phase", "train_loss", "val_loss", "val_miou", "val_pixel_acc", "lr", "images_per_s", "seconds",
-                               "data_wait"]
 # Above this share of an epoch spent waiting for batches, the data pipeline, not the model, sets the pace.
 DATA_WAIT_WARNING = 0.30
+
+
+def metric_columns(task: Task) -> tuple[str, ...]:
+    """The columns of metrics.csv for a task: the engine's own around the task's epoch values (`task.columns`)."""
+    return ("epoch", "phase", "train_loss", *task.columns, "lr", "samples_per_s", "seconds", "data_wait")
 
 
 def _fmt(value: Any) -> str:
@@ -36,14 +33,15 @@ def _fmt(value: Any) -> str:
 
 
 class MetricsCSV(Callback):
-    """Appends one row per epoch to metrics.csv, flushed at once so a crashed run keeps its history."""
+    """Appends one row per epoch to metrics.csv, flushed at once so a crashed run keeps its history.
+    `columns` is the whole header, usually `metric_columns(task)`."""
 
-    def __init__(self, path: Path, keep_epochs: int | None = None, columns: list[str] = METRIC_COLUMNS) -> None:
+    def __init__(self, path: Path, keep_epochs: int | None, columns: Sequence[str]) -> None:
         self.path = Path(path)
-        self.columns = columns
+        self.columns = list(columns)
         if not self.path.exists():
             with self.path.open("w", newline="") as f:
-                csv.writer(f).writerow(columns)
+                csv.writer(f).writerow(self.columns)
         elif keep_epochs is not None:  # a resumed run: rows of epochs after its checkpoint are redone, drop them
             with self.path.open(newline="") as f:
                 rows = list(csv.reader(f))
@@ -145,7 +143,7 @@ class ResumeState(Callback):
 
 
 class Progress(Callback):
-    """A live bar with loss, accuracy and images/s on a terminal; one line per epoch otherwise."""
+    """A live bar with loss, accuracy and samples/s on a terminal; one line per epoch otherwise."""
 
     def __init__(self, total_epochs: int, live: bool | None = None, console: Any = None) -> None:
         self.total_epochs = total_epochs
@@ -179,7 +177,7 @@ class Progress(Callback):
         stats = None
         if now - self._last_refresh > 0.5 or step + 1 == self.steps:  # reading the sums syncs a GPU: not every step
             loss, acc, speed = trainer.running.summary()
-            stats = f"loss {loss:.4f}  " + (f"acc {acc:.2%}  " if acc is not None else "") + f"{speed:,.1f} img/s"
+            stats = f"loss {loss:.4f}  " + (f"acc {acc:.2%}  " if acc is not None else "") + f"{speed:,.1f} samples/s"
             self._last_refresh = now
         if stats:
             self._progress.update(self._task, completed=step + 1, stats=stats, refresh=True)
@@ -193,8 +191,9 @@ class Progress(Callback):
         validation = [(k[4:], v) for k, v in record.items() if k.startswith("val_") and v is not None]
         if validation:
             line += " | val " + " ".join(f"{k} {v:.2%}" if k == "acc" else f"{k} {v:.4f}" for k, v in validation)
-        speed = record["images_per_s"]
-        line += f" | {speed:,.0f} img/s, {record['seconds']:.1f}s" if speed >= 10 else f" | {speed:.2f} img/s, {record['seconds']:.1f}s"
+        speed = record.get("samples_per_s", record.get("images_per_s", 0.0))  # images_per_s: records of older runs
+        line += f" | {speed:,.0f} samples/s, " if speed >= 10 else f" | {speed:.2f} samples/s, "
+        line += f"{record['seconds']:.1f}s"
         wait = record.get("data_wait")
         if wait is not None:
             line += f", data wait {wait:.0%}"

@@ -36,10 +36,10 @@ def library_versions() -> dict[str, str]:
     import timm
     import torchvision
 
-    import deepfit
+    from deepfit.version import __version__
 
     return {
-        "deepfit": deepfit.__version__,
+        "deepfit": __version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "timm": timm.__version__,

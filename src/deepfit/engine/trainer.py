@@ -2,9 +2,10 @@
 
 The loop knows nothing of files, logs or early stopping; callbacks (see callbacks.py) do those.
 It knows nothing of losses, metrics or what a batch holds either: the task object (tasks/) runs the
-model on a batch and scores it, so classification and detection share this loop. A batch is
-(inputs, targets, indices): a (B, C, H, W) tensor of images and a (B,) tensor of labels for
-classification; images and a list of B dicts of boxes, labels and masks for detection.
+model on a batch and scores it, so every task shares this loop. A batch is (inputs, targets, indices),
+inputs and targets any tree of tensors, lists, tuples and dicts (see batch.py): a (B, C, H, W) tensor of
+images and a (B,) tensor of labels for classification; images and a list of B dicts of boxes, labels and
+masks for detection; a dict of (B, T) token ids and attention mask for text.
 """
 
 from __future__ import annotations
@@ -20,19 +21,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepfit.engine.batch import batch_size as samples_in
+from deepfit.engine.batch import split, to_device
 from deepfit.engine.device import autocast
 from deepfit.engine.distributed import Dist, all_sum, collective, gather, unwrap
 from deepfit.errors import TrainingError, TrainingInterrupted
 from deepfit.log import logger
 
-BatchTransformFn = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
-
-
-Targets = Any  # a (B,) tensor, or a list of B per-image dicts of tensors
+Inputs = Any  # a tree of tensors, lists, tuples and dicts (see batch.py): images, token ids and mask, ...
+Targets = Any  # a tree too: a (B,) tensor of labels, a list of B per-image dicts of boxes, ...
+BatchTransformFn = Callable[[Inputs, torch.Generator | None], Inputs]  # stored inputs (on the device) -> model inputs
 
 
 class BatchSource(Protocol):
-    """Anything that yields (images, targets, indices) batches: an in-memory or streamed image store.
+    """Anything that yields (inputs, targets, indices) batches: an in-memory or streamed store.
 
     A source whose augmentation runs per sample while loading (detection: boxes move with the image)
     sets `per_sample_augment`; the trainer then passes `batches` a `seed` per epoch, kept in the resumable
@@ -43,21 +45,22 @@ class BatchSource(Protocol):
     def batches(
         self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
         order: torch.Tensor | None = None,
-    ) -> Iterable[tuple[torch.Tensor, Targets, torch.Tensor]]: ...
+    ) -> Iterable[tuple[Inputs, Targets, torch.Tensor]]: ...
 
     def num_batches(self, batch_size: int) -> int: ...
 
 
 class Task(Protocol):
-    """What the trainer asks of a task (see tasks/classification.py and tasks/detection.py)."""
+    """What the trainer asks of a task (e.g. tasks/classify/objective.py and tasks/detect/objective.py)."""
 
     monitor: str  # the validation value that picks the best epoch and drives early stopping, e.g. "val_acc"
+    columns: tuple[str, ...]  # the task's own epoch values for metrics.csv, e.g. ("train_acc", "val_loss", "val_acc")
 
-    def training_loss(self, model: nn.Module, x: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def training_loss(self, model: nn.Module, x: Inputs, targets: Targets) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mean loss of the batch, number of correct predictions or None where the task has no accuracy)."""
         ...
 
-    def validation_batch(self, model: nn.Module, x: torch.Tensor, targets: Targets) -> Any:
+    def validation_batch(self, model: nn.Module, x: Inputs, targets: Targets) -> Any:
         """A picklable partial result for one validation batch (collected over batches and ranks)."""
         ...
 
@@ -84,22 +87,22 @@ class RunningStats:
     """Sums kept as tensors on the device: reading them (a sync) is left to whoever needs the numbers."""
 
     loss_sum: torch.Tensor | float = 0.0
-    correct: torch.Tensor | float = 0.0
+    correct: torch.Tensor | float | None = 0.0  # None once the task reports no count of correct predictions
     seen: int = 0
     started: float = field(default_factory=time.perf_counter)
 
     def add(self, loss: torch.Tensor, correct: torch.Tensor | None, n: int) -> None:
         self.loss_sum = self.loss_sum + loss.detach() * n
-        self.correct = self.correct + correct if correct is not None else math.nan
+        self.correct = None if correct is None or self.correct is None else self.correct + correct
         self.seen += n
 
     def summary(self) -> tuple[float, float | None, float]:
-        """(mean loss, accuracy or None for tasks without one, images per second)."""
+        """(mean loss, accuracy or None for tasks that report no correct predictions, samples per second)."""
+        accuracy = None if self.correct is None else float(self.correct) / self.seen if self.seen else math.nan
         if not self.seen:
-            return float("nan"), float("nan"), 0.0
+            return math.nan, accuracy, 0.0
         elapsed = max(1e-9, time.perf_counter() - self.started)
-        accuracy = float(self.correct) / self.seen
-        return float(self.loss_sum) / self.seen, None if math.isnan(accuracy) else accuracy, self.seen / elapsed
+        return float(self.loss_sum) / self.seen, accuracy, self.seen / elapsed
 
 
 @dataclass
@@ -185,33 +188,21 @@ class Trainer:
             self.epoch += 1
             self.position = Position(phase_index, self.position.epoch_in_phase + 1)
             seconds = time.perf_counter() - started
-            record = {
-                "epoch": self.epoch,
-                "phase": phase,
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                **validation,
-                "lr": self.last_lr,
-                "images_per_s": speed,
-                "seconds": seconds,
-                "data_wait": self.data_wait / max(seconds, 1e-9),
-            }
+            record = {"epoch": self.epoch, "phase": phase, "train_loss": train_loss, "train_acc": train_acc, **validation,
+                      "lr": self.last_lr, "samples_per_s": speed, "seconds": seconds,
+                      "data_wait": self.data_wait / max(seconds, 1e-9)}
             self._emit("on_epoch_end", record)
             if self.should_stop:
                 break
         self._emit("on_fit_end")
 
     def train_epoch(
-        self,
-        data: BatchSource,
-        batch_size: int,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-        transform: BatchTransformFn,
-    ) -> tuple[float, float, float]:
+        self, data: BatchSource, batch_size: int, optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None, transform: BatchTransformFn,
+    ) -> tuple[float, float | None, float]:
         """One epoch, or the rest of one when the position was restored mid-epoch."""
         self.model.train()
-        _keep_frozen_norms_in_eval(self.model)
+        keep_frozen_norms_in_eval(self.model)
         pos = self.position
         if pos.order is None:  # a new epoch: draw its order (and augmentation seed) from the training generator
             pos.order, pos.step = torch.randperm(len(data), generator=self.generator), 0
@@ -228,10 +219,9 @@ class Trainer:
             self.data_wait += time.perf_counter() - waited
             if batch is None:
                 break
-            images, targets, _ = batch
-            images = images.to(self.device, non_blocking=True)  # (B, 3, S, S) uint8
-            targets = to_device(targets, self.device)  # (B,) labels, or B dicts of boxes, labels, masks
-            x = transform(images, self.generator)  # (B, 3, H, W) float, normalised
+            inputs, targets, _ = batch
+            x = transform(to_device(inputs, self.device), self.generator)  # e.g. (B, 3, S, S) uint8 -> normalised float
+            targets = to_device(targets, self.device)  # e.g. (B,) labels, or B dicts of boxes, labels, masks
             if self.dist.enabled:  # DDP's gradient all-reduce runs inside backward: a hung rank times out there
                 with collective(f"step {pos.step + 1} of epoch {self.epoch + 1}"):
                     self._step(x, targets, optimizer)
@@ -241,13 +231,14 @@ class Trainer:
             if scheduler is not None:
                 scheduler.step()
             pos.step += 1
-            self._emit("on_batch_end", pos.step - 1, len(targets))
+            self._emit("on_batch_end", pos.step - 1, samples_in((x, targets)))
             if self.stop_requested:
                 raise TrainingInterrupted(f"stopped at epoch {self.epoch + 1}, step {pos.step}")
         pos.order = None
         if self.dist.enabled:  # every rank reports the whole epoch
-            loss_sum, correct, seen = all_sum([float(self.running.loss_sum), float(self.running.correct), self.running.seen], self.device)
-            self.running = RunningStats(float(loss_sum), float(correct), int(seen), self.running.started)
+            run = self.running
+            loss_sum, correct, seen = all_sum([float(run.loss_sum), float(run.correct or 0), run.seen], self.device)
+            self.running = RunningStats(float(loss_sum), None if run.correct is None else float(correct), int(seen), run.started)
         return self.running.summary()
 
     def _shard(self, order: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int]:
@@ -260,27 +251,28 @@ class Trainer:
         chunks = order[:usable].split(batch_size)
         return torch.cat([c[self.dist.rank :: world] for c in chunks]), batch_size // world
 
-    def _step(self, x: torch.Tensor, targets: Targets, optimizer: torch.optim.Optimizer) -> None:
+    def _step(self, x: Inputs, targets: Targets, optimizer: torch.optim.Optimizer) -> None:
         """One optimisation step on a batch; out of memory, the batch is split in more pieces and retried."""
+        n = samples_in((x, targets))
         while True:
             optimizer.zero_grad(set_to_none=True)
             try:
                 loss, correct = self._forward_backward(x, targets)
                 break
             except torch.OutOfMemoryError:
-                if self.micro_batches >= x.shape[0]:
+                if self.micro_batches >= n:
                     raise TrainingError(
-                        f"out of memory even with one image per step (epoch {self.epoch + 1}, step "
-                        f"{self.position.step + 1}): use a smaller --image-size or model, or another device"
+                        f"out of memory even with one sample per step (epoch {self.epoch + 1}, step "
+                        f"{self.position.step + 1}): use smaller inputs (--image-size), a smaller model, or another device"
                     ) from None
                 optimizer.zero_grad(set_to_none=True)  # free the partial gradients before emptying the cache
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-                self.micro_batches = min(x.shape[0], self.micro_batches * 2)
+                self.micro_batches = min(n, self.micro_batches * 2)
                 logger.warning(
                     f"out of memory: batches are now split into {self.micro_batches} pieces of about "
-                    f"{math.ceil(x.shape[0] / self.micro_batches)} images, with gradients accumulated so the "
-                    f"effective batch stays {x.shape[0]}"
+                    f"{math.ceil(n / self.micro_batches)} samples, with gradients accumulated so the "
+                    f"effective batch stays {n}"
                 )
         if not self._finite(loss):
             self.skipped_steps += 1
@@ -288,20 +280,21 @@ class Trainer:
             return
         self.scaler.step(optimizer)
         self.scaler.update()
-        self.running.add(loss, correct, len(targets))
+        self.running.add(loss, correct, n)
 
-    def _forward_backward(self, x: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _forward_backward(self, x: Inputs, targets: Targets) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Loss of the whole batch (detached) and its number of correct predictions; gradients summed over the
         micro-batches, each weighted by its share of the batch so the result equals the whole batch's mean loss."""
-        n = x.shape[0]
+        n = samples_in((x, targets))
         total, correct = None, None
-        for xs, ts in zip(x.tensor_split(self.micro_batches), split_like(targets, self.micro_batches), strict=True):
-            if not len(ts):
+        for xs, ts in split((x, targets), self.micro_batches):
+            share = samples_in((xs, ts))
+            if not share:
                 continue
             with autocast(self.device, self.precision):
                 loss, right = self.task.training_loss(self.model, xs, ts)
             if self.micro_batches > 1:
-                loss = loss * (len(ts) / n)
+                loss = loss * (share / n)
             self.scaler.scale(loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
             if right is not None:
@@ -327,12 +320,12 @@ class Trainer:
 
     @torch.inference_mode()
     def evaluate(self, data: BatchSource, batch_size: int, transform: BatchTransformFn) -> dict[str, float]:
-        """The task's validation values (e.g. val_loss and val_acc) over a validation store."""
+        """The task's validation values (e.g. val_loss and val_acc) over a validation source."""
         self.model.eval()
         parts = []
-        order = torch.arange(len(data))[self.dist.rank :: self.dist.world]  # every image once over all ranks
-        for images, targets, _ in data.batches(batch_size, order=order):
-            x = transform(images.to(self.device, non_blocking=True), None)
+        order = torch.arange(len(data))[self.dist.rank :: self.dist.world]  # every sample once over all ranks
+        for inputs, targets, _ in data.batches(batch_size, order=order):
+            x = transform(to_device(inputs, self.device), None)
             with autocast(self.device, self.precision):
                 parts.append(self.task.validation_batch(self.model, x, to_device(targets, self.device)))
         if self.dist.enabled:
@@ -384,7 +377,9 @@ class Trainer:
         self.position = Position(p["phase_index"], p["epoch_in_phase"], p["step"], p["order"], p.get("seed", 0))
         self.epoch = p["epoch"]
         r = state["running"]
-        self.running = RunningStats(r["loss_sum"], r["correct"], r["seen"])
+        correct = r["correct"]  # NaN in states saved before None meant "no accuracy"
+        no_count = correct is None or (isinstance(correct, float) and math.isnan(correct))
+        self.running = RunningStats(r["loss_sum"], None if no_count else correct, r["seen"])
         self.micro_batches = max(self.micro_batches, state["micro_batches"])
         self.last_lr = state["last_lr"]
         for cb in self.callbacks:
@@ -392,23 +387,7 @@ class Trainer:
                 cb.load_state_dict(state["callbacks"][type(cb).__name__])
 
 
-def to_device(targets: Targets, device: torch.device) -> Targets:
-    """A batch's targets on the device: a tensor, or a list of per-image dicts of tensors."""
-    if isinstance(targets, torch.Tensor):
-        return targets.to(device, non_blocking=True)
-    return [{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
-
-
-def split_like(targets: Targets, pieces: int) -> list[Targets]:
-    """Targets cut into `pieces` consecutive parts of the sizes `Tensor.tensor_split` gives the images."""
-    if isinstance(targets, torch.Tensor):
-        return list(targets.tensor_split(pieces))
-    bounds = [int(part[0]) for part in torch.arange(len(targets)).tensor_split(pieces) if len(part)] + [len(targets)]
-    parts = [targets[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
-    return parts + [[]] * (pieces - len(parts))
-
-
-def _keep_frozen_norms_in_eval(model: nn.Module) -> None:
+def keep_frozen_norms_in_eval(model: nn.Module) -> None:
     """Batch-norm layers keep their statistics when frozen (training only the head must not shift them) or when
     marked `deepfit_frozen_stats` (statistics folded into the weights, see models/weights.py)."""
     for m in model.modules():

@@ -12,6 +12,7 @@ class ClassificationTask:
 
     name = "classify"
     monitor = "val_acc"
+    columns = ("train_acc", "val_loss", "val_acc")  # the epoch values metrics.csv keeps
 
     def __init__(self, num_classes: int, label_smoothing: float = 0.0) -> None:
         self.num_classes = num_classes

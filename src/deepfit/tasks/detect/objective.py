@@ -118,6 +118,8 @@ class DetectionTask:
     """
 
     monitor = "val_map"
+    # no training accuracy and no validation loss (torchvision's detectors return losses only in training mode)
+    columns = ("val_map", "val_map50")
 
     def __init__(self, classes: list[str], masks: bool) -> None:
         self.classes, self.masks = classes, masks
