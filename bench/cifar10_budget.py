@@ -15,8 +15,8 @@ import tempfile
 import time
 
 from deepfit.config import PRESETS, apply_preset
-from deepfit.tasks.classify.evaluate import evaluate
-from deepfit.tasks.classify.train import train
+from deepfit.workflows.evaluate import evaluate
+from deepfit.workflows.train import train
 
 from common import record, unpack
 

@@ -27,20 +27,21 @@ import torch
 
 from deepfit.config import TrainConfig
 from deepfit.engine.callbacks import (
-    DETECTION_METRIC_COLUMNS,
     BestCheckpoint,
     MetricsCSV,
     Progress,
     ResumeState,
+    metric_columns,
 )
 from deepfit.engine.checkpoint import link_checkpoint, save_checkpoint, save_training_state
 from deepfit.engine.trainer import Trainer
-from deepfit.runs.session import to_unit_range
+from deepfit.modalities.image.augment import to_unit_range
 from deepfit.tasks.detect.data import read_detection
 from deepfit.tasks.detect.model import DetectorSpec, build_detector
 from deepfit.tasks.detect.objective import DetectionTask
 from deepfit.tasks.detect.store import DetectionStore
-from deepfit.tasks.detect.workflow import evaluate_detector, train_detector
+from deepfit.workflows.evaluate import evaluate as evaluate_detector
+from deepfit.workflows.train import train as train_detector
 
 from common import SHARED, record, unpack
 
@@ -87,7 +88,7 @@ def deepfit_epoch(model: torch.nn.Module, store: DetectionStore, batch: int, see
     meta = {"task": "detect", "classes": classes}
     config = TrainConfig(task="detect")
     callbacks = [
-        Progress(1, live=False), MetricsCSV(workdir / "metrics.csv", None, DETECTION_METRIC_COLUMNS),
+        Progress(1, live=False), MetricsCSV(workdir / "metrics.csv", None, metric_columns(DetectionTask(classes, masks=False))),
         BestCheckpoint(lambda kind, r: save_checkpoint(workdir / f"{kind}.safetensors", model, meta), monitor="val_map",
                        link=lambda src, dst: link_checkpoint(workdir / f"{src}.safetensors", workdir / f"{dst}.safetensors")),
         ResumeState(lambda t: save_training_state(workdir / "resume.pt", t, config)),

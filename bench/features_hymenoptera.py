@@ -28,7 +28,8 @@ from deepfit.modalities.image.augment import BatchTransform
 from deepfit.modalities.image.store import ImageStore
 from deepfit.models.factory import create_model
 from deepfit.models.features import FeatureExtractor
-from deepfit.workflows.features import extract_batch, fit_features
+from deepfit.workflows.extraction import extract_batch
+from deepfit.workflows.features import fit_features
 
 from common import SHARED, record, unpack
 

@@ -12,7 +12,7 @@ import tempfile
 import time
 
 from deepfit.config import apply_preset
-from deepfit.tasks.classify.train import train
+from deepfit.workflows.train import train
 
 from common import SHARED, record, unpack
 

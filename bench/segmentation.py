@@ -36,20 +36,21 @@ import yaml
 
 from deepfit.config import TrainConfig
 from deepfit.engine.callbacks import (
-    SEGMENTATION_METRIC_COLUMNS,
     BestCheckpoint,
     MetricsCSV,
     Progress,
     ResumeState,
+    metric_columns,
 )
 from deepfit.engine.checkpoint import link_checkpoint, save_checkpoint, save_training_state
 from deepfit.engine.trainer import Trainer
-from deepfit.runs.session import to_unit_range
+from deepfit.modalities.image.augment import to_unit_range
 from deepfit.tasks.segment.data import read_segmentation
 from deepfit.tasks.segment.model import SegmenterSpec, build_segmenter
 from deepfit.tasks.segment.objective import SegmentationTask
 from deepfit.tasks.segment.store import SegmentationStore
-from deepfit.tasks.segment.workflow import evaluate_segmenter, train_segmenter
+from deepfit.workflows.evaluate import evaluate as evaluate_segmenter
+from deepfit.workflows.train import train as train_segmenter
 
 from common import SHARED, cache, record, unpack
 
@@ -132,7 +133,7 @@ def coco128(epochs: int, output: Path) -> None:
 _LARGE = """
 import resource, sys, time, torch
 from deepfit.tasks.segment.model import SegmenterSpec, build_segmenter
-from deepfit.tasks.segment.workflow import SegmentationPredictor, TrainedSegmenter
+from deepfit.tasks.segment.predict import SegmentationPredictor, TrainedSegmenter
 k, height, width = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 torch.manual_seed(0)
 model = build_segmenter(SegmenterSpec("unet:tv/mobilenet_v2", k)).eval()
@@ -215,7 +216,7 @@ def deepfit_epochs(model: torch.nn.Module, store: SegmentationStore, batch: int,
 
     task = SegmentationTask(2)
     best = BestCheckpoint(save, monitor=task.monitor, link=lambda s, d: link_checkpoint(run / f"{s}.safetensors", run / f"{d}.safetensors"))
-    callbacks = [Progress(epochs, live=False), MetricsCSV(run / "metrics.csv", None, SEGMENTATION_METRIC_COLUMNS), best,
+    callbacks = [Progress(epochs, live=False), MetricsCSV(run / "metrics.csv", None, metric_columns(task)), best,
                  ResumeState(lambda t: save_training_state(run / "resume.pt", t, config))]
     trainer = Trainer(model, task, device=torch.device("cpu"), precision="fp32", callbacks=callbacks,
                       generator=torch.Generator().manual_seed(seed))

@@ -22,7 +22,7 @@ from PIL import Image
 
 from deepfit.config import apply_preset
 from deepfit.models.small import FastNet
-from deepfit.tasks.classify.train import train
+from deepfit.workflows.train import train
 
 from common import record, unpack
 
@@ -48,7 +48,7 @@ def deepfit_speed(items: list[tuple[Path, str]], epochs: int, workdir: Path, **o
     })
     run = train(csv_path, config).run_dir
     rows = list(csv.DictReader((run / "metrics.csv").open()))
-    return statistics.mean(float(r["images_per_s"]) for r in rows[1:])
+    return statistics.mean(float(r.get("samples_per_s") or r["images_per_s"]) for r in rows[1:])
 
 
 def plain_speed(items: list[tuple[Path, str]], epochs: int) -> float:

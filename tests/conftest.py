@@ -173,7 +173,7 @@ def run_copy(trained_run: TrainedRun, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def evaluated_run(trained_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the shared run whose test split has been scored once (report, metrics, predictions)."""
-    from deepfit.tasks.classify.evaluate import evaluate
+    from deepfit.workflows.evaluate import evaluate
 
     run = Path(shutil.copytree(trained_run.run_dir, tmp_path_factory.mktemp("evaluated") / "run"))
     evaluate(run)

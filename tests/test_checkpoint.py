@@ -18,7 +18,8 @@ from conftest import TINY, TrainedRun
 from deepfit.config import TrainConfig
 from deepfit.engine.checkpoint import read_sidecar
 from deepfit.errors import DeepfitError, WeightsError
-from deepfit.runs.folder import CHECKPOINT_FORMAT, load_trained, resolve_checkpoint
+from deepfit.runs.folder import CHECKPOINT_FORMAT, resolve_checkpoint
+from deepfit.tasks.classify.model import load_trained
 
 
 def test_sidecar_holds_everything_to_rebuild_the_model(trained_run: TrainedRun) -> None:

@@ -342,3 +342,18 @@ def test_cli_data_check_summarises_and_reports_problems(tmp_path: Path, capsys: 
     _image(tmp_path / "e" / "photo.png", 8, 8)
     assert main(["data", "check", str(tmp_path / "e")]) == 2
     assert "no detection labels found" in capsys.readouterr().err
+
+
+def test_cli_output_to_a_file_or_pipe_is_never_wrapped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Written to a pipe (as capsys is, or `> log.txt`), a summary line stays one line however long its path."""
+    from deepfit.cli import main
+
+    deep = tmp_path / ("a-long-folder-name-" * 6) / ("another-long-one-" * 5)
+    root = _yolo(deep / "d", "names: [a-class-with-a-rather-long-name-that-would-not-fit-eighty-columns, dog]\n",
+                 {"a": "0 0.5 0.5 0.2 0.2\n1 0.5 0.5 0.4 0.4\n"}, {"a": (50, 50)})
+    assert len(str(root)) > 200
+    assert main(["data", "check", str(root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"yolo labels in {root}: 1 images, 2 objects in 2 classes" in lines
+    assert any("a-class-with-a-rather-long-name-that-would-not-fit-eighty-columns" in line and line.rstrip().endswith("1")
+               for line in lines)

@@ -90,7 +90,8 @@ def test_resume_extends_a_finished_detection_run(detect_run: Path, tmp_path: Pat
 def test_frozen_backbone_keeps_the_pretrained_weights(squares: Path, weights: Path, tmp_path: Path) -> None:
     """The feature-extraction workflow: the ImageNet backbone is loaded and stays exactly as loaded."""
     from deepfit.models.weights import read_weights_file
-    from deepfit.tasks.detect.workflow import load_detector, train_detector
+    from deepfit.tasks.detect.predict import load_detector
+    from deepfit.workflows.train import train as train_detector
 
     config = TrainConfig(task="detect", weights=str(weights), freeze_backbone=True, epochs=1, image_size=96, output=str(tmp_path),
                          name="frozen", workers=0)
@@ -103,7 +104,9 @@ def test_frozen_backbone_keeps_the_pretrained_weights(squares: Path, weights: Pa
 
 
 def test_instance_segmentation_learns_masks_and_reports_mask_map(squares: Path, tmp_path: Path) -> None:
-    from deepfit.tasks.detect.workflow import evaluate_detector, load_detector, train_detector
+    from deepfit.tasks.detect.predict import load_detector
+    from deepfit.workflows.evaluate import evaluate as evaluate_detector
+    from deepfit.workflows.train import train as train_detector
 
     config = TrainConfig(task="segment-instances", epochs=1, image_size=96, output=str(tmp_path), name="seg", workers=0)
     run = train_detector(squares, config)  # from scratch: no weights at all
@@ -115,7 +118,7 @@ def test_instance_segmentation_learns_masks_and_reports_mask_map(squares: Path, 
 
 
 def test_detection_config_errors(squares: Path, tmp_path: Path) -> None:
-    from deepfit.tasks.detect.workflow import train_detector
+    from deepfit.workflows.train import train as train_detector
 
     with pytest.raises(ConfigError, match="mask head"):
         train_detector(squares, TrainConfig(task="segment-instances", model="fasterrcnn:tv/mobilenet_v2", output=str(tmp_path)))
@@ -127,7 +130,7 @@ def test_detection_config_errors(squares: Path, tmp_path: Path) -> None:
 
 
 def test_boxes_only_data_cannot_train_instance_segmentation(tmp_path: Path) -> None:
-    from deepfit.tasks.detect.workflow import train_detector
+    from deepfit.workflows.train import train as train_detector
 
     root = tmp_path / "boxes"
     (root / "images").mkdir(parents=True)
@@ -152,7 +155,7 @@ def test_random_split_is_seeded_leak_free_and_folder_splits_are_kept(squares: Pa
     from dataclasses import replace
 
     from deepfit.tasks.detect.data import read_detection
-    from deepfit.tasks.detect.workflow import split_samples
+    from deepfit.tasks.detect.task import split_samples
 
     dataset = read_detection(squares)
     given = split_samples(dataset, 0.2, 0.2, 0)
@@ -167,7 +170,8 @@ def test_random_split_is_seeded_leak_free_and_folder_splits_are_kept(squares: Pa
 
 def test_a_trained_detector_is_fine_tuned_from_its_weights_file(detect_run: Path, squares: Path, tmp_path: Path) -> None:
     """--weights with a whole detector's weights (not a backbone's) loads all of it."""
-    from deepfit.tasks.detect.workflow import create_detector, load_detector
+    from deepfit.tasks.detect.predict import load_detector
+    from deepfit.tasks.detect.task import create_detector
 
     config = TrainConfig(task="detect", weights=str(detect_run / "best.safetensors"), image_size=128)
     model, _, origin = create_detector(config, ["red", "blue"])

@@ -16,7 +16,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_r
 from conftest import write_class_folders
 from deepfit.cli import main
 from deepfit.errors import DataError
-from deepfit.tasks.classify.evaluate import evaluate
+from deepfit.workflows.evaluate import evaluate
 
 CLASSES = ["2", "10", "ring"]
 REUSE_NOTE = "no longer an unseen test set"

@@ -30,7 +30,8 @@ from deepfit.config import FeaturesConfig
 from deepfit.errors import ConfigError, DataError
 from deepfit.models.handmade import HandmadeFeatures
 from deepfit.workflows.classical import ALPHA_GRID, C_GRID, FittedClassifier, fit_classifier
-from deepfit.workflows.features import FeatureSet, FeaturesResult
+from deepfit.workflows.extraction import FeatureSet
+from deepfit.workflows.features import FeaturesResult
 
 # hand-made features on 32 px images: no weights, a few milliseconds per image; on the CPU (fp32) even where
 # a GPU is present, so that cache keys and numbers do not depend on the machine
@@ -223,7 +224,7 @@ def test_loaded_run_predicts_the_labels_of_test_predictions_csv(handmade_run: Fe
 
 
 def test_evaluate_reextracts_through_the_saved_model_and_agrees(handmade_run: FeaturesResult, tmp_path: Path) -> None:
-    from deepfit.tasks.classify.evaluate import evaluate
+    from deepfit.workflows.evaluate import evaluate
 
     assert handmade_run.run_dir is not None and handmade_run.evaluation is not None
     run = Path(shutil.copytree(handmade_run.run_dir, tmp_path / "run"))
@@ -316,7 +317,7 @@ def test_real_named_layer_gives_other_features(real: RealFeatures) -> None:
 
 
 def test_real_run_reevaluates_from_images(real: RealFeatures, tmp_path: Path) -> None:
-    from deepfit.tasks.classify.evaluate import evaluate
+    from deepfit.workflows.evaluate import evaluate
 
     assert real.fit.run_dir is not None and real.fit.evaluation is not None
     run = Path(shutil.copytree(real.fit.run_dir, tmp_path / "run"))
@@ -553,7 +554,7 @@ def test_extraction_streams_batches_under_inference_mode(small_data: Path, own_c
 def test_extraction_uses_the_preferred_precision_and_keys_the_cache_by_it(
     small_data: Path, own_cache: Path, recorded: list[_Call], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deepfit.workflows import features
+    from deepfit.workflows import extraction as features
 
     fp32 = deepfit.extract_features(small_data, batch_size=64, **HANDMADE)
     assert fp32.reused == 0 and not recorded[-1].autocast

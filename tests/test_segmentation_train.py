@@ -100,7 +100,7 @@ def test_load_predicts_class_indexes_at_the_original_size(trained: Path) -> None
 
 
 def test_tiled_prediction_of_a_large_image_matches_the_whole_image(trained: Path) -> None:
-    from deepfit.tasks.segment.workflow import SegmentationPredictor, load_segmenter
+    from deepfit.tasks.segment.predict import SegmentationPredictor, load_segmenter
 
     image, _ = rectangle_pair(np.random.default_rng(9), 150, 200)
     whole = SegmentationPredictor(load_segmenter(trained), "cpu", tile_size=256).predict(image)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from deepfit.version import __version__
 
 _EXPORTS = {
+    "Learner": "deepfit.api",
     "ImageClassifier": "deepfit.api",
     "ObjectDetector": "deepfit.api",
     "SemanticSegmenter": "deepfit.api",
@@ -22,6 +23,8 @@ _EXPORTS = {
     "FeaturesConfig": "deepfit.config",
     "TrainConfig": "deepfit.config",
     "Prediction": "deepfit.tasks.classify.predict",
+    "Task": "deepfit.tasks.base",
+    "register_task": "deepfit.registry",
     "DeepfitError": "deepfit.errors",
     "DataError": "deepfit.errors",
     "ConfigError": "deepfit.errors",
@@ -29,13 +32,14 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "ConfigError", "DataError", "DeepfitError", "FeaturesConfig", "ImageClassifier", "ObjectDetector", "Prediction", "SemanticSegmenter",
-    "TrainConfig", "WeightsError", "__version__", "extract_features", "fit_features", "load", "resume",
+    "ConfigError", "DataError", "DeepfitError", "FeaturesConfig", "ImageClassifier", "Learner", "ObjectDetector", "Prediction", "SemanticSegmenter",
+    "Task", "TrainConfig", "WeightsError", "__version__", "extract_features", "fit_features", "load", "register_task", "resume",
 ]
 
 if TYPE_CHECKING:
     from deepfit.api import (
         ImageClassifier,
+        Learner,
         ObjectDetector,
         SemanticSegmenter,
         extract_features,
@@ -45,6 +49,8 @@ if TYPE_CHECKING:
     )
     from deepfit.config import FeaturesConfig, TrainConfig
     from deepfit.errors import ConfigError, DataError, DeepfitError, WeightsError
+    from deepfit.registry import register_task
+    from deepfit.tasks.base import Task
     from deepfit.tasks.classify.predict import Prediction
 
 

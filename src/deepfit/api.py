@@ -27,254 +27,165 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from deepfit.config import FeaturesConfig, TrainConfig, apply_preset
 from deepfit.data.sources import discover
 from deepfit.errors import DeepfitError
+from deepfit.modalities.base import is_path_list, names_many
+from deepfit.registry import all_tasks, get_modality, get_task
 from deepfit.runs.folder import run_folder, run_task
-from deepfit.tasks.classify.evaluate import Evaluation, evaluate
-from deepfit.tasks.classify.predict import ImageInput, Prediction, Predictor, expand_paths
-from deepfit.tasks.classify.train import TrainResult, train
-from deepfit.tasks.classify.train import resume as resume_run
-from deepfit.tasks.detect.workflow import (
-    DetectionEvaluation,
-    DetectionPredictor,
-    DetectionRun,
-    evaluate_detector,
-    resume_detector,
-    train_detector,
-)
-from deepfit.tasks.segment.workflow import (
-    SegmentationEvaluation,
-    SegmentationPredictor,
-    SegmentationRun,
-    evaluate_segmenter,
-    resume_segmenter,
-    train_segmenter,
-)
-from deepfit.workflows.features import FeatureSet, FeaturesResult
+from deepfit.tasks.base import Task
+from deepfit.tasks.classify.predict import ImageInput, Prediction
+from deepfit.workflows.evaluate import evaluate as evaluate_run
+from deepfit.workflows.extraction import FeatureSet
+from deepfit.workflows.features import FeaturesResult
+from deepfit.workflows.predict import load_predictor
+from deepfit.workflows.train import TrainResult, train
+from deepfit.workflows.train import resume as resume_run
 
 
-class ImageClassifier:
-    """An image classifier to train (from scratch or by transfer learning), evaluate and use.
+class Learner:
+    """A model of one task to train, evaluate and use, written once for every task (see tasks/base.py).
 
-    Every training option of `deepfit train` is a keyword here (see `TrainConfig`); an unknown or
-    misspelt one is an error that suggests the right name.
+    Every training option of `deepfit train` is a keyword (see `TrainConfig`); the task's data options (e.g.
+    `masks=` for segmentation, `path_column=` for a CSV) are keywords of `fit`. An unknown or misspelt option is an
+    error that suggests the right name. `ImageClassifier`, `ObjectDetector` and `SemanticSegmenter` are this class
+    for their tasks; a task registered from outside deepfit is used as `Learner(task="name", ...)`.
     """
 
-    def __init__(self, model: str | None = None, *, preset: str | None = None, **options: Any) -> None:
-        if options.get("task", "classify") != "classify":
-            raise DeepfitError(f"task={options['task']!r}: use deepfit.ObjectDetector for detection and instance segmentation, "
-                               "deepfit.SemanticSegmenter for semantic segmentation")
-        # model=None keeps the preset's (or the default) architecture.
-        self.config: TrainConfig = apply_preset(preset, {"model": model, **options} if model else options)
+    tasks: ClassVar[tuple[str, ...]] = ()  # the tasks a subclass is for (empty: any)
+
+    def __init__(self, model: str | None = None, *, task: str | None = None, preset: str | None = None, **options: Any) -> None:
+        task = task or (self.tasks[0] if self.tasks else "classify")
+        if self.tasks and task not in self.tasks:
+            raise DeepfitError(f"task={task!r}: {type(self).__name__} is for {' and '.join(map(repr, self.tasks))}; use "
+                               f"{_front_end(task).__name__} for {task!r}")
+        # model=None keeps the preset's (or the task's default) architecture.
+        self.config: TrainConfig = apply_preset(preset, {"task": task, **options, **({"model": model} if model else {})})
         self.run_dir: Path | None = None
         self.result: TrainResult | None = None
-        self._predictor: Predictor | None = None
-
-    def fit(
-        self, data: str | Path, *, path_column: str | None = None, label_column: str | None = None, **options: Any
-    ) -> ImageClassifier:
-        """Train on a folder of class folders, a folder with train/val/test, or a CSV of path,label.
-
-        `options` override the classifier's training options for this fit (and stay set).
-        """
-        config = self.config.replace(**options) if options else self.config
-        catalog = discover(data, path_column=path_column, label_column=label_column)
-        self.result = train(data, config, catalog=catalog)
-        self.config = config
-        self.run_dir = self.result.run_dir
-        self._predictor = None
-        return self
-
-    def evaluate(self, data: str | Path | None = None, checkpoint: str = "best") -> Evaluation:
-        """Score the test split of the training data (or another labelled set); writes report.html."""
-        return evaluate(self._require_run(), data, checkpoint=checkpoint, device=self.config.device)
+        self._predictor: Any = None
 
     @property
-    def predictor(self) -> Predictor:
+    def task(self) -> Task:
+        return get_task(self.config.task)
+
+    def fit(self, data: str | Path, **options: Any) -> Learner:
+        """Train on `data`; `options` are the task's data options (see `task.data_options`) and training options, which
+        override the learner's for this fit (and stay set)."""
+        # a data option of any task goes to the workflow, which names the task it belongs to if it is not this one's
+        data_names = {o.name for task in all_tasks() for o in task.data_options}
+        config = self.config.replace(**{k: v for k, v in options.items() if k not in data_names})
+        self.result = train(data, config, **{k: v for k, v in options.items() if k in data_names})
+        self.config, self.run_dir, self._predictor = config, self.result.run_dir, None
+        return self
+
+    def evaluate(self, data: str | Path | None = None, checkpoint: str = "best", **options: Any) -> Any:
+        """Score the test split of the training data (or another labelled set, read with the task's `options`, e.g.
+        masks=); writes report.html."""
+        return evaluate_run(self._require_run(), data, checkpoint=checkpoint, device=self.config.device, **options)
+
+    @property
+    def predictor(self) -> Any:
         if self._predictor is None:
-            self._predictor = Predictor.from_run(self._require_run(), device=self.config.device)
+            self._predictor = load_predictor(self._require_run(), device=self.config.device)[1]
         return self._predictor
 
     @property
     def classes(self) -> list[str]:
-        return self.predictor.classes
+        return list(self.predictor.trained.classes)
+
+    def predict(self, inputs: Any, **options: Any) -> Any:
+        """One input (a path, or what the modality takes in memory) -> the task's prediction; a list, a folder or a glob
+        -> a list of them. `options` are the task's prediction options (e.g. conf=, iou= for detection)."""
+        if names_many(inputs):
+            inputs = get_modality(self.task.modality).expand([inputs])
+        return self.predictor.predict(inputs, **options)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> Learner:
+        """A trained run, ready to predict and evaluate in a fresh process (no user code needed)."""
+        task, predictor = load_predictor(run_dir, checkpoint, device)
+        learner = cls(task=task.name, **{k: v for k, v in predictor.trained.meta["config"].items() if k != "task"})
+        learner.config = learner.config.replace(device=device)
+        learner.run_dir, learner._predictor = run_folder(run_dir), predictor
+        return learner
+
+    def _require_run(self) -> Path:
+        if self.run_dir is None:
+            raise DeepfitError(f"this {type(self).__name__} has not been trained yet: call fit(data) or deepfit.load(run_dir)")
+        return self.run_dir
+
+    def __repr__(self) -> str:
+        where = f", run_dir={str(self.run_dir)!r}" if self.run_dir else ""
+        task = f", task={self.config.task!r}" if type(self) is Learner or len(self.tasks) > 1 else ""
+        return f"{type(self).__name__}({self.config.model!r}{task}{where})"
+
+
+class ImageClassifier(Learner):
+    """An image classifier to train (from scratch or by transfer learning), evaluate and use.
+
+        clf = ImageClassifier("resnet18", pretrained=True).fit("data/")   # or fit("list.csv", path_column=...)
+        clf.predict(["a.jpg", pil_image, tensor])                        # [Prediction(source, label, probability, top)]
+    """
+
+    tasks = ("classify",)
 
     def predict(self, inputs: ImageInput | Sequence[ImageInput], top_k: int = 5) -> list[Prediction]:
         """Paths (files, folders, globs), PIL images, arrays or tensors -> one Prediction each."""
-        if isinstance(inputs, str | Path):
-            inputs = [inputs]
-        if isinstance(inputs, list | tuple) and inputs and all(isinstance(i, str | Path) for i in inputs):
-            inputs = expand_paths(inputs)
-        return self.predictor.predict(inputs, top_k=top_k)
+        return self.predictor.predict(self._expand(inputs), top_k=top_k)
 
     def predict_proba(self, inputs: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """(N, num_classes) probabilities, columns in the order of `classes`."""
-        return self.predictor.predict_proba(inputs)
+        return self.predictor.predict_proba(self._expand(inputs))
 
-    def _require_run(self) -> Path:
-        if self.run_dir is None:
-            raise DeepfitError("this classifier has not been trained yet: call fit(data) or deepfit.load(run_dir)")
-        return self.run_dir
-
-    def __repr__(self) -> str:
-        where = f", run_dir={str(self.run_dir)!r}" if self.run_dir else ""
-        return f"ImageClassifier({self.config.model!r}{where})"
+    def _expand(self, inputs: Any) -> Any:
+        if is_path_list(inputs):
+            return get_modality(self.task.modality).expand([inputs] if isinstance(inputs, str | Path) else inputs)
+        return inputs
 
 
-class ObjectDetector:
-    """A detector (task="detect": boxes) or instance segmenter (task="segment-instances": boxes and masks)
-    to train, evaluate and use. Options are those of `deepfit train` (see `TrainConfig`)."""
+class ObjectDetector(Learner):
+    """A detector (task="detect": boxes) or instance segmenter (task="segment-instances": boxes and masks).
 
-    def __init__(self, model: str | None = None, *, task: str = "detect", **options: Any) -> None:
-        if task not in ("detect", "segment-instances"):
-            raise DeepfitError(f"task={task!r}: ObjectDetector is for 'detect' and 'segment-instances'; use deepfit.ImageClassifier "
-                               "for 'classify' and deepfit.SemanticSegmenter for 'segment'")
-        self.config = TrainConfig.from_dict({"task": task, **({"model": model} if model else {}), **options})
-        self.run_dir: Path | None = None
-        self.result: DetectionRun | None = None
-        self._predictor: DetectionPredictor | None = None
+        det = ObjectDetector("fasterrcnn:tv/mobilenet_v2", weights="mobilenet_v2.safetensors").fit("coco128/")  # format=, classes=
+        det.predict("street.jpg", conf=0.25, iou=0.5)   # {"boxes", "labels", "names", "scores"} (+ "masks")
+    """
 
-    def fit(self, data: str | Path, *, format: str | None = None, classes: list[str] | None = None, **options: Any) -> ObjectDetector:
-        """Train on labels in any supported format (`format` forces one; `classes` names VOC / mask-PNG classes)."""
-        config = self.config.replace(**options) if options else self.config
-        self.result = train_detector(data, config, format=format, classes=classes)
-        self.config, self.run_dir, self._predictor = config, self.result.run_dir, None
-        return self
-
-    def evaluate(self, data: str | Path | None = None, checkpoint: str = "best") -> DetectionEvaluation:
-        """COCO mAP (boxes, and masks for instance segmentation) on the test split, or on another labelled set."""
-        return evaluate_detector(self._require_run(), data, checkpoint=checkpoint, device=self.config.device)
-
-    @property
-    def predictor(self) -> DetectionPredictor:
-        if self._predictor is None:
-            self._predictor = DetectionPredictor.from_run(self._require_run(), device=self.config.device)
-        return self._predictor
-
-    @property
-    def classes(self) -> list[str]:
-        return self.predictor.trained.classes
-
-    def predict(self, inputs: Any, *, conf: float = 0.25, iou: float = 0.5) -> Any:
-        """One image (path, PIL image, (H, W, 3) array, (3, H, W) tensor) -> a dict of boxes (xyxy pixels), labels,
-        names, scores (and masks (M, H, W) bool); a list, a folder or a glob -> a list of them."""
-        if isinstance(inputs, str | Path) and (Path(inputs).is_dir() or any(c in str(inputs) for c in "*?[")):
-            inputs = expand_paths([inputs])
-        return self.predictor.predict(inputs, conf=conf, iou=iou)
-
-    def _require_run(self) -> Path:
-        if self.run_dir is None:
-            raise DeepfitError("this detector has not been trained yet: call fit(data) or deepfit.load(run_dir)")
-        return self.run_dir
-
-    def __repr__(self) -> str:
-        where = f", run_dir={str(self.run_dir)!r}" if self.run_dir else ""
-        return f"ObjectDetector({self.config.model!r}, task={self.config.task!r}{where})"
+    tasks = ("detect", "segment-instances")
 
 
-class SemanticSegmenter:
-    """A semantic segmenter (a class for every pixel) to train, evaluate and use. Options are those of
-    `deepfit train --task segment` (see `TrainConfig`): loss, class_weights, ignore_index, tile_size, ..."""
+class SemanticSegmenter(Learner):
+    """A semantic segmenter (a class for every pixel). fit() takes masks=, format=, classes=, colors=, skip_unmasked=;
+    predict() gives an (H, W) uint8 array of class indexes (into `classes`) at the image's own size."""
 
-    def __init__(self, model: str | None = None, **options: Any) -> None:
-        if options.get("task", "segment") != "segment":
-            raise DeepfitError(f"task={options['task']!r}: SemanticSegmenter is for 'segment'")
-        self.config = TrainConfig.from_dict({**options, "task": "segment", **({"model": model} if model else {})})
-        self.run_dir: Path | None = None
-        self.result: SegmentationRun | None = None
-        self._predictor: SegmentationPredictor | None = None
-
-    def fit(self, data: str | Path, *, masks: str | Path | None = None, format: str | None = None, classes: list[str] | None = None,
-            colors: dict[str, Any] | str | Path | None = None, skip_unmasked: bool = False, **options: Any) -> SemanticSegmenter:
-        """Train on images and masks: `masks` names the mask folder when it is not beside the images; `classes` names
-        indexed mask values in order; `colors` maps class names to the RGB colours of colour-coded masks (a dict or JSON);
-        `skip_unmasked` leaves images without a mask out on purpose instead of counting them as bad pairs."""
-        config = self.config.replace(**options) if options else self.config
-        self.result = train_segmenter(data, config, masks=masks, format=format, classes=classes, colors=colors,
-                                      skip_unmasked=skip_unmasked)
-        self.config, self.run_dir, self._predictor = config, self.result.run_dir, None
-        return self
-
-    def evaluate(self, data: str | Path | None = None, *, masks: str | Path | None = None, skip_unmasked: bool = False,
-                 checkpoint: str = "best") -> SegmentationEvaluation:
-        """Per-class IoU and Dice, mean IoU and pixel accuracy on the test split, or on another set of images and masks
-        (`masks`, `skip_unmasked` as for `fit`), as `deepfit evaluate` does."""
-        return evaluate_segmenter(self._require_run(), data, checkpoint=checkpoint, device=self.config.device, masks=masks,
-                                  skip_unmasked=skip_unmasked)
-
-    @property
-    def predictor(self) -> SegmentationPredictor:
-        if self._predictor is None:
-            self._predictor = SegmentationPredictor.from_run(self._require_run(), device=self.config.device)
-        return self._predictor
-
-    @property
-    def classes(self) -> list[str]:
-        return self.predictor.trained.classes
-
-    def predict(self, inputs: Any) -> Any:
-        """One image (path, PIL image, (H, W[, 3]) array, (3, H, W) tensor) -> an (H, W) uint8 array of class indexes
-        (into `classes`) at the image's own size; a list, a folder or a glob -> a list of them."""
-        if isinstance(inputs, str | Path) and (Path(inputs).is_dir() or any(c in str(inputs) for c in "*?[")):
-            inputs = expand_paths([inputs])
-        return self.predictor.predict(inputs)
-
-    def _require_run(self) -> Path:
-        if self.run_dir is None:
-            raise DeepfitError("this segmenter has not been trained yet: call fit(data) or deepfit.load(run_dir)")
-        return self.run_dir
-
-    def __repr__(self) -> str:
-        where = f", run_dir={str(self.run_dir)!r}" if self.run_dir else ""
-        return f"SemanticSegmenter({self.config.model!r}{where})"
+    tasks = ("segment",)
 
 
-def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None) -> ImageClassifier | ObjectDetector | SemanticSegmenter:
+def _front_end(task: str) -> type[Learner]:
+    """The Python class users know for a task: the one whose `tasks` name it, else the generic Learner."""
+    for cls in (ImageClassifier, ObjectDetector, SemanticSegmenter):
+        if task in cls.tasks:
+            return cls
+    return Learner
+
+
+def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None) -> Learner:
     """Continue a stopped run (or extend a finished one to `epochs`) and return it ready to evaluate and predict."""
-    task = run_task(run_dir)
-    if task == "segment":
-        segmentation = resume_segmenter(run_dir, epochs=epochs, device=device)
-        seg = load(segmentation.run_dir, device=device or "auto")
-        seg.result = segmentation
-        return seg
-    if task != "classify":
-        detection = resume_detector(run_dir, epochs=epochs, device=device)
-        det = load(detection.run_dir, device=device or "auto")
-        det.result = detection
-        return det
     result = resume_run(run_dir, epochs=epochs, device=device)
-    clf = load(result.run_dir, device=device or "auto")
-    clf.result = result
-    return clf
+    learner = load(result.run_dir, device=device or "auto")
+    learner.result = result
+    return learner
 
 
-def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> ImageClassifier | ObjectDetector | SemanticSegmenter:
-    """A trained run, ready to predict and evaluate in a fresh process (no user code needed)."""
+def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> Learner:
+    """A trained run, ready to predict and evaluate in a fresh process (no user code needed): an ImageClassifier,
+    ObjectDetector or SemanticSegmenter, or a Learner for a task registered from outside deepfit."""
     task = run_task(run_dir)
-    if task == "segment":
-        segmenter = SegmentationPredictor.from_run(run_dir, checkpoint, device)
-        seg = SemanticSegmenter.__new__(SemanticSegmenter)
-        seg.config = TrainConfig.from_dict({**segmenter.trained.meta["config"], "device": device})
-        seg.run_dir, seg.result, seg._predictor = run_folder(run_dir), None, segmenter
-        return seg
-    if task != "classify":
-        detector = DetectionPredictor.from_run(run_dir, checkpoint, device)
-        det = ObjectDetector.__new__(ObjectDetector)
-        det.config = TrainConfig.from_dict({**detector.trained.meta["config"], "device": device})
-        det.run_dir, det.result, det._predictor = run_folder(run_dir), None, detector
-        return det
-    predictor = Predictor.from_run(run_dir, checkpoint, device)
-    clf = ImageClassifier.__new__(ImageClassifier)
-    clf.config = predictor.trained.config.replace(device=device)
-    clf.run_dir = run_folder(run_dir)
-    clf.result = None
-    clf._predictor = predictor
-    return clf
+    return _front_end(task).from_run(run_dir, checkpoint, device)
 
 
 def extract_features(

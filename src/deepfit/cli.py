@@ -11,11 +11,14 @@ import dataclasses
 import difflib
 import re
 import sys
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from deepfit.config import ALIASES, PRESETS, FeaturesConfig, TrainConfig, field_type, parse_model_args
 from deepfit.errors import ConfigError, DeepfitError
+from deepfit.log import output_console
+
+if TYPE_CHECKING:
+    from deepfit.tasks.base import Option, Task
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,18 +72,42 @@ def _add_config_options(parser: argparse.ArgumentParser, cls: type = TrainConfig
             group.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text, metavar=metavar)
 
 
-def _add_label_options(parser: argparse.ArgumentParser) -> None:
-    """How detection and segmentation labels are read (train and data check)."""
-    parser.add_argument("--format", choices=["coco", "yolo", "voc", "masks", "folders", "yaml"],
-                        help="the label format (default: recognised); detection: coco, yolo, voc, masks (instance PNGs); "
-                        "segmentation: folders, yaml, coco")
-    parser.add_argument("--classes", nargs="+", help="detection: class names in order (VOC, mask PNGs); segmentation: the names "
-                        "of mask values 0, 1, 2, ...")
-    parser.add_argument("--masks", help="segmentation: the folder of mask images, when DATA is the folder of images")
-    parser.add_argument("--colors", help="segmentation: JSON file mapping class names to the [r, g, b] colours of colour-coded "
-                        "masks (an entry named ignore: pixels that are not a class); default: inferred and printed")
-    parser.add_argument("--skip-unmasked", action="store_true", help="segmentation: leave images without a mask out on purpose "
-                        "(partly labelled data) instead of counting them as bad pairs")
+def _add_task_options(parser: argparse.ArgumentParser, kind: str, title: str) -> None:
+    """The options that tasks declare (`data_options`, `evaluate_options`, `predict_options`, `check_options`), one flag
+    per name with each task's help; defaults are suppressed, so a flag given for a task that does not take it is an
+    error naming the task that does (tasks/base.py `option_values`)."""
+    from deepfit.registry import all_tasks
+
+    declared: dict[str, tuple[Option, dict[str, list[str]]]] = {}  # name -> (option, {help: [tasks]})
+    for task in all_tasks():
+        for option in _options_of(task, kind):
+            _, helps = declared.setdefault(option.name, (option, {}))
+            helps.setdefault(option.help, []).append(task.name)
+    group = parser.add_argument_group(title)
+    for option, helps in declared.values():
+        help_text = "; ".join(f"{', '.join(tasks)}: {text}" for text, tasks in helps.items())
+        if option.type is bool:
+            group.add_argument(option.flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+        elif option.type is list:
+            group.add_argument(option.flag, nargs="+", default=argparse.SUPPRESS, help=help_text)
+        else:
+            group.add_argument(option.flag, type=option.type, default=argparse.SUPPRESS, help=help_text)
+
+
+def _options_of(task: Task, kind: str) -> tuple[Option, ...]:
+    if kind == "data":
+        return task.data_options
+    if kind == "evaluate":
+        return tuple(o for o in task.data_options if o.name in task.evaluate_options)
+    if kind == "check":
+        return (*task.data_options, *task.check_options)
+    return task.predict_options
+
+
+def _task_option_names(kind: str) -> set[str]:
+    from deepfit.registry import all_tasks
+
+    return {o.name for task in all_tasks() for o in _options_of(task, kind)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,10 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a stopped run from its resumable state (with --epochs N: extend a finished run to N epochs)",
     )
     t.add_argument("--preset", choices=sorted(PRESETS), help="a tested set of options to start from")
-    t.add_argument("--path-column", help="CSV data: the column holding image paths")
-    t.add_argument("--label-column", help="CSV data: the column holding labels")
     t.add_argument("--no-evaluate", action="store_true", help="do not score the test split after training")
-    _add_label_options(t)
+    _add_task_options(t, "data", "how the data is read (each option is for the tasks it names)")
     _add_config_options(t)
 
     f = sub.add_parser(
@@ -145,32 +170,27 @@ def build_parser() -> argparse.ArgumentParser:
     d_sub = d.add_subparsers(dest="data_command", parser_class=_Parser, required=True)
     dc = d_sub.add_parser("check", help="detection or segmentation labels: what was found, and what is wrong")
     dc.add_argument("data", help="COCO JSON (or its folder), YOLO folder with its YAML, Pascal VOC folder, or images/ + masks/")
-    dc.add_argument("--task", choices=["detect", "segment"],
-                    help="read the labels as objects (detect) or as a class per pixel (segment); default: from the layout "
-                    "(a folder of mask images is read as semantic masks)")
-    dc.add_argument("--ignore-index", type=int, default=255, help="segmentation: mask value that is not a class, -1 for none (default: 255)")
-    _add_label_options(dc)
+    dc.add_argument("--task", help="read the labels as this task's (detect, segment, ...); default: from the layout (a folder "
+                    "of mask images is read as semantic masks, other labels as objects)")
+    _add_task_options(dc, "check", "how the labels are read (each option is for the tasks it names)")
 
     e = sub.add_parser("evaluate", help="score a run's best checkpoint on its test split (or --data) and write report.html")
     e.add_argument("run_dir")
     e.add_argument("--data", help="another labelled data set to score instead of the test split")
-    e.add_argument("--masks", help="segmentation: the mask folder of --data, when it is not beside the images")
-    e.add_argument("--skip-unmasked", action="store_true", help="segmentation: leave images of --data without a mask out")
+    _add_task_options(e, "evaluate", "how --data is read (each option is for the tasks it names)")
     e.add_argument("--checkpoint", default="best", choices=["best", "last"])
     e.add_argument("--device", default="auto")
 
     p = sub.add_parser("predict", help="classify images, or detect objects in them (files, folders, globs), with a trained run")
     p.add_argument("run_dir")
     p.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--top-k", type=int, default=3, help="classes to list per image (default: 3)")
     p.add_argument(
         "--output",
-        help="classification: write predictions to this .csv or .json (default: RUN_DIR/predictions.csv); detection: the "
-        "folder for drawn images, detections.json (COCO results) and detections.csv; segmentation: the folder for mask PNGs "
-        "(class indexes) and colour overlays (default: RUN_DIR/predictions)",
+        help="classify: write predictions to this .csv or .json (default: RUN_DIR/predictions.csv); detect: the folder for drawn "
+        "images, detections.json (COCO results) and detections.csv; segment: the folder for mask PNGs (class indexes) and "
+        "colour overlays (default: RUN_DIR/predictions)",
     )
-    p.add_argument("--conf", type=float, default=0.25, help="detection: lowest score kept (default: 0.25)")
-    p.add_argument("--iou", type=float, default=0.5, help="detection: IoU above which overlapping boxes are merged by NMS (default: 0.5)")
+    _add_task_options(p, "predict", "prediction options (each option is for the tasks it names)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--device", default="auto")
 
@@ -180,88 +200,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from deepfit.api import ImageClassifier, resume
+    from deepfit.api import Learner, resume
+    from deepfit.engine.distributed import from_environment
 
-    fixed = {"command", "data", "preset", "path_column", "label_column", "no_evaluate", "version", "resume", "format", "classes",
-             "masks", "colors", "skip_unmasked"}
-    options = {k: v for k, v in vars(args).items() if k not in fixed}
-    task = options.get("task", "classify")
-    if task != "classify" and not args.resume:
-        _train_labelled(args, options, task)
-        return
+    fixed = {"command", "data", "preset", "no_evaluate", "version", "resume"}
+    given = {k: v for k, v in vars(args).items() if k not in fixed}
+    data_names = _task_option_names("data")
+    data_options = {k: v for k, v in given.items() if k in data_names}
+    options = {k: v for k, v in given.items() if k not in data_names}
     if args.resume:
-        others = sorted(set(options) - {"epochs", "device"}) + (["DATA"] if args.data else []) + (["--preset"] if args.preset else [])
+        others = sorted(set(given) - {"epochs", "device"}) + (["DATA"] if args.data else []) + (["--preset"] if args.preset else [])
         if others:
             raise ConfigError(
                 f"--resume keeps the run's own data and options; only --epochs and --device may change (got {', '.join(others)})"
             )
-        clf = resume(args.resume, epochs=options.get("epochs"), device=options.get("device"))
+        learner = resume(args.resume, epochs=options.get("epochs"), device=options.get("device"))
     elif not args.data:
-        raise ConfigError("deepfit train needs DATA (a folder or CSV), or --resume RUN_DIR")
+        raise ConfigError("deepfit train needs DATA (a folder or CSV of labelled examples), or --resume RUN_DIR")
     else:
-        clf = ImageClassifier(options.pop("model", None), preset=args.preset, **options)
-        clf.fit(args.data, path_column=args.path_column, label_column=args.label_column)
-    from deepfit.engine.distributed import from_environment
-
+        learner = Learner(options.pop("model", None), preset=args.preset, **options)
+        learner.fit(args.data, **data_options)
     if not from_environment().main:  # under torchrun, rank 0 reports and evaluates
-        return
-    print(f"run folder: {clf.run_dir}")
-    if not args.no_evaluate:
-        _print_evaluation(clf.evaluate())
-
-
-def _train_labelled(args: argparse.Namespace, options: dict[str, Any], task: str) -> None:
-    """Detection, instance or semantic segmentation: labels read from COCO, YOLO, VOC or mask files."""
-    from deepfit.api import ObjectDetector, SemanticSegmenter
-    from deepfit.engine.distributed import from_environment
-
-    if args.preset or args.path_column or args.label_column:
-        raise ConfigError(f"--preset, --path-column and --label-column are for classification, not --task {task}")
-    if not args.data:
-        raise ConfigError(f"deepfit train --task {task} needs DATA (images with their labels)")
-    model = options.pop("model", None)
-    if task == "segment":
-        _check_format(args.format, task)
-        learner: Any = SemanticSegmenter(model, **options)
-        learner.fit(args.data, masks=args.masks, format=args.format, classes=args.classes, colors=args.colors,
-                    skip_unmasked=args.skip_unmasked)
-    else:
-        if args.masks or args.colors or args.skip_unmasked:
-            raise ConfigError("--masks, --colors and --skip-unmasked are for --task segment (instance-mask PNGs are found in DATA/masks)")
-        _check_format(args.format, task)
-        learner = ObjectDetector(model, **options)
-        learner.fit(args.data, format=args.format, classes=args.classes)
-    if not from_environment().main:
         return
     print(f"run folder: {learner.run_dir}")
     if not args.no_evaluate:
-        _print_evaluation(learner.evaluate())
+        _print(learner.task.headline(learner.evaluate()))
 
 
-def _check_format(fmt: str | None, task: str) -> None:
-    """--format names one of the formats of the reader the task uses (the CLI offers both readers' formats)."""
-    if fmt is None:
-        return
-    if task == "segment":
-        from deepfit.tasks.segment.data import FORMATS as formats
-    else:
-        from deepfit.tasks.detect.data import FORMATS as formats
-    if fmt not in formats:
-        raise ConfigError(f"--format {fmt} is not a {task} format; use one of {', '.join(formats)}")
-
-
-def _print_evaluation(evaluation: Any) -> None:
-    if "miou" in evaluation.metrics:  # semantic segmentation
-        m = evaluation.metrics
-        print(f"{evaluation.split}: mIoU {m['miou']:.4f}, mean Dice {m['mean_dice']:.4f}, pixel accuracy {m['pixel_accuracy']:.2%}; "
-              f"report: {evaluation.report}")
-    elif hasattr(evaluation, "box"):  # detection
-        text = f"box mAP {evaluation.box['map']:.4f} (mAP50 {evaluation.box['map50']:.4f})"
-        if evaluation.mask:
-            text += f", mask mAP {evaluation.mask['map']:.4f} (mAP50 {evaluation.mask['map50']:.4f})"
-        print(f"{evaluation.split}: {text}; report: {evaluation.report}")
-    else:
-        print(f"{evaluation.split} accuracy {evaluation.metrics['accuracy']:.2%}; report: {evaluation.report}")
+def _print(*items: Any) -> None:
+    """Text and rich tables to standard output, never wrapped mid-word when it is a file or a pipe."""
+    console = output_console()
+    for item in items:
+        if isinstance(item, str):
+            console.print(item, markup=False, highlight=False)
+        else:
+            console.print(item)
 
 
 def _cmd_features(args: argparse.Namespace) -> None:
@@ -297,144 +270,70 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 def _cmd_data_check(args: argparse.Namespace) -> None:
     from deepfit.log import setup_logging
+    from deepfit.registry import all_tasks, get_task
 
     setup_logging()  # each problem the reader finds is a warning naming its file
-    task = args.task
-    if task is None:
-        from deepfit.tasks.segment.data import FORMATS, holds_semantic_masks
-
-        fmt = args.format
-        task = ("segment" if fmt in FORMATS and fmt != "coco" else "detect") if fmt else (
-            "segment" if args.masks or args.colors or holds_semantic_masks(args.data) else "detect")
-    _check_format(args.format, task)
-    if task == "segment":
-        _check_segmentation(args)
+    options = {k: v for k, v in vars(args).items() if k in _task_option_names("check")}
+    if args.task:
+        task = get_task(args.task)
     else:
-        if args.masks or args.colors or args.skip_unmasked:
-            raise ConfigError("--masks, --colors and --skip-unmasked are for segmentation masks (--task segment)")
-        _check_detection(args)
+        task = next((t for t in all_tasks() if t.claims(args.data, options)), None)
+        if task is None:
+            raise ConfigError(f"cannot tell which task's labels {args.data} holds: pass --task")
+    from deepfit.tasks.base import option_values
+
+    options = option_values(task, options, (*task.data_options, *task.check_options), "data check")
+    _print(*task.check_data(args.data, **options))
 
 
-def _check_segmentation(args: argparse.Namespace) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from deepfit.registry import get_task
+    from deepfit.runs.folder import run_task
+    from deepfit.workflows.evaluate import evaluate
 
-    from deepfit.tasks.segment.data import read_segmentation, summarize
-
-    dataset = read_segmentation(args.data, masks=args.masks, format=args.format, classes=args.classes, colors=args.colors,
-                                ignore_value=None if args.ignore_index < 0 else args.ignore_index, max_bad=1.0,
-                                skip_unmasked=args.skip_unmasked)
-    summary = summarize(dataset)
-    console = Console()
-    console.print(f"{summary['format']} segmentation masks ({summary['kind']}) in {summary['root']}: {summary['images']} images "
-                  f"with a usable mask, {len(dataset.classes)} classes" + (f"; ignored value {dataset.ignore_value}" if dataset.ignore_value is not None else ""))
-    if summary.get("splits"):
-        console.print("splits: " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
-    table = Table(title="pixels per class")
-    table.add_column("class")
-    table.add_column("mask value", justify="right")
-    table.add_column("share of pixels", justify="right")
-    for (name, share), value in zip(summary["pixel_share"].items(), dataset.values, strict=True):
-        table.add_row(name, str(value), f"{share:.2%}")
-    console.print(table)
-    for kind, files in summary["problems"].items():
-        console.print(f"{kind}: {len(files)}")
-        for f in files[:50]:
-            console.print(f"  {f}", markup=False, highlight=False)
-        if len(files) > 50:
-            console.print(f"  ... and {len(files) - 50} more")
-
-
-def _check_detection(args: argparse.Namespace) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from deepfit.tasks.detect.data import read_detection, summarize
-    summary = summarize(read_detection(args.data, format=args.format, classes=args.classes))
-    console = Console()
-    console.print(
-        f"{summary['format']} labels in {summary['root']}: {summary['images']} images, {summary['objects']} objects in "
-        f"{summary['classes']} classes" + (" (with masks)" if summary["has_masks"] else "")
-    )
-    if summary["splits"]:
-        console.print("splits: " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
-    table = Table(title="objects per class")
-    table.add_column("class")
-    table.add_column("objects", justify="right")
-    for name, count in summary["objects_per_class"].items():
-        table.add_row(name, str(count))
-    console.print(table)
-    console.print(f"images with no objects: {summary['images_without_objects']}; crowd objects: {summary['crowd_objects']}")
+    options = {k: v for k, v in vars(args).items() if k in _task_option_names("evaluate")}
+    evaluation = evaluate(args.run_dir, args.data, checkpoint=args.checkpoint, device=args.device, **options)
+    task = get_task(run_task(args.run_dir))
+    _print(task.headline(evaluation))
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from deepfit.workflows.predict import predict_files
 
-    from deepfit.runs.folder import run_folder, run_task
-    from deepfit.tasks.classify.predict import Predictor, expand_paths, write_predictions
-
-    task = run_task(args.run_dir)
-    if task == "segment":
-        _predict_masks(args)
-        return
-    if task != "classify":
-        _predict_detections(args)
-        return
-    predictor = Predictor.from_run(args.run_dir, args.checkpoint, args.device)
-    predictions, failed = predictor.predict_files(expand_paths(args.paths), top_k=args.top_k)
-    table = Table(title=f"{len(predictions)} images")
-    table.add_column("image", overflow="fold")
-    table.add_column("class")
-    table.add_column("probability", justify="right")
-    table.add_column(f"top {args.top_k}")
-    for p in predictions:
-        others = ", ".join(f"{label} {prob:.1%}" for label, prob in p.top[1:])
-        table.add_row(p.source, p.label, f"{p.probability:.1%}", others)
-    Console().print(table)
-    out = Path(args.output) if args.output else run_folder(args.run_dir) / "predictions.csv"
-    out = write_predictions(predictions, out)
-    print(f"predictions written to {out}" + (f"; {len(failed)} unreadable files skipped" if failed else ""))
-
-
-def _predict_detections(args: argparse.Namespace) -> None:
-    from deepfit.tasks.classify.predict import expand_paths
-    from deepfit.tasks.detect.workflow import predict_to_folder
-
-    out, results, failed = predict_to_folder(
-        args.run_dir, expand_paths(args.paths), args.output, conf=args.conf, iou=args.iou, checkpoint=args.checkpoint,
-        device=args.device,
-    )
-    objects = sum(len(r["boxes"]) for r in results)
-    print(f"{objects} objects in {len(results)} images (score >= {args.conf}); drawn images, detections.json and detections.csv "
-          f"in {out}" + (f"; {len(failed)} unreadable files skipped" if failed else ""))
-
-
-def _predict_masks(args: argparse.Namespace) -> None:
-    from deepfit.tasks.classify.predict import expand_paths
-    from deepfit.tasks.segment.workflow import predict_to_folder
-
-    out, done, failed = predict_to_folder(args.run_dir, expand_paths(args.paths), args.output, checkpoint=args.checkpoint, device=args.device)
-    print(f"{len(done)} images segmented: mask PNGs (class indexes, class colours as palette) and colour overlays in {out}"
-          + (f"; {len(failed)} unreadable files skipped" if failed else ""))
+    options = {k: v for k, v in vars(args).items() if k in _task_option_names("predict")}
+    _print(*predict_files(args.run_dir, args.paths, args.output, checkpoint=args.checkpoint, device=args.device, **options))
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
-    from deepfit.models.factory import list_models
-    from deepfit.tasks.segment.model import list_segmenters
+    from deepfit.registry import all_tasks
 
-    for source, names in list_models(args.pattern).items():
-        print(f"{source} ({len(names)}): {' '.join(names)}")
-    segmenters = [n for n in list_segmenters() if args.pattern in n]
-    if segmenters:
-        print(f"segmentation, --task segment ({len(segmenters)}): {' '.join(segmenters)}")
+    for task in all_tasks():
+        for heading, names in task.model_names(args.pattern).items():
+            print(f"{heading} ({len(names)}): {' '.join(names)}")
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> None:
+    from deepfit.workflows.quickstart import quickstart
+
+    result, evaluation = quickstart(output=args.output)
+    print(f"run folder: {result.run_dir}")
+    print(f"test accuracy {evaluation.metrics['accuracy']:.2%}; open the report: {evaluation.report}")
+
+
+COMMANDS = {"quickstart": _cmd_quickstart, "train": _cmd_train, "features": _cmd_features, "compare": _cmd_compare,
+            "data": _cmd_data_check, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "models": _cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv) == ["--version"]:  # before the parser, which imports the tasks (and torch)
+        from deepfit.version import __version__
+
+        print(__version__)
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from deepfit import __version__
+        from deepfit.version import __version__
 
         print(__version__)
         return 0
@@ -442,40 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if args.command == "quickstart":
-            from deepfit.workflows.quickstart import quickstart
-
-            result, evaluation = quickstart(output=args.output)
-            print(f"run folder: {result.run_dir}")
-            print(f"test accuracy {evaluation.metrics['accuracy']:.2%}; open the report: {evaluation.report}")
-        elif args.command == "train":
-            _cmd_train(args)
-        elif args.command == "features":
-            _cmd_features(args)
-        elif args.command == "compare":
-            _cmd_compare(args)
-        elif args.command == "data":
-            _cmd_data_check(args)
-        elif args.command == "evaluate":
-            from deepfit.runs.folder import run_task
-            from deepfit.tasks.classify.evaluate import evaluate
-
-            task = run_task(args.run_dir)
-            if task == "segment":
-                from deepfit.tasks.segment.workflow import evaluate_segmenter
-
-                _print_evaluation(evaluate_segmenter(args.run_dir, args.data, checkpoint=args.checkpoint, device=args.device, masks=args.masks,
-                                                     skip_unmasked=args.skip_unmasked))
-            elif task != "classify":
-                from deepfit.tasks.detect.workflow import evaluate_detector
-
-                _print_evaluation(evaluate_detector(args.run_dir, args.data, checkpoint=args.checkpoint, device=args.device))
-            else:
-                _print_evaluation(evaluate(args.run_dir, args.data, checkpoint=args.checkpoint, device=args.device))
-        elif args.command == "predict":
-            _cmd_predict(args)
-        elif args.command == "models":
-            _cmd_models(args)
+        COMMANDS[args.command](args)
     except DeepfitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

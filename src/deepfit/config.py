@@ -26,21 +26,10 @@ def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any
     return field(default=default, metadata=meta)
 
 
-TASKS = ("classify", "detect", "segment-instances", "segment")
-# Defaults that depend on the task: a detector's step costs far more than a classifier's.
-TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "classify": {"model": "resnet18", "batch_size": 64},
-    "detect": {"model": "fasterrcnn:tv/mobilenet_v2", "batch_size": 4, "image_size": 512},
-    "segment-instances": {"model": "maskrcnn:tv/mobilenet_v2", "batch_size": 4, "image_size": 512},
-    # semantic segmentation trains on random crops of image_size pixels at the images' own resolution
-    "segment": {"model": "unet:tv/mobilenet_v2", "batch_size": 8, "image_size": 256},
-}
-
-
 @dataclass
 class TrainConfig:
-    task: str = _opt("classify", "what to learn: image classes, object boxes, object boxes and masks, or a class for every "
-                     "pixel (segment)", TASKS)
+    task: str = _opt("classify", "what to learn: classify (image classes), detect (object boxes), segment-instances (object "
+                     "boxes and masks), segment (a class for every pixel), or a task registered from outside deepfit")
     # --- model -----------------------------------------------------------------------------------
     model: str | None = _opt(None, "architecture: deepfit's own (cnn, fastnet), or any timm / torchvision name; detection: "
                              "a torchvision detector or KIND:BACKBONE (default resnet18; fasterrcnn:tv/mobilenet_v2 "
@@ -100,19 +89,16 @@ class TrainConfig:
     name: str | None = _opt(None, "run folder name; default: <model>-<date>-<time>")
 
     def __post_init__(self) -> None:
-        if self.task in TASK_DEFAULTS:  # an unknown task is reported by validate()
-            for key, value in TASK_DEFAULTS[self.task].items():
-                if getattr(self, key) is None:
-                    setattr(self, key, value)
+        # Defaults that depend on the task (a detector's step costs far more than a classifier's) come from the task;
+        # found by name in the registry, which also reports an unknown task.
+        from deepfit.registry import get_task
+
+        task = get_task(self.task)
+        for key, value in task.defaults.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
         self.validate()
-
-    @property
-    def detection(self) -> bool:
-        return self.task in ("detect", "segment-instances")
-
-    @property
-    def segmentation(self) -> bool:
-        return self.task == "segment"
+        task.check_config(self)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -136,10 +122,6 @@ class TrainConfig:
             raise ConfigError("give either --pretrained (official weights by name) or --weights FILE, not both")
         if self.tile_size < 32:
             raise ConfigError(f"--tile-size must be at least 32 pixels, got {self.tile_size}")
-        if self.segmentation:
-            from deepfit.tasks.segment.objective import parse_loss
-
-            parse_loss(self.loss)
 
     @property
     def transfer(self) -> bool:
@@ -154,7 +136,9 @@ class TrainConfig:
             # detection too: on a short fine-tuning run (drawn squares, 96 steps, 320 px) AdamW reached box mAP
             # 0.42 at 1e-3 against 0.21 at 1e-4
             return 1e-3
-        return 0.01 if self.detection else 0.05
+        from deepfit.registry import get_task
+
+        return get_task(self.task).sgd_lr
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

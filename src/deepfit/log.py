@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 logger = logging.getLogger("deepfit")
 
@@ -24,3 +25,13 @@ def setup_logging(level: int = logging.INFO) -> None:
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+
+
+def output_console() -> Any:
+    """A rich Console for standard output. On a terminal it fits the window; written to a file or a pipe, lines are
+    never wrapped (rich would otherwise cut them at 80 columns, mid-word and mid-path)."""
+    from rich.console import Console
+
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=100_000, soft_wrap=True, no_color=True)

@@ -16,16 +16,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
-from deepfit.config import TrainConfig
-from deepfit.engine.checkpoint import load_weights, read_sidecar
 from deepfit.errors import ConfigError, DeepfitError
-from deepfit.models.factory import ModelSpec, Preprocessing, build_model
 
 CHECKPOINT_FORMAT = "deepfit-checkpoint/1"
 
@@ -54,21 +48,6 @@ def new_run_dir(output: str | Path, name: str | None, model: str) -> Path:
     raise ConfigError(f"too many runs named {base!r} in {output}")
 
 
-@dataclass
-class TrainedModel:
-    """A network with everything needed to use it: classes, preprocessing and provenance."""
-
-    model: nn.Module
-    spec: ModelSpec
-    classes: list[str]
-    preprocessing: Preprocessing
-    meta: dict[str, Any]
-
-    @property
-    def config(self) -> TrainConfig:
-        return TrainConfig.from_dict(self.meta["config"])
-
-
 def run_folder(path: str | Path) -> Path:
     """The run folder of a run folder or of a checkpoint file inside one."""
     path = Path(path)
@@ -90,19 +69,6 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
         hint = " (is it a deepfit run folder? training writes best.safetensors there)" if path.suffix == ".safetensors" else ""
         raise DeepfitError(f"no checkpoint at {path}{hint}")
     return path
-
-
-def load_trained(path: str | Path, which: str = "best") -> TrainedModel:
-    """Rebuild the model from the sidecar and load its weights (safetensors: no code is executed)."""
-    ckpt = resolve_checkpoint(path, which)
-    meta = read_sidecar(ckpt)
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise DeepfitError(f"{ckpt.with_suffix('.json')} is not a deepfit checkpoint sidecar (format {meta.get('format')!r})")
-    spec = ModelSpec(**meta["model"])
-    model = build_model(spec)
-    load_weights(model, ckpt)
-    model.eval()
-    return TrainedModel(model, spec, list(meta["classes"]), Preprocessing.from_dict(meta["preprocessing"]), meta)
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:

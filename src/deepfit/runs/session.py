@@ -1,30 +1,41 @@
-"""What a detection or segmentation training run does around its model and data, written once.
+"""What every training run does around its model and data, written once for every task.
 
-Both tasks read labels, build a model and a task object, and then need the same things: a device and
-precision (one process or torchrun), a run folder with the split and the resolved config, callbacks that
-log, checkpoint and stop early on the task's own metric, and Ctrl-C that leaves a resumable state. The
-workflows (detect.py, segment.py) keep what differs: reading the data, the model, the stores.
-Classification (train.py) has its head-then-whole phases and keeps its own loop around the same Trainer.
+A run needs a device and precision (one process or torchrun), seeded random numbers, a run folder with the
+split and the resolved config, callbacks that log, checkpoint and stop early on the task's own metric,
+phases (classification's head-then-whole-network fine-tuning is two of them), and Ctrl-C that leaves a
+resumable state. The task (tasks/base.py) supplies the model, objective, stores and parameter groups;
+workflows/train.py joins the two.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import random
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from deepfit.config import TrainConfig, field_names
-from deepfit.modalities.image.store import default_workers
 from deepfit.engine import distributed
-from deepfit.engine.callbacks import BestCheckpoint, EarlyStopping, MetricsCSV, Progress, ResumeState
+from deepfit.engine.callbacks import (
+    BestCheckpoint,
+    EarlyStopping,
+    MetricsCSV,
+    Progress,
+    ResumeState,
+    metric_columns,
+)
 from deepfit.engine.checkpoint import (
     RESUME_FILE,
     library_versions,
@@ -35,23 +46,25 @@ from deepfit.engine.checkpoint import (
 )
 from deepfit.engine.device import resolve_device, resolve_precision
 from deepfit.engine.optim import build_optimizer, build_scheduler
-from deepfit.engine.trainer import BatchSource, BatchTransformFn, Callback, Task, Trainer
-from deepfit.errors import ConfigError
+from deepfit.engine.trainer import BatchSource, BatchTransformFn, Callback, Trainer
+from deepfit.errors import ConfigError, DeepfitError, TrainingInterrupted
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
+from deepfit.modalities.image.store import default_workers
 from deepfit.runs.folder import new_run_dir, read_run_config
-from deepfit.tasks.classify.train import stop_on_ctrl_c
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return the generator that drives shuffling and augmentation."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
 
 
 def workers_for(config: TrainConfig) -> int:
     """Loading processes for per-sample decoding and augmentation (data/loader.py)."""
     return config.workers if config.workers is not None else min(4, default_workers())
-
-
-def to_unit_range(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, 3, S, S) uint8 -> float in [0, 1]: the batch transform of both tasks, whose models normalise inside
-    (torchvision's detectors in GeneralizedRCNNTransform, segmenters with their encoder's mean and std)."""
-    return images.float().div_(255)
 
 
 @dataclass
@@ -67,23 +80,28 @@ def start(config: TrainConfig) -> Machine:
     """The device and precision for the config; under torchrun, joins the process group first."""
     dist_info = distributed.from_environment()
     if dist_info.enabled and config.batch_size % dist_info.world:
-        raise ConfigError(f"--batch-size {config.batch_size} is not divisible by the {dist_info.world} processes")
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is not divisible by the {dist_info.world} processes: each takes an equal "
+            "share of every batch; choose a multiple"
+        )
     device = distributed.init(dist_info, resolve_device(config.device))
-    if not dist_info.main:  # rank 0 speaks for all
+    if not dist_info.main:  # rank 0 speaks for all; the others speak only of problems
         logger.setLevel(logging.WARNING)
     return Machine(device, resolve_precision(config.precision, device), dist_info)
 
 
 def open_run(
-    config: TrainConfig, machine: Machine, *, data: str | Path, record: dict[str, Any], save_split: Callable[[Path], None],
+    config: TrainConfig, machine: Machine, *, data: str | Path, record: dict[str, Any], write: Callable[[Path], None],
     resume_dir: Path | None = None, command: list[str] | None = None,
 ) -> Path:
-    """The run folder (a new one, or `resume_dir`), with the split saved by `save_split(run_dir)` in a new one and
-    config.json: the options, `record` (what the data gave: classes, format, ...), the machine and library versions."""
+    """The run folder (a new one, or `resume_dir`), with `write(run_dir)` (the split, ...) done in a new one, and
+    config.json: the options, `record` (what the data gave: classes, format, ...), the machine and library versions.
+
+    A new folder is made only now, so a typo in the model name or broken data leaves no empty folder behind."""
     run_dir: Path | None = resume_dir
     if resume_dir is None and machine.dist.main:
         run_dir = new_run_dir(config.output, config.name, config.model)
-        save_split(run_dir)
+        write(run_dir)
     if machine.dist.enabled and resume_dir is None:
         run_dir = distributed.broadcast(run_dir if machine.dist.main else None)
     assert run_dir is not None
@@ -91,6 +109,8 @@ def open_run(
         **config.to_dict(), "data": str(Path(data).resolve()), **record, "device": str(machine.device),
         "precision": machine.precision, "command": command or sys.argv, "versions": library_versions(),
     }
+    if machine.dist.enabled:
+        resolved["processes"] = machine.dist.world
     if resume_dir is not None:
         resolved["resumed"] = [*read_run_config(run_dir).get("resumed", []), {"command": sys.argv, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}]
     if machine.dist.main:
@@ -99,53 +119,113 @@ def open_run(
 
 
 def reopen(run_dir: Path, *, epochs: int | None, device: str | None) -> tuple[dict[str, Any], TrainConfig, dict[str, Any]]:
-    """A stopped (or finished, to extend to `epochs`) run: its saved config.json, its options as a TrainConfig with
-    `epochs` and `device` changed when given, and its resumable state."""
+    """A stopped run (or a finished one, to extend to `epochs`): its saved config.json, its options as a TrainConfig
+    with `epochs` and `device` changed when given, and its resumable state."""
     saved = read_run_config(run_dir)
+    if not (run_dir / RESUME_FILE).is_file():
+        raise DeepfitError(
+            f"{run_dir} has no {RESUME_FILE} to resume from (runs written before deepfit 0.1 or stopped before their "
+            "first checkpoint cannot be resumed); start a new run instead"
+        )
     options = {k: v for k, v in saved.items() if k in field_names(TrainConfig)}
     config = TrainConfig.from_dict({**options, **({"epochs": epochs} if epochs else {}), **({"device": device} if device else {})})
+    if epochs is not None and epochs < saved["epochs"]:
+        raise ConfigError(f"--epochs {epochs} is fewer than the run's {saved['epochs']}: a run can be extended, not shortened")
     state = load_training_state(run_dir / RESUME_FILE)
     if state["position"]["epoch"] >= config.epochs:
-        raise ConfigError(f"{run_dir.name} already finished its {state['position']['epoch']} epochs; pass --epochs N to extend it")
+        raise ConfigError(
+            f"{run_dir.name} already finished its {state['position']['epoch']} epochs; pass --epochs N (more than that) "
+            "to extend it"
+        )
     return saved, config, state
 
 
-def fit(
-    run_dir: Path, model: nn.Module, task: Task, train_store: BatchSource, val_store: BatchSource | None, config: TrainConfig,
-    machine: Machine, *, groups: list[dict], meta: dict[str, Any], columns: list[str], generator: torch.Generator,
-    transform: BatchTransformFn, state: dict[str, Any] | None = None,
-) -> BestCheckpoint:
-    """Train `config.epochs` epochs (the rest of them when `state` resumes a run); checkpoints carry `meta`, the epoch
-    and the task's monitored score. Returns the best-checkpoint callback (its best score and epoch)."""
+@dataclass
+class Fit:
+    """What the engine trains in a run: the task's model, objective, stores and transforms, and its phases."""
 
-    def save(kind: str, epoch_record: dict[str, Any]) -> None:
-        save_checkpoint(run_dir / f"{kind}.safetensors", model,
-                        {**meta, "epoch": epoch_record["epoch"], task.monitor: epoch_record.get(task.monitor)})
+    model: nn.Module
+    objective: Any
+    train: BatchSource
+    val: BatchSource | None
+    transform: BatchTransformFn
+    eval_transform: BatchTransformFn
+    phases: list[tuple[str, int]]
+    groups: Callable[[str], list[dict]]  # phase -> optimizer parameter groups (and requires_grad set for it)
+    meta: dict[str, Any]
+    channels_last: bool = False
+    on_resume: Callable[[], None] | None = None
 
-    best = BestCheckpoint(save, monitor=task.monitor,
+
+def fit(run_dir: Path, job: Fit, config: TrainConfig, machine: Machine, *, generator: torch.Generator,
+        state: dict[str, Any] | None = None) -> BestCheckpoint:
+    """Train the job's phases (the rest of them when `state` resumes a run); checkpoints carry `job.meta`, the epoch
+    and the monitored score. Returns the best-checkpoint callback (its best score and epoch)."""
+    model, monitor = job.model, job.objective.monitor
+
+    def save(kind: str, record: dict[str, Any]) -> None:
+        save_checkpoint(run_dir / f"{kind}.safetensors", model, {**job.meta, "epoch": record["epoch"], monitor: record.get(monitor)})
+
+    best = BestCheckpoint(save, monitor=monitor,
                           link=lambda src, dst: link_checkpoint(run_dir / f"{src}.safetensors", run_dir / f"{dst}.safetensors"))
-    callbacks: list[Callback] = [EarlyStopping(config.early_stopping, monitor=task.monitor)]
+    # Early stopping decides from metrics summed over ranks, so every rank stops together; only rank 0 writes.
+    callbacks: list[Callback] = [EarlyStopping(config.early_stopping, monitor=monitor)]
     if machine.dist.main:
         keep = state["position"]["epoch"] if state else None
         resume_state = ResumeState(lambda t: save_training_state(run_dir / RESUME_FILE, t, config), config.save_every_steps)
-        callbacks = [Progress(config.epochs), MetricsCSV(run_dir / "metrics.csv", keep, columns), *callbacks, best, resume_state]
-    trainer = Trainer(model, task, device=machine.device, precision=machine.precision, callbacks=callbacks, generator=generator,
+        callbacks = [Progress(config.epochs), MetricsCSV(run_dir / "metrics.csv", keep, list(metric_columns(job.objective))),
+                     *callbacks, best, resume_state]
+    trainer = Trainer(torch.compile(model) if config.compile else model, job.objective, device=machine.device,
+                      precision=machine.precision, channels_last=job.channels_last, callbacks=callbacks, generator=generator,
                       accumulate=config.accumulate, skip_nonfinite=config.skip_nonfinite, dist_info=machine.dist)
-    optimizer = build_optimizer(groups, config.optimizer, config.resolved_lr, config.momentum)
-    steps_per_epoch = train_store.num_batches(config.batch_size)
-    warmup = min(config.epochs * steps_per_epoch // 2, round(config.warmup_epochs * steps_per_epoch))
-    scheduler = build_scheduler(optimizer, config.epochs * steps_per_epoch, warmup, config.schedule)
-    if state is not None:
-        trainer.optimizer, trainer.scheduler = optimizer, scheduler
-        trainer.load_state_dict(state)
     try:
         with stop_on_ctrl_c(trainer):
-            trainer.fit(train_store, val_store, epochs=config.epochs, batch_size=config.batch_size, optimizer=optimizer,
-                        scheduler=scheduler, train_transform=transform, eval_transform=transform)
-    except KeyboardInterrupt:
+            for phase_index, (phase, epochs) in enumerate(job.phases):
+                if state is not None and phase_index < state["position"]["phase_index"]:
+                    continue  # finished before the run stopped
+                optimizer = build_optimizer(job.groups(phase), config.optimizer, config.resolved_lr, config.momentum)
+                steps_per_epoch = job.train.num_batches(config.batch_size)
+                warmup = min(epochs * steps_per_epoch // 2, round(config.warmup_epochs * steps_per_epoch))
+                scheduler = build_scheduler(optimizer, epochs * steps_per_epoch, warmup, config.schedule)
+                if state is not None:  # the phase that was running: weights, optimizer, schedule, random states, position
+                    trainer.optimizer, trainer.scheduler = optimizer, scheduler
+                    trainer.load_state_dict(state)
+                    if job.on_resume is not None:
+                        job.on_resume()
+                    state = None
+                trainer.fit(job.train, job.val, epochs=epochs, batch_size=config.batch_size, optimizer=optimizer,
+                            scheduler=scheduler, train_transform=job.transform, eval_transform=job.eval_transform,
+                            phase=phase, phase_index=phase_index)
+                if trainer.should_stop:
+                    break
+    except TrainingInterrupted:  # the first Ctrl-C, between two steps; a second one quits at once, saving nothing
         if machine.dist.main:
             save_training_state(run_dir / RESUME_FILE, trainer, config)
         logger.warning(f"interrupted at epoch {trainer.epoch + 1}, step {trainer.position.step}: the state is saved; continue "
                        f"with `deepfit train --resume {run_dir}`")
         raise
+    if trainer.skipped_steps:
+        logger.warning(f"{trainer.skipped_steps} batches with a non-finite loss were skipped (--skip-nonfinite)")
     return best
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c(trainer: Trainer) -> Iterator[None]:
+    """The first Ctrl-C asks the trainer to stop after the current step (it then saves a resumable state);
+    a second one interrupts at once. Only in the main thread, where Python delivers signals."""
+    # torchrun forwards Ctrl-C to every rank, which could stop at different steps: there it just interrupts
+    if threading.current_thread() is not threading.main_thread() or trainer.dist.enabled:
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+        logger.warning("Ctrl-C: stopping after this step and saving a resumable state (press again to quit at once)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -40,12 +40,12 @@ from deepfit.errors import ConfigError, DataError
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger, setup_logging
 from deepfit.runs.folder import check_output_outside_data, new_run_dir
-from deepfit.tasks.classify.evaluate import evaluate
 from deepfit.tasks.classify.objective import classification_metrics
 from deepfit.tasks.classify.report import plot_learning_curves, write_comparison_report
-from deepfit.tasks.classify.train import train
 from deepfit.workflows.classical import fit_classifier
-from deepfit.workflows.features import HANDMADE, Backbone, extract, load_backbone
+from deepfit.workflows.evaluate import evaluate
+from deepfit.workflows.extraction import HANDMADE, Backbone, extract, load_backbone
+from deepfit.workflows.train import train
 
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
@@ -173,7 +173,7 @@ def _trained_rows(
         config = apply_preset(preset, {**options, "val_fraction": 0.0, "output": str(runs), "device": device,
                                        "name": f"{label.replace(' ', '-').replace('/', '_')}-{round(frac * 100)}pct"})
         start = time.perf_counter()
-        result = train(data.root, config, catalog=catalog)
+        result = train(catalog, config)
         seconds = time.perf_counter() - start
         metrics = evaluate(result.run_dir, device=device).metrics
         rows.append(_row(label, kind, frac, len(files), metrics, seconds))

@@ -35,8 +35,8 @@ def digits_folder(root: Path | None = None) -> Path:
 
 
 def quickstart(output: str = "runs", **overrides):  # noqa: ANN201 - returns (TrainResult, Evaluation)
-    from deepfit.tasks.classify.evaluate import evaluate
-    from deepfit.tasks.classify.train import train
+    from deepfit.workflows.evaluate import evaluate
+    from deepfit.workflows.train import train
 
     data = digits_folder()
     config = apply_preset("quickstart", {"output": output, "name": "quickstart", **overrides})

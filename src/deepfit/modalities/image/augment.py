@@ -121,3 +121,9 @@ def random_erase(x: torch.Tensor, generator: torch.Generator | None, p: float = 
     inside = (ys >= y0.view(b, 1, 1)) & (ys < (y0 + eh).view(b, 1, 1)) & (xs >= x0.view(b, 1, 1)) & (xs < (x0 + ew).view(b, 1, 1))
     mask = (inside & (r[4] < p).view(b, 1, 1)).unsqueeze(1).to(x.device)  # (B, 1, H, W)
     return x.masked_fill(mask, 0.0)
+
+
+def to_unit_range(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, 3, S, S) uint8 -> float in [0, 1]: the batch transform of models that normalise inside (torchvision's
+    detectors in GeneralizedRCNNTransform, segmenters with their encoder's mean and std)."""
+    return images.float().div_(255)

@@ -18,22 +18,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepfit.data.sources import LabeledFile, discover
-from deepfit.data.split import load_split
+from deepfit.data.sources import Catalog, LabeledFile
 from deepfit.errors import DataError
 from deepfit.fileio import atomic_write_text
-from deepfit.log import logger, setup_logging
+from deepfit.log import logger
 from deepfit.modalities.image.store import BadFile, ImageStore, check_unreadable
-from deepfit.runs.folder import load_trained, read_run_config
+from deepfit.report.confusion import plot_confusion_matrix, write_confusion_csv
+from deepfit.report.plots import plot_training_curves
 from deepfit.tasks.classify.objective import classification_metrics
 from deepfit.tasks.classify.predict import Predictor
-from deepfit.tasks.classify.report import (
-    WorstPrediction,
-    plot_confusion_matrix,
-    plot_training_curves,
-    write_confusion_csv,
-    write_html_report,
-)
+from deepfit.tasks.classify.report import WorstPrediction, write_html_report
 
 WORST_SHOWN = 16
 
@@ -46,13 +40,8 @@ class Evaluation:
     split: str  # "test", "val" (no test split) or "external"
 
 
-def _files_to_score(run_dir: Path, config: dict[str, Any], data: str | Path | None, classes: list[str]) -> tuple[list[LabeledFile], str]:
-    if data is None:
-        splits = load_split(run_dir / "split.csv", Path(config["data_root"]))
-        if splits.get("test"):
-            return splits["test"], "test"
-        return splits["val"], "val"
-    catalog = discover(data)
+def check_known_classes(catalog: Catalog, classes: list[str], data: str | Path) -> None:
+    """Another data set may hold fewer classes than the model knows, never one it was not trained on."""
     unknown = sorted(set(catalog.classes) - set(classes))
     if unknown:
         example = next(f.path for f in catalog.files if f.label == unknown[0])
@@ -60,7 +49,6 @@ def _files_to_score(run_dir: Path, config: dict[str, Any], data: str | Path | No
             f"{data} has classes the model was not trained on: {', '.join(unknown)} (e.g. {example}); "
             f"the model knows {', '.join(classes)}"
         )
-    return catalog.files, "external"
 
 
 def _val_fallback_note(meta: dict[str, Any]) -> str:
@@ -86,22 +74,13 @@ def _log_evaluation(run_dir: Path, entry: dict[str, Any]) -> int:
     return sum(1 for e in previous if e.get("split") == entry["split"] and e.get("data") == entry.get("data"))
 
 
-def evaluate(
-    run_dir: str | Path,
-    data: str | Path | None = None,
-    *,
-    checkpoint: str = "best",
-    device: str = "auto",
-    batch_size: int = 64,
+def score_files(
+    run_dir: Path, predictor: Predictor, split: str, files: list[LabeledFile], *, data: str | Path | None = None,
+    checkpoint: str = "best", batch_size: int = 64,
 ) -> Evaluation:
-    setup_logging()
-    run_dir = Path(run_dir).resolve()
-    config = read_run_config(run_dir)
-    predictor = Predictor(load_trained(run_dir, checkpoint), device)
+    """Decode `files`, predict them, and report (see `report_evaluation`); unreadable files are left out, with a
+    warning, and too many of them is an error."""
     classes = predictor.classes
-    files, split = _files_to_score(run_dir, config, data, classes)
-    if not files:
-        raise DataError(f"nothing to evaluate: the {split} split of {run_dir} is empty")
     index = {c: i for i, c in enumerate(classes)}
     store, bad = ImageStore.load(
         [f.path for f in files], [index[f.label] for f in files], predictor.trained.preprocessing.resize_size,

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deepfit.data.sources import IMAGE_EXTENSIONS, natural_key
-from deepfit.engine.device import autocast, resolve_device, resolve_precision
+from deepfit.engine.device import autocast
 from deepfit.errors import DataError
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
 from deepfit.modalities.image.augment import SMALL_IMAGE, BatchTransform
 from deepfit.modalities.image.store import ImageInput, decode_file, pil_to_storage, to_rgb
-from deepfit.runs.folder import TrainedModel, load_trained
+from deepfit.tasks.base import ModelPredictor
+from deepfit.tasks.classify.model import TrainedModel, load_trained
 
 
 @dataclass
@@ -31,29 +30,6 @@ class Prediction:
     label: str  # the most probable class
     probability: float
     top: list[tuple[str, float]]  # the top-k classes with their probabilities, most probable first
-
-
-def expand_paths(items: Iterable[str | Path]) -> list[Path]:
-    """Files as given, folders searched recursively for images, glob patterns expanded; natural order."""
-    out: list[Path] = []
-    for item in items:
-        text = str(item)
-        path = Path(text)
-        if path.is_dir():
-            found = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-            if not found:
-                raise DataError(f"no images found in folder {path}")
-            out += sorted(found, key=lambda p: natural_key(p.as_posix()))
-        elif path.is_file():
-            out.append(path)
-        elif any(ch in text for ch in "*?["):
-            matches = sorted((Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file()), key=lambda p: natural_key(p.as_posix()))
-            if not matches:
-                raise DataError(f"the pattern {text!r} matches no files")
-            out += matches
-        else:
-            raise DataError(f"file not found: {text}")
-    return out
 
 
 def to_storage(item: ImageInput, size: int) -> torch.Tensor:
@@ -79,14 +55,11 @@ def to_storage(item: ImageInput, size: int) -> torch.Tensor:
     raise DataError(f"cannot predict on a {type(item).__name__}: give a path, a PIL image, an array or a tensor")
 
 
-class Predictor:
+class Predictor(ModelPredictor):
     """A trained model ready for inference on the best available device."""
 
     def __init__(self, trained: TrainedModel, device: str = "auto", tta: bool | None = None) -> None:
-        self.trained = trained
-        self.device = resolve_device(device)
-        self.precision = resolve_precision("auto", self.device)
-        self.model = trained.model.to(self.device).eval()
+        super().__init__(trained, device)
         self.classes = trained.classes
         prep = trained.preprocessing
         self.tta = bool(trained.meta.get("config", {}).get("tta", False)) if tta is None else tta

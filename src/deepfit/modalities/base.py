@@ -1,0 +1,70 @@
+"""The modality interface: what a task needs to know of one kind of input (image, sound, text).
+
+A task is "classify" x "image": the task says what to learn and how to score it, the modality how its inputs
+are found on disk, decoded and turned from whatever a user holds (a path, a PIL image, an array, a tensor)
+into the tensor the task's store and predictor take. Stores and batch augmentation are the modality's own
+modules (e.g. `deepfit.modalities.image.store`, `.augment`), which its tasks import directly.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from deepfit.data.sources import natural_key
+from deepfit.errors import DataError
+
+
+class Modality(Protocol):
+    name: str  # "image"
+    noun: str  # "images": what a folder holds, for messages
+    extensions: frozenset[str]  # lower-case suffixes of the files it reads
+
+    def load(self, item: Any) -> torch.Tensor:
+        """Any input a user may hold (a path or an in-memory object) -> its decoded tensor."""
+        ...
+
+    def expand(self, items: Iterable[str | Path]) -> list[Path]:
+        """Files as given, folders searched recursively for this modality's files, globs expanded."""
+        ...
+
+
+def expand_paths(items: Iterable[str | Path], extensions: frozenset[str], noun: str = "files") -> list[Path]:
+    """Files as given, folders searched recursively for files with `extensions`, glob patterns expanded; each part
+    in natural order (img2 before img10). A missing file, an empty folder or a pattern matching nothing is an error."""
+    out: list[Path] = []
+    for item in items:
+        text = str(item)
+        path = Path(text)
+        if path.is_dir():
+            found = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions]
+            if not found:
+                raise DataError(f"no {noun} found in folder {path}")
+            out += sorted(found, key=lambda p: natural_key(p.as_posix()))
+        elif path.is_file():
+            out.append(path)
+        elif any(ch in text for ch in "*?["):
+            matches = sorted((Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file()),
+                             key=lambda p: natural_key(p.as_posix()))
+            if not matches:
+                raise DataError(f"the pattern {text!r} matches no files")
+            out += matches
+        else:
+            raise DataError(f"file not found: {text}")
+    return out
+
+
+def is_path_list(inputs: Any) -> bool:
+    """A path, a pattern, or a list of them (rather than in-memory inputs such as arrays)."""
+    if isinstance(inputs, str | Path):
+        return True
+    return isinstance(inputs, list | tuple) and bool(inputs) and all(isinstance(i, str | Path) for i in inputs)
+
+
+def names_many(inputs: Any) -> bool:
+    """Whether a single path stands for several inputs: a folder or a glob pattern."""
+    return isinstance(inputs, str | Path) and (Path(inputs).is_dir() or any(c in str(inputs) for c in "*?["))

@@ -1,0 +1,82 @@
+"""Classification data on the image modality: every split decoded into uint8 stores, the training images'
+channel statistics (for normalising from scratch), and the files a run lists beside its split (byte-identical
+images found in two splits, images that could not be read)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import torch
+
+from deepfit.config import TrainConfig
+from deepfit.data.sources import LabeledFile
+from deepfit.data.split import cross_split_duplicates
+from deepfit.fileio import atomic_write_text
+from deepfit.log import logger
+from deepfit.modalities.image.store import BadFile, ImageStore, check_unreadable
+
+
+def load_split_stores(
+    splits: dict[str, list[LabeledFile]], classes: list[str], size: int, config: TrainConfig
+) -> tuple[dict[str, ImageStore], list[BadFile]]:
+    """Decode every split; unreadable files are dropped, and too many of them overall is an error."""
+    index = {c: i for i, c in enumerate(classes)}
+    stores, bad = {}, []
+    for name, files in splits.items():
+        store, bad_here = ImageStore.load(
+            [f.path for f in files], [index[f.label] for f in files], size,
+            cache=config.cache, workers=config.workers, what=f"{name} images", max_bad_fraction=1.0,
+        )
+        stores[name] = store
+        bad += bad_here
+    check_unreadable(bad, sum(len(f) for f in splits.values()), "images")
+    return stores, bad
+
+
+def channel_stats(store: ImageStore, limit: int = 2048) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of (up to `limit`) training images, in [0, 1] units, for scratch training."""
+    total = torch.zeros(3, dtype=torch.float64)
+    total_sq = torch.zeros(3, dtype=torch.float64)
+    count = 0
+    for images, _, _ in store.batches(256, shuffle=False):
+        x = images.double() / 255.0
+        total += x.sum(dim=(0, 2, 3))
+        total_sq += (x * x).sum(dim=(0, 2, 3))
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+        if count >= limit * x.shape[2] * x.shape[3]:
+            break
+    mean = total / count
+    std = (total_sq / count - mean**2).clamp(min=1e-6).sqrt()
+    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+
+
+def report_duplicates(splits: dict[str, list[LabeledFile]], run_dir: Path) -> int:
+    groups = cross_split_duplicates(splits)
+    if not groups:
+        return 0
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["group", "split", "path"])
+    for g, group in enumerate(groups, 1):
+        for f in group:
+            writer.writerow([g, f.split, f.path])
+    atomic_write_text(run_dir / "duplicates.csv", out.getvalue())
+    example = " = ".join(f"{f.split}:{f.path}" for f in groups[0][:2])
+    logger.warning(
+        f"{len(groups)} images occur byte-identical in more than one split (e.g. {example}); test scores are "
+        f"optimistic while they stay. All listed in {run_dir / 'duplicates.csv'}"
+    )
+    return len(groups)
+
+
+def write_skipped(bad: list[BadFile], run_dir: Path) -> None:
+    if not bad:
+        return
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["path", "reason"])
+    writer.writerows([b.path, b.reason] for b in bad)
+    atomic_write_text(run_dir / "skipped_files.csv", out.getvalue())
+    logger.warning(f"{len(bad)} unreadable images were skipped; listed in {run_dir / 'skipped_files.csv'}")

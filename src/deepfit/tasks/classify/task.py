@@ -1,0 +1,184 @@
+"""Image classification as a task: one class per image, from class folders, split folders or a CSV.
+
+From scratch: one phase over all weights, inputs normalised with the training images' own statistics.
+Transfer learning (`--pretrained` or `--weights`): first the new head alone on a frozen backbone
+(`head_epochs`), so the random head cannot wreck the pretrained features with large gradients; then the
+whole network, the pretrained layers at a lower learning rate (`backbone_lr_scale`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.table import Table
+from torch import nn
+
+from deepfit.config import TrainConfig
+from deepfit.data.sources import Catalog, discover
+from deepfit.data.split import load_split, resolve_splits, save_split
+from deepfit.engine.optim import param_groups
+from deepfit.modalities.image.augment import SMALL_IMAGE, BatchTransform
+from deepfit.models.factory import Preprocessing, create_model, is_convolutional, list_models
+from deepfit.models.weights import classifier_module, freeze_folded_norms
+from deepfit.runs.folder import run_folder
+from deepfit.tasks.base import Data, Option, Setup, Task
+from deepfit.tasks.classify.data import channel_stats, load_split_stores, report_duplicates, write_skipped
+from deepfit.tasks.classify.evaluate import Evaluation, check_known_classes, score_files
+from deepfit.tasks.classify.model import TrainedModel, load_trained
+from deepfit.tasks.classify.objective import ClassificationTask
+from deepfit.tasks.classify.predict import Predictor, write_predictions
+
+# A linear head on frozen features tolerates, and in the few steps of a short phase needs, a higher
+# learning rate than the whole network does.
+HEAD_PHASE_LR_SCALE = 10.0
+
+
+def plan_phases(config: TrainConfig) -> list[tuple[str, int]]:
+    """[(phase, epochs)]: "train" from scratch; "head" then "full" for transfer learning."""
+    if not config.transfer:
+        return [("train", config.epochs)]
+    head = min(config.head_epochs, config.epochs)
+    return [(name, n) for name, n in (("head", head), ("full", config.epochs - head)) if n > 0]
+
+
+def phase_param_groups(model: nn.Module, phase: str, config: TrainConfig) -> list[dict]:
+    """Freeze or unfreeze for the phase, and group the trainable parameters with their learning-rate scales."""
+    head = classifier_module(model)
+    head_ids = {id(p) for p in head.parameters()}
+    for p in model.parameters():
+        p.requires_grad = phase != "head" or id(p) in head_ids
+    if phase == "head":
+        return param_groups(head.named_parameters(), config.weight_decay, HEAD_PHASE_LR_SCALE)
+    backbone = [(n, p) for n, p in model.named_parameters() if id(p) not in head_ids]
+    scale = config.backbone_lr_scale if phase == "full" else 1.0
+    return param_groups(backbone, config.weight_decay, scale) + param_groups(head.named_parameters(), config.weight_decay)
+
+
+class ClassifyTask(Task):
+    name = "classify"
+    title = "image classification"
+    defaults = {"model": "resnet18", "batch_size": 64}
+    score = "accuracy"
+    data_options = (
+        Option("path_column", "CSV data: the column holding image paths"),
+        Option("label_column", "CSV data: the column holding labels"),
+    )
+    predict_options = (Option("top_k", "classes to list per image (default: 3)", int, 3),)
+
+    # --- data ------------------------------------------------------------------------------------------
+    def read(self, data: str | Path | Catalog, config: TrainConfig, **options: Any) -> Data:
+        """Class folders, split folders or a CSV; an already discovered `Catalog` (e.g. a subset) is taken as it is."""
+        if isinstance(data, Catalog):
+            return Data(data.root, data.classes, data, layout=data.layout, location=data.root)
+        catalog = discover(data, **options)
+        return Data(catalog.root, catalog.classes, catalog, layout=catalog.layout)
+
+    def split(self, data: Data, config: TrainConfig) -> dict[str, list]:
+        return resolve_splits(data.source, config.val_fraction, config.test_fraction, config.seed)
+
+    def save_split(self, data: Data, splits: dict[str, list], path: Path) -> None:
+        save_split(splits, path, data.root)
+
+    def reread(self, saved: dict[str, Any], run_dir: Path) -> tuple[Data, dict[str, list]]:
+        root = Path(saved["data_root"])
+        return Data(root, list(saved["classes"]), None, layout="resumed"), load_split(run_dir / "split.csv", root)
+
+    def read_other(self, data: str | Path, trained: TrainedModel, **options: Any) -> tuple[Data, list]:
+        catalog = discover(data, **options)
+        check_known_classes(catalog, trained.classes, data)
+        return Data(catalog.root, catalog.classes, catalog, layout=catalog.layout), catalog.files
+
+    def describe(self, data: Data, splits: dict[str, list]) -> str:
+        return f"{len(data.classes)} classes, {', '.join(f'{len(v)} {k}' for k, v in splits.items())} images ({data.layout})"
+
+    # --- training --------------------------------------------------------------------------------------
+    def phases(self, config: TrainConfig) -> list[tuple[str, int]]:
+        return plan_phases(config)
+
+    def param_groups(self, model: nn.Module, phase: str, config: TrainConfig) -> list[dict]:
+        return phase_param_groups(model, phase, config)
+
+    def prepare(self, config: TrainConfig, data: Data, splits: dict[str, list], device: Any, *,
+                resumed: dict[str, Any] | None) -> Setup:
+        classes, new = data.classes, resumed is None
+        created = create_model(
+            config.model, len(classes), pretrained=config.pretrained and new, weights=config.weights if new else None,
+            drop_rate=config.dropout, model_args=config.model_args, image_size=config.image_size,
+        )
+        model = created.model
+        if resumed is not None:
+            prep = Preprocessing.from_dict(resumed["preprocessing"])
+        else:
+            prep = created.preprocessing
+            if not config.transfer and prep.image_size <= SMALL_IMAGE:
+                # no pretrained evaluation crop to honour: keep the whole of a small image
+                prep = dataclasses.replace(prep, crop_pct=1.0)
+
+        stores, bad = load_split_stores(splits, classes, prep.resize_size, config)
+        if bad:  # split.csv lists the images used: a skipped file must not reappear in `evaluate`'s test split
+            skipped = {b.path for b in bad}
+            splits = {name: [f for f in files if f.path not in skipped] for name, files in splits.items()}
+        train_store, val_store = stores["train"], stores.get("val")
+        if new and not config.transfer:  # from scratch, normalise with the data's own statistics
+            prep = dataclasses.replace(prep, **dict(zip(("mean", "std"), channel_stats(train_store), strict=True)))
+        channels_last = config.channels_last if config.channels_last is not None else is_convolutional(model)
+        if new and not config.transfer and hasattr(model, "init_from_data"):  # data-dependent initialisation (fastnet)
+            sample, _, _ = next(train_store.batches(1024, shuffle=True, generator=torch.Generator().manual_seed(config.seed)))
+            model.init_from_data(BatchTransform(prep.image_size, prep.mean, prep.std, "none")(sample))
+
+        def write(run_dir: Path) -> None:
+            report_duplicates(splits, run_dir)
+            write_skipped(bad, run_dir)
+
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        return Setup(
+            model=model, objective=ClassificationTask(len(classes), config.label_smoothing), train=train_store, val=val_store,
+            transform=BatchTransform(prep.image_size, prep.mean, prep.std, config.augment, config.hflip, channels_last),
+            eval_transform=BatchTransform(prep.image_size, prep.mean, prep.std, "none", channels_last=channels_last),
+            meta={"model": created.spec.to_dict(), "preprocessing": prep.to_dict()},
+            record={"preprocessing": prep.to_dict(), "channels_last": channels_last},
+            summary=(f"model {created.spec.source}:{created.spec.name} ({params:.2f}M parameters), input {prep.image_size}px, "
+                     f"images {'in memory' if train_store.in_memory else 'streamed from disk'}"),
+            channels_last=channels_last, pretrained_from=created.pretrained_source, write=write,
+            # batch norms whose statistics were folded into the weights stay frozen, as in the first run
+            on_resume=(lambda: freeze_folded_norms(model)) if config.transfer else None,
+            splits=splits if bad else None,
+        )
+
+    # --- using a trained model -------------------------------------------------------------------------
+    def load(self, checkpoint: Path) -> TrainedModel:
+        return load_trained(checkpoint)
+
+    def predictor(self, trained: TrainedModel, device: str = "auto") -> Predictor:
+        return Predictor(trained, device)
+
+    def evaluate(self, run_dir: Path, predictor: Predictor, split: str, data: Data, items: list, *,
+                 checkpoint: str, other: str | Path | None) -> Evaluation:
+        return score_files(run_dir, predictor, split, items, data=other, checkpoint=checkpoint)
+
+    def headline(self, evaluation: Evaluation) -> str:
+        return f"{evaluation.split} accuracy {evaluation.metrics['accuracy']:.2%}; report: {evaluation.report}"
+
+    def predict_files(self, predictor: Predictor, paths: list[Path], output: Path | None, run_dir: Path, *,
+                      top_k: int = 3) -> list[Any]:
+        """A table of the predictions, and predictions.csv (or .json) in the run folder or at `output`."""
+        predictions, failed = predictor.predict_files(paths, top_k=top_k)
+        table = Table(title=f"{len(predictions)} images")
+        table.add_column("image", overflow="fold")
+        table.add_column("class")
+        table.add_column("probability", justify="right")
+        table.add_column(f"top {top_k}")
+        for p in predictions:
+            others = ", ".join(f"{label} {prob:.1%}" for label, prob in p.top[1:])
+            table.add_row(p.source, p.label, f"{p.probability:.1%}", others)
+        out = write_predictions(predictions, output or run_folder(run_dir) / "predictions.csv")
+        return [table, f"predictions written to {out}" + (f"; {len(failed)} unreadable files skipped" if failed else "")]
+
+    def model_names(self, pattern: str) -> dict[str, list[str]]:
+        return list_models(pattern)
+
+
+TASK = ClassifyTask()

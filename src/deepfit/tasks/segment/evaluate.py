@@ -1,0 +1,107 @@
+"""Scoring a semantic segmenter (per-class IoU and Dice, mIoU, pixel accuracy) with its report, and prediction
+to files (class-index PNGs with the class colours as palette, colour overlays)."""
+
+from __future__ import annotations
+
+import heapq
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deepfit.data.formats.masks import IGNORE_INDEX as IGNORE
+from deepfit.errors import ConfigError, DataError
+from deepfit.fileio import atomic_write_text
+from deepfit.log import logger
+from deepfit.modalities.image.store import decode_rgb
+from deepfit.tasks.segment.data import SegmentationDataset, SegmentationSample
+from deepfit.tasks.segment.objective import confusion_matrix, segmentation_metrics
+from deepfit.tasks.segment.predict import SegmentationPredictor
+from deepfit.tasks.segment.store import load_pair
+
+GALLERY_SIZE = 12
+GALLERY_HEIGHT = 240  # pixels of each panel (image, truth, prediction) in the report
+
+
+@dataclass
+class SegmentationEvaluation:
+    split: str
+    metrics: dict[str, Any]
+    report: Path
+
+
+def score_samples(run: Path, predictor: SegmentationPredictor, split: str, dataset: SegmentationDataset,
+                  samples: list[SegmentationSample], *, checkpoint: str = "best") -> SegmentationEvaluation:
+    """Per-class IoU and Dice, mean IoU, pixel accuracy and the confusion matrix of `samples`; writes report.html (the
+    worst images first: image, true mask, predicted mask), evaluation.json, per_class.csv and confusion.csv."""
+    from deepfit.tasks.segment.report import image_score, side_by_side, write_segmentation_report
+
+    trained = predictor.trained
+    k = len(trained.classes)
+    total = torch.zeros(k, k, dtype=torch.int64)
+    worst: list[tuple[float, int, Any]] = []  # a heap of the GALLERY_SIZE lowest scores: (-score, index, picture)
+    started = time.perf_counter()
+    for i, s in enumerate(samples):
+        image, truth = load_pair(dataset, s)
+        prediction = predictor.predict_one(image)
+        confusion = confusion_matrix(torch.from_numpy(prediction), truth, k, IGNORE)
+        total += confusion
+        score = image_score(confusion.numpy())
+        if len(worst) < GALLERY_SIZE or -score > worst[0][0]:
+            picture = side_by_side(image.permute(1, 2, 0).numpy(), truth.numpy(), prediction, trained.colors, height=GALLERY_HEIGHT)
+            entry = (-score, i, (s.path.name, picture, score))
+            heapq.heappush(worst, entry) if len(worst) < GALLERY_SIZE else heapq.heapreplace(worst, entry)
+    seconds = time.perf_counter() - started
+    metrics = segmentation_metrics(total.numpy(), trained.classes)
+    gallery = [entry[2] for entry in sorted(worst, key=lambda e: (-e[0], e[1]))]  # worst first
+    summary = {
+        "Run": run.name, "Model": trained.spec.name, "Checkpoint": f"{checkpoint} (epoch {trained.meta.get('epoch')})",
+        "Scored on": f"{split} split, {len(samples)} images, {int(total.sum()):,} labelled pixels",
+        "Prediction": f"whole images up to {predictor.tile}px, overlapping tiles beyond",
+        "Inference": f"{len(samples) / max(seconds, 1e-9):.2f} images/s on {predictor.device}",
+        "Weights from": str(trained.meta.get("pretrained_from") or "none (from scratch)"),
+    }
+    report = write_segmentation_report(run, f"segmentation evaluation: {run.name}", metrics, gallery, summary, trained.colors)
+    record = {"split": split, "checkpoint": checkpoint, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              **{key: metrics[key] for key in ("miou", "mean_dice", "pixel_accuracy", "per_class")}}
+    atomic_write_text(run / "evaluation.json", json.dumps(record, indent=2) + "\n")
+    logger.info(f"{split}: mIoU {metrics['miou']:.4f}, mean Dice {metrics['mean_dice']:.4f}, pixel accuracy "
+                f"{metrics['pixel_accuracy']:.2%}; report: {report}")
+    return SegmentationEvaluation(split, metrics, report)
+
+
+def predict_to_folder(predictor: SegmentationPredictor, run_dir: str | Path, paths: list[Path], output: str | Path | None = None) -> tuple[Path, list[Path], list[Path]]:
+    """For each image NAME: NAME.png (class indexes, with the class colours as its palette) and NAME_overlay.jpg in
+    `output` (default RUN_DIR/predictions); an existing file there is never overwritten. Returns (folder, done, failed)."""
+    from deepfit.tasks.segment.report import overlay, save_mask_png
+
+    out = Path(output) if output else Path(run_dir) / "predictions"
+    stems = [p.stem for p in paths]
+    repeated = sorted({s for s in stems if stems.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"several images are named {repeated[0]!r} (in different folders): their masks would overwrite each other; "
+                          "predict them in separate calls with separate --output folders")
+    out.mkdir(parents=True, exist_ok=True)
+    targets = [t for s in stems for t in (out / f"{s}.png", out / f"{s}_overlay.jpg")]
+    clash = [t for t in targets if t.exists()]
+    if clash:
+        raise ConfigError(f"{clash[0]} already exists (and {len(clash) - 1} more): deepfit does not overwrite; pass another --output")
+    from PIL import Image
+
+    colors = predictor.trained.colors
+    done, failed = [], []
+    for path in paths:
+        try:
+            image = decode_rgb(str(path))
+        except DataError as e:
+            logger.warning(str(e))
+            failed.append(path)
+            continue
+        mask = predictor.predict_one(image)
+        save_mask_png(out / f"{path.stem}.png", mask, colors)
+        Image.fromarray(overlay(image.permute(1, 2, 0).numpy(), mask, colors)).save(out / f"{path.stem}_overlay.jpg", quality=90)
+        done.append(path)
+    return out, done, failed

@@ -1,0 +1,227 @@
+"""Semantic segmentation as a task: a class for every pixel, from images and masks.
+
+The three workflows of classification, for segmenters (model.py):
+  from scratch        no weights: encoder and decoder start random
+  fine-tuning         --weights FILE (the encoder's classification weights, e.g. ImageNet, or a whole
+                      segmenter's from another run) or --pretrained (the encoder's official weights by name):
+                      the decoder starts random, the encoder learns at `backbone_lr_scale` of the rate
+  feature extraction  the same with --freeze-backbone: the pretrained encoder stays fixed
+
+Training runs on the shared engine with SegmentationTask (objective.py) over random crops of `image_size`
+pixels at the images' own resolution (store.py); validation each epoch scores non-overlapping tiles.
+Prediction and `evaluate` run on whole images of any size: in one pass up to `tile_size` pixels, in
+overlapping blended tiles beyond (tiling), so memory stays bounded for a 4000 x 3000 scan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.table import Table
+from torch import nn
+
+from deepfit.config import TrainConfig
+from deepfit.data.formats.masks import IGNORE_INDEX
+from deepfit.data.split import load_image_split, save_image_split, split_images
+from deepfit.errors import ConfigError
+from deepfit.log import logger
+from deepfit.modalities.image.augment import to_unit_range
+from deepfit.models.weights import read_weights_file
+from deepfit.runs.session import workers_for
+from deepfit.tasks.base import Data, Option, Setup, Task, keep_norm_statistics, pretrained_part_groups
+from deepfit.tasks.segment.data import (
+    FORMATS,
+    SegmentationDataset,
+    holds_semantic_masks,
+    read_segmentation,
+    summarize,
+)
+from deepfit.tasks.segment.evaluate import SegmentationEvaluation, predict_to_folder, score_samples
+from deepfit.tasks.segment.model import (
+    Segmenter,
+    SegmenterSpec,
+    build_segmenter,
+    is_segmenter_state,
+    list_segmenters,
+    load_segmenter_weights,
+)
+from deepfit.tasks.segment.objective import SegmentationTask, class_weights, parse_loss
+from deepfit.tasks.segment.predict import SegmentationPredictor, TrainedSegmenter, load_segmenter
+from deepfit.tasks.segment.store import SegmentationStore
+
+
+def ignore_value(config: TrainConfig) -> int | None:
+    """The mask value read as ignored: --ignore-index, with -1 for none."""
+    return None if config.ignore_index < 0 else config.ignore_index
+
+
+def create_segmenter(config: TrainConfig, classes: list[str], *, load: bool = True) -> tuple[Segmenter, SegmenterSpec, str | None]:
+    """The segmenter for the config, with the weights it asks for: (model, spec, where the weights came from)."""
+    spec = SegmenterSpec(config.model, len(classes))
+    if config.freeze_backbone and not config.transfer:
+        raise ConfigError("--freeze-backbone needs pretrained encoder weights (--weights FILE or --pretrained)")
+    if config.compile:
+        raise ConfigError("--compile is not supported for segmentation yet")
+    state = read_weights_file(Path(config.weights))[0] if load and config.weights else None
+    whole = state is not None and is_segmenter_state(state)
+    model = build_segmenter(spec, encoder_weights=config.weights if state is not None and not whole else None,
+                            pretrained_encoder=load and config.pretrained, freeze_encoder=config.freeze_backbone)
+    if whole:
+        load_segmenter_weights(model, state, str(config.weights))
+    origin = str(config.weights) if config.weights else ("official encoder weights" if config.pretrained else None)
+    return model, spec, origin
+
+
+class SegmentTask(Task):
+    name = "segment"
+    title = "semantic segmentation"
+    # semantic segmentation trains on random crops of image_size pixels at the images' own resolution
+    defaults = {"model": "unet:tv/mobilenet_v2", "batch_size": 8, "image_size": 256}
+    score = "mIoU"
+    data_options = (
+        Option("masks", "the folder of mask images, when DATA is the folder of images"),
+        Option("format", f"label layout (default: found from DATA): {', '.join(FORMATS)}"),
+        Option("classes", "the names of the mask values 0, 1, 2, ... in order", list),
+        Option("colors", "JSON file (or, in Python, a dict) mapping class names to the [r, g, b] colours of colour-coded masks"),
+        Option("skip_unmasked", "leave images without a mask out on purpose instead of counting them as bad pairs", bool, False),
+    )
+    evaluate_options = ("masks", "skip_unmasked")
+    check_options = (Option("ignore_index", f"mask value that is not a class, -1 for none (default: {IGNORE_INDEX})", int, IGNORE_INDEX),)
+
+    def check_config(self, config: TrainConfig) -> None:
+        parse_loss(config.loss)
+
+    # --- data ------------------------------------------------------------------------------------------
+    def read(self, data: str | Path, config: TrainConfig, *, masks: str | Path | None = None, format: str | None = None,
+             classes: list[str] | None = None, colors: Any = None, skip_unmasked: bool = False) -> Data:
+        self._check_format(format)
+        dataset = read_segmentation(data, masks=masks, format=format, classes=classes, colors=colors, ignore_value=ignore_value(config),
+                                    skip_unmasked=skip_unmasked, workers=config.workers)
+        return self._data(dataset, masks, skip_unmasked)
+
+    def _check_format(self, fmt: str | None) -> None:
+        if fmt is not None and fmt not in FORMATS:
+            raise ConfigError(f"--format {fmt} is not a {self.name} format; use one of {', '.join(FORMATS)}")
+
+    @staticmethod
+    def _data(dataset: SegmentationDataset, masks: str | Path | None, skip_unmasked: bool) -> Data:
+        record = {"masks": str(Path(masks).resolve()) if masks else None, "label_format": dataset.format,
+                  "skip_unmasked": skip_unmasked, "class_map": dataset.class_map()}
+        return Data(dataset.root, dataset.classes, dataset, record, layout=f"{dataset.kind} masks")
+
+    def split(self, data: Data, config: TrainConfig) -> dict[str, list]:
+        return split_images(data.source.samples, config.val_fraction, config.test_fraction, config.seed, data.root)
+
+    def save_split(self, data: Data, splits: dict[str, list], path: Path) -> None:
+        save_image_split(splits, path, data.root, lambda s: "mask")
+
+    def reread(self, saved: dict[str, Any], run_dir: Path) -> tuple[Data, dict[str, list]]:
+        """A run's images and masks read again with the run's own class map (so classes keep their indexes)."""
+        dataset = read_segmentation(saved["data"], masks=saved.get("masks"), format=saved.get("label_format"),
+                                    class_map=saved["class_map"], skip_unmasked=saved.get("skip_unmasked", False))
+        data = self._data(dataset, saved.get("masks"), saved.get("skip_unmasked", False))
+        return data, load_image_split(run_dir / "split.csv", dataset.samples, dataset.root)
+
+    def read_other(self, data: str | Path, trained: TrainedSegmenter, *, masks: str | Path | None = None,
+                   skip_unmasked: bool = False) -> tuple[Data, list]:
+        dataset = read_segmentation(data, masks=masks, class_map=trained.class_map, skip_unmasked=skip_unmasked)
+        return self._data(dataset, masks, skip_unmasked), dataset.samples
+
+    def describe(self, data: Data, splits: dict[str, list]) -> str:
+        return f"{len(data.classes)} classes ({data.layout}), {', '.join(f'{len(v)} {k}' for k, v in splits.items())} images"
+
+    # --- training --------------------------------------------------------------------------------------
+    def prepare(self, config: TrainConfig, data: Data, splits: dict[str, list], device: Any, *,
+                resumed: dict[str, Any] | None) -> Setup:
+        dataset, classes = data.source, data.classes
+        model, spec, origin = create_segmenter(config, classes, load=resumed is None)
+        if config.transfer:
+            keep_norm_statistics(model.encoder)
+        weight = None
+        if config.class_weights != "none":
+            weights = class_weights(dataset.pixel_counts(splits["train"]), config.class_weights)
+            logger.info("class weights: " + ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, weights, strict=True)))
+            weight = torch.as_tensor(weights, dtype=torch.float32, device=device)
+        workers = workers_for(config)
+        train = SegmentationStore(dataset, splits["train"], config.image_size, train=True, augment=config.augment,
+                                  hflip=config.hflip, workers=workers)
+        # validation tiles twice the crop's side: more context per tile, fewer tile borders, still a fixed batch shape
+        val = SegmentationStore(dataset, splits["val"], 2 * config.image_size, train=False, workers=workers) if splits["val"] else None
+        total = sum(p.numel() for p in model.parameters()) / 1e6
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
+        return Setup(
+            model=model, objective=SegmentationTask(len(classes), config.loss, weight), train=train, val=val, transform=to_unit_range,
+            meta={"model": asdict(spec), "class_map": dataset.class_map(),
+                  "preprocessing": {"input": "RGB in [0, 1], normalised inside the model", "crop": config.image_size,
+                                    "tile_size": config.tile_size}},
+            summary=(f"model {spec.name} ({total:.2f}M parameters, {trained:.2f}M trained), {config.image_size}px crops, "
+                     f"loss {config.loss}"),
+            pretrained_from=origin,
+        )
+
+    def param_groups(self, model: nn.Module, phase: str, config: TrainConfig) -> list[dict]:
+        return pretrained_part_groups(model, model.encoder, config)
+
+    # --- using a trained model -------------------------------------------------------------------------
+    def load(self, checkpoint: Path) -> TrainedSegmenter:
+        return load_segmenter(checkpoint)
+
+    def predictor(self, trained: TrainedSegmenter, device: str = "auto") -> SegmentationPredictor:
+        return SegmentationPredictor(trained, device)
+
+    def evaluate(self, run_dir: Path, predictor: SegmentationPredictor, split: str, data: Data, items: list, *,
+                 checkpoint: str, other: str | Path | None) -> SegmentationEvaluation:
+        return score_samples(run_dir, predictor, str(other) if other else split, data.source, items, checkpoint=checkpoint)
+
+    def headline(self, evaluation: SegmentationEvaluation) -> str:
+        m = evaluation.metrics
+        return (f"{evaluation.split}: mIoU {m['miou']:.4f}, mean Dice {m['mean_dice']:.4f}, pixel accuracy {m['pixel_accuracy']:.2%}; "
+                f"report: {evaluation.report}")
+
+    def predict_files(self, predictor: SegmentationPredictor, paths: list[Path], output: Path | None, run_dir: Path) -> list[Any]:
+        out, done, failed = predict_to_folder(predictor, run_dir, paths, output)
+        return [f"{len(done)} images segmented: mask PNGs (class indexes, class colours as palette) and colour overlays in {out}"
+                + (f"; {len(failed)} unreadable files skipped" if failed else "")]
+
+    def model_names(self, pattern: str) -> dict[str, list[str]]:
+        names = [n for n in list_segmenters() if pattern in n]
+        return {f"segmentation, --task {self.name}": names} if names else {}
+
+    # --- deepfit data check ----------------------------------------------------------------------------
+    def claims(self, data: str | Path, options: dict[str, Any]) -> bool:
+        fmt = options.get("format")
+        if fmt:
+            return fmt in FORMATS and fmt != "coco"  # COCO JSON is read as objects unless --task segment says otherwise
+        return bool(options.get("masks") or options.get("colors")) or holds_semantic_masks(data)
+
+    def check_data(self, data: str | Path, *, masks: str | Path | None = None, format: str | None = None,
+                   classes: list[str] | None = None, colors: Any = None, skip_unmasked: bool = False,
+                   ignore_index: int = IGNORE_INDEX) -> list[Any]:
+        self._check_format(format)
+        dataset = read_segmentation(data, masks=masks, format=format, classes=classes, colors=colors,
+                                    ignore_value=None if ignore_index < 0 else ignore_index, max_bad=1.0, skip_unmasked=skip_unmasked)
+        summary = summarize(dataset)
+        ignored = f"; ignored value {dataset.ignore_value}" if dataset.ignore_value is not None else ""
+        lines: list[Any] = [f"{summary['format']} segmentation masks ({summary['kind']}) in {summary['root']}: {summary['images']} "
+                            f"images with a usable mask, {len(dataset.classes)} classes{ignored}"]
+        if summary.get("splits"):
+            lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
+        table = Table(title="pixels per class")
+        table.add_column("class")
+        table.add_column("mask value", justify="right")
+        table.add_column("share of pixels", justify="right")
+        for (name, share), value in zip(summary["pixel_share"].items(), dataset.values, strict=True):
+            table.add_row(name, str(value), f"{share:.2%}")
+        lines.append(table)
+        for kind, files in summary["problems"].items():
+            lines.append(f"{kind}: {len(files)}")
+            lines += [f"  {f}" for f in files[:50]]
+            if len(files) > 50:
+                lines.append(f"  ... and {len(files) - 50} more")
+        return lines
+
+
+TASK = SegmentTask()
