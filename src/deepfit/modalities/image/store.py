@@ -339,3 +339,26 @@ def image_tensor(item: ImageInput) -> torch.Tensor:
     if array.ndim != 3 or array.shape[2] not in (3, 4):
         raise DataError(f"an image must be (H, W, 3) or (H, W) pixels, not an array of shape {array.shape}")
     return torch.from_numpy(np.array(array[..., :3])).permute(2, 0, 1)  # a copy: the input may be read-only
+
+
+def to_storage(item: ImageInput, size: int) -> torch.Tensor:
+    """Any supported input -> (3, S, S) uint8, through the same resize as training and evaluation."""
+    if isinstance(item, str | Path):
+        return decode_file(Path(item), size)
+    if isinstance(item, Image.Image):
+        return pil_to_storage(to_rgb(item), size)
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu()
+        if item.ndim == 3 and item.shape[0] in (1, 3, 4):  # (C, H, W) -> (H, W, C)
+            item = item.permute(1, 2, 0)
+        item = item.numpy()
+    if isinstance(item, np.ndarray):
+        arr = item
+        if arr.dtype != np.uint8:  # floats are taken as [0, 1]
+            arr = (np.clip(arr.astype(np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+            raise DataError(f"cannot read an image from an array of shape {item.shape}: expected (H, W), (H, W, 3) or (3, H, W)")
+        return pil_to_storage(to_rgb(Image.fromarray(arr)), size)
+    raise DataError(f"cannot predict on a {type(item).__name__}: give a path, a PIL image, an array or a tensor")
