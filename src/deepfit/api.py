@@ -37,7 +37,7 @@ from deepfit.errors import DeepfitError
 from deepfit.modalities.base import is_path_list, names_many
 from deepfit.registry import all_tasks, get_modality, get_task
 from deepfit.runs.folder import run_folder, run_task
-from deepfit.tasks.base import Task
+from deepfit.tasks.base import Task, option_values
 from deepfit.tasks.classify.predict import ImageInput, Prediction
 from deepfit.workflows.evaluate import evaluate as evaluate_run
 from deepfit.workflows.extraction import FeatureSet
@@ -101,6 +101,7 @@ class Learner:
     def predict(self, inputs: Any, **options: Any) -> Any:
         """One input (a path, or what the modality takes in memory) -> the task's prediction; a list, a folder or a glob
         -> a list of them. `options` are the task's prediction options (e.g. conf=, iou= for detection)."""
+        options = option_values(self.task, options, self.task.predict_options, "predict")
         if names_many(inputs):
             inputs = get_modality(self.task.modality).expand([inputs])
         return self.predictor.predict(inputs, **options)

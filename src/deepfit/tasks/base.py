@@ -143,13 +143,21 @@ class Task:
         return param_groups(model.named_parameters(), config.weight_decay)
 
     # --- using a trained model -------------------------------------------------------------------------
+    # Most tasks only name these two: a function checkpoint -> trained model, and the predictor class.
+    loader: ClassVar[Callable[[Path], Any] | None] = None
+    predictor_type: ClassVar[type | None] = None
+
     def load(self, checkpoint: Path) -> Any:
-        """A trained model (with `.classes` and `.meta`) rebuilt from a checkpoint and its sidecar."""
-        raise NotImplementedError
+        """A trained model (with `.model`, `.classes` and `.meta`) rebuilt from a checkpoint and its sidecar."""
+        if self.loader is None:
+            raise NotImplementedError(f"task {self.name!r} names no loader")
+        return self.loader(checkpoint)
 
     def predictor(self, trained: Any, device: str = "auto") -> Any:
-        """An object with `predict(inputs, **predict_options)`, `classes` and `trained`."""
-        raise NotImplementedError
+        """An object with `predict(inputs, **predict_options)` and `trained`."""
+        if self.predictor_type is None:
+            raise NotImplementedError(f"task {self.name!r} names no predictor_type")
+        return self.predictor_type(trained, device)
 
     def evaluate(self, run_dir: Path, predictor: Any, split: str, data: Data, items: list, *,
                  checkpoint: str, other: str | Path | None) -> Any:

@@ -62,6 +62,7 @@ class ClassifyTask(Task):
     title = "image classification"
     defaults = {"model": "resnet18", "batch_size": 64}
     score = "accuracy"
+    loader, predictor_type = staticmethod(load_trained), Predictor
     data_options = (
         Option("path_column", "CSV data: the column holding image paths"),
         Option("label_column", "CSV data: the column holding labels"),
@@ -149,12 +150,6 @@ class ClassifyTask(Task):
         )
 
     # --- using a trained model -------------------------------------------------------------------------
-    def load(self, checkpoint: Path) -> TrainedModel:
-        return load_trained(checkpoint)
-
-    def predictor(self, trained: TrainedModel, device: str = "auto") -> Predictor:
-        return Predictor(trained, device)
-
     def evaluate(self, run_dir: Path, predictor: Predictor, split: str, data: Data, items: list, *,
                  checkpoint: str, other: str | Path | None) -> Evaluation:
         return score_files(run_dir, predictor, split, items, data=other, checkpoint=checkpoint)

@@ -90,6 +90,7 @@ class DetectTask(Task):
     masks = False
     defaults = {"model": "fasterrcnn:tv/mobilenet_v2", "batch_size": 4, "image_size": 512}
     score = "box mAP"
+    loader, predictor_type = staticmethod(load_detector), DetectionPredictor
     sgd_lr = 0.01
     data_options = (
         Option("format", f"label format (default: found from DATA): {', '.join(FORMATS)}"),
@@ -165,12 +166,6 @@ class DetectTask(Task):
         return pretrained_part_groups(model, backbone_body(model), config)
 
     # --- using a trained model -------------------------------------------------------------------------
-    def load(self, checkpoint: Path) -> TrainedDetector:
-        return load_detector(checkpoint)
-
-    def predictor(self, trained: TrainedDetector, device: str = "auto") -> DetectionPredictor:
-        return DetectionPredictor(trained, device)
-
     def evaluate(self, run_dir: Path, predictor: DetectionPredictor, split: str, data: Data, items: list, *,
                  checkpoint: str, other: str | Path | None) -> DetectionEvaluation:
         return score_samples(run_dir, predictor, str(other) if other else split, items, checkpoint=checkpoint)
@@ -212,10 +207,10 @@ class DetectTask(Task):
 
 
 class SegmentInstancesTask(DetectTask):
-    name = "segment-instances"
-    title = "instance segmentation"
-    masks = True
-    defaults = {"model": "maskrcnn:tv/mobilenet_v2", "batch_size": 4, "image_size": 512}
+    """Detection with a mask per object: the same data, training and scoring, a model with a mask head."""
+
+    name, title, masks = "segment-instances", "instance segmentation", True
+    defaults = {**DetectTask.defaults, "model": "maskrcnn:tv/mobilenet_v2"}
 
     def claims(self, data: str | Path, options: dict[str, Any]) -> bool:
         return False  # `deepfit data check` reads instance labels as detection labels (with masks)

@@ -81,6 +81,7 @@ class SegmentTask(Task):
     # semantic segmentation trains on random crops of image_size pixels at the images' own resolution
     defaults = {"model": "unet:tv/mobilenet_v2", "batch_size": 8, "image_size": 256}
     score = "mIoU"
+    loader, predictor_type = staticmethod(load_segmenter), SegmentationPredictor
     data_options = (
         Option("masks", "the folder of mask images, when DATA is the folder of images"),
         Option("format", f"label layout (default: found from DATA): {', '.join(FORMATS)}"),
@@ -166,12 +167,6 @@ class SegmentTask(Task):
         return pretrained_part_groups(model, model.encoder, config)
 
     # --- using a trained model -------------------------------------------------------------------------
-    def load(self, checkpoint: Path) -> TrainedSegmenter:
-        return load_segmenter(checkpoint)
-
-    def predictor(self, trained: TrainedSegmenter, device: str = "auto") -> SegmentationPredictor:
-        return SegmentationPredictor(trained, device)
-
     def evaluate(self, run_dir: Path, predictor: SegmentationPredictor, split: str, data: Data, items: list, *,
                  checkpoint: str, other: str | Path | None) -> SegmentationEvaluation:
         return score_samples(run_dir, predictor, str(other) if other else split, data.source, items, checkpoint=checkpoint)
