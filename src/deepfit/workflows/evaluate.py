@@ -35,7 +35,8 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, *, checkpoint:
     run = Path(run_dir).resolve()
     saved = read_run_config(run)
     task = get_task(run_task(run))
-    options = option_values(task, {k: v for k, v in options.items() if v not in (None, False)}, task.evaluate_options, "evaluate")
+    options = option_values(task, {k: v for k, v in options.items() if v is not None and v is not False}, task.evaluate_options,
+                           "evaluate")
     trained = task.load(resolve_checkpoint(run, checkpoint))
     if data is None:
         dataset, splits = task.reread(saved, run)
