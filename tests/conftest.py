@@ -78,6 +78,9 @@ def deepfit_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     cache = tmp_path_factory.mktemp("deepfit-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DEEPFIT_CACHE", str(cache))
+        # Tests never reach for the network (there is none here, and CI must send nothing outside the machine):
+        # `--pretrained` then fails at once instead of probing a hub; tests of the online path fake the network.
+        mp.setenv("DEEPFIT_OFFLINE", "1")
         yield cache
 
 

@@ -99,6 +99,7 @@ def test_pretrained_by_name_goes_through_torchvisions_downloader(
         return load_file(str(weights_dir / "mobilenet_v2.safetensors"))
 
     monkeypatch.setattr(WeightsEnum, "get_state_dict", fake_download)
+    monkeypatch.setattr("deepfit.models.weights.network_reachable", lambda *a, **k: True)  # the fake is 'online'
     with caplog.at_level(logging.INFO, logger="deepfit"):
         created = create_model("tv/mobilenet_v2", 3, pretrained=True)
     assert requested and requested[0].startswith("https://download.pytorch.org/models/mobilenet_v2")

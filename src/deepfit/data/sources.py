@@ -320,6 +320,9 @@ def _from_csv(csv_path: Path, path_column: str | None, label_column: str | None)
     label_i = _pick_column(header, label_column, _LABEL_COLUMNS, 1, "label", csv_path)
     if path_i == label_i:
         raise DataError(f"{csv_path}: path and label are the same column ({header[path_i]!r}): name two columns")
+    for what, i, wanted, usual in (("paths", path_i, path_column, "path"), ("labels", label_i, label_column, "label")):
+        if wanted is None and lowered[i] != usual:  # found by guessing: say which one, so a wrong guess shows
+            logger.info("%s: taking column %r for the %s (name another with the %s column option)", csv_path.name, header[i], what, usual)
     split_i = lowered.index("split") if "split" in lowered else None
     if split_i in (path_i, label_i):
         split_i = None

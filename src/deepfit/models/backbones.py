@@ -22,7 +22,7 @@ from torch import nn
 from deepfit.errors import ConfigError, WeightsError
 from deepfit.log import logger
 from deepfit.models.factory import IMAGENET_MEAN, IMAGENET_STD
-from deepfit.models.weights import read_weights_file
+from deepfit.models.weights import check_official_weights_reachable, read_weights_file
 
 # Keys of a classification network that no backbone has (its classifier).
 TIMM_CLASSIFIER = ("classifier.", "fc.", "head.", "conv_head.", "bn2.")
@@ -45,6 +45,7 @@ def fetching(name: str, pretrained: bool = True) -> Iterator[None]:
     if not pretrained:
         yield
         return
+    check_official_weights_reachable(name)
     try:
         yield
     except (OSError, RuntimeError, ValueError) as e:

@@ -145,3 +145,58 @@ def classifier_module(model: nn.Module) -> nn.Module:
         if isinstance(getattr(model, attr, None), nn.Module):
             return getattr(model, attr)
     raise ConfigError(f"cannot find the classifier of {type(model).__name__} to fine-tune it")
+
+
+# --- official weights: fail at once when they are neither cached nor reachable -----------------------------
+
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TIMM_OFFLINE", "DEEPFIT_OFFLINE")
+
+
+def network_reachable(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
+    """Whether the download hosts can be reached at all: False at once under an offline variable, else a short
+    connection attempt (a few seconds at most) instead of minutes of hub retries."""
+    import os
+    import socket
+
+    if any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in OFFLINE_VARIABLES):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def official_weights_cached(name: str) -> bool:
+    """Whether timm's or torchvision's official weights for `name` are already in their usual cache folders."""
+    import os
+
+    places: list[Path] = []
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    hf = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
+    try:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name)
+        if cfg is not None and cfg.hf_hub_id:
+            places.append(hf / ("models--" + cfg.hf_hub_id.split("@")[0].replace("/", "--")) / "snapshots")
+        if cfg is not None and cfg.url:
+            places.append(hub / cfg.url.rsplit("/", 1)[-1])
+    except (ImportError, RuntimeError, ValueError, AttributeError):
+        pass
+    try:
+        import torchvision
+
+        places.append(hub / torchvision.models.get_model_weights(name).DEFAULT.url.rsplit("/", 1)[-1])
+    except (ImportError, RuntimeError, ValueError, AttributeError, KeyError):
+        pass
+    return any(p.exists() and (p.is_file() or any(p.iterdir())) for p in places)
+
+
+def check_official_weights_reachable(name: str) -> None:
+    """Raise the one-line WeightsError at once when `name`'s official weights are not cached and there is no network."""
+    if not official_weights_cached(name) and not network_reachable():
+        raise WeightsError(
+            f"could not fetch the official weights of {name!r}: no network and not in the cache; without internet, "
+            "download them elsewhere and pass --weights FILE"
+        )

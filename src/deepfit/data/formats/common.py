@@ -66,9 +66,9 @@ def images_under(folder: Path) -> dict[tuple[str, str], Path]:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image's header."""
+    """(width, height) from the image's header, as viewers show it (EXIF orientations 5-8 swap the sides)."""
     with Image.open(path) as img:
-        return img.size
+        return img.size[::-1] if img.getexif().get(0x0112, 1) in (5, 6, 7, 8) else img.size
 
 
 # --- the dataset YAML and class names --------------------------------------------------------------

@@ -34,7 +34,12 @@ def open_rgb(path: str | Path) -> Image.Image:
         warnings.simplefilter("ignore", UserWarning)
         img = Image.open(path)
         img.load()
-        return to_rgb(img)
+        return to_rgb(upright(img))
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """The image as viewers show it: turned by its EXIF orientation tag, if it has one."""
+    return upright_like(img, img)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -73,10 +78,24 @@ def decode_file(path: Path, size: int) -> torch.Tensor:
         if probe.format == "JPEG":
             probe.draft("RGB", (size, size))  # let libjpeg decode at a reduced scale: 2-8x faster for big photos
             probe.load()
-            img = probe.convert("RGB") if probe.mode != "RGB" else probe.copy()
+            img = upright_like(probe.convert("RGB") if probe.mode != "RGB" else probe.copy(), probe)
         else:
             img = open_rgb(path)
     return pil_to_storage(img, size)
+
+
+def upright_like(img: Image.Image, source: Image.Image) -> Image.Image:
+    """`img` (the pixels of `source`) turned by the EXIF orientation tag of `source`, as viewers show it."""
+    try:
+        method = _TURNS.get(source.getexif().get(0x0112, 1))
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError):  # a broken EXIF block: pixels as stored
+        method = None
+    return img.transpose(method) if method is not None else img
+
+
+_T = Image.Transpose
+_TURNS = {2: _T.FLIP_LEFT_RIGHT, 3: _T.ROTATE_180, 4: _T.FLIP_TOP_BOTTOM, 5: _T.TRANSPOSE, 6: _T.ROTATE_270,
+          7: _T.TRANSVERSE, 8: _T.ROTATE_90}
 
 
 @dataclass
@@ -312,14 +331,35 @@ def check_unreadable(bad: list[BadFile], total: int, what: str, max_fraction: fl
 def decode_rgb(path: str) -> torch.Tensor:
     """(3, H, W) uint8 RGB of an image file; an unreadable file is an error that names it.
 
-    Decoded by Pillow, not torchvision.io (deprecated there since 0.29), and without EXIF rotation: the
-    label readers take the image size from the same stored, unrotated pixels."""
+    Decoded by Pillow, not torchvision.io (deprecated there since 0.29), turned upright by its EXIF
+    orientation tag as viewers show it (and as annotation tools label it)."""
     try:
         with Image.open(path) as image:
-            array = np.array(image.convert("RGB"))  # (H, W, 3)
+            array = np.array(upright_like(image.convert("RGB"), image))  # (H, W, 3)
         return torch.from_numpy(array).permute(2, 0, 1)
     except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot decode {path} ({type(e).__name__}: {str(e)[:120]}): replace or remove the file") from e
+
+
+_warned_255 = False
+
+
+def as_hwc(array: np.ndarray) -> np.ndarray:
+    """An array image as (H, W[, C]) uint8: (C, H, W) with C in 1, 3, 4 is moved to channels-last; floats in
+    [0, 1] are scaled by 255, floats above 1 are taken as 0-255 values (with a warning, once)."""
+    global _warned_255
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[2] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.dtype == np.uint8:
+        return array
+    arr = array.astype(np.float32)
+    scale = 1.0 if arr.size and float(np.nanmax(arr)) > 1.0 else 255.0
+    if scale == 1.0 and not _warned_255:
+        logger.warning("image arrays with values above 1 are taken as 0-255 pixel values (floats in [0, 1] as 0-1)")
+        _warned_255 = True
+    return (np.clip(arr * scale, 0, 255) + 0.5).astype(np.uint8)
 
 
 # what prediction accepts as one image: a path, a PIL image, an (H, W, 3) or (H, W) uint8 array, a (3, H, W) tensor
@@ -333,11 +373,11 @@ def image_tensor(item: ImageInput) -> torch.Tensor:
     if isinstance(item, torch.Tensor):
         t = item if item.dtype == torch.uint8 else (item.float().clamp(0, 1) * 255).round().to(torch.uint8)
         return t if t.shape[0] == 3 else t.expand(3, *t.shape[-2:])
-    array = np.asarray(item.convert("RGB") if isinstance(item, Image.Image) else item)
+    array = as_hwc(np.asarray(upright(item).convert("RGB") if isinstance(item, Image.Image) else item))
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise DataError(f"an image must be (H, W, 3) or (H, W) pixels, not an array of shape {array.shape}")
+        raise DataError(f"an image must be (H, W, 3), (3, H, W) or (H, W) pixels, not an array of shape {array.shape}")
     return torch.from_numpy(np.array(array[..., :3])).permute(2, 0, 1)  # a copy: the input may be read-only
 
 
@@ -346,18 +386,14 @@ def to_storage(item: ImageInput, size: int) -> torch.Tensor:
     if isinstance(item, str | Path):
         return decode_file(Path(item), size)
     if isinstance(item, Image.Image):
-        return pil_to_storage(to_rgb(item), size)
+        return pil_to_storage(to_rgb(upright(item)), size)
     if isinstance(item, torch.Tensor):
         item = item.detach().cpu()
         if item.ndim == 3 and item.shape[0] in (1, 3, 4):  # (C, H, W) -> (H, W, C)
             item = item.permute(1, 2, 0)
         item = item.numpy()
     if isinstance(item, np.ndarray):
-        arr = item
-        if arr.dtype != np.uint8:  # floats are taken as [0, 1]
-            arr = (np.clip(arr.astype(np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
-        if arr.ndim == 3 and arr.shape[2] == 1:
-            arr = arr[:, :, 0]
+        arr = as_hwc(item)
         if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
             raise DataError(f"cannot read an image from an array of shape {item.shape}: expected (H, W), (H, W, 3) or (3, H, W)")
         return pil_to_storage(to_rgb(Image.fromarray(arr)), size)

@@ -9,10 +9,11 @@ import io
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from deepfit.config import TrainConfig
 from deepfit.data.sources import LabeledFile
-from deepfit.data.split import cross_split_duplicates
+from deepfit.data.split import cross_split_duplicates, label_conflicts
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
 from deepfit.modalities.image.store import BadFile, ImageStore, check_unreadable
@@ -32,7 +33,30 @@ def load_split_stores(
         stores[name] = store
         bad += bad_here
     check_unreadable(bad, sum(len(f) for f in splits.values()), "images")
+    warn_tiny_images([f.path for files in splits.values() for f in files])
     return stores, bad
+
+
+TINY_SIDE = 8  # pixels: an image with a side below this holds next to nothing to learn from
+
+
+def warn_tiny_images(paths: list[Path], max_bytes: int = 16384) -> list[Path]:
+    """Warn once, with a count and the first few names, about images with a side under TINY_SIDE pixels.
+
+    Only small files are opened (a header read each): a tiny image is a small file."""
+    tiny = []
+    for path in paths:
+        try:
+            if path.stat().st_size <= max_bytes:
+                with Image.open(path) as img:
+                    if min(img.size) < TINY_SIDE:
+                        tiny.append(path)
+        except (OSError, ValueError, SyntaxError):
+            continue  # unreadable files are reported elsewhere
+    if tiny:
+        names = ", ".join(str(p) for p in tiny[:3]) + (", ..." if len(tiny) > 3 else "")
+        logger.warning(f"{len(tiny)} image(s) have a side under {TINY_SIDE} pixels and are upscaled to train: {names}")
+    return tiny
 
 
 def channel_stats(store: ImageStore, limit: int = 2048) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -53,6 +77,9 @@ def channel_stats(store: ImageStore, limit: int = 2048) -> tuple[tuple[float, ..
 
 
 def report_duplicates(splits: dict[str, list[LabeledFile]], run_dir: Path) -> int:
+    for group in label_conflicts(splits):  # the same image under two classes: one of the labels is wrong
+        a, b = group[0], next(f for f in group if f.label != group[0].label)
+        logger.warning(f"the same image is labelled {a.label!r} ({a.path}) and {b.label!r} ({b.path}): fix one of the labels")
     groups = cross_split_duplicates(splits)
     if not groups:
         return 0
