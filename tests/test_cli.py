@@ -53,11 +53,18 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_models_lists_all_sources_and_segmenters(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "resnet18"]) == 0
-    lines = {line.split(" (")[0]: line for line in capsys.readouterr().out.splitlines()}
-    assert set(lines) == {"deepfit", "timm", "torchvision", "segmentation, --task segment"}
-    assert "resnet18" in lines["timm"].split() and "resnet18" in lines["torchvision"].split()
-    assert lines["deepfit"].startswith("deepfit (0)")
-    assert "unet:tv/resnet18" in lines["segmentation, --task segment"].split()
+    sections: dict[str, list[str]] = {}
+    heading = ""
+    for line in capsys.readouterr().out.splitlines():  # a heading, then one name a line
+        if line.startswith("  "):
+            sections[heading].append(line.strip())
+        else:
+            heading = line.split(" (")[0]
+            sections[heading] = []
+    assert set(sections) == {"timm", "torchvision", "segmentation, --task segment", "object detection, --task detect",
+                             "instance segmentation, --task segment-instances"}  # deepfit has no match: no section
+    assert "resnet18" in sections["timm"] and "tv/resnet18" in sections["torchvision"]
+    assert "unet:tv/resnet18" in sections["segmentation, --task segment"]
 
 
 def test_train_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:

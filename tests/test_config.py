@@ -66,11 +66,11 @@ def test_bad_choice_suggests_the_nearest_value(shapes_data: Path, tmp_path: Path
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"epochs": 0}, "--epochs must be at least 1"),
-        ({"batch_size": 0}, "--batch-size must be at least 1"),
+        ({"epochs": 0}, "epochs must be at least 1"),
+        ({"batch_size": 0}, "batch_size must be at least 1"),
         ({"val_fraction": 0.5, "test_fraction": 0.5}, "sum to less than 1"),
-        ({"label_smoothing": 1.0}, "--label-smoothing must be in"),
-        ({"lr": -1.0}, "--lr must be positive"),
+        ({"label_smoothing": 1.0}, "label_smoothing must be in"),
+        ({"lr": -1.0}, "lr must be greater than 0"),
         ({"pretrained": True, "weights": "w.safetensors"}, "not both"),
         ({"optimizer": "adam"}, "did you mean 'adamw'"),
     ],

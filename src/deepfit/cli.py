@@ -7,18 +7,16 @@ config.json always use the same names, defaults and help.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
+import logging
 import re
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
-from deepfit.config import ALIASES, PRESETS, FeaturesConfig, TrainConfig, field_type, parse_model_args
-from deepfit.errors import ConfigError, DeepfitError
-from deepfit.log import output_console
-
-if TYPE_CHECKING:
-    from deepfit.tasks.base import Option, Task
+from deepfit.cli_options import add_config_options, add_task_options, add_verbosity, task_option_names
+from deepfit.config import ALIASES, PRESETS, FeaturesConfig, OptionError
+from deepfit.errors import ConfigError, DeepfitError, TrainingInterrupted
+from deepfit.log import output_console, setup_logging
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,72 +44,28 @@ class _Parser(argparse.ArgumentParser):
                 if flag.startswith("-"):
                     as_name = flag.lstrip("-").replace("-", "_")
                     alias = ALIASES.get(as_name)
-                    close = ["--" + alias.replace("_", "-")] if alias else difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+                    close = ["--" + alias.replace("_", "-")] if alias else difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
                     hints.append(f"{flag}: did you mean {close[0]}?" if close else f"{flag}: no such option")
             if hints:
                 message += " (" + "; ".join(hints) + ")"
+        # a subcommand's parser has prog "deepfit train": the hint names that command's help
         self.exit(2, f"{self.prog}: error: {message}\nsee `{self.prog} --help` for the options\n")
 
-
-def _add_config_options(parser: argparse.ArgumentParser, cls: type = TrainConfig, title: str | None = None) -> None:
-    """One option per config field; defaults are suppressed so only what the user typed overrides a preset."""
-    group = parser.add_argument_group(title or "training options (defaults shown are used unless a --preset sets them)")
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f"{f.metadata['help']} (default: {default})"
-        kind = field_type(f, cls)
-        if f.name == "model_args":
-            group.add_argument(flag, type=parse_model_args, default=argparse.SUPPRESS, help=help_text, metavar="K=V,...")
-        elif kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-        else:
-            # choices are checked by TrainConfig, whose error suggests the nearest valid value
-            choices = f.metadata.get("choices")
-            metavar = "{" + ",".join(choices) + "}" if choices else f.name.upper()
-            group.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text, metavar=metavar)
-
-
-def _add_task_options(parser: argparse.ArgumentParser, kind: str, title: str) -> None:
-    """The options that tasks declare (`data_options`, `evaluate_options`, `predict_options`, `check_options`), one flag
-    per name with each task's help; defaults are suppressed, so a flag given for a task that does not take it is an
-    error naming the task that does (tasks/base.py `option_values`)."""
-    from deepfit.registry import all_tasks
-
-    declared: dict[str, tuple[Option, dict[str, list[str]]]] = {}  # name -> (option, {help: [tasks]})
-    for task in all_tasks():
-        for option in _options_of(task, kind):
-            _, helps = declared.setdefault(option.name, (option, {}))
-            helps.setdefault(option.help, []).append(task.name)
-    group = parser.add_argument_group(title)
-    for option, helps in declared.values():
-        help_text = "; ".join(f"{', '.join(tasks)}: {text}" for text, tasks in helps.items())
-        if option.type is bool:
-            group.add_argument(option.flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
-        elif option.type is list:
-            group.add_argument(option.flag, nargs="+", default=argparse.SUPPRESS, help=help_text)
-        else:
-            group.add_argument(option.flag, type=option.type, default=argparse.SUPPRESS, help=help_text)
-
-
-def _options_of(task: Task, kind: str) -> tuple[Option, ...]:
-    if kind == "data":
-        return task.data_options
-    if kind == "evaluate":
-        return tuple(o for o in task.data_options if o.name in task.evaluate_options)
-    if kind == "check":
-        return (*task.data_options, *task.check_options)
-    return task.predict_options
-
-
-def _task_option_names(kind: str) -> set[str]:
-    from deepfit.registry import all_tasks
-
-    return {o.name for task in all_tasks() for o in _options_of(task, kind)}
+    def subcommand(self, args: argparse.Namespace) -> _Parser:
+        """The parser of the (sub)command that `args` chose: deepfit, deepfit train, deepfit data check, ..."""
+        parser: _Parser = self
+        for dest in ("command", "data_command"):
+            action = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+            if action is None or getattr(args, dest, None) is None:
+                break
+            parser = action.choices[getattr(args, dest)]
+        return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="deepfit", description="Train, evaluate and use image classifiers from labelled examples.")
+    parser = _Parser(prog="deepfit", description="Train, evaluate and use image classifiers, object detectors and instance or semantic "
+                     "segmenters (a class for every image, boxes around objects, or a class for every pixel) from labelled "
+                     "examples.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
@@ -129,10 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="RUN_DIR",
         help="continue a stopped run from its resumable state (with --epochs N: extend a finished run to N epochs)",
     )
+    t.add_argument("--data-root", metavar="NEW", help="with --resume: where the run's data is now, if it moved (keeps the split)")
     t.add_argument("--preset", choices=sorted(PRESETS), help="a tested set of options to start from")
     t.add_argument("--no-evaluate", action="store_true", help="do not score the test split after training")
-    _add_task_options(t, "data", "how the data is read (each option is for the tasks it names)")
-    _add_config_options(t)
+    add_task_options(t, "data", "how the data is read (each option is for the tasks it names)")
+    add_config_options(t)
 
     f = sub.add_parser(
         "features", help="fit a classical model (svm, logreg, knn, ridge) on a pretrained network's features, or export them",
@@ -140,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("data", help="folder of class folders, folder with train/ val/ test/, or a CSV/TSV of path,label")
     f.add_argument("--path-column", help="CSV data: the column holding image paths")
     f.add_argument("--label-column", help="CSV data: the column holding labels")
-    _add_config_options(f, FeaturesConfig, "feature-extraction options")
+    add_config_options(f, FeaturesConfig, "feature-extraction options")
 
     c = sub.add_parser(
         "compare", help="machine learning or deep learning? learning curves of classical, feature and fine-tuning approaches",
@@ -172,17 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("data", help="COCO JSON (or its folder), YOLO folder with its YAML, Pascal VOC folder, or images/ + masks/")
     dc.add_argument("--task", help="read the labels as this task's (detect, segment, ...); default: from the layout (a folder "
                     "of mask images is read as semantic masks, other labels as objects)")
-    _add_task_options(dc, "check", "how the labels are read (each option is for the tasks it names)")
+    add_task_options(dc, "check", "how the labels are read (each option is for the tasks it names)")
 
     e = sub.add_parser("evaluate", help="score a run's best checkpoint on its test split (or --data) and write report.html")
-    e.add_argument("run_dir")
+    e.add_argument("run_dir", help="the run folder that `deepfit train` wrote (runs/<name>)")
     e.add_argument("--data", help="another labelled data set to score instead of the test split")
-    _add_task_options(e, "evaluate", "how --data is read (each option is for the tasks it names)")
+    e.add_argument("--data-root", metavar="NEW", help="where the run's data is now, if it moved (keeps its test split)")
+    add_task_options(e, "evaluate", "how --data is read (each option is for the tasks it names)")
     e.add_argument("--checkpoint", default="best", choices=["best", "last"])
     e.add_argument("--device", default="auto")
 
     p = sub.add_parser("predict", help="classify images, or detect objects in them (files, folders, globs), with a trained run")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="the run folder that `deepfit train` wrote (runs/<name>), or a checkpoint in it")
     p.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
     p.add_argument(
         "--output",
@@ -190,12 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
         "images, detections.json (COCO results) and detections.csv; segment: the folder for mask PNGs (class indexes) and "
         "colour overlays (default: RUN_DIR/predictions)",
     )
-    _add_task_options(p, "predict", "prediction options (each option is for the tasks it names)")
+    add_task_options(p, "predict", "prediction options (each option is for the tasks it names)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--device", default="auto")
 
     m = sub.add_parser("models", help="list model names (deepfit, timm, torchvision)")
     m.add_argument("pattern", nargs="?", default="", help="only names containing this text")
+    for command in (parser, q, t, f, c, dc, e, p, m):
+        add_verbosity(command)
     return parser
 
 
@@ -203,9 +161,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from deepfit.api import Learner, resume
     from deepfit.engine.distributed import from_environment
 
-    fixed = {"command", "data", "preset", "no_evaluate", "version", "resume"}
+    fixed = {"command", "data", "preset", "no_evaluate", "version", "resume", "data_root"}
     given = {k: v for k, v in vars(args).items() if k not in fixed}
-    data_names = _task_option_names("data")
+    data_names = task_option_names("data")
     data_options = {k: v for k, v in given.items() if k in data_names}
     options = {k: v for k, v in given.items() if k not in data_names}
     if args.resume:
@@ -214,7 +172,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
             raise ConfigError(
                 f"--resume keeps the run's own data and options; only --epochs and --device may change (got {', '.join(others)})"
             )
-        learner = resume(args.resume, epochs=options.get("epochs"), device=options.get("device"))
+        learner = resume(args.resume, epochs=options.get("epochs"), device=options.get("device"), data_root=args.data_root)
+    elif args.data_root:
+        raise ConfigError("--data-root is for --resume RUN_DIR: a new run reads DATA where it is")
     elif not args.data:
         raise ConfigError("deepfit train needs DATA (a folder or CSV of labelled examples), or --resume RUN_DIR")
     else:
@@ -269,11 +229,10 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 
 def _cmd_data_check(args: argparse.Namespace) -> None:
-    from deepfit.log import setup_logging
     from deepfit.registry import all_tasks, get_task
 
     setup_logging()  # each problem the reader finds is a warning naming its file
-    options = {k: v for k, v in vars(args).items() if k in _task_option_names("check")}
+    options = {k: v for k, v in vars(args).items() if k in task_option_names("check")}
     if args.task:
         task = get_task(args.task)
     else:
@@ -291,8 +250,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from deepfit.runs.folder import run_task
     from deepfit.workflows.evaluate import evaluate
 
-    options = {k: v for k, v in vars(args).items() if k in _task_option_names("evaluate")}
-    evaluation = evaluate(args.run_dir, args.data, checkpoint=args.checkpoint, device=args.device, **options)
+    options = {k: v for k, v in vars(args).items() if k in task_option_names("evaluate")}
+    evaluation = evaluate(args.run_dir, args.data, checkpoint=args.checkpoint, device=args.device, data_root=args.data_root,
+                          **options)
     task = get_task(run_task(args.run_dir))
     _print(task.headline(evaluation))
 
@@ -300,16 +260,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_predict(args: argparse.Namespace) -> None:
     from deepfit.workflows.predict import predict_files
 
-    options = {k: v for k, v in vars(args).items() if k in _task_option_names("predict")}
+    options = {k: v for k, v in vars(args).items() if k in task_option_names("predict")}
     _print(*predict_files(args.run_dir, args.paths, args.output, checkpoint=args.checkpoint, device=args.device, **options))
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
     from deepfit.registry import all_tasks
 
-    for task in all_tasks():
-        for heading, names in task.model_names(args.pattern).items():
-            print(f"{heading} ({len(names)}): {' '.join(names)}")
+    sections = {heading: names for task in all_tasks() for heading, names in task.model_names(args.pattern).items() if names}
+    if not sections:
+        raise ConfigError(f"no model matches {args.pattern!r}" if args.pattern else "no models found")
+    for heading, names in sections.items():  # one name a line, as it is chosen (--model NAME), under its section
+        print(f"{heading} ({len(names)}):")
+        print("\n".join(f"  {name}" for name in names))
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> None:
@@ -331,7 +294,11 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # reported by the command's own parser, whose hint names `deepfit COMMAND --help`
+        parser.subcommand(args).error(f"unrecognized arguments: {' '.join(extras)}")
+    quiet, verbose = vars(args).pop("quiet", False), vars(args).pop("verbose", False)
+    setup_logging(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO, choose=True)
     if args.version:
         from deepfit.version import __version__
 
@@ -342,11 +309,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         COMMANDS[args.command](args)
-    except DeepfitError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except DeepfitError as e:  # an option's error names its flag (--lr), the Python API's its keyword (lr)
+        print(f"error: {e.cli_message() if isinstance(e, OptionError) else e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        if not isinstance(e, TrainingInterrupted):  # a stopped training has logged how to resume it
+            print("interrupted", file=sys.stderr)
         return 130
     return 0
 

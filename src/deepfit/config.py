@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,10 +32,9 @@ class TrainConfig:
     task: str = _opt("classify", "what to learn: classify (image classes), detect (object boxes), segment-instances (object "
                      "boxes and masks), segment (a class for every pixel), or a task registered from outside deepfit")
     # --- model -----------------------------------------------------------------------------------
-    model: str | None = _opt(None, "architecture: deepfit's own (cnn, fastnet), or any timm / torchvision name; detection: "
-                             "a torchvision detector or KIND:BACKBONE (default resnet18; fasterrcnn:tv/mobilenet_v2 "
-                             "for detect, maskrcnn:tv/mobilenet_v2 for segment-instances); segment: KIND:ENCODER with KIND "
-                             "unet, deeplabv3, fcn or lraspp, or a torchvision segmentation model (default unet:tv/mobilenet_v2)")
+    model: str | None = _opt(None, "architecture: deepfit's own (cnn, fastnet), any timm name, or tv/NAME for torchvision's; detection: "
+                             "a torchvision detector or KIND:BACKBONE; segment: KIND:ENCODER with KIND unet, deeplabv3, fcn or "
+                             "lraspp, or a torchvision segmentation model (`deepfit models` lists them)")
     pretrained: bool = _opt(False, "load the architecture's official pretrained weights by name (needs internet once)")
     weights: str | None = _opt(None, "local .safetensors/.pth weights to start from (transfer learning offline)")
     model_args: dict = _opt({}, "architecture options as key=value,... (e.g. depth=4,width=32,activation=gelu)")
@@ -43,8 +43,8 @@ class TrainConfig:
                                  "only the rest (the feature-extraction workflow)")
     # --- data ------------------------------------------------------------------------------------
     image_size: int | None = _opt(None, "input size in pixels; default: the model's pretrained config, or the data's; "
-                                  "detection: images are letterboxed to this square (default 512); segmentation: the side of "
-                                  "the random training crops, at the images' own resolution (default 256)")
+                                  "at least 16; detection: images are letterboxed to this square; segmentation: the side of "
+                                  "the random training crops, at the images' own resolution")
     val_fraction: float = _opt(0.15, "share of each class held out for validation when the data has no split")
     test_fraction: float = _opt(0.15, "share of each class held out for the final test when the data has no split")
     augment: str = _opt("light", "augmentation policy", ("none", "light", "strong"))
@@ -53,7 +53,7 @@ class TrainConfig:
     workers: int | None = _opt(None, "data-loading processes; default: chosen for the machine")
     # --- optimisation ----------------------------------------------------------------------------
     epochs: int = _opt(10, "passes over the training split")
-    batch_size: int | None = _opt(None, "images per optimisation step (default 64; 4 for detection)")
+    batch_size: int | None = _opt(None, "images per optimisation step")
     optimizer: str = _opt("adamw", "optimizer", ("adamw", "sgd"))
     lr: float | None = _opt(None, "peak learning rate; default 1e-3 for adamw, 0.05 for sgd (0.01 for detection)")
     momentum: float = _opt(0.9, "SGD momentum (Nesterov)")
@@ -101,27 +101,9 @@ class TrainConfig:
         task.check_config(self)
 
     def validate(self) -> None:
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise ConfigError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, not {value!r}{_did_you_mean(str(value), choices)}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accumulate": self.accumulate}
-        for key, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"--{_flag(key)} must be at least 1, got {value}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.val_fraction < 0 or self.test_fraction < 0 or self.val_fraction + self.test_fraction >= 1:
-            raise ConfigError("--val-fraction and --test-fraction must be >= 0 and sum to less than 1")
-        if self.lr is not None and self.lr <= 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        check_values(self, TRAIN_LIMITS)
         if self.pretrained and self.weights:
             raise ConfigError("give either --pretrained (official weights by name) or --weights FILE, not both")
-        if self.tile_size < 32:
-            raise ConfigError(f"--tile-size must be at least 32 pixels, got {self.tile_size}")
 
     @property
     def transfer(self) -> bool:
@@ -169,6 +151,77 @@ def _did_you_mean(name: str, valid: typing.Iterable[str]) -> str:
     return f" (did you mean {close!r}?)" if close else ""
 
 
+class OptionError(ConfigError):
+    """A value an option cannot take. The message names the Python keyword (`lr`); `cli_message` the flag (`--lr`)."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        super().__init__(f"{option} {problem}")
+        self.option, self.problem = option, problem
+
+    def cli_message(self) -> str:
+        return f"--{_flag(self.option)} {self.problem}"
+
+
+# The smallest input side: deepfit's own nets and the quickstart preset (8x8 digits upscaled) work at 16 px; below that
+# a network's downsampling leaves less than a pixel, and most images become a few meaningless values.
+MIN_IMAGE_SIZE = 16
+
+# option -> (lowest, lowest allowed itself, highest, highest allowed itself); None: no bound on that side
+_Limit = tuple[float | None, bool, float | None, bool]
+_AT_LEAST_0: _Limit = (0, True, None, False)
+_AT_LEAST_1: _Limit = (1, True, None, False)
+_SHARE: _Limit = (0, True, 1, False)
+_COMMON_LIMITS: dict[str, _Limit] = {
+    "image_size": (MIN_IMAGE_SIZE, True, None, False), "val_fraction": _SHARE, "test_fraction": _SHARE,
+    "workers": _AT_LEAST_0, "batch_size": _AT_LEAST_1, "seed": _AT_LEAST_0,
+}
+TRAIN_LIMITS: dict[str, _Limit] = {
+    **_COMMON_LIMITS, "epochs": _AT_LEAST_1, "lr": (0, False, None, False), "momentum": _SHARE, "weight_decay": _AT_LEAST_0,
+    "warmup_epochs": _AT_LEAST_0, "label_smoothing": _SHARE, "dropout": _SHARE, "ignore_index": (-1, True, None, False),
+    "tile_size": (32, True, None, False), "early_stopping": _AT_LEAST_0, "head_epochs": _AT_LEAST_0,
+    "backbone_lr_scale": _AT_LEAST_0, "accumulate": _AT_LEAST_1, "save_every_steps": _AT_LEAST_0,
+}
+FEATURES_LIMITS: dict[str, _Limit] = {**_COMMON_LIMITS, "cv_folds": (2, True, None, False)}
+_TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text", dict: "a dict"}
+
+
+def describe_limit(limit: _Limit) -> str:
+    """(0, True, 1, False) -> 'in [0, 1)'; (1, True, None, False) -> 'at least 1'."""
+    low, low_in, high, high_in = limit
+    if low is not None and high is not None:
+        return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+    if low is not None:
+        return f"at least {low:g}" if low_in else f"greater than {low:g}"
+    return f"at most {high:g}" if high_in else f"less than {high:g}"
+
+
+def check_values(config: Any, limits: dict[str, _Limit]) -> None:
+    """Every field of a config dataclass: its type (an int is accepted for a float), its choices and its range."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value is None:
+            continue
+        kind = field_type(f, type(config))
+        if kind is str and isinstance(value, os.PathLike):  # output=Path(...): kept as text, as config.json stores it
+            value = os.fspath(value)
+            setattr(config, f.name, value)
+        ok = isinstance(value, (int, float) if kind is float else kind) and (kind is bool or not isinstance(value, bool))
+        if not ok:
+            raise OptionError(f.name, f"must be {_TYPE_NAMES.get(kind, kind.__name__)}, got {value!r} ({type(value).__name__})")
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise OptionError(f.name, f"must be one of {', '.join(choices)}, not {value!r}{_did_you_mean(str(value), choices)}")
+        limit = limits.get(f.name)
+        if limit is not None:
+            low, low_in, high, high_in = limit
+            below = low is not None and (value < low if low_in else value <= low)
+            above = high is not None and (value > high if high_in else value >= high)
+            if below or above:
+                raise OptionError(f.name, f"must be {describe_limit(limit)}, got {value}")
+    if config.val_fraction + config.test_fraction >= 1:
+        raise ConfigError("--val-fraction and --test-fraction (val_fraction, test_fraction) must sum to less than 1")
+
+
 CLASSIFIERS = ("svm", "logreg", "knn", "ridge")
 
 
@@ -204,17 +257,7 @@ class FeaturesConfig:
     name: str | None = _opt(None, "run folder name; default: <model>-<classifier>-<date>-<time>")
 
     def __post_init__(self) -> None:
-        if self.classifier is not None and self.classifier not in CLASSIFIERS:
-            raise ConfigError(
-                f"--classifier must be one of {', '.join(CLASSIFIERS)}, not {self.classifier!r}"
-                f"{_did_you_mean(str(self.classifier), CLASSIFIERS)}"
-            )
-        if self.cv_folds < 2:
-            raise ConfigError(f"--cv-folds must be at least 2, got {self.cv_folds}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.val_fraction < 0 or self.test_fraction < 0 or self.val_fraction + self.test_fraction >= 1:
-            raise ConfigError("--val-fraction and --test-fraction must be >= 0 and sum to less than 1")
+        check_values(self, FEATURES_LIMITS)
         if self.pretrained and self.weights:
             raise ConfigError("give either --pretrained (official weights by name) or --weights FILE, not both")
         if self.export and Path(self.export).suffix.lower() not in (".npz", ".parquet"):

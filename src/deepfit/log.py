@@ -7,10 +7,15 @@ import sys
 from typing import Any
 
 logger = logging.getLogger("deepfit")
+_chosen: list[int] = []  # the level the user chose (deepfit --quiet / --verbose), kept by every later setup_logging()
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    """Attach a handler once; idempotent so the API and the CLI can both call it."""
+def setup_logging(level: int | None = None, *, choose: bool = False) -> None:
+    """Attach a handler once; idempotent so the API and the CLI can both call it. `level` defaults to INFO, or to the
+    level chosen before with `choose=True` (the CLI's --quiet: WARNING, --verbose: DEBUG), which workflows keep."""
+    if choose:
+        _chosen[:] = [level or logging.INFO]
+    level = _chosen[0] if _chosen else (level or logging.INFO)
     if logger.handlers:
         logger.setLevel(level)
         return

@@ -23,7 +23,7 @@ from deepfit.log import logger
 from deepfit.models.features import FeatureClassifier, FeatureExtractor, KNNHead
 from deepfit.models.handmade import HandmadeFeatures
 from deepfit.models.small import OWN_MODELS
-from deepfit.models.weights import load_state_dict_into, read_weights_file
+from deepfit.models.weights import check_official_weights_reachable, load_state_dict_into, read_weights_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -235,6 +235,8 @@ def create_model(
 
 def _official_state_dict(spec: ModelSpec) -> dict[str, torch.Tensor]:
     """Download (once, into the library's cache) the official weights for an architecture."""
+    if spec.source in ("timm", "torchvision"):
+        check_official_weights_reachable(spec.name)  # offline: the error at once, not after a minute of retries
     try:
         if spec.source == "timm":
             import timm
@@ -275,5 +277,5 @@ def list_models(pattern: str = "") -> dict[str, list[str]]:
     return {
         "deepfit": [n for n in OWN_MODELS if pattern in n],
         "timm": [n for n in _timm_names() if pattern in n],
-        "torchvision": [n for n in _torchvision_names() if pattern in n],
+        "torchvision": [f"tv/{n}" for n in _torchvision_names() if pattern in f"tv/{n}"],  # chosen as tv/NAME
     }

@@ -73,6 +73,10 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "config.json"
+    if not Path(run_dir).exists():
+        raise DeepfitError(f"run folder {run_dir} not found")
+    if not Path(run_dir).is_dir():
+        raise DeepfitError(f"{run_dir} is a file, not a deepfit run folder (the folder that `deepfit train` wrote)")
     if not path.is_file():
-        raise DeepfitError(f"{run_dir} is not a deepfit run folder: config.json is missing")
+        raise DeepfitError(f"{run_dir} is not a deepfit run folder: it has no config.json (`deepfit train` writes one)")
     return json.loads(path.read_text())

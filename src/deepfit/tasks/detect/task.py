@@ -183,6 +183,22 @@ class DetectTask(Task):
         return [f"{objects} objects in {len(results)} images (score >= {conf}); drawn images, detections.json and detections.csv "
                 f"in {out}" + (f"; {len(failed)} unreadable files skipped" if failed else "")]
 
+    def model_names(self, pattern: str) -> dict[str, list[str]]:
+        """torchvision's detectors, then KIND:tv/BACKBONE for each torchvision backbone and KIND:<timm model>; the
+        kind with masks (maskrcnn) for segment-instances, the others for detect."""
+        import torchvision
+
+        from deepfit.models.backbones import TV_ENCODERS
+        from deepfit.tasks.detect.model import KINDS
+
+        kinds = [k for k in KINDS if (k == "maskrcnn") == self.masks]
+        detectors = [n for n in torchvision.models.list_models(module=torchvision.models.detection)
+                     if n.startswith((*kinds, *(() if self.masks else ("ssd",))))]
+        backbones = [n for n in torchvision.models.list_models(module=torchvision.models) if n.startswith(TV_ENCODERS)]
+        names = [*detectors, *(f"{k}:tv/{b}" for k in kinds for b in backbones), *(f"{k}:<timm model>" for k in kinds)]
+        names = [n for n in names if pattern in n]
+        return {f"{self.title}, --task {self.name}": names} if names else {}
+
     # --- deepfit data check ----------------------------------------------------------------------------
     def claims(self, data: str | Path, options: dict[str, Any]) -> bool:
         return True  # asked after semantic segmentation: whatever is not masks is read as object labels

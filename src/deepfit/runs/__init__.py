@@ -1,0 +1,1 @@
+"""Run folders and the session around a training run."""
