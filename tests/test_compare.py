@@ -141,3 +141,15 @@ def test_compare_bad_input(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no test"):
         compare(only_train, models=[], output=tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing written for a comparison that could not start
+
+
+def test_verdict_uses_one_significance_rule_on_a_small_test_set() -> None:
+    # 8 test images: +25 points over the baseline and +37.5 points along the curve are both within noise
+    rows = _rows({
+        "hand-made features + svm": ("classical", [0.25, 0.5], 1.0),
+        "net fine-tuned": ("finetune", [0.375, 0.75], 50.0),
+    }, [20, 40])
+    text = " ".join(verdict(rows, n_test=8))
+    assert "+25.0 points, within measurement noise" in text
+    assert "More data would likely help" not in text
+    assert "+37.5 points from 20 to 40 training images, within noise" in text

@@ -97,9 +97,9 @@ def test_api_predicts_a_folder_and_a_batch_tensor(trained_run: TrainedRun) -> No
 
 def test_run_loads_in_a_fresh_process(trained_run: TrainedRun) -> None:
     path = trained_run.data / "10" / "img7.png"
-    in_process = deepfit.load(trained_run.run_dir).predict(path)[0]
+    in_process = deepfit.load(trained_run.run_dir).predict(path)  # one path: one Prediction, as for every task
     code = (
-        f"import deepfit; p = deepfit.load({str(trained_run.run_dir)!r}).predict({str(path)!r})[0]; "
+        f"import deepfit; p = deepfit.load({str(trained_run.run_dir)!r}).predict({str(path)!r}); "
         "print(p.label); print(repr(p.probability))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 from deepfit.config import FeaturesConfig, TrainConfig, apply_preset
 from deepfit.data.sources import discover
@@ -83,10 +84,12 @@ class Learner:
         self.config, self.run_dir, self._predictor = config, self.result.run_dir, None
         return self
 
-    def evaluate(self, data: str | Path | None = None, checkpoint: str = "best", **options: Any) -> Any:
+    def evaluate(self, data: str | Path | None = None, checkpoint: str = "best", *, data_root: str | Path | None = None,
+                 **options: Any) -> Any:
         """Score the test split of the training data (or another labelled set, read with the task's `options`, e.g.
-        masks=); writes report.html."""
-        return evaluate_run(self._require_run(), data, checkpoint=checkpoint, device=self.config.device, **options)
+        masks=); writes report.html. `data_root`: where the training data is now, when it moved."""
+        return evaluate_run(self._require_run(), data, checkpoint=checkpoint, device=self.config.device, data_root=data_root,
+                            **options)
 
     @property
     def predictor(self) -> Any:
@@ -130,14 +133,17 @@ class ImageClassifier(Learner):
     """An image classifier to train (from scratch or by transfer learning), evaluate and use.
 
         clf = ImageClassifier("resnet18", pretrained=True).fit("data/")   # or fit("list.csv", path_column=...)
-        clf.predict(["a.jpg", pil_image, tensor])                        # [Prediction(source, label, probability, top)]
+        clf.predict("a.jpg")                                              # Prediction(source, label, probability, top)
+        clf.predict(["a.jpg", pil_image, tensor])                        # a list of them (also for a folder or a glob)
     """
 
     tasks = ("classify",)
 
-    def predict(self, inputs: ImageInput | Sequence[ImageInput], top_k: int = 5) -> list[Prediction]:
-        """Paths (files, folders, globs), PIL images, arrays or tensors -> one Prediction each."""
-        return self.predictor.predict(self._expand(inputs), top_k=top_k)
+    def predict(self, inputs: ImageInput | Sequence[ImageInput], top_k: int = 3) -> Prediction | list[Prediction]:
+        """One input (a file path, or one PIL image, array or (C, H, W) tensor) -> one Prediction, as for every task;
+        a list, a folder, a glob or a (B, C, H, W) batch -> a list of them."""
+        predictions = self.predictor.predict(self._expand(inputs), top_k=top_k)
+        return predictions[0] if _one_input(inputs) else predictions
 
     def predict_proba(self, inputs: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """(N, num_classes) probabilities, columns in the order of `classes`."""
@@ -147,6 +153,15 @@ class ImageClassifier(Learner):
         if is_path_list(inputs):
             return get_modality(self.task.modality).expand([inputs] if isinstance(inputs, str | Path) else inputs)
         return inputs
+
+
+def _one_input(inputs: Any) -> bool:
+    """A single input: a path that is not a folder or a glob, or one in-memory image (not a list, not a batch)."""
+    if isinstance(inputs, str | Path):
+        return not names_many(inputs)
+    if isinstance(inputs, torch.Tensor):
+        return inputs.ndim != 4
+    return not isinstance(inputs, list | tuple)
 
 
 class ObjectDetector(Learner):
@@ -174,9 +189,11 @@ def _front_end(task: str) -> type[Learner]:
     return Learner
 
 
-def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None) -> Learner:
-    """Continue a stopped run (or extend a finished one to `epochs`) and return it ready to evaluate and predict."""
-    result = resume_run(run_dir, epochs=epochs, device=device)
+def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None,
+           data_root: str | Path | None = None) -> Learner:
+    """Continue a stopped run (or extend a finished one to `epochs`) and return it ready to evaluate and predict;
+    `data_root`: the data's new place when it moved (the run keeps its split)."""
+    result = resume_run(run_dir, epochs=epochs, device=device, data_root=data_root)
     learner = load(result.run_dir, device=device or "auto")
     learner.result = result
     return learner

@@ -135,7 +135,7 @@ def load_split(csv_path: Path, root: Path) -> dict[str, list[LabeledFile]]:
         if header != _HEADER:
             raise DataError(
                 f"{csv_path} is not a deepfit split file (header {header}, expected {','.join(_HEADER)}): "
-                "delete it to make a new split"
+                "restore it from a copy of the run folder (a new split would change the test set)"
             )
         for row in reader:
             if not row:
@@ -144,14 +144,15 @@ def load_split(csv_path: Path, root: Path) -> dict[str, list[LabeledFile]]:
             if len(row) != 3 or row[2] not in SPLITS:
                 raise DataError(
                     f"{csv_path} line {line}: expected path,label,split with split one of "
-                    f"{', '.join(SPLITS)}, got {row}: delete the file to make a new split"
+                    f"{', '.join(SPLITS)}, got {row}: restore the file from a copy of the run folder"
                 )
             raw, label, split = row
             path = Path(raw) if Path(raw).is_absolute() else root / raw
             if not path.is_file():
                 raise DataError(
                     f"{csv_path} line {line}: file not found: {path} — the data changed since the split "
-                    f"was saved; restore the file or delete {csv_path.name} to make a new split"
+                    f"was saved: restore the file, or if the data folder moved, pass --data-root NEW_PLACE "
+                    "(the run keeps its split and test set)"
                 )
             out[split].append(LabeledFile(path, label, split))
     return {s: _sorted(out[s]) for s in SPLITS}
@@ -253,3 +254,27 @@ def load_image_split(csv_path: Path, samples: Sequence[S], root: Path) -> dict[s
             raise DataError(f"{len(missing)} images of the run's {name} split are no longer in the labels (e.g. {missing[0]})")
         splits[name] = [by_path[f.path] for f in files]
     return splits
+
+
+def label_conflicts(splits: dict[str, list[LabeledFile]]) -> list[list[LabeledFile]]:
+    """Groups of byte-identical files filed under more than one label, in any split or within one.
+
+    Only files whose size is shared by files of another label are hashed."""
+    by_size: dict[int, list[LabeledFile]] = defaultdict(list)
+    for split, files in splits.items():
+        for f in files:
+            try:
+                by_size[f.path.stat().st_size].append(f if f.split == split else replace(f, split=split))
+            except OSError:
+                continue  # unreadable files are reported elsewhere
+    groups: list[list[LabeledFile]] = []
+    for same_size in by_size.values():
+        if len({f.label for f in same_size}) < 2:
+            continue
+        by_digest: dict[str, list[LabeledFile]] = defaultdict(list)
+        for f in same_size:
+            by_digest[file_digest(f.path)].append(f)
+        groups += [_sorted(g) for g in by_digest.values() if len({f.label for f in g}) > 1]
+    groups.sort(key=lambda g: [f.sort_key() for f in g])
+    return groups
+

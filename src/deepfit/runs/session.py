@@ -47,7 +47,7 @@ from deepfit.engine.checkpoint import (
 from deepfit.engine.device import resolve_device, resolve_precision
 from deepfit.engine.optim import build_optimizer, build_scheduler
 from deepfit.engine.trainer import BatchSource, BatchTransformFn, Callback, Trainer
-from deepfit.errors import ConfigError, DeepfitError, TrainingInterrupted
+from deepfit.errors import ConfigError, DataError, DeepfitError, TrainingInterrupted
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
 from deepfit.modalities.image.store import default_workers
@@ -140,6 +140,26 @@ def reopen(run_dir: Path, *, epochs: int | None, device: str | None) -> tuple[di
     return saved, config, state
 
 
+def relocate(saved: dict[str, Any], data_root: str | Path | None) -> dict[str, Any]:
+    """A run's saved config.json pointed at its data's new place: `data_root` is where the data root (the folder
+    split.csv's paths are relative to) now is, or where the DATA folder given to `train` now is. The split is kept."""
+    if data_root is None:
+        return saved
+    new = Path(data_root).expanduser().resolve()
+    if not new.is_dir():
+        raise DataError(f"--data-root {data_root}: no such folder")
+    old_root, old_data = Path(saved["data_root"]), Path(saved["data"])
+    base = old_root
+    if old_data in old_root.parents and (new / old_root.relative_to(old_data)).is_dir():
+        base = old_data  # the new place of DATA, whose data root is a folder inside it (e.g. images/)
+    moved = {}
+    for key in ("data", "data_root", "masks"):
+        value = saved.get(key)
+        if isinstance(value, str) and (Path(value) == base or base in Path(value).parents):
+            moved[key] = str(new / Path(value).relative_to(base))
+    return {**saved, **moved}
+
+
 @dataclass
 class Fit:
     """What the engine trains in a run: the task's model, objective, stores and transforms, and its phases."""
@@ -178,8 +198,8 @@ def fit(run_dir: Path, job: Fit, config: TrainConfig, machine: Machine, *, gener
     trainer = Trainer(torch.compile(model) if config.compile else model, job.objective, device=machine.device,
                       precision=machine.precision, channels_last=job.channels_last, callbacks=callbacks, generator=generator,
                       accumulate=config.accumulate, skip_nonfinite=config.skip_nonfinite, dist_info=machine.dist)
-    try:
-        with stop_on_ctrl_c(trainer):
+    with stop_on_ctrl_c(trainer):  # still listening while the state is saved: a doubled SIGINT must not cut it short
+        try:
             for phase_index, (phase, epochs) in enumerate(job.phases):
                 if state is not None and phase_index < state["position"]["phase_index"]:
                     continue  # finished before the run stopped
@@ -198,29 +218,39 @@ def fit(run_dir: Path, job: Fit, config: TrainConfig, machine: Machine, *, gener
                             phase=phase, phase_index=phase_index)
                 if trainer.should_stop:
                     break
-    except TrainingInterrupted:  # the first Ctrl-C, between two steps; a second one quits at once, saving nothing
-        if machine.dist.main:
-            save_training_state(run_dir / RESUME_FILE, trainer, config)
-        logger.warning(f"interrupted at epoch {trainer.epoch + 1}, step {trainer.position.step}: the state is saved; continue "
-                       f"with `deepfit train --resume {run_dir}`")
-        raise
+        except TrainingInterrupted:  # the first Ctrl-C, between two steps; a later second one quits at once, saving nothing
+            if machine.dist.main:
+                save_training_state(run_dir / RESUME_FILE, trainer, config)
+            logger.warning(f"interrupted at epoch {trainer.epoch + 1}, step {trainer.position.step}: the state is saved; continue "
+                           f"with `deepfit train --resume {run_dir}`")
+            raise
     if trainer.skipped_steps:
         logger.warning(f"{trainer.skipped_steps} batches with a non-finite loss were skipped (--skip-nonfinite)")
     return best
 
 
+# Two SIGINTs closer than this are one Ctrl-C: `uv run` forwards the terminal's to its child, which gets both.
+SAME_CTRL_C_S = 1.0
+
+
 @contextlib.contextmanager
 def stop_on_ctrl_c(trainer: Trainer) -> Iterator[None]:
     """The first Ctrl-C asks the trainer to stop after the current step (it then saves a resumable state);
-    a second one interrupts at once. Only in the main thread, where Python delivers signals."""
+    a second one, a second or more later, interrupts at once (one sooner is the same Ctrl-C, delivered twice). Only in the main thread, where Python delivers signals."""
     # torchrun forwards Ctrl-C to every rank, which could stop at different steps: there it just interrupts
     if threading.current_thread() is not threading.main_thread() or trainer.dist.enabled:
         yield
         return
 
+    first: list[float] = []  # when the first Ctrl-C came
+
     def handler(signum: int, frame: Any) -> None:
-        if trainer.stop_requested:
+        now = time.monotonic()
+        if trainer.stop_requested and first:
+            if now - first[0] < SAME_CTRL_C_S:
+                return  # the same Ctrl-C: the terminal's SIGINT and the one `uv run` forwards come together
             raise KeyboardInterrupt
+        first[:] = [now]
         trainer.stop_requested = True
         logger.warning("Ctrl-C: stopping after this step and saving a resumable state (press again to quit at once)")
 

@@ -279,8 +279,15 @@ def standard_error(p: float, n: int) -> float:
 
 
 def _noise(a: float, b: float, n: int) -> float:
-    """The smallest difference between two accuracies on the same n images worth calling real (about 1 sigma)."""
+    """One standard error of the difference between two accuracies on the same n images (`significance` asks for 2)."""
     return math.sqrt(standard_error(a, n) ** 2 + standard_error(b, n) ** 2)
+
+
+def significance(a: float, b: float, n: int) -> int:
+    """The one rule every sentence of the verdict uses: +1 when accuracy `a` is really above `b` on the same n test
+    images (by more than twice the noise, about 2 sigma), -1 when really below, 0 when within noise."""
+    gap, noise = a - b, 2 * _noise(a, b, n)
+    return 1 if gap > noise else -1 if gap < -noise else 0
 
 
 def verdict(rows: list[dict[str, Any]], n_test: int) -> list[str]:
@@ -295,7 +302,7 @@ def verdict(rows: list[dict[str, Any]], n_test: int) -> list[str]:
         f"With all {n_train} training images, {best['approach']} is the most accurate: {best['accuracy']:.1%} on "
         f"{n_test} test images (± {standard_error(best['accuracy'], n_test):.1%})."
     ]
-    cheaper = [r for r in full[1:] if r["seconds"] < best["seconds"] and best["accuracy"] - r["accuracy"] <= _noise(best["accuracy"], r["accuracy"], n_test)]
+    cheaper = [r for r in full[1:] if r["seconds"] < best["seconds"] and significance(best["accuracy"], r["accuracy"], n_test) == 0]
     if cheaper:
         fast = min(cheaper, key=lambda r: r["seconds"])
         ratio = best["seconds"] / max(fast["seconds"], 1e-3)
@@ -307,13 +314,13 @@ def verdict(rows: list[dict[str, Any]], n_test: int) -> list[str]:
     deep = [r for r in full if r["kind"] != "classical"]
     if classical and deep:
         base, top = classical[0], deep[0]
-        gain, noise = top["accuracy"] - base["accuracy"], _noise(top["accuracy"], base["accuracy"], n_test)
-        if gain > 2 * noise:
+        gain, sign = top["accuracy"] - base["accuracy"], significance(top["accuracy"], base["accuracy"], n_test)
+        if sign > 0:
             lines.append(
                 f"Deep learning pays off on this data: {top['approach']} is {100 * gain:.1f} points above the classical "
                 f"baseline ({base['approach']}, {base['accuracy']:.1%})."
             )
-        elif gain < -2 * noise:
+        elif sign < 0:
             lines.append(
                 f"Deep learning does not pay off here: the classical baseline ({base['approach']}, {base['accuracy']:.1%}) "
                 f"beats the best deep approach by {-100 * gain:.1f} points."
@@ -326,14 +333,14 @@ def verdict(rows: list[dict[str, Any]], n_test: int) -> list[str]:
     curve = sorted((r for r in rows if r["approach"] == best["approach"]), key=lambda r: r["fraction"])
     if len(curve) >= 2:
         before, after = curve[-2], curve[-1]
-        gain, noise = after["accuracy"] - before["accuracy"], _noise(after["accuracy"], before["accuracy"], n_test)
+        gain, sign = after["accuracy"] - before["accuracy"], significance(after["accuracy"], before["accuracy"], n_test)
         step = f"from {before['train_images']} to {after['train_images']} training images"
-        if gain > noise:
+        if sign > 0:
             lines.append(
                 f"More data would likely help: {best['approach']} gained {100 * gain:.1f} points {step} and the curve "
                 "is still rising."
             )
-        elif gain >= -noise:
+        elif sign == 0:
             lines.append(
                 f"The curve of {best['approach']} has flattened ({100 * gain:+.1f} points {step}, within noise): more "
                 "images of the same kind are unlikely to help much; better labels, harder examples or a stronger "

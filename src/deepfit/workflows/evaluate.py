@@ -14,6 +14,7 @@ from deepfit.errors import DataError
 from deepfit.log import logger, setup_logging
 from deepfit.registry import get_task
 from deepfit.runs.folder import read_run_config, resolve_checkpoint, run_task
+from deepfit.runs.session import relocate
 from deepfit.tasks.base import option_values
 
 
@@ -28,12 +29,13 @@ def held_out(splits: dict[str, list], run_name: str) -> tuple[str, list]:
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, *, checkpoint: str = "best", device: str = "auto",
-             **options: Any) -> Any:
+             data_root: str | Path | None = None, **options: Any) -> Any:
     """Score a run on its test split (its validation split when it has none), or on all of `data`; writes the report.
-    `options` are the task's own for reading `data` (e.g. masks=, skip_unmasked= for segmentation)."""
+    `data_root`: where the run's data is now when it moved (its split is kept). `options` are the task's own for
+    reading `data` (e.g. masks=, skip_unmasked= for segmentation)."""
     setup_logging()
     run = Path(run_dir).resolve()
-    saved = read_run_config(run)
+    saved = relocate(read_run_config(run), data_root)
     task = get_task(run_task(run))
     options = option_values(task, {k: v for k, v in options.items() if v is not None and v is not False}, task.evaluate_options,
                            "evaluate")

@@ -1,7 +1,7 @@
 """Training, written once for every task: read -> split -> prepare -> train on the engine -> a run folder.
 
     train(data, config, **data_options)   a new run of config.task on `data`
-    resume(run_dir, epochs=, device=)     continue a stopped run (same data, split, options and random states:
+    resume(run_dir, epochs=, data_root=)  continue a stopped run (same data, split, options and random states:
                                           it ends with the weights of a run that never stopped), or extend one
 
 The task (tasks/base.py, found in the registry by config.task) reads the data, splits it, and prepares the
@@ -52,11 +52,14 @@ def train(data: str | Path, config: TrainConfig, **data_options: Any) -> TrainRe
     return _run(task, dataset.location or data, config, dataset, splits, generator)
 
 
-def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None) -> TrainResult:
-    """Continue a run that was stopped (killed, Ctrl-C) from its resumable state, or extend a finished one to `epochs`."""
+def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None,
+           data_root: str | Path | None = None) -> TrainResult:
+    """Continue a run that was stopped (killed, Ctrl-C) from its resumable state, or extend a finished one to `epochs`.
+    `data_root`: the data's new place when it moved (the run keeps its split; config.json records the new place)."""
     setup_logging()
     run_dir = Path(run_dir).resolve()
     saved, config, state = session.reopen(run_dir, epochs=epochs, device=device)
+    saved = session.relocate(saved, data_root)
     task = get_task(config.task)
     dataset, splits = task.reread(saved, run_dir)
     generator = session.seed_everything(config.seed)

@@ -64,12 +64,12 @@ class Predictor(ModelPredictor):
             chunks.append(self.logits(batch).softmax(1))
         return torch.cat(chunks).numpy() if chunks else np.zeros((0, len(self.classes)), dtype=np.float32)
 
-    def predict(self, inputs: ImageInput | Sequence[ImageInput], top_k: int = 5, batch_size: int = 64) -> list[Prediction]:
+    def predict(self, inputs: ImageInput | Sequence[ImageInput], top_k: int = 3, batch_size: int = 64) -> list[Prediction]:
         items = _as_list(inputs)
         probs = self.predict_proba(items, batch_size)
         return [self._prediction(_describe(item, i), p, top_k) for i, (item, p) in enumerate(zip(items, probs, strict=True))]
 
-    def predict_files(self, paths: Sequence[Path], top_k: int = 5, batch_size: int = 64) -> tuple[list[Prediction], list[tuple[Path, str]]]:
+    def predict_files(self, paths: Sequence[Path], top_k: int = 3, batch_size: int = 64) -> tuple[list[Prediction], list[tuple[Path, str]]]:
         """Like predict, but an unreadable file is skipped with a warning and returned, not raised."""
         results, failed = [], []
         for start in range(0, len(paths), batch_size):

@@ -20,6 +20,8 @@ from deepfit.config import TrainConfig
 from deepfit.data.sources import Catalog, discover
 from deepfit.data.split import load_split, resolve_splits, save_split
 from deepfit.engine.optim import param_groups
+from deepfit.errors import ConfigError, DataError
+from deepfit.log import logger
 from deepfit.modalities.image.augment import SMALL_IMAGE, BatchTransform
 from deepfit.models.factory import Preprocessing, create_model, is_convolutional, list_models
 from deepfit.models.weights import classifier_module, freeze_folded_norms
@@ -41,6 +43,13 @@ def plan_phases(config: TrainConfig) -> list[tuple[str, int]]:
     if not config.transfer:
         return [("train", config.epochs)]
     head = min(config.head_epochs, config.epochs)
+    if config.epochs == 1 and config.head_epochs >= 1:
+        logger.warning("--epochs 1 with a head phase: only the new head is trained, the pretrained network stays frozen; "
+                       "pass --epochs 2 or more to fine-tune the whole network")
+    elif head >= config.epochs:
+        head = config.epochs - 1
+        logger.warning(f"--head-epochs {config.head_epochs} would use all {config.epochs} epochs on the head alone: "
+                       f"training the head for {head} and the whole network for the last {config.epochs - head}")
     return [(name, n) for name, n in (("head", head), ("full", config.epochs - head)) if n > 0]
 
 
@@ -160,7 +169,13 @@ class ClassifyTask(Task):
     def predict_files(self, predictor: Predictor, paths: list[Path], output: Path | None, run_dir: Path, *,
                       top_k: int = 3) -> list[Any]:
         """A table of the predictions, and predictions.csv (or .json) in the run folder or at `output`."""
+        target = output or run_folder(run_dir) / "predictions.csv"
+        if target.exists():
+            raise ConfigError(f"{target} already exists: deepfit does not overwrite; pass another --output")
         predictions, failed = predictor.predict_files(paths, top_k=top_k)
+        if failed and not predictions:
+            shown = ", ".join(str(path) for path, _ in failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+            raise DataError(f"none of the {len(failed)} inputs could be read as an image: {shown}")
         table = Table(title=f"{len(predictions)} images")
         table.add_column("image", overflow="fold")
         table.add_column("class")
@@ -169,7 +184,7 @@ class ClassifyTask(Task):
         for p in predictions:
             others = ", ".join(f"{label} {prob:.1%}" for label, prob in p.top[1:])
             table.add_row(p.source, p.label, f"{p.probability:.1%}", others)
-        out = write_predictions(predictions, output or run_folder(run_dir) / "predictions.csv")
+        out = write_predictions(predictions, target)
         return [table, f"predictions written to {out}" + (f"; {len(failed)} unreadable files skipped" if failed else "")]
 
     def model_names(self, pattern: str) -> dict[str, list[str]]:

@@ -134,6 +134,9 @@ def predict_to_folder(predictor: DetectionPredictor, run_dir: str | Path, paths:
             draw_detections(image, p, predictor.trained.classes).save(out / f"{path.stem}.jpg", quality=90)
             done.append(path)
             results.append(p)
+    if failed and not done:
+        shown = ", ".join(str(p) for p in failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+        raise DataError(f"none of the {len(failed)} inputs could be read as an image: {shown}")
     write_coco_results(out / "detections.json", [str(p) for p in done], results, predictor.trained.class_ids)
     write_detections_csv(out / "detections.csv", [str(p) for p in done], results, predictor.trained.classes)
     return out, results, failed

@@ -104,4 +104,7 @@ def predict_to_folder(predictor: SegmentationPredictor, run_dir: str | Path, pat
         save_mask_png(out / f"{path.stem}.png", mask, colors)
         Image.fromarray(overlay(image.permute(1, 2, 0).numpy(), mask, colors)).save(out / f"{path.stem}_overlay.jpg", quality=90)
         done.append(path)
+    if failed and not done:
+        shown = ", ".join(str(p) for p in failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+        raise DataError(f"none of the {len(failed)} inputs could be read as an image: {shown}")
     return out, done, failed
