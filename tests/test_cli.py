@@ -74,3 +74,23 @@ def test_train_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> No
     out = capsys.readouterr().out
     for field in deepfit.TrainConfig.__dataclass_fields__:
         assert "--" + field.replace("_", "-") in out
+
+
+def test_data_check_recognises_and_summarises_class_folders(tmp_path, capsys) -> None:
+    """Without --task, class folders are read as classification data: classes and counts per split, image sizes,
+    unreadable files and images that would make the scores optimistic."""
+    from conftest import write_class_folders
+
+    root = tmp_path / "pets"
+    write_class_folders(root / "train", ["cat", "dog"], 4)
+    write_class_folders(root / "test", ["cat", "dog"], 2, first=10)
+    (root / "train" / "dog" / "broken.png").write_bytes(b"not an image")
+    (root / "test" / "cat" / "copy.png").write_bytes((root / "train" / "cat" / "img0.png").read_bytes())
+    assert main(["data", "check", str(root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("in 2 classes" in line and str(root) in line for line in lines)
+    cells = [[cell for cell in line.split() if cell.isalnum()] for line in lines]
+    assert ["cat", "4", "3"] in cells and ["dog", "5", "2"] in cells  # train, test
+    assert any(line.startswith("image sizes") and "16x16" in line for line in lines)
+    assert "unreadable images: 1" in lines and "byte-identical images in two splits: 1" in lines
+    assert any("broken.png" in line for line in lines)

@@ -236,7 +236,7 @@ def _cmd_data_check(args: argparse.Namespace) -> None:
     if args.task:
         task = get_task(args.task)
     else:
-        task = next((t for t in all_tasks() if t.claims(args.data, options)), None)
+        task = next((t for t in sorted(all_tasks(), key=lambda t: t.claim_order) if t.claims(args.data, options)), None)
         if task is None:
             raise ConfigError(f"cannot tell which task's labels {args.data} holds: pass --task")
     from deepfit.tasks.base import option_values

@@ -99,6 +99,7 @@ class Task:
     evaluate_options: ClassVar[tuple[str, ...]] = ()
     predict_options: ClassVar[tuple[Option, ...]] = ()
     check_options: ClassVar[tuple[Option, ...]] = ()  # `deepfit data check` options beyond `data_options`
+    claim_order: ClassVar[int] = 0  # `deepfit data check` without --task asks tasks in this order whether DATA is theirs
 
     # --- options ---------------------------------------------------------------------------------------
     def check_config(self, config: TrainConfig) -> None:

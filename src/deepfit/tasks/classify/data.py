@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
 from deepfit.config import TrainConfig
-from deepfit.data.sources import LabeledFile
+from deepfit.data.sources import Catalog, LabeledFile
 from deepfit.data.split import cross_split_duplicates, label_conflicts
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
@@ -107,3 +109,46 @@ def write_skipped(bad: list[BadFile], run_dir: Path) -> None:
     writer.writerows([b.path, b.reason] for b in bad)
     atomic_write_text(run_dir / "skipped_files.csv", out.getvalue())
     logger.warning(f"{len(bad)} unreadable images were skipped; listed in {run_dir / 'skipped_files.csv'}")
+
+
+def summarize_catalog(catalog: Catalog, size_sample: int = 2000) -> list[Any]:
+    """`deepfit data check` for class folders or a CSV: the classes with their images per split, image sizes (read
+    from the headers of up to `size_sample` files), unreadable files, and files that would make scores optimistic
+    (byte-identical in two splits, or under two labels)."""
+    from rich.table import Table
+
+    splits = sorted({f.split or "unsplit" for f in catalog.files}, key=["train", "val", "test", "unsplit"].index)
+    counts = Counter((f.label, f.split or "unsplit") for f in catalog.files)
+    lines: list[Any] = [f"{catalog.layout} in {catalog.root}: {len(catalog.files)} images in {len(catalog.classes)} classes"
+                        + ("" if catalog.has_splits else " (no split given: deepfit train makes a stratified, seeded one)")]
+    table = Table(title="images per class")
+    table.add_column("class")
+    for split in splits:
+        table.add_column(split, justify="right")
+    for label in catalog.classes:
+        table.add_row(label, *(str(counts[label, split]) for split in splits))
+    lines.append(table)
+    sizes, unreadable = [], []
+    for i, f in enumerate(catalog.files):
+        try:
+            with Image.open(f.path) as img:  # the header only: no pixels are decoded
+                if i < size_sample:
+                    sizes.append(img.size)
+        except Exception as e:  # noqa: BLE001 - any decoder error: report the file
+            unreadable.append(f"{f.path} ({type(e).__name__})")
+    if sizes:
+        widths, heights = sorted(w for w, _ in sizes), sorted(h for _, h in sizes)
+        lines.append(f"image sizes (width x height, {len(sizes)} images): smallest {widths[0]}x{heights[0]}, median "
+                     f"{widths[len(widths) // 2]}x{heights[len(heights) // 2]}, largest {widths[-1]}x{heights[-1]}")
+    by_split: dict[str, list[LabeledFile]] = {}
+    for f in catalog.files:
+        by_split.setdefault(f.split or "unsplit", []).append(f)
+    problems = {
+        "unreadable images": unreadable,
+        "byte-identical images in two splits": [" = ".join(str(f.path) for f in g) for g in cross_split_duplicates(by_split)],
+        "byte-identical images under two labels": [" = ".join(f"{f.label}:{f.path}" for f in g) for g in label_conflicts(by_split)],
+    }
+    for kind, found in problems.items():
+        lines.append(f"{kind}: {len(found)}")
+        lines += [f"  {entry}" for entry in found[:50]] + ([f"  ... and {len(found) - 50} more"] if len(found) > 50 else [])
+    return lines

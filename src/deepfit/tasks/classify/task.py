@@ -17,6 +17,7 @@ from rich.table import Table
 from torch import nn
 
 from deepfit.config import TrainConfig
+from deepfit.data.formats.layout import holds_object_labels
 from deepfit.data.sources import Catalog, discover
 from deepfit.data.split import load_split, resolve_splits, save_split
 from deepfit.engine.optim import param_groups
@@ -27,7 +28,13 @@ from deepfit.models.factory import Preprocessing, create_model, is_convolutional
 from deepfit.models.weights import classifier_module, freeze_folded_norms
 from deepfit.runs.folder import run_folder
 from deepfit.tasks.base import Data, Option, Setup, Task
-from deepfit.tasks.classify.data import channel_stats, load_split_stores, report_duplicates, write_skipped
+from deepfit.tasks.classify.data import (
+    channel_stats,
+    load_split_stores,
+    report_duplicates,
+    summarize_catalog,
+    write_skipped,
+)
 from deepfit.tasks.classify.evaluate import Evaluation, check_known_classes, score_files
 from deepfit.tasks.classify.model import TrainedModel, load_trained
 from deepfit.tasks.classify.objective import ClassificationTask
@@ -186,6 +193,21 @@ class ClassifyTask(Task):
             table.add_row(p.source, p.label, f"{p.probability:.1%}", others)
         out = write_predictions(predictions, target)
         return [table, f"predictions written to {out}" + (f"; {len(failed)} unreadable files skipped" if failed else "")]
+
+    # --- deepfit data check ----------------------------------------------------------------------------
+    claim_order = 1  # after semantic masks (an images/ + masks/ pair would read as two classes), before object labels
+
+    def claims(self, data: str | Path, options: dict[str, Any]) -> bool:
+        if holds_object_labels(data):
+            return False
+        try:
+            discover(data, **{k: v for k, v in options.items() if k in ("path_column", "label_column")})
+        except DataError:
+            return False
+        return True
+
+    def check_data(self, data: str | Path, *, path_column: str | None = None, label_column: str | None = None) -> list[Any]:
+        return summarize_catalog(discover(data, path_column=path_column, label_column=label_column))
 
     def model_names(self, pattern: str) -> dict[str, list[str]]:
         return list_models(pattern)

@@ -54,8 +54,8 @@ from typing import Any
 
 import numpy as np
 
-from deepfit.data.formats.coco import coco_candidates, coco_file, rasterize, read_coco
-from deepfit.data.formats.common import child_dir
+from deepfit.data.formats.coco import coco_file, rasterize, read_coco
+from deepfit.data.formats.layout import object_format
 from deepfit.data.formats.masks import read_instance_masks
 from deepfit.data.formats.objects import OBJECT_LAYOUTS, ImageObjects, ObjectLabels
 from deepfit.data.formats.voc import read_voc
@@ -157,7 +157,7 @@ def read_detection(
     path = Path(source).expanduser().resolve()
     if not path.exists():
         raise DataError(f"detection data not found: {path} — check the path")
-    fmt = format or _detect(path)
+    fmt = format or object_format(path)
     if fmt not in FORMATS:
         raise DataError(f"unknown detection format {fmt!r}: choose one of {', '.join(FORMATS)}")
     image_dir = Path(images).expanduser().resolve() if images is not None else None
@@ -172,25 +172,6 @@ def read_detection(
     return _assemble(labels, fmt)
 
 
-_BY_SUFFIX = {".json": "coco", ".yaml": "yolo", ".yml": "yolo"}
-
-
-def _detect(path: Path) -> str:
-    if path.is_file():
-        if path.suffix.lower() not in _BY_SUFFIX:
-            raise DataError(f"{path} is neither a COCO .json nor a YOLO .yaml\n{OBJECT_LAYOUTS}")
-        return _BY_SUFFIX[path.suffix.lower()]
-    if coco_candidates(path):
-        return "coco"
-    annotations = child_dir(path, "Annotations")
-    if annotations is not None and next(annotations.rglob("*.xml"), None) is not None:
-        return "voc"
-    labels = child_dir(path, "labels")
-    if labels is not None and next(labels.rglob("*.txt"), None) is not None:
-        return "yolo"
-    if child_dir(path, "masks") is not None and child_dir(path, "images") is not None:
-        return "masks"
-    raise DataError(f"no detection labels found in {path}\n{OBJECT_LAYOUTS}")
 
 
 def _sample(image: ImageObjects, with_masks: bool) -> DetectionSample:

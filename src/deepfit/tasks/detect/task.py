@@ -200,8 +200,10 @@ class DetectTask(Task):
         return {f"{self.title}, --task {self.name}": names} if names else {}
 
     # --- deepfit data check ----------------------------------------------------------------------------
+    claim_order = 2  # asked after semantic masks and class folders: what is neither is read as object labels
+
     def claims(self, data: str | Path, options: dict[str, Any]) -> bool:
-        return True  # asked after semantic segmentation: whatever is not masks is read as object labels
+        return True
 
     def check_data(self, data: str | Path, *, format: str | None = None, classes: list[str] | None = None) -> list[Any]:
         if format is not None and format not in FORMATS:
@@ -227,6 +229,8 @@ class SegmentInstancesTask(DetectTask):
 
     name, title, masks = "segment-instances", "instance segmentation", True
     defaults = {**DetectTask.defaults, "model": "maskrcnn:tv/mobilenet_v2"}
+
+    claim_order = 3
 
     def claims(self, data: str | Path, options: dict[str, Any]) -> bool:
         return False  # `deepfit data check` reads instance labels as detection labels (with masks)
