@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from deepfit.data.sources import Catalog, LabeledFile, natural_key
 from deepfit.errors import ConfigError, DataError
@@ -173,6 +173,17 @@ def cross_split_duplicates(splits: dict[str, list[LabeledFile]]) -> list[list[La
     Files are grouped by size first and only sizes shared across splits are hashed, so a clean
     dataset costs one stat per file.
     """
+    groups = _identical_groups(splits, lambda f: f.split, missing_ok=False)
+    if groups:
+        logger.debug("found %d groups of identical files across splits", len(groups))
+    return groups
+
+
+def _identical_groups(splits: dict[str, list[LabeledFile]], key: Callable[[LabeledFile], Any], *,
+                      missing_ok: bool) -> list[list[LabeledFile]]:
+    """Groups of byte-identical files whose `key` (their split, their label) differs within the group. Files are
+    grouped by size first and only sizes shared by files of different keys are hashed; a path listed twice is
+    hashed once. A file that cannot be read is skipped with `missing_ok`, an error otherwise."""
     by_size: dict[int, list[LabeledFile]] = defaultdict(list)
     for split, files in splits.items():
         for f in files:
@@ -180,21 +191,21 @@ def cross_split_duplicates(splits: dict[str, list[LabeledFile]]) -> list[list[La
             try:
                 by_size[f.path.stat().st_size].append(f)
             except OSError as exc:
+                if missing_ok:
+                    continue
                 raise DataError(f"cannot read {f.path} ({exc.strerror}): check the file still exists") from exc
-    digests: dict[Path, str] = {}  # one path listed in two splits is hashed once
+    digests: dict[Path, str] = {}
     groups: list[list[LabeledFile]] = []
     for same_size in by_size.values():
-        if len({f.split for f in same_size}) < 2:
+        if len({key(f) for f in same_size}) < 2:
             continue
         by_digest: dict[str, list[LabeledFile]] = defaultdict(list)
         for f in same_size:
             if f.path not in digests:
                 digests[f.path] = file_digest(f.path)
             by_digest[digests[f.path]].append(f)
-        groups += [_sorted(g) for g in by_digest.values() if len({f.split for f in g}) > 1]
+        groups += [_sorted(g) for g in by_digest.values() if len({key(f) for f in g}) > 1]
     groups.sort(key=lambda g: [f.sort_key() for f in g])
-    if groups:
-        logger.debug("found %d groups of identical files across splits", len(groups))
     return groups
 
 
@@ -259,22 +270,6 @@ def load_image_split(csv_path: Path, samples: Sequence[S], root: Path) -> dict[s
 def label_conflicts(splits: dict[str, list[LabeledFile]]) -> list[list[LabeledFile]]:
     """Groups of byte-identical files filed under more than one label, in any split or within one.
 
-    Only files whose size is shared by files of another label are hashed."""
-    by_size: dict[int, list[LabeledFile]] = defaultdict(list)
-    for split, files in splits.items():
-        for f in files:
-            try:
-                by_size[f.path.stat().st_size].append(f if f.split == split else replace(f, split=split))
-            except OSError:
-                continue  # unreadable files are reported elsewhere
-    groups: list[list[LabeledFile]] = []
-    for same_size in by_size.values():
-        if len({f.label for f in same_size}) < 2:
-            continue
-        by_digest: dict[str, list[LabeledFile]] = defaultdict(list)
-        for f in same_size:
-            by_digest[file_digest(f.path)].append(f)
-        groups += [_sorted(g) for g in by_digest.values() if len({f.label for f in g}) > 1]
-    groups.sort(key=lambda g: [f.sort_key() for f in g])
-    return groups
+    Only files whose size is shared by files of another label are hashed; unreadable files are reported elsewhere."""
+    return _identical_groups(splits, lambda f: f.label, missing_ok=True)
 
