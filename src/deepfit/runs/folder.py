@@ -54,10 +54,15 @@ def run_folder(path: str | Path) -> Path:
     return path if path.is_dir() else path.parent
 
 
+def saved_task(saved: dict[str, Any]) -> str:
+    """The task of a run's config.json (runs written before deepfit had other tasks are classification runs)."""
+    return saved.get("task", "classify")
+
+
 def run_task(path: str | Path) -> str:
     """The task a run folder (or a checkpoint in one) was trained for: classify, detect, segment-instances or segment."""
     config = run_folder(path) / "config.json"
-    return json.loads(config.read_text()).get("task", "classify") if config.is_file() else "classify"
+    return saved_task(json.loads(config.read_text()) if config.is_file() else {})
 
 
 def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:

@@ -13,7 +13,7 @@ from typing import Any
 from deepfit.errors import DataError
 from deepfit.log import logger, setup_logging
 from deepfit.registry import get_task
-from deepfit.runs.folder import read_run_config, resolve_checkpoint, run_task
+from deepfit.runs.folder import read_run_config, resolve_checkpoint, saved_task
 from deepfit.runs.session import relocate
 from deepfit.tasks.base import option_values
 
@@ -36,7 +36,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, *, checkpoint:
     setup_logging()
     run = Path(run_dir).resolve()
     saved = relocate(read_run_config(run), data_root)
-    task = get_task(run_task(run))
+    task = get_task(saved_task(saved))  # config.json, read once
     options = option_values(task, {k: v for k, v in options.items() if v is not None and v is not False}, task.evaluate_options,
                            "evaluate")
     trained = task.load(resolve_checkpoint(run, checkpoint))
