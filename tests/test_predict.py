@@ -44,6 +44,13 @@ def test_cli_predict_file_folder_and_glob_to_csv(
         assert float(r["probability"]) == probs[0]
     # the run has learned the shapes: the folder's images are called by their folder's name
     assert sum(Path(r["source"]).parent.name == r["label"] for r in rows) >= 0.9 * len(rows)
+    # piped (as capsys is), the table is tab-separated lines: grep finds a file's line with its label and probability
+    lines = out.splitlines()
+    assert lines[0] == f"# {len(rows)} images" and lines[1].split("\t") == ["image", "class", "probability", "top 3"]
+    for r in rows:
+        fields = next(line for line in lines if line.startswith(r["source"] + "\t")).split("\t")
+        assert fields[:3] == [r["source"], r["label"], f"{float(r['probability']):.1%}"]
+    assert not any("│" in line or "─" in line for line in lines)  # no box drawing
 
 
 def test_cli_predict_to_json_with_top_k(trained_run: TrainedRun, run_copy: Path, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 from deepfit.cli_options import add_config_options, add_task_options, add_verbosity, task_option_names
 from deepfit.config import ALIASES, PRESETS, FeaturesConfig, OptionError
 from deepfit.errors import ConfigError, DeepfitError, TrainingInterrupted
-from deepfit.log import output_console, setup_logging
+from deepfit.log import output_console, setup_logging, table_lines
 
 
 class _Parser(argparse.ArgumentParser):
@@ -188,11 +188,16 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _print(*items: Any) -> None:
-    """Text and rich tables to standard output, never wrapped mid-word when it is a file or a pipe."""
+    """Text and rich tables to standard output: drawn on a terminal; to a file or a pipe, never wrapped, and each
+    table as tab-separated lines (a "# title" line, a header, a row a line), so that grep and cut work on them."""
+    from rich.table import Table
+
     console = output_console()
     for item in items:
         if isinstance(item, str):
             console.print(item, markup=False, highlight=False)
+        elif not console.is_terminal and isinstance(item, Table):
+            print("\n".join(table_lines(item)), flush=True)
         else:
             console.print(item)
 

@@ -40,3 +40,17 @@ def output_console() -> Any:
     if sys.stdout.isatty():
         return Console()
     return Console(width=100_000, soft_wrap=True, no_color=True)
+
+
+def table_lines(table: Any) -> list[str]:
+    """A rich Table as plain tab-separated lines: "# title" (when it has one), the header, then one line a row.
+    A tab or a line break inside a cell becomes a space, so that every row stays one line of as many fields."""
+    def field(cell: Any) -> str:
+        return " ".join(str(cell).split()) if isinstance(cell, str) else str(cell)
+
+    columns = table.columns
+    lines = [f"# {table.title}"] if table.title else []
+    lines.append("\t".join(field(c.header) for c in columns))
+    cells = [list(c.cells) for c in columns]
+    lines += ["\t".join(field(col[i]) for col in cells) for i in range(table.row_count)]
+    return lines

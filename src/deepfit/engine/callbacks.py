@@ -202,11 +202,14 @@ class Progress(Callback):
                     f"epoch {record['epoch']} spent {wait:.0%} of its time waiting for images: the data pipeline is the "
                     "bottleneck (more --workers, --cache memory, or a smaller storage size would help)"
                 )
-        if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, description=f"{self.phase} epoch {record['epoch']}/{self.total_epochs}")
-            self._progress.console.print(line, markup=False, highlight=False)
-            self._progress.remove_task(self._task)
-            self._task = None
+        if self._progress is not None:
+            # The finished bar goes before the line is printed: printed first, the line would be followed by a
+            # redraw of the finished bar. soft_wrap: the terminal folds a long line; rich would break it into two.
+            if self._task is not None:
+                self._progress.remove_task(self._task)
+                self._progress.refresh()
+                self._task = None
+            self._progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
         else:
             print(line, file=sys.stderr, flush=True)
 
