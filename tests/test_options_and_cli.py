@@ -278,3 +278,18 @@ def test_features_help_shows_its_own_defaults(capsys: pytest.CaptureFixture[str]
     batch = next(line for line in out.splitlines() if line.lstrip().startswith("--batch-size"))
     assert batch.endswith("(default: 64)") and "classify" not in batch
     assert "(default: None)" not in out
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    """`deepfit models | head -1`: the reader is gone before deepfit writes; no traceback, the exit status of SIGPIPE."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads: deepfit's first write fails with EPIPE, deterministically
+    proc = subprocess.run([sys.executable, "-m", "deepfit.cli", "models", "resnet"], stdout=write_end,
+                          stderr=subprocess.PIPE, text=True, timeout=120, check=False)
+    os.close(write_end)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert proc.returncode == 141

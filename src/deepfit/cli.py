@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+import os
 import re
 import sys
 from typing import Any, NoReturn
@@ -321,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(e, TrainingInterrupted):  # a stopped training has logged how to resume it
             print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `deepfit models | head` closed the pipe: nothing more is wanted, so no traceback
+        # Python flushes stdout again at exit, which would raise once more: point it at nothing first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a program a closed pipe stopped
     return 0
 
 
