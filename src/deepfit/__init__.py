@@ -1,5 +1,23 @@
 """deepfit: teach a computer by example, and get an honest measure of how well it learned.
 
+    clf = deepfit.ImageClassifier("resnet18", pretrained=True, epochs=10)
+    clf.fit("pets/")                       # class folders, split folders or a CSV; trains into runs/<name>/
+    clf.evaluate().metrics["accuracy"]     # the test split, scored once; report.html in the run folder
+    clf.predict("photo.jpg")               # Prediction(source, label, probability, top)
+    deepfit.load("runs/<name>").predict("new_photos/")
+
+Front-ends, one per kind of task (each a `Learner`; every option of `deepfit train` is a keyword, listed by
+help(deepfit.ImageClassifier) and completed by editors):
+    ImageClassifier     image classes (from scratch, transfer learning)
+    ObjectDetector      boxes (task="detect") or boxes and masks (task="segment-instances")
+    SemanticSegmenter   a class for every pixel
+    Learner             any task by name, including one registered from outside deepfit (register_task)
+Runs: load(run_dir) a trained run; resume(run_dir) a stopped one.
+Features + a classical model: extract_features(data, model), fit_features(data, model, classifier="svm").
+Options and results: TrainConfig, FeaturesConfig (every option with its help), TrainOptions, FeaturesOptions
+(the same as typed keywords), Prediction, Detections. Errors: DeepfitError and its kinds DataError, ConfigError,
+WeightsError. The command line (`deepfit --help`) runs the same code.
+
 The public names are imported on first use, so `import deepfit` (and `deepfit --help`) stays fast:
 torch and torchvision take seconds to import on a small machine.
 """
@@ -23,6 +41,9 @@ _EXPORTS = {
     "FeaturesConfig": "deepfit.config",
     "TrainConfig": "deepfit.config",
     "Prediction": "deepfit.tasks.classify.predict",
+    "Detections": "deepfit.tasks.detect.predict",
+    "TrainOptions": "deepfit.options",
+    "FeaturesOptions": "deepfit.options",
     "Task": "deepfit.tasks.base",
     "register_task": "deepfit.registry",
     "DeepfitError": "deepfit.errors",
@@ -32,8 +53,9 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "ConfigError", "DataError", "DeepfitError", "FeaturesConfig", "ImageClassifier", "Learner", "ObjectDetector", "Prediction", "SemanticSegmenter",
-    "Task", "TrainConfig", "WeightsError", "__version__", "extract_features", "fit_features", "load", "register_task", "resume",
+    "ConfigError", "DataError", "DeepfitError", "Detections", "FeaturesConfig", "FeaturesOptions", "ImageClassifier", "Learner",
+    "ObjectDetector", "Prediction", "SemanticSegmenter", "Task", "TrainConfig", "TrainOptions", "WeightsError", "__version__",
+    "extract_features", "fit_features", "load", "register_task", "resume",
 ]
 
 if TYPE_CHECKING:
@@ -49,9 +71,11 @@ if TYPE_CHECKING:
     )
     from deepfit.config import FeaturesConfig, TrainConfig
     from deepfit.errors import ConfigError, DataError, DeepfitError, WeightsError
+    from deepfit.options import FeaturesOptions, TrainOptions
     from deepfit.registry import register_task
     from deepfit.tasks.base import Task
     from deepfit.tasks.classify.predict import Prediction
+    from deepfit.tasks.detect.predict import Detections
 
 
 def __getattr__(name: str) -> Any:
@@ -60,3 +84,8 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'deepfit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names too, before their first use has imported them (dir(), help() and completion show them)."""
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})

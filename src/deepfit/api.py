@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -36,16 +36,21 @@ from deepfit.config import FeaturesConfig, TrainConfig, apply_preset
 from deepfit.data.sources import discover
 from deepfit.errors import DeepfitError
 from deepfit.modalities.base import is_path_list, names_many
+from deepfit.options import FeaturesOptions, TrainOptions, with_options
 from deepfit.registry import all_tasks, get_modality, get_task
 from deepfit.runs.folder import run_folder, run_task
 from deepfit.tasks.base import Task, option_values
 from deepfit.tasks.classify.predict import ImageInput, Prediction
+from deepfit.tasks.detect.predict import DEFAULT_CONF, DEFAULT_IOU, Detections
 from deepfit.workflows.evaluate import evaluate as evaluate_run
 from deepfit.workflows.extraction import FeatureSet
 from deepfit.workflows.features import FeaturesResult
 from deepfit.workflows.predict import load_predictor
 from deepfit.workflows.train import TrainResult, train
 from deepfit.workflows.train import resume as resume_run
+
+if TYPE_CHECKING:  # PEP 692 and 673 names, for editors and type checkers only (typing has them from Python 3.11)
+    from typing_extensions import Self, Unpack
 
 
 class Learner:
@@ -59,7 +64,9 @@ class Learner:
 
     tasks: ClassVar[tuple[str, ...]] = ()  # the tasks a subclass is for (empty: any)
 
-    def __init__(self, model: str | None = None, *, task: str | None = None, preset: str | None = None, **options: Any) -> None:
+    @with_options(TrainConfig, skip=("task", "model"))
+    def __init__(self, model: str | None = None, *, task: str | None = None, preset: str | None = None,
+                 **options: Unpack[TrainOptions]) -> None:
         task = task or (self.tasks[0] if self.tasks else "classify")
         if self.tasks and task not in self.tasks:
             raise DeepfitError(f"task={task!r}: {type(self).__name__} is for {' and '.join(map(repr, self.tasks))}; use "
@@ -74,7 +81,7 @@ class Learner:
     def task(self) -> Task:
         return get_task(self.config.task)
 
-    def fit(self, data: str | Path, **options: Any) -> Learner:
+    def fit(self, data: str | Path, **options: Any) -> Self:
         """Train on `data`; `options` are the task's data options (see `task.data_options`) and training options, which
         override the learner's for this fit (and stay set)."""
         # a data option of any task goes to the workflow, which names the task it belongs to if it is not this one's
@@ -124,9 +131,13 @@ class Learner:
         return self.run_dir
 
     def __repr__(self) -> str:
-        where = f", run_dir={str(self.run_dir)!r}" if self.run_dir else ""
+        """The model, the task where the class does not say it, every option that differs from its default, the run."""
         task = f", task={self.config.task!r}" if type(self) is Learner or len(self.tasks) > 1 else ""
-        return f"{type(self).__name__}({self.config.model!r}{task}{where})"
+        defaults = TrainConfig(task=self.config.task).to_dict()
+        changed = "".join(f", {k}={v!r}" for k, v in self.config.to_dict().items()
+                          if k not in ("task", "model") and v != defaults.get(k))
+        where = f", run_dir={str(self.run_dir)!r}" if self.run_dir else ""
+        return f"{type(self).__name__}({self.config.model!r}{task}{changed}{where})"
 
 
 class ImageClassifier(Learner):
@@ -138,6 +149,13 @@ class ImageClassifier(Learner):
     """
 
     tasks = ("classify",)
+
+    @with_options(TrainConfig, skip=("task",))
+    def fit(self, data: str | Path, *, path_column: str | None = None, label_column: str | None = None,
+            **options: Unpack[TrainOptions]) -> Self:
+        """Train on `data`: class folders, train/val/test folders of them, or a CSV/TSV (`path_column`, `label_column`:
+        its columns, found by name when not given). Training options override the classifier's (and stay set)."""
+        return super().fit(data, **_given(path_column=path_column, label_column=label_column), **options)
 
     def predict(self, inputs: ImageInput | Sequence[ImageInput], top_k: int = 3) -> Prediction | list[Prediction]:
         """One input (a file path, or one PIL image, array or (C, H, W) tensor) -> one Prediction, as for every task;
@@ -173,12 +191,51 @@ class ObjectDetector(Learner):
 
     tasks = ("detect", "segment-instances")
 
+    @with_options(TrainConfig, skip=("task",))
+    def fit(self, data: str | Path, *, format: str | None = None, classes: list[str] | None = None,
+            **options: Unpack[TrainOptions]) -> Self:
+        """Train on `data` (COCO JSON, YOLO, Pascal VOC or instance-mask PNGs; `format` forces one); `classes`: the class
+        names in order (VOC, mask PNGs). Training options override the detector's (and stay set)."""
+        return super().fit(data, **_given(format=format, classes=classes), **options)
+
+    def predict(self, inputs: ImageInput | Sequence[ImageInput], *, conf: float = DEFAULT_CONF,
+                iou: float = DEFAULT_IOU) -> Detections | list[Detections]:
+        """One image -> its Detections (boxes, labels, names, scores, and masks for instance segmenters); a list, a
+        folder or a glob -> a list of them. `conf`: the lowest score kept; `iou`: the overlap NMS merges above."""
+        return super().predict(inputs, conf=conf, iou=iou)
+
 
 class SemanticSegmenter(Learner):
     """A semantic segmenter (a class for every pixel). fit() takes masks=, format=, classes=, colors=, skip_unmasked=;
     predict() gives an (H, W) uint8 array of class indexes (into `classes`) at the image's own size."""
 
     tasks = ("segment",)
+
+    @with_options(TrainConfig, skip=("task",))
+    def fit(self, data: str | Path, *, masks: str | Path | None = None, format: str | None = None,
+            classes: list[str] | None = None, colors: str | Path | dict[str, Any] | None = None, skip_unmasked: bool = False,
+            **options: Unpack[TrainOptions]) -> Self:
+        """Train on `data` (images and masks; `masks`: the mask folder when `data` is the image folder; `format` forces
+        a layout; `classes` names mask values 0, 1, ...; `colors` maps class names to RGB mask colours; `skip_unmasked`
+        leaves images without a mask out). Training options override the segmenter's (and stay set)."""
+        given = _given(masks=masks, format=format, classes=classes, colors=colors, skip_unmasked=skip_unmasked or None)
+        return super().fit(data, **given, **options)
+
+    def evaluate(self, data: str | Path | None = None, checkpoint: str = "best", *, data_root: str | Path | None = None,
+                 masks: str | Path | None = None, skip_unmasked: bool = False) -> Any:
+        """Score the test split (or another labelled set: `data`, its `masks` folder); writes report.html."""
+        given = _given(masks=masks, skip_unmasked=skip_unmasked or None)
+        return super().evaluate(data, checkpoint, data_root=data_root, **given)
+
+    def predict(self, inputs: ImageInput | Sequence[ImageInput]) -> np.ndarray | list[np.ndarray]:
+        """One image -> an (H, W) uint8 array of class indexes (into `classes`) at its own size; a list, a folder or a
+        glob -> a list of them."""
+        return super().predict(inputs)
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The keywords a user gave (not None), so that a task's own defaults apply to the others."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _front_end(task: str) -> type[Learner]:
@@ -206,9 +263,10 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") ->
     return _front_end(task).from_run(run_dir, checkpoint, device)
 
 
+@with_options(FeaturesConfig)
 def extract_features(
     data: str | Path, model: str | None = None, *, path_column: str | None = None, label_column: str | None = None,
-    **options: Any,
+    **options: Unpack[FeaturesOptions],
 ) -> FeatureSet:
     """The feature matrix of a labelled data set, as `deepfit features --export` writes it.
 
@@ -221,9 +279,10 @@ def extract_features(
     return _with_features_config(extract, data, model, path_column, label_column, options)
 
 
+@with_options(FeaturesConfig)
 def fit_features(
     data: str | Path, model: str | None = None, *, path_column: str | None = None, label_column: str | None = None,
-    **options: Any,
+    **options: Unpack[FeaturesOptions],
 ) -> FeaturesResult:
     """Features + a classical model (svm, logreg, knn, ridge), scored on the test split: a run folder that
     `deepfit.load()` and `deepfit predict` use like any other."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -24,6 +24,19 @@ from deepfit.tasks.detect.transforms import detection_transform, make_sample
 
 DEFAULT_CONF, DEFAULT_IOU = 0.25, 0.5
 PREDICT_BATCH = 8  # images per forward pass when predicting
+
+
+class _Objects(TypedDict):
+    boxes: np.ndarray  # (N, 4) float32, x1 y1 x2 y2 in the image's own pixels
+    labels: np.ndarray  # (N,) int64 class indexes
+    names: list[str]  # the N class names
+    scores: np.ndarray  # (N,) float32, highest first
+
+
+class Detections(_Objects, total=False):
+    """The objects found in one image; `masks` ((N, H, W) bool, at the image's size) only from instance segmenters."""
+
+    masks: np.ndarray
 
 
 @dataclass
@@ -71,7 +84,7 @@ class DetectionPredictor(ModelPredictor):
 
     @torch.inference_mode()
     def predict(self, images: Sequence[ImageInput] | ImageInput, *, conf: float = DEFAULT_CONF, iou: float = DEFAULT_IOU,
-                batch_size: int = PREDICT_BATCH) -> list[dict[str, np.ndarray]] | dict[str, np.ndarray]:
+                batch_size: int = PREDICT_BATCH) -> list[Detections] | Detections:
         """Boxes (xyxy pixels), labels (class indexes), class names, scores and, for instance segmenters, masks
         ((M, H, W) bool) of one image or a list of them."""
         single = not isinstance(images, list | tuple)
@@ -90,15 +103,14 @@ class DetectionPredictor(ModelPredictor):
 
 
 def to_original(p: dict[str, np.ndarray], scale: tuple[float, float], size: tuple[int, int], frame: int,
-                classes: list[str]) -> dict[str, Any]:
+                classes: list[str]) -> Detections:
     """A prediction in the letterboxed frame -> the image's own pixels (masks cut from the frame and resized)."""
     h, w = size
     sx, sy = scale
     boxes = p["boxes"].copy()
     boxes[:, 0::2] = np.clip(boxes[:, 0::2] / sx, 0, w)
     boxes[:, 1::2] = np.clip(boxes[:, 1::2] / sy, 0, h)
-    out: dict[str, Any] = {"boxes": boxes, "labels": p["labels"], "scores": p["scores"],
-                           "names": [classes[i] for i in p["labels"]]}
+    out: Detections = {"boxes": boxes, "labels": p["labels"], "scores": p["scores"], "names": [classes[i] for i in p["labels"]]}
     if "masks" in p:
         m = torch.from_numpy(p["masks"])[:, :, : min(frame, round(h * sy)), : min(frame, round(w * sx))]  # (M, 1, h', w')
         if len(m):
