@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     d_sub = d.add_subparsers(dest="data_command", parser_class=_Parser, required=True)
     dc = d_sub.add_parser("check", help="detection or segmentation labels: what was found, and what is wrong")
     dc.add_argument("data", help="COCO JSON (or its folder), YOLO folder with its YAML, Pascal VOC folder, or images/ + masks/")
-    dc.add_argument("--task", help="read the labels as this task's (detect, segment, ...); default: from the layout (a folder "
-                    "of mask images is read as semantic masks, other labels as objects)")
+    dc.add_argument("--task", help="read the labels as this task's (detect, segment, ...); default: from the layout (image and "
+                    "mask folders are semantic masks unless a classes.json names their objects; other labels are objects)")
     add_task_options(dc, "check", "how the labels are read (each option is for the tasks it names)")
 
     e = sub.add_parser("evaluate", help="score a run's best checkpoint on its test split (or --data) and write report.html")
@@ -235,17 +235,17 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 
 def _cmd_data_check(args: argparse.Namespace) -> None:
-    from deepfit.registry import all_tasks, get_task
+    from deepfit.registry import get_task, task_names
+    from deepfit.tasks.base import option_values, task_for_data
 
     setup_logging()  # each problem the reader finds is a warning naming its file
     options = {k: v for k, v in vars(args).items() if k in task_option_names("check")}
     if args.task:
         task = get_task(args.task)
     else:
-        task = next((t for t in sorted(all_tasks(), key=lambda t: t.claim_order) if t.claims(args.data, options)), None)
-        if task is None:
-            raise ConfigError(f"cannot tell which task's labels {args.data} holds: pass --task")
-    from deepfit.tasks.base import option_values
+        task = task_for_data(args.data, options)
+        others = ", ".join(n for n in task_names() if n != task.name)
+        _print(f"task: {task.name} ({task.title}), found from the layout; --task reads it as another's ({others})")
 
     options = option_values(task, options, (*task.data_options, *task.check_options), "data check")
     _print(*task.check_data(args.data, **options))

@@ -25,7 +25,7 @@ from torch import nn
 from deepfit.config import TrainConfig
 from deepfit.engine.optim import param_groups
 from deepfit.engine.trainer import BatchSource, BatchTransformFn
-from deepfit.errors import ConfigError
+from deepfit.errors import ConfigError, DataError
 from deepfit.models.weights import FROZEN_STATS
 
 
@@ -100,6 +100,7 @@ class Task:
     predict_options: ClassVar[tuple[Option, ...]] = ()
     check_options: ClassVar[tuple[Option, ...]] = ()  # `deepfit data check` options beyond `data_options`
     claim_order: ClassVar[int] = 0  # `deepfit data check` without --task asks tasks in this order whether DATA is theirs
+    layouts: ClassVar[str] = ""  # the layouts of data this task reads, shown when no task's layout matches DATA
 
     # --- options ---------------------------------------------------------------------------------------
     def check_config(self, config: TrainConfig) -> None:
@@ -204,6 +205,22 @@ def option_values(task: Task, given: dict[str, Any], allowed: Sequence[Option | 
         owner = f" (it is for --task {', '.join(owners)})" if owners else ""
         raise ConfigError(f"{flag} is not an option of {what} for --task {task.name}{owner}")
     return dict(given)
+
+
+def task_for_data(data: str | Path, options: dict[str, Any]) -> Task:
+    """The task whose labels `data` holds, for `deepfit data check` without --task: the first in `claim_order` that
+    claims it; an error showing every task's layouts when none does."""
+    from deepfit.registry import all_tasks
+
+    if not Path(data).expanduser().exists():
+        raise DataError(f"data not found: {data} — check the path")
+    tasks = sorted(all_tasks(), key=lambda t: t.claim_order)
+    task = next((t for t in tasks if t.claims(data, options)), None)
+    if task is None:
+        layouts = "\n".join(dict.fromkeys(t.layouts for t in tasks if t.layouts))  # a layout shared by two tasks once
+        raise DataError(f"no labels found in {data}: it is laid out as none of the layouts below (or pass --task NAME "
+                        f"to read it as that task's data and see what is missing)\n{layouts}")
+    return task
 
 
 # --- helpers for tasks whose model has a pretrained part (a backbone, an encoder) ----------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from deepfit.data.formats.coco import coco_candidates
 from deepfit.data.formats.common import child_dir
+from deepfit.data.formats.mask_folders import folder_pairs
 from deepfit.data.formats.objects import OBJECT_LAYOUTS
 from deepfit.errors import DataError
 
@@ -40,6 +41,6 @@ def object_format(path: Path) -> str:
     labels = child_dir(path, "labels")
     if labels is not None and next(labels.rglob("*.txt"), None) is not None:
         return "yolo"
-    if child_dir(path, "masks") is not None and child_dir(path, "images") is not None:
+    if folder_pairs(path):  # image and mask folders, found as semantic masks are
         return "masks"
     raise DataError(f"no detection labels found in {path}\n{OBJECT_LAYOUTS}")

@@ -1,10 +1,5 @@
-"""Mask files: instance-mask PNGs (one value per object), and semantic masks decoded into class values.
-
-Instance masks (`read_instance_masks`): ``DATA/images/**/NAME.*`` paired by relative path and stem with
-``DATA/masks/**/NAME.png``; every non-zero value of a mask is one object (0 is background). All objects are
-of one class, ``object``, unless ``DATA/classes.json`` maps them: ``{"NAME": {"1": "cat", "2": "dog"}, ...}``
-(mask stem -> object value -> class name; classes are the names used, in natural order; an object the file
-does not name is a bad object). Masks are kept as COCO RLE, boxes are the pixels' extent (x2 = last column + 1).
+"""Mask files: semantic masks decoded into class values (instance masks, an object per value, are read by
+`instance_masks`).
 
 Semantic masks (`load_mask`) are read as stored: palette PNGs as their palette indexes (with the palette),
 8- or 16-bit grey as their values, RGB as colours packed into one integer each (`pack_colors`).
@@ -14,19 +9,12 @@ with `IGNORE_INDEX` (255) for the ignored value and for any value the map does n
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
-
-from deepfit.data.formats.common import child_dir, image_size, images_under, split_of
-from deepfit.data.formats.objects import OBJECT_LAYOUTS, BadAnnotations, ImageObjects, ObjectLabels
-from deepfit.data.sources import natural_key
-from deepfit.errors import DataError
 
 # The class index of pixels that are not to be learnt from or scored: what every semantic mask holds where
 # a pixel is unlabelled or ambiguous, and what losses and metrics take as their ignore_index.
@@ -35,70 +23,6 @@ MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".gif")  # lossless only: JP
 _PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 ClassValue = int | tuple[int, int, int]  # a mask value: a grey or palette value, or an (r, g, b) colour
-
-
-# --- instance masks --------------------------------------------------------------------------------
-
-
-def read_instance_masks(root: Path, given: list[str] | None) -> ObjectLabels:
-    """The objects of the instance-mask PNGs in `root`; `given` are the class names (and their order)."""
-    masks_dir, images_dir = child_dir(root, "masks"), child_dir(root, "images")
-    if masks_dir is None or images_dir is None:
-        raise DataError(f"instance masks need {root}/images/ and {root}/masks/\n{OBJECT_LAYOUTS}")
-    mapping_file = root / "classes.json"
-    mapping: dict[str, dict[str, str]] | None = None
-    if mapping_file.is_file():
-        try:
-            mapping = json.loads(mapping_file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataError(f"cannot read {mapping_file}: {e}") from e
-        if not isinstance(mapping, dict) or not all(isinstance(v, dict) for v in mapping.values()):
-            raise DataError(f'{mapping_file} must map mask names to {{object value: class}}: {{"img1": {{"1": "cat"}}}}')
-    if given is not None:
-        classes = list(given)
-    elif mapping is not None:
-        classes = sorted({str(c) for per in mapping.values() for c in per.values()}, key=natural_key)
-    else:
-        classes = ["object"]
-    index_of = {name: i for i, name in enumerate(classes)}
-    image_index = images_under(images_dir)
-    mask_index = images_under(masks_dir)
-    problems = BadAnnotations()
-    images = []
-    for key, mask_path in sorted(mask_index.items(), key=lambda kv: natural_key(kv[1].as_posix())):
-        with Image.open(mask_path) as img:
-            values = np.asarray(img if img.mode in ("L", "P", "I", "I;16", "1") else img.convert("L"))
-        ids = [int(v) for v in np.unique(values) if v != 0]
-        image = image_index.get(key)
-        if image is None:
-            problems.bad(str(mask_path), f"no image {images_dir / key[0] / key[1]}.* for its {len(ids)} objects",
-                         count=max(len(ids), 1))
-            continue
-        w, h = image_size(image)
-        if values.shape != (h, w):
-            problems.bad(str(mask_path), f"mask is {values.shape[1]}x{values.shape[0]} but image {image.name} "
-                                         f"is {w}x{h}", count=max(len(ids), 1))
-            continue
-        b = ImageObjects(image.resolve(), w, h, split_of(Path(key[0]).parts))
-        per = mapping.get(key[1], {}) if mapping is not None else None
-        for obj in ids:
-            where = f"{mask_path} object {obj}"
-            name = "object" if per is None else per.get(str(obj))
-            if name not in index_of:
-                problems.bad(where, f"class {name!r} is not among the classes" if name is not None
-                             else f"{mapping_file.name} names no class for it")
-                continue
-            binary = values == obj
-            rows, cols = np.flatnonzero(binary.any(1)), np.flatnonzero(binary.any(0))
-            box = np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float32)
-            rle = mask_utils.encode(np.asfortranarray(binary.astype(np.uint8)))
-            b.add(box, index_of[name], rle)
-        images.append(b)
-    for key, image in image_index.items():
-        if key not in mask_index:
-            w, h = image_size(image)
-            images.append(ImageObjects(image.resolve(), w, h, split_of(Path(key[0]).parts)))
-    return ObjectLabels(images, classes, root, masks_dir, problems)
 
 
 # --- semantic masks: decoding ----------------------------------------------------------------------

@@ -27,7 +27,8 @@ OBJECT_LAYOUTS = """deepfit reads detection labels laid out as one of:
               ("class cx cy w h" or "class x1 y1 x2 y2 x3 y3 ...", normalised to 0-1)
   Pascal VOC  DATA/Annotations/NAME.xml and DATA/JPEGImages/NAME.jpg
   masks       DATA/images/NAME.jpg and DATA/masks/NAME.png (one value per object, 0 = background),
-              optional DATA/classes.json"""
+              optional DATA/classes.json; the other folder layouts of semantic masks too (train/ +
+              trainannot/, masks=DIR, mask_name="{name}_mask" for NAME_mask.png)"""
 
 
 class BadAnnotations:
@@ -115,3 +116,4 @@ class ObjectLabels:
     source: Path  # what messages name: the annotation file or the labels folder
     problems: BadAnnotations
     class_ids: list[int] | None = None  # the source's own id for each class index (COCO, YOLO dict names)
+    read_as: str = ""  # how the labels were found and named, when the format alone does not say it (a data check)

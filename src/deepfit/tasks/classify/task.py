@@ -196,6 +196,9 @@ class ClassifyTask(Task):
 
     # --- deepfit data check ----------------------------------------------------------------------------
     claim_order = 1  # after semantic masks (an images/ + masks/ pair would read as two classes), before object labels
+    layouts = """deepfit reads classification data laid out as one of:
+  class folders  DATA/<class>/**/NAME.jpg, or DATA/{train,val,test}/<class>/**/NAME.jpg
+  CSV            a CSV/TSV with a header, path,label (paths relative to the CSV; an optional split column)"""
 
     def claims(self, data: str | Path, options: dict[str, Any]) -> bool:
         if holds_object_labels(data):

@@ -27,11 +27,13 @@ Formats (`format=` forces one; otherwise it is found from what `source` holds):
   are kept with ``iscrowd`` set (evaluation ignores both). Classes are the names found, in natural
   order, unless `classes` is given (then other names are errors).
 * ``masks``: instance-mask PNGs, ``DATA/images/**/NAME.*`` paired by relative path and stem with
-  ``DATA/masks/**/NAME.png``; every non-zero value of a mask is one object (0 is background). All
-  objects are of one class, ``object``, unless ``DATA/classes.json`` maps them:
-  ``{"NAME": {"1": "cat", "2": "dog"}, ...}`` (mask stem -> object value -> class name; classes are the
-  names used, in natural order; an object the file does not name is an error). Masks are kept as
-  COCO RLE, boxes are the pixels' extent (x2 = last column + 1).
+  ``DATA/masks/**/NAME.png`` (or any folder layout semantic masks have: ``train/`` + ``trainannot/``,
+  ``masks=`` for the mask folder, ``mask_name="{name}_mask"`` for ``A_mask.png`` beside ``A.jpg``); every
+  non-zero value of a mask is one object (0 is background). All objects are of one class, ``object`` or
+  the one name in `classes`, unless ``DATA/classes.json`` maps them: ``{"NAME": {"1": "cat", "2": "dog"}, ...}``
+  (mask stem -> object value -> class name; classes are the names used, in natural order; an object the
+  file does not name is an error). Masks are kept as COCO RLE, boxes are the pixels' extent (x2 = last
+  column + 1). See `deepfit.data.formats.instance_masks`.
 
 Masks (``sample.masks``: None when the source has none, else one entry per object, None for an object
 with a box only) are kept as COCO gives them: a list of flat float64 polygons ``[x1, y1, x2, y2, ...]``
@@ -55,8 +57,8 @@ from typing import Any
 import numpy as np
 
 from deepfit.data.formats.coco import coco_file, rasterize, read_coco
+from deepfit.data.formats.instance_masks import read_instance_masks
 from deepfit.data.formats.layout import object_format
-from deepfit.data.formats.masks import read_instance_masks
 from deepfit.data.formats.objects import OBJECT_LAYOUTS, ImageObjects, ObjectLabels
 from deepfit.data.formats.voc import read_voc
 from deepfit.data.formats.yolo import read_yolo
@@ -110,6 +112,7 @@ class DetectionDataset:
     root: Path  # the data folder, or the folder holding the annotation file
     format: str  # one of FORMATS
     class_ids: list[int] | None = None  # the source's own id for each class index (COCO, YOLO dict names)
+    read_as: str = ""  # how the labels were found and named, when the format alone does not say it (mask PNGs)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -139,6 +142,7 @@ def summarize(dataset: DetectionDataset) -> dict[str, Any]:
         "crowd_objects": int(sum(int(s.iscrowd.sum()) for s in dataset.samples)),
         "has_masks": dataset.has_masks,
         "splits": dict(Counter(s.split for s in dataset.samples if s.split is not None)),
+        "read_as": dataset.read_as,
     }
 
 
@@ -147,17 +151,24 @@ def summarize(dataset: DetectionDataset) -> dict[str, Any]:
 
 def read_detection(
     source: str | Path, *, format: str | None = None, classes: list[str] | None = None,
-    images: str | Path | None = None,
+    images: str | Path | None = None, masks: str | Path | None = None, mask_name: str | None = None,
 ) -> DetectionDataset:
     """Read detection / instance-segmentation labels from `source` (a file or a folder; see the module doc).
 
     `format` forces one of FORMATS; `classes` gives the class names (and their order) for VOC and mask
-    PNGs, or replaces missing YOLO names; `images` is the image folder for COCO when it is elsewhere.
+    PNGs, or replaces missing YOLO names; `images` is the image folder for COCO when it is elsewhere; `masks`
+    (the mask folder, `source` then being the image folder) and `mask_name` (the pattern of a mask's name,
+    "{name}_mask") are for mask PNGs.
     """
     path = Path(source).expanduser().resolve()
     if not path.exists():
         raise DataError(f"detection data not found: {path} — check the path")
-    fmt = format or object_format(path)
+    mask_dir = Path(masks).expanduser().resolve() if masks is not None else None
+    if mask_dir is not None and not mask_dir.is_dir():
+        raise DataError(f"mask folder not found: {mask_dir} — check masks=")
+    fmt = format or ("masks" if mask_dir is not None or mask_name else object_format(path))
+    if fmt != "masks" and (mask_dir is not None or mask_name):
+        raise DataError(f"masks= and mask_name= are for mask PNGs, not {fmt} labels")
     if fmt not in FORMATS:
         raise DataError(f"unknown detection format {fmt!r}: choose one of {', '.join(FORMATS)}")
     image_dir = Path(images).expanduser().resolve() if images is not None else None
@@ -168,7 +179,7 @@ def read_detection(
     elif fmt == "voc":
         labels = read_voc(path, classes)
     else:
-        labels = read_instance_masks(path, classes)
+        labels = read_instance_masks(path, classes, mask_dir, mask_name)
     return _assemble(labels, fmt)
 
 
@@ -188,7 +199,7 @@ def _assemble(labels: ObjectLabels, fmt: str) -> DetectionDataset:
     """The data set of what a reader found; a DataError when too many objects were bad, or none is left."""
     with_masks = any(m is not None for b in labels.images for m in b.masks)
     samples = sorted((_sample(b, with_masks) for b in labels.images), key=lambda s: natural_key(s.path.as_posix()))
-    dataset = DetectionDataset(samples, labels.classes, labels.root, fmt, labels.class_ids)
+    dataset = DetectionDataset(samples, labels.classes, labels.root, fmt, labels.class_ids, labels.read_as)
     labels.problems.finish(dataset.num_objects, labels.source)
     if dataset.num_objects == 0:
         raise DataError(f"no labelled objects found in {labels.source} (read as {fmt}, {len(samples)} images)"

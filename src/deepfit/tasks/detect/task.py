@@ -22,6 +22,8 @@ from rich.table import Table
 from torch import nn
 
 from deepfit.config import TrainConfig
+from deepfit.data.formats.layout import holds_object_labels
+from deepfit.data.formats.objects import OBJECT_LAYOUTS
 from deepfit.data.split import load_image_split, save_image_split, split_images
 from deepfit.errors import ConfigError, DataError
 from deepfit.modalities.image.augment import to_unit_range
@@ -94,29 +96,34 @@ class DetectTask(Task):
     sgd_lr = 0.01
     data_options = (
         Option("format", f"label format (default: found from DATA): {', '.join(FORMATS)}"),
-        Option("classes", "class names in order (VOC, mask PNGs)", list),
+        Option("classes", "class names in order (VOC, mask PNGs: one name for all objects, or the order of classes.json's)", list),
+        Option("masks", "the folder of instance-mask PNGs, when DATA is the folder of images"),
+        Option("mask_name", "how a mask PNG is named after its image, e.g. '{name}_mask' for A_mask.png beside A.jpg"),
     )
+    evaluate_options = ("masks", "mask_name")
     predict_options = (
         Option("conf", "lowest score kept (default: 0.25)", float, DEFAULT_CONF),
         Option("iou", "IoU above which overlapping boxes are merged by NMS (default: 0.5)", float, DEFAULT_IOU),
     )
 
     # --- data ------------------------------------------------------------------------------------------
-    def read(self, data: str | Path, config: TrainConfig, *, format: str | None = None, classes: list[str] | None = None) -> Data:
+    def read(self, data: str | Path, config: TrainConfig, *, format: str | None = None, classes: list[str] | None = None,
+             masks: str | Path | None = None, mask_name: str | None = None) -> Data:
         if format is not None and format not in FORMATS:
             raise ConfigError(f"--format {format} is not a {self.name} format; use one of {', '.join(FORMATS)}")
-        dataset = read_detection(data, format=format, classes=classes)
+        dataset = read_detection(data, format=format, classes=classes, masks=masks, mask_name=mask_name)
         if self.masks and not dataset.has_masks:
             raise DataError(
                 f"{dataset.root} has boxes but no masks ({dataset.format} labels): --task segment-instances needs polygons, "
                 "RLE or mask PNGs; use --task detect for boxes"
             )
-        return self._data(dataset)
+        return self._data(dataset, masks, mask_name)
 
     @staticmethod
-    def _data(dataset: DetectionDataset) -> Data:
-        return Data(dataset.root, dataset.classes, dataset, {"label_format": dataset.format, "class_ids": dataset.class_ids},
-                    layout=dataset.format)
+    def _data(dataset: DetectionDataset, masks: str | Path | None = None, mask_name: str | None = None) -> Data:
+        record = {"label_format": dataset.format, "class_ids": dataset.class_ids,
+                  "masks": str(Path(masks).resolve()) if masks else None, "mask_name": mask_name}
+        return Data(dataset.root, dataset.classes, dataset, record, layout=dataset.format)
 
     def split(self, data: Data, config: TrainConfig) -> dict[str, list]:
         return split_samples(data.source, config.val_fraction, config.test_fraction, config.seed)
@@ -127,15 +134,17 @@ class DetectTask(Task):
     def reread(self, saved: dict[str, Any], run_dir: Path) -> tuple[Data, dict[str, list]]:
         """A run's labels read again as they were for training (VOC and mask-PNG class order comes from the run)."""
         fmt = saved.get("label_format")
-        dataset = read_detection(saved["data"], format=fmt, classes=saved["classes"] if fmt in ("voc", "masks") else None)
-        return self._data(dataset), load_image_split(run_dir / "split.csv", dataset.samples, dataset.root)
+        dataset = read_detection(saved["data"], format=fmt, classes=saved["classes"] if fmt in ("voc", "masks") else None,
+                                 masks=saved.get("masks"), mask_name=saved.get("mask_name"))
+        return self._data(dataset, saved.get("masks"), saved.get("mask_name")), load_image_split(run_dir / "split.csv", dataset.samples, dataset.root)
 
-    def read_other(self, data: str | Path, trained: TrainedDetector, *, format: str | None = None) -> tuple[Data, list]:
-        dataset = read_detection(data, format=format, classes=trained.classes)
+    def read_other(self, data: str | Path, trained: TrainedDetector, *, format: str | None = None,
+                   masks: str | Path | None = None, mask_name: str | None = None) -> tuple[Data, list]:
+        dataset = read_detection(data, format=format, classes=trained.classes, masks=masks, mask_name=mask_name)
         if dataset.classes != trained.classes:
             raise DataError(f"{data} has classes {dataset.classes[:5]}... but the model was trained on {trained.classes[:5]}...: "
                             "the class lists must be the same, in the same order")
-        return self._data(dataset), dataset.samples
+        return self._data(dataset, masks, mask_name), dataset.samples
 
     def describe(self, data: Data, splits: dict[str, list]) -> str:
         objects = sum(len(s) for s in splits["train"])
@@ -200,19 +209,24 @@ class DetectTask(Task):
         return {f"{self.title}, --task {self.name}": names} if names else {}
 
     # --- deepfit data check ----------------------------------------------------------------------------
-    claim_order = 2  # asked after semantic masks and class folders: what is neither is read as object labels
+    claim_order = 2  # asked after semantic masks and class folders: object labels, and instance masks with classes.json
+    layouts = OBJECT_LAYOUTS
 
     def claims(self, data: str | Path, options: dict[str, Any]) -> bool:
-        return True
+        # a format or mask option names this task's labels; semantic masks were asked for first
+        return bool(options.get("format") or options.get("masks") or options.get("mask_name")) or holds_object_labels(data)
 
-    def check_data(self, data: str | Path, *, format: str | None = None, classes: list[str] | None = None) -> list[Any]:
+    def check_data(self, data: str | Path, *, format: str | None = None, classes: list[str] | None = None,
+                   masks: str | Path | None = None, mask_name: str | None = None) -> list[Any]:
         if format is not None and format not in FORMATS:
             raise ConfigError(f"--format {format} is not a {self.name} format; use one of {', '.join(FORMATS)}")
-        summary = summarize(read_detection(data, format=format, classes=classes))
+        summary = summarize(read_detection(data, format=format, classes=classes, masks=masks, mask_name=mask_name))
         lines: list[Any] = [
             f"{summary['format']} labels in {summary['root']}: {summary['images']} images, {summary['objects']} objects in "
             f"{summary['classes']} classes" + (" (with masks)" if summary["has_masks"] else "")
         ]
+        if summary["read_as"]:
+            lines.append(f"read as: {summary['read_as']}")
         if summary["splits"]:
             lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
         table = Table(title="objects per class")

@@ -9,9 +9,12 @@ Layouts (`format=` forces one; otherwise it is found from what `source` holds):
 
 * ``folders``: ``DATA/images/**/NAME.ext`` paired with ``DATA/masks/**/NAME.png`` by relative folder and
   stem (also image/imgs/img/JPEGImages and mask/labels/label/annotations/SegmentationClass/gt), at the top
-  or in split folders ``DATA/{train,val,test}/{images,masks}``. ``masks=`` names the mask folder
-  (``source`` is then the image folder). Masks are .png, .bmp, .tif, .tiff or .gif. A sample's split comes
-  from the folder names on its path (train, val / valid / validation, test, also train2017...).
+  or in split folders ``DATA/{train,val,test}/{images,masks}``, or side by side per split
+  (``DATA/train/`` + ``DATA/trainannot/``, as CamVid's SegNet copy). ``masks=`` names the mask folder
+  (``source`` is then the image folder); ``mask_name="{name}_mask"`` pairs ``A.jpg`` with ``A_mask.png``.
+  Masks are .png, .bmp, .tif, .tiff or .gif. A sample's split comes from the folder names on its path
+  (train, val / valid / validation, test, also train2017...). A folder with ``classes.json`` holds instance
+  masks (`deepfit.data.formats.instance_masks`), which `deepfit data check` leaves to detection.
 * ``yaml``: a YAML file (or a folder holding ``config.yaml`` / ``data.yaml`` / ``dataset.yaml``) with
   ``images:`` and ``masks:`` folders per split (``train: {images: ..., masks: ...}``) and class names under
   ``classes:`` or ``names:``: a list (value i is class i) or an ``{id: name}`` dict whose ids may have gaps
@@ -129,6 +132,7 @@ class SegmentationDataset:
     ignore_value: int | tuple[int, int, int] | None  # the mask value read as IGNORE_INDEX
     colors: np.ndarray  # (K, 3) uint8 display colour per class
     problems: list[tuple[Path, str]]  # skipped files, "tag: detail" (see SKIP_GROUPS)
+    read_as: str = ""  # how the files were found, for a data check (`Layout.describe`)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -198,14 +202,15 @@ def summarize(dataset: SegmentationDataset) -> dict[str, Any]:
 
 
 def read_segmentation(
-    source: str | Path, *, masks: str | Path | None = None, format: str | None = None,
+    source: str | Path, *, masks: str | Path | None = None, mask_name: str | None = None, format: str | None = None,
     classes: list[str] | None = None, colors: dict[str, tuple[int, int, int]] | str | Path | None = None,
     ignore_value: int | None = 255, class_map: dict | None = None, max_bad: float = 0.05,
     skip_unmasked: bool = False, workers: int | None = None,
 ) -> SegmentationDataset:
     """Read semantic-segmentation masks from `source` (a folder, a YAML or a COCO JSON; see the module doc).
 
-    `masks` names the mask folder (`source` is then the image folder); `format` forces one of FORMATS;
+    `masks` names the mask folder (`source` is then the image folder); `mask_name` is the pattern of a mask's
+    name, "{name}_mask" for A_mask.png beside A.jpg; `format` forces one of FORMATS;
     `classes` names the mask values 0, 1, ...; `colors` maps class names to RGB mask colours (a dict or a
     JSON file of one); `ignore_value` is the mask value read as IGNORE_INDEX; `class_map` (from
     `SegmentationDataset.class_map`) replaces all inference; `max_bad` is the share of bad pairs that is
@@ -230,7 +235,7 @@ def read_segmentation(
         if colors is not None or classes is not None:
             raise DataError("COCO categories name the classes: classes= and colors= are for mask files")
         return _read_coco(path, saved, max_bad, n_workers)
-    layout = yaml_layout(path) if fmt == "yaml" else folders_layout(path, mask_dir)
+    layout = yaml_layout(path, mask_name) if fmt == "yaml" else folders_layout(path, mask_dir, mask_name)
     names: tuple[list[str], list[int]] | None = None
     named_by = ""
     if classes is not None:
@@ -265,22 +270,6 @@ def _detect(path: Path, mask_dir: Path | None) -> str:
     raise DataError(f"no segmentation masks found in {path}\n{MASK_LAYOUTS}")
 
 
-def holds_semantic_masks(path: str | Path) -> bool:
-    """Whether `path` is laid out as semantic masks: a YAML naming `masks:` folders, or image and mask folders
-    (`deepfit data check` reads such data as segmentation). COCO JSON is left to detection, and so is a folder
-    with ``classes.json``: detection's instance-mask PNGs, which sit in the same images/ + masks/ layout."""
-    path = Path(path)
-    try:
-        if path.is_file():
-            return path.suffix.lower() in (".yaml", ".yml") and bool(mask_entries(read_mapping(path)))
-        if not path.is_dir() or (path / "classes.json").is_file():
-            return False
-        yaml_path = find_dataset_yaml(path)
-        return (yaml_path is not None and bool(mask_entries(read_mapping(yaml_path)))) or bool(folder_pairs(path))
-    except DataError:  # an unreadable YAML: the reader that is asked next says what is wrong with it
-        return False
-
-
 # --- assembling the data set -----------------------------------------------------------------------
 
 
@@ -290,9 +279,6 @@ def _read_pairs(
 ) -> SegmentationDataset:
     skipped = SkippedFiles(skip_unmasked)
     pairs = pair_up(layout, skipped)
-    if not pairs:
-        raise DataError(f"no image/mask pairs in {layout.root}: {len(skipped.items)} files have no partner "
-                        f"(images and masks pair by relative folder and name)\n{MASK_LAYOUTS}")
     # Decoding dominates and Pillow releases the GIL while it inflates PNGs, so threads scale here.
     if workers > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -336,7 +322,8 @@ def _read_pairs(
     colours = saved.colors if saved is not None else display_colors(kind, values, palette)
     logger.info("read %d image/mask pairs (%s masks, %d classes) from %s", len(samples), kind, len(classes),
                 layout.root)
-    return SegmentationDataset(samples, classes, layout.root, fmt, kind, values, ignore, colours, skipped.items)
+    return SegmentationDataset(samples, classes, layout.root, fmt, kind, values, ignore, colours, skipped.items,
+                               layout.describe())
 
 
 def _paint(sample: SegmentationSample) -> np.ndarray:

@@ -24,6 +24,8 @@ from rich.table import Table
 from torch import nn
 
 from deepfit.config import TrainConfig
+from deepfit.data.formats.instance_masks import object_id_like
+from deepfit.data.formats.mask_folders import MASK_LAYOUTS, holds_semantic_masks
 from deepfit.data.formats.masks import IGNORE_INDEX
 from deepfit.data.split import load_image_split, save_image_split, split_images
 from deepfit.errors import ConfigError
@@ -32,13 +34,7 @@ from deepfit.modalities.image.augment import to_unit_range
 from deepfit.models.weights import read_weights_file
 from deepfit.runs.session import workers_for
 from deepfit.tasks.base import Data, Option, Setup, Task, keep_norm_statistics, pretrained_part_groups
-from deepfit.tasks.segment.data import (
-    FORMATS,
-    SegmentationDataset,
-    holds_semantic_masks,
-    read_segmentation,
-    summarize,
-)
+from deepfit.tasks.segment.data import FORMATS, SegmentationDataset, read_segmentation, summarize
 from deepfit.tasks.segment.evaluate import SegmentationEvaluation, predict_to_folder, score_samples
 from deepfit.tasks.segment.model import (
     Segmenter,
@@ -84,32 +80,33 @@ class SegmentTask(Task):
     loader, predictor_type = staticmethod(load_segmenter), SegmentationPredictor
     data_options = (
         Option("masks", "the folder of mask images, when DATA is the folder of images"),
+        Option("mask_name", "how a mask is named after its image, e.g. '{name}_mask' for A_mask.png beside A.jpg"),
         Option("format", f"label layout (default: found from DATA): {', '.join(FORMATS)}"),
         Option("classes", "the names of the mask values 0, 1, 2, ... in order", list),
         Option("colors", "JSON file (or, in Python, a dict) mapping class names to the [r, g, b] colours of colour-coded masks"),
         Option("skip_unmasked", "leave images without a mask out on purpose instead of counting them as bad pairs", bool, False),
     )
-    evaluate_options = ("masks", "skip_unmasked")
+    evaluate_options = ("masks", "mask_name", "skip_unmasked")
     check_options = (Option("ignore_index", f"mask value that is not a class, -1 for none (default: {IGNORE_INDEX})", int, IGNORE_INDEX),)
 
     def check_config(self, config: TrainConfig) -> None:
         parse_loss(config.loss)
 
     # --- data ------------------------------------------------------------------------------------------
-    def read(self, data: str | Path, config: TrainConfig, *, masks: str | Path | None = None, format: str | None = None,
-             classes: list[str] | None = None, colors: Any = None, skip_unmasked: bool = False) -> Data:
+    def read(self, data: str | Path, config: TrainConfig, *, masks: str | Path | None = None, mask_name: str | None = None,
+             format: str | None = None, classes: list[str] | None = None, colors: Any = None, skip_unmasked: bool = False) -> Data:
         self._check_format(format)
-        dataset = read_segmentation(data, masks=masks, format=format, classes=classes, colors=colors, ignore_value=ignore_value(config),
-                                    skip_unmasked=skip_unmasked, workers=config.workers)
-        return self._data(dataset, masks, skip_unmasked)
+        dataset = read_segmentation(data, masks=masks, mask_name=mask_name, format=format, classes=classes, colors=colors,
+                                    ignore_value=ignore_value(config), skip_unmasked=skip_unmasked, workers=config.workers)
+        return self._data(dataset, masks, mask_name, skip_unmasked)
 
     def _check_format(self, fmt: str | None) -> None:
         if fmt is not None and fmt not in FORMATS:
             raise ConfigError(f"--format {fmt} is not a {self.name} format; use one of {', '.join(FORMATS)}")
 
     @staticmethod
-    def _data(dataset: SegmentationDataset, masks: str | Path | None, skip_unmasked: bool) -> Data:
-        record = {"masks": str(Path(masks).resolve()) if masks else None, "label_format": dataset.format,
+    def _data(dataset: SegmentationDataset, masks: str | Path | None, mask_name: str | None, skip_unmasked: bool) -> Data:
+        record = {"masks": str(Path(masks).resolve()) if masks else None, "mask_name": mask_name, "label_format": dataset.format,
                   "skip_unmasked": skip_unmasked, "class_map": dataset.class_map()}
         return Data(dataset.root, dataset.classes, dataset, record, layout=f"{dataset.kind} masks")
 
@@ -121,15 +118,16 @@ class SegmentTask(Task):
 
     def reread(self, saved: dict[str, Any], run_dir: Path) -> tuple[Data, dict[str, list]]:
         """A run's images and masks read again with the run's own class map (so classes keep their indexes)."""
-        dataset = read_segmentation(saved["data"], masks=saved.get("masks"), format=saved.get("label_format"),
-                                    class_map=saved["class_map"], skip_unmasked=saved.get("skip_unmasked", False))
-        data = self._data(dataset, saved.get("masks"), saved.get("skip_unmasked", False))
+        dataset = read_segmentation(saved["data"], masks=saved.get("masks"), mask_name=saved.get("mask_name"),
+                                    format=saved.get("label_format"), class_map=saved["class_map"],
+                                    skip_unmasked=saved.get("skip_unmasked", False))
+        data = self._data(dataset, saved.get("masks"), saved.get("mask_name"), saved.get("skip_unmasked", False))
         return data, load_image_split(run_dir / "split.csv", dataset.samples, dataset.root)
 
     def read_other(self, data: str | Path, trained: TrainedSegmenter, *, masks: str | Path | None = None,
-                   skip_unmasked: bool = False) -> tuple[Data, list]:
-        dataset = read_segmentation(data, masks=masks, class_map=trained.class_map, skip_unmasked=skip_unmasked)
-        return self._data(dataset, masks, skip_unmasked), dataset.samples
+                   mask_name: str | None = None, skip_unmasked: bool = False) -> tuple[Data, list]:
+        dataset = read_segmentation(data, masks=masks, mask_name=mask_name, class_map=trained.class_map, skip_unmasked=skip_unmasked)
+        return self._data(dataset, masks, mask_name, skip_unmasked), dataset.samples
 
     def describe(self, data: Data, splits: dict[str, list]) -> str:
         return f"{len(data.classes)} classes ({data.layout}), {', '.join(f'{len(v)} {k}' for k, v in splits.items())} images"
@@ -186,22 +184,27 @@ class SegmentTask(Task):
         return {f"segmentation, --task {self.name}": names} if names else {}
 
     # --- deepfit data check ----------------------------------------------------------------------------
+    layouts = MASK_LAYOUTS
+
     def claims(self, data: str | Path, options: dict[str, Any]) -> bool:
         fmt = options.get("format")
         if fmt:
             return fmt in FORMATS and fmt != "coco"  # COCO JSON is read as objects unless --task segment says otherwise
-        return bool(options.get("masks") or options.get("colors")) or holds_semantic_masks(data)
+        # image and mask folders are semantic masks unless a classes.json names their objects (holds_semantic_masks)
+        return bool(options.get("colors")) or holds_semantic_masks(data, options.get("masks"))
 
-    def check_data(self, data: str | Path, *, masks: str | Path | None = None, format: str | None = None,
-                   classes: list[str] | None = None, colors: Any = None, skip_unmasked: bool = False,
+    def check_data(self, data: str | Path, *, masks: str | Path | None = None, mask_name: str | None = None,
+                   format: str | None = None, classes: list[str] | None = None, colors: Any = None, skip_unmasked: bool = False,
                    ignore_index: int = IGNORE_INDEX) -> list[Any]:
         self._check_format(format)
-        dataset = read_segmentation(data, masks=masks, format=format, classes=classes, colors=colors,
+        dataset = read_segmentation(data, masks=masks, mask_name=mask_name, format=format, classes=classes, colors=colors,
                                     ignore_value=None if ignore_index < 0 else ignore_index, max_bad=1.0, skip_unmasked=skip_unmasked)
         summary = summarize(dataset)
         ignored = f"; ignored value {dataset.ignore_value}" if dataset.ignore_value is not None else ""
         lines: list[Any] = [f"{summary['format']} segmentation masks ({summary['kind']}) in {summary['root']}: {summary['images']} "
                             f"images with a usable mask, {len(dataset.classes)} classes{ignored}"]
+        if dataset.read_as:
+            lines.append(f"read as: {dataset.read_as}; each mask value a class")
         if summary.get("splits"):
             lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
         table = Table(title="pixels per class")
@@ -211,6 +214,10 @@ class SegmentTask(Task):
         for (name, share), value in zip(summary["pixel_share"].items(), dataset.values, strict=True):
             table.add_row(name, str(value), f"{share:.2%}")
         lines.append(table)
+        present = [{int(v) for v, n in zip(dataset.values, s.counts, strict=True) if n} for s in dataset.samples if s.counts is not None]
+        if dataset.kind == "index" and object_id_like(present):
+            lines.append("these masks look like object ids (1..n in each, n varying): if each value is one object, read "
+                         "them with --task segment-instances (or --task detect) and name the classes in classes.json")
         for kind, files in summary["problems"].items():
             lines.append(f"{kind}: {len(files)}")
             lines += [f"  {f}" for f in files[:50]]
