@@ -27,6 +27,7 @@ from deepfit.data.formats.objects import (
     check_box,
     check_polygons,
 )
+from deepfit.data.formats.sniff import json_format
 from deepfit.data.sources import natural_key
 from deepfit.errors import DataError
 
@@ -45,16 +46,13 @@ def rasterize(mask: list[np.ndarray] | dict[str, Any], height: int, width: int) 
 
 
 def coco_candidates(folder: Path) -> list[Path]:
-    """The COCO files in `folder` or its ``annotations/``: JSON files whose start names a COCO key."""
+    """The COCO files in `folder` or its ``annotations/``: JSON files whose start names a COCO key (and is not
+    a VIA or LabelMe file, whose values may spell one: `json_format`)."""
     found = []
     for where in (folder, child_dir(folder, "annotations")):
         if where is None:
             continue
-        for p in sorted(where.glob("*.json"), key=lambda q: natural_key(q.name)):
-            with open(p, "rb") as f:
-                head = f.read(1 << 20)
-            if b'"images"' in head or b'"annotations"' in head or b'"categories"' in head:
-                found.append(p)
+        found += [p for p in sorted(where.glob("*.json"), key=lambda q: natural_key(q.name)) if json_format(p) == "coco"]
     return found
 
 
