@@ -193,10 +193,17 @@ class ObjectDetector(Learner):
 
     @with_options(TrainConfig, skip=("task",))
     def fit(self, data: str | Path, *, format: str | None = None, classes: list[str] | None = None,
-            **options: Unpack[TrainOptions]) -> Self:
+            masks: str | Path | None = None, mask_name: str | None = None, **options: Unpack[TrainOptions]) -> Self:
         """Train on `data` (COCO JSON, YOLO, Pascal VOC or instance-mask PNGs; `format` forces one); `classes`: the class
-        names in order (VOC, mask PNGs). Training options override the detector's (and stay set)."""
-        return super().fit(data, **_given(format=format, classes=classes), **options)
+        names in order (VOC, mask PNGs: one name for all objects without classes.json); `masks`: the folder of mask PNGs
+        when `data` is the image folder; `mask_name`: a mask's name after its image's, "{name}_mask". Training options
+        override the detector's (and stay set)."""
+        return super().fit(data, **_given(format=format, classes=classes, masks=masks, mask_name=mask_name), **options)
+
+    def evaluate(self, data: str | Path | None = None, checkpoint: str = "best", *, data_root: str | Path | None = None,
+                 masks: str | Path | None = None, mask_name: str | None = None) -> Any:
+        """Score the test split (or another labelled set: `data`, its mask PNGs' folder and names); writes report.html."""
+        return super().evaluate(data, checkpoint, data_root=data_root, **_given(masks=masks, mask_name=mask_name))
 
     def predict(self, inputs: ImageInput | Sequence[ImageInput], *, conf: float = DEFAULT_CONF,
                 iou: float = DEFAULT_IOU) -> Detections | list[Detections]:
@@ -212,19 +219,21 @@ class SemanticSegmenter(Learner):
     tasks = ("segment",)
 
     @with_options(TrainConfig, skip=("task",))
-    def fit(self, data: str | Path, *, masks: str | Path | None = None, format: str | None = None,
+    def fit(self, data: str | Path, *, masks: str | Path | None = None, mask_name: str | None = None, format: str | None = None,
             classes: list[str] | None = None, colors: str | Path | dict[str, Any] | None = None, skip_unmasked: bool = False,
             **options: Unpack[TrainOptions]) -> Self:
-        """Train on `data` (images and masks; `masks`: the mask folder when `data` is the image folder; `format` forces
-        a layout; `classes` names mask values 0, 1, ...; `colors` maps class names to RGB mask colours; `skip_unmasked`
-        leaves images without a mask out). Training options override the segmenter's (and stay set)."""
-        given = _given(masks=masks, format=format, classes=classes, colors=colors, skip_unmasked=skip_unmasked or None)
+        """Train on `data` (images and masks; `masks`: the mask folder when `data` is the image folder; `mask_name`: a
+        mask's name after its image's, "{name}_mask"; `format` forces a layout; `classes` names mask values 0, 1, ...;
+        `colors` maps class names to RGB mask colours; `skip_unmasked` leaves images without a mask out). Training
+        options override the segmenter's (and stay set)."""
+        given = _given(masks=masks, mask_name=mask_name, format=format, classes=classes, colors=colors,
+                       skip_unmasked=skip_unmasked or None)
         return super().fit(data, **given, **options)
 
     def evaluate(self, data: str | Path | None = None, checkpoint: str = "best", *, data_root: str | Path | None = None,
-                 masks: str | Path | None = None, skip_unmasked: bool = False) -> Any:
-        """Score the test split (or another labelled set: `data`, its `masks` folder); writes report.html."""
-        given = _given(masks=masks, skip_unmasked=skip_unmasked or None)
+                 masks: str | Path | None = None, mask_name: str | None = None, skip_unmasked: bool = False) -> Any:
+        """Score the test split (or another labelled set: `data`, its `masks` folder and `mask_name`); writes report.html."""
+        given = _given(masks=masks, mask_name=mask_name, skip_unmasked=skip_unmasked or None)
         return super().evaluate(data, checkpoint, data_root=data_root, **given)
 
     def predict(self, inputs: ImageInput | Sequence[ImageInput]) -> np.ndarray | list[np.ndarray]:
