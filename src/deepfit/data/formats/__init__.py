@@ -9,10 +9,12 @@ mask files into class values (`masks`, `mask_classes`), and the tasks build thei
 - `objects`: one image's objects as a reader found them, the checks that drop a bad box or polygon, and
   the layouts of object labels that error messages show.
 - `coco`, `yolo`, `voc`: those formats' object labels; `coco` also turns a COCO mask into pixels.
-- `masks`: mask files: instance-mask PNGs (one value per object), and the decoding of semantic masks
-  (index, palette or RGB) into class values, with `IGNORE_INDEX`, the class index of ignored pixels.
+- `masks`: the decoding of semantic masks (index, palette or RGB) into class values, with `IGNORE_INDEX`,
+  the class index of ignored pixels.
+- `instance_masks`: instance-mask PNGs (one value per object) as object labels, and their classes.
 - `mask_classes`: which mask values are which classes: saved class maps, colour files, and the
   inference of the encoding and the classes from the masks found.
-- `mask_folders`: semantic masks as files: image and mask folders, the YAML naming them, how images and
-  masks pair up, and the record of the files skipped.
+- `mask_folders`: masks as files, semantic or instance: image and mask folders (side by side per split
+  too), the YAML naming them, how images and masks pair up (by name, or by a mask-name pattern), and the
+  record of the files skipped.
 """
