@@ -53,6 +53,9 @@ class TrainConfig:
     workers: int | None = _opt(None, "data-loading processes; default: chosen for the machine")
     # --- optimisation ----------------------------------------------------------------------------
     epochs: int = _opt(10, "passes over the training split")
+    time_budget: float | None = _opt(None, "minutes of training: the schedule runs over this time, measured while training, "
+                                     "and the run stops on time with its learning rate decayed (epochs then only divide "
+                                     "the time between phases); default: no budget, train --epochs")
     batch_size: int | None = _opt(None, "images per optimisation step")
     optimizer: str = _opt("adamw", "optimizer", ("adamw", "sgd"))
     lr: float | None = _opt(None, "peak learning rate; default 1e-3 for adamw, 0.05 for sgd (0.01 for detection)")
@@ -180,6 +183,7 @@ TRAIN_LIMITS: dict[str, _Limit] = {
     "warmup_epochs": _AT_LEAST_0, "label_smoothing": _SHARE, "dropout": _SHARE, "ignore_index": (-1, True, None, False),
     "tile_size": (32, True, None, False), "early_stopping": _AT_LEAST_0, "head_epochs": _AT_LEAST_0,
     "backbone_lr_scale": _AT_LEAST_0, "accumulate": _AT_LEAST_1, "save_every_steps": _AT_LEAST_0,
+    "time_budget": (0, False, None, False),
 }
 FEATURES_LIMITS: dict[str, _Limit] = {**_COMMON_LIMITS, "cv_folds": (2, True, None, False)}
 _TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text", dict: "a dict"}

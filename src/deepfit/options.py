@@ -37,6 +37,7 @@ class TrainOptions(TypedDict, total=False):
     cache: str
     workers: int | None
     epochs: int
+    time_budget: float | None
     batch_size: int | None
     optimizer: str
     lr: float | None

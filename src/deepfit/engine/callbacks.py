@@ -145,8 +145,8 @@ class ResumeState(Callback):
 class Progress(Callback):
     """A live bar with loss, accuracy and samples/s on a terminal; one line per epoch otherwise."""
 
-    def __init__(self, total_epochs: int, live: bool | None = None, console: Any = None) -> None:
-        self.total_epochs = total_epochs
+    def __init__(self, total_epochs: int | None, live: bool | None = None, console: Any = None) -> None:
+        self.total_epochs = total_epochs  # None: not known ahead (a time budget ends the run)
         self.live = sys.stderr.isatty() if live is None else live
         self.console = console  # a rich Console; None: rich's default (the terminal)
         self._progress = None
@@ -165,8 +165,11 @@ class Progress(Callback):
             )
             self._progress.start()
 
+    def _of(self, epoch: int) -> str:
+        return f"{epoch}/{self.total_epochs}" if self.total_epochs else str(epoch)
+
     def _description(self, trainer: Trainer) -> str:
-        return f"{self.phase} epoch {trainer.epoch + 1}/{self.total_epochs}"
+        return f"{self.phase} epoch {self._of(trainer.epoch + 1)}"
 
     def on_batch_end(self, trainer: Trainer, step: int, batch_size: int) -> None:
         if self._progress is None:
@@ -185,7 +188,7 @@ class Progress(Callback):
             self._progress.update(self._task, completed=step + 1)
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        line = f"epoch {record['epoch']}/{self.total_epochs} [{record['phase']}] train loss {record['train_loss']:.4f}"
+        line = f"epoch {self._of(record['epoch'])} [{record['phase']}] train loss {record['train_loss']:.4f}"
         if record.get("train_acc") is not None:
             line += f" acc {record['train_acc']:.2%}"
         validation = [(k[4:], v) for k, v in record.items() if k.startswith("val_") and v is not None]

@@ -148,6 +148,7 @@ class Trainer:
         self.skip_nonfinite = skip_nonfinite
         self.should_stop = False
         self.stop_requested = False  # set by a Ctrl-C handler: stop after the current step
+        self.end_phase = False  # set by a callback (a time budget): end this epoch after the current step, and the phase
         self.epoch = 0  # epochs completed over all fit() calls, so phases continue the count
         self.position = Position()
         self.running = RunningStats()
@@ -177,7 +178,7 @@ class Trainer:
     ) -> None:
         """Train `epochs` epochs of one phase; a position restored by `load_state_dict` for this phase resumes it."""
         self.optimizer, self.scheduler = optimizer, scheduler
-        self.should_stop = False
+        self.should_stop = self.end_phase = False
         if self.position.phase_index != phase_index:
             self.position = Position(phase_index)
         self._emit("on_fit_start", phase, epochs, train.num_batches(batch_size))
@@ -192,7 +193,7 @@ class Trainer:
                       "lr": self.last_lr, "samples_per_s": speed, "seconds": seconds,
                       "data_wait": self.data_wait / max(seconds, 1e-9)}
             self._emit("on_epoch_end", record)
-            if self.should_stop:
+            if self.should_stop or self.end_phase:
                 break
         self._emit("on_fit_end")
 
@@ -234,6 +235,8 @@ class Trainer:
             self._emit("on_batch_end", pos.step - 1, samples_in((x, targets)))
             if self.stop_requested:
                 raise TrainingInterrupted(f"stopped at epoch {self.epoch + 1}, step {pos.step}")
+            if self.end_phase:  # the epoch ends early: it is validated, recorded and checkpointed as any other
+                break
         pos.order = None
         if self.dist.enabled:  # every rank reports the whole epoch
             run = self.running

@@ -28,6 +28,7 @@ from torch import nn
 
 from deepfit.config import TrainConfig, field_names
 from deepfit.engine import distributed
+from deepfit.engine.budget import TimeBudget
 from deepfit.engine.callbacks import (
     BestCheckpoint,
     EarlyStopping,
@@ -132,7 +133,9 @@ def reopen(run_dir: Path, *, epochs: int | None, device: str | None) -> tuple[di
     if epochs is not None and epochs < saved["epochs"]:
         raise ConfigError(f"--epochs {epochs} is fewer than the run's {saved['epochs']}: a run can be extended, not shortened")
     state = load_training_state(run_dir / RESUME_FILE)
-    if state["position"]["epoch"] >= config.epochs:
+    if config.time_budget is not None and "budget_result" in saved:
+        raise ConfigError(f"{run_dir.name} already spent its --time-budget of {config.time_budget:g} minutes; start a new run")
+    if config.time_budget is None and state["position"]["epoch"] >= config.epochs:
         raise ConfigError(
             f"{run_dir.name} already finished its {state['position']['epoch']} epochs; pass --epochs N (more than that) "
             "to extend it"
@@ -188,13 +191,17 @@ def fit(run_dir: Path, job: Fit, config: TrainConfig, machine: Machine, *, gener
 
     best = BestCheckpoint(save, monitor=monitor,
                           link=lambda src, dst: link_checkpoint(run_dir / f"{src}.safetensors", run_dir / f"{dst}.safetensors"))
+    budget = None
+    if config.time_budget is not None:  # every process keeps the budget: rank 0's clock decides for all (engine/budget.py)
+        budget = TimeBudget(config.time_budget * 60, [e for _, e in job.phases],
+                            job.val.num_batches(config.batch_size) if job.val is not None and len(job.val) else 0)
     # Early stopping decides from metrics summed over ranks, so every rank stops together; only rank 0 writes.
-    callbacks: list[Callback] = [EarlyStopping(config.early_stopping, monitor=monitor)]
+    callbacks: list[Callback] = [EarlyStopping(config.early_stopping, monitor=monitor), *([budget] if budget else [])]
     if machine.dist.main:
         keep = state["position"]["epoch"] if state else None
         resume_state = ResumeState(lambda t: save_training_state(run_dir / RESUME_FILE, t, config), config.save_every_steps)
-        callbacks = [Progress(config.epochs), MetricsCSV(run_dir / "metrics.csv", keep, list(metric_columns(job.objective))),
-                     *callbacks, best, resume_state]
+        callbacks = [Progress(None if budget else config.epochs),
+                     MetricsCSV(run_dir / "metrics.csv", keep, list(metric_columns(job.objective))), *callbacks, best, resume_state]
     trainer = Trainer(torch.compile(model) if config.compile else model, job.objective, device=machine.device,
                       precision=machine.precision, channels_last=job.channels_last, callbacks=callbacks, generator=generator,
                       accumulate=config.accumulate, skip_nonfinite=config.skip_nonfinite, dist_info=machine.dist)
@@ -207,6 +214,9 @@ def fit(run_dir: Path, job: Fit, config: TrainConfig, machine: Machine, *, gener
                 steps_per_epoch = job.train.num_batches(config.batch_size)
                 warmup = min(epochs * steps_per_epoch // 2, round(config.warmup_epochs * steps_per_epoch))
                 scheduler = build_scheduler(optimizer, epochs * steps_per_epoch, warmup, config.schedule)
+                if budget is not None:  # the same schedule over the phase's time; its epochs end when the time does
+                    scheduler = budget.scheduler(optimizer, min(0.5, config.warmup_epochs / epochs), config.schedule)
+                    epochs = UNTIL_TIME_RUNS_OUT
                 if state is not None:  # the phase that was running: weights, optimizer, schedule, random states, position
                     trainer.optimizer, trainer.scheduler = optimizer, scheduler
                     trainer.load_state_dict(state)
@@ -226,8 +236,15 @@ def fit(run_dir: Path, job: Fit, config: TrainConfig, machine: Machine, *, gener
             raise
     if trainer.skipped_steps:
         logger.warning(f"{trainer.skipped_steps} batches with a non-finite loss were skipped (--skip-nonfinite)")
+    if budget is not None and machine.dist.main:  # what the budget bought, beside the options that asked for it
+        saved = read_run_config(run_dir)
+        saved["budget_result"] = budget.result([p for p, _ in job.phases])
+        atomic_write_text(run_dir / "config.json", json.dumps(saved, indent=2) + "\n")
+        logger.info(budget.summary())
     return best
 
+
+UNTIL_TIME_RUNS_OUT = 10**9  # the epochs of a phase trained in a time budget: the budget ends it first
 
 # Two SIGINTs closer than this are one Ctrl-C: `uv run` forwards the terminal's to its child, which gets both.
 SAME_CTRL_C_S = 1.0

@@ -1,0 +1,146 @@
+"""Training in a wall-clock budget: the learning-rate schedule runs over time, not over a count of epochs.
+
+"What is the best model I can get in 20 minutes?" has no answer in epochs: how long an epoch takes is known
+only once training runs. With a budget, each phase gets a share of it (in proportion to the epochs the
+config gives the phases, so a one-epoch head phase before nine whole-network epochs gets a tenth), and
+`TimeBudget`, a callback, measures while training:
+
+- the schedule's progress is the phase's training time so far over the time it has for training steps (its
+  share less the validation that must still fit), so warm-up and decay stretch over the budget, whatever the
+  machine's speed, and the learning rate is fully decayed at the last step;
+- before each step it asks whether one more step and the final validation still fit; when not, the trainer
+  ends the epoch there (`Trainer.end_phase`), validates it, checkpoints it and goes to the next phase.
+
+The time counted is the trainer's (steps, validation and checkpoints), not reading the data or building the
+model before, nor scoring the test split after. It is kept in the resumable state, so a resumed run spends
+only what was left. A budgeted run depends on the machine's speed, so it is not bit-exact on a rerun;
+config.json records what the budget bought (`budget_result`: epochs and steps per phase).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from deepfit.engine.distributed import all_sum
+from deepfit.engine.optim import lr_factor
+from deepfit.engine.trainer import Callback, Trainer
+
+_RESOLUTION = 1_000_000  # progress in millionths, for the step-based lr_factor
+# A validation step (forward only, no optimiser) costs about a third of a training step; until a validation has
+# been timed, this share of a training step's time per validation batch is kept for it, with some margin.
+VALIDATION_STEP_COST = 0.4
+
+
+class TimeBudget(Callback):
+    """Ends every phase within its share of `seconds`; `progress()` is where the phase's schedule stands (0..1)."""
+
+    def __init__(self, seconds: float, phase_epochs: Sequence[int], validation_steps: int = 0) -> None:
+        self.seconds, self.phase_epochs, self.validation_steps = seconds, list(phase_epochs), validation_steps
+        self.shares = [seconds * e / sum(phase_epochs) for e in phase_epochs]  # each phase's seconds, as planned at its start
+        self.phase = 0
+        self.used = 0.0  # seconds the finished phases took
+        self.spent = 0.0  # seconds of the current phase spent before the current stretch (a resume, a new epoch)
+        self.steps = 0  # training steps of the current phase, and the seconds they took
+        self.step_seconds = 0.0
+        self.validation = None  # seconds the last validation (and checkpoint) took, once timed
+        self.phase_steps: list[int] = [0] * len(phase_epochs)  # training steps and epochs each phase ran
+        self.phase_epochs_run: list[int] = [0] * len(phase_epochs)
+        self._since = time.perf_counter()
+        self._last_step_end = self._since
+        self._progress = 0.0
+        self._stopped = False
+
+    def share(self) -> float:
+        return self.shares[min(self.phase, len(self.shares) - 1)]
+
+    def _reserve(self) -> float:
+        """Seconds kept back for the phase's final validation and checkpoint: as long as the last one took, or
+        before one was timed, estimated from the training steps."""
+        if self.validation is not None:
+            return self.validation
+        return self.validation_steps * VALIDATION_STEP_COST * self.step_seconds / max(1, self.steps)
+
+    def elapsed(self) -> float:
+        """Seconds of the current phase so far (its whole time once it has ended)."""
+        return self.spent if self._stopped else self.spent + time.perf_counter() - self._since
+
+    def progress(self) -> float:
+        """The phase's training time over what it has for training steps: 0 at its start, 1 at its last step (as
+        measured after the last step, the same on every process of a torchrun run)."""
+        return self._progress
+
+    def _measure(self) -> float:
+        return min(1.0, self.elapsed() / max(1e-9, self.share() - self._reserve()))
+
+    def lr_factor(self, warmup: float, schedule: str) -> float:
+        """The learning-rate factor now: `schedule` after a warm-up of `warmup` (a share of the phase's time)."""
+        return lr_factor(round(self.progress() * _RESOLUTION), _RESOLUTION, round(warmup * _RESOLUTION), schedule)
+
+    def on_fit_start(self, trainer: Trainer, phase: str, epochs: int, steps_per_epoch: int) -> None:
+        if trainer.position.phase_index != self.phase:  # a new phase (not the one a resumed state is in)
+            # what the earlier phases left (more or less than planned) is shared by this one and those after it
+            self.used += self.elapsed()
+            new = trainer.position.phase_index
+            left = self.phase_epochs[new:]
+            self.shares[new:] = [max(0.0, self.seconds - self.used) * e / sum(left) for e in left]
+            self.phase, self.spent, self.steps, self.step_seconds, self.validation = new, 0.0, 0, 0.0, None
+        self._since = self._last_step_end = time.perf_counter()
+        self._stopped = False
+        self._progress = self._measure()
+
+    def on_batch_end(self, trainer: Trainer, step: int, batch_size: int) -> None:
+        now = time.perf_counter()
+        self.steps += 1
+        self.phase_steps[self.phase] += 1
+        self.step_seconds += now - self._last_step_end
+        self._last_step_end = now
+        mean_step = self.step_seconds / self.steps
+        over = float(self.elapsed() + mean_step + self._reserve() > self.share())  # one more step and validation would not fit
+        self._progress = self._measure()
+        if trainer.dist.enabled:  # every process must take the same rate and end at the same step: rank 0's clock decides
+            mine = [over, self._progress] if trainer.dist.main else [0.0, 0.0]
+            over, self._progress = (float(v) for v in all_sum(mine, trainer.device))
+        if over:
+            trainer.end_phase = True
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        # what followed the epoch's last step: its validation (and the callbacks before this one: checkpoints)
+        self.validation = time.perf_counter() - self._last_step_end
+        self._last_step_end = time.perf_counter()
+        self.phase_epochs_run[self.phase] += 1
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.spent, self._stopped = self.elapsed(), True
+
+    def scheduler(self, optimizer: torch.optim.Optimizer, warmup: float, schedule: str) -> torch.optim.lr_scheduler.LambdaLR:
+        """The phase's learning-rate schedule over its time (`warmup`: the share of it spent warming up)."""
+        lr_factor(0, 1, 0, schedule)  # an unknown schedule is an error now, not at the first step
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: self.lr_factor(warmup, schedule))
+
+    def result(self, phases: Sequence[str]) -> dict[str, Any]:
+        """What the budget bought, for config.json: per phase its planned seconds, epochs run and training steps."""
+        return {"minutes": self.seconds / 60, "seconds_used": round(self.used + self.elapsed(), 2),
+                "last_validation_seconds": None if self.validation is None else round(self.validation, 2),
+                "phases": [{"phase": p, "seconds": round(s, 1), "epochs": e, "steps": n}
+                           for p, s, e, n in zip(phases, self.shares, self.phase_epochs_run, self.phase_steps, strict=True)]}
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{e} epochs ({n} steps)" for e, n in zip(self.phase_epochs_run, self.phase_steps, strict=True))
+        return f"time budget {self.seconds / 60:g} min: trained {self.used + self.elapsed():.0f} s, {parts}"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "used": self.used, "shares": list(self.shares), "spent": self.elapsed(), "steps": self.steps, "step_seconds": self.step_seconds,
+                "validation": self.validation, "phase_steps": list(self.phase_steps),
+                "phase_epochs_run": list(self.phase_epochs_run)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.phase, self.used, self.shares = state["phase"], state["used"], list(state["shares"])
+        self.spent, self.steps = state["spent"], state["steps"]
+        self.step_seconds, self.validation, self.phase_steps = state["step_seconds"], state["validation"], list(state["phase_steps"])
+        self.phase_epochs_run = list(state["phase_epochs_run"])
+        self._since = self._last_step_end = time.perf_counter()
+        self._stopped = False
