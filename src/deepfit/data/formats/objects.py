@@ -1,7 +1,7 @@
 """Object labels as a reader finds them, whatever the format: per image, boxes, class indexes and masks.
 
-Every object reader (`coco`, `yolo`, `voc`, `masks`) gives `ObjectLabels`: one `ImageObjects` per image
-with its objects, the class names, and `BadAnnotations`, the objects it dropped. Bad objects are dropped
+Every object reader (`coco`, `yolo`, `voc`, `masks`, `via`, `labelme`, `cvat`) gives `ObjectLabels`: one
+`ImageObjects` per image with its objects, the class names, and `BadAnnotations`, the objects it dropped. Bad objects are dropped
 with one warning each (`check_box`, `check_polygons`); boxes reaching outside the image are clipped to it
 (with a warning when they reach out by more than a pixel). The detection task turns all this into its data
 set, and decides whether the dropped objects are too many (`BadAnnotations.finish`).
@@ -28,7 +28,17 @@ OBJECT_LAYOUTS = """deepfit reads detection labels laid out as one of:
   Pascal VOC  DATA/Annotations/NAME.xml and DATA/JPEGImages/NAME.jpg
   masks       DATA/images/NAME.jpg and DATA/masks/NAME.png (one value per object, 0 = background),
               optional DATA/classes.json; the other folder layouts of semantic masks too (train/ +
-              trainannot/, masks=DIR, mask_name="{name}_mask" for NAME_mask.png)"""
+              trainannot/, masks=DIR, mask_name="{name}_mask" for NAME_mask.png)
+  VIA         VGG Image Annotator JSON (project or export) in DATA/ or DATA/train/..., images beside
+              it; the class is a region attribute (--label-attribute when the regions have several)
+  LabelMe     DATA/**/NAME.json, one per image, beside the images or in a folder of their own
+  CVAT        DATA/annotations.xml ("CVAT for images 1.1" export), images in DATA/images/"""
+
+# What `deepfit data check` calls each format (the keys are the formats `object_format` finds).
+FORMAT_NAMES = {
+    "coco": "COCO JSON", "yolo": "YOLO txt", "voc": "Pascal VOC XML", "masks": "instance-mask PNGs",
+    "via": "VGG Image Annotator (VIA) JSON", "labelme": "LabelMe JSON", "cvat": "CVAT for images XML",
+}
 
 
 class BadAnnotations:

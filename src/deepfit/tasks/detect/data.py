@@ -34,6 +34,12 @@ Formats (`format=` forces one; otherwise it is found from what `source` holds):
   (mask stem -> object value -> class name; classes are the names used, in natural order; an object the
   file does not name is an error). Masks are kept as COCO RLE, boxes are the pixels' extent (x2 = last
   column + 1). See `deepfit.data.formats.instance_masks`.
+* ``via``, ``labelme``, ``cvat``: the files of the annotation tools people label with: VGG Image Annotator
+  JSON (a project or an export; a folder's files in its split subfolders too), LabelMe JSON (one per
+  image) and CVAT's "CVAT for images 1.1" XML. Rectangles are boxes; polygons, circles and ellipses are
+  boxes with polygon masks, brush masks are RLE; points and lines are left out with a warning. Classes are
+  the names found, in natural order, unless `classes` is given; a VIA region's class is its one region
+  attribute, or the one `label_attribute` names. See `deepfit.data.formats.via`, `labelme` and `cvat`.
 
 Masks (``sample.masks``: None when the source has none, else one entry per object, None for an object
 with a box only) are kept as COCO gives them: a list of flat float64 polygons ``[x1, y1, x2, y2, ...]``
@@ -57,9 +63,12 @@ from typing import Any
 import numpy as np
 
 from deepfit.data.formats.coco import coco_file, rasterize, read_coco
+from deepfit.data.formats.cvat import read_cvat
 from deepfit.data.formats.instance_masks import read_instance_masks
+from deepfit.data.formats.labelme import read_labelme
 from deepfit.data.formats.layout import object_format
 from deepfit.data.formats.objects import OBJECT_LAYOUTS, ImageObjects, ObjectLabels
+from deepfit.data.formats.via import read_via
 from deepfit.data.formats.voc import read_voc
 from deepfit.data.formats.yolo import read_yolo
 from deepfit.data.sources import natural_key
@@ -68,7 +77,8 @@ from deepfit.log import logger
 
 __all__ = ["FORMATS", "DetectionDataset", "DetectionSample", "rasterize", "read_detection", "summarize"]
 
-FORMATS = ("coco", "yolo", "voc", "masks")
+FORMATS = ("coco", "yolo", "voc", "masks", "via", "labelme", "cvat")
+NAMED_FORMATS = ("voc", "masks", "via", "labelme", "cvat")  # classes are the names found: a run keeps their order
 
 
 # --- the typed form --------------------------------------------------------------------------------
@@ -152,13 +162,15 @@ def summarize(dataset: DetectionDataset) -> dict[str, Any]:
 def read_detection(
     source: str | Path, *, format: str | None = None, classes: list[str] | None = None,
     images: str | Path | None = None, masks: str | Path | None = None, mask_name: str | None = None,
+    label_attribute: str | None = None,
 ) -> DetectionDataset:
     """Read detection / instance-segmentation labels from `source` (a file or a folder; see the module doc).
 
-    `format` forces one of FORMATS; `classes` gives the class names (and their order) for VOC and mask
-    PNGs, or replaces missing YOLO names; `images` is the image folder for COCO when it is elsewhere; `masks`
+    `format` forces one of FORMATS; `classes` gives the class names (and their order) for VOC, mask PNGs and
+    the tools' files (NAMED_FORMATS), or replaces missing YOLO names; `images` is the image folder for COCO
+    (and the tools' files) when it is elsewhere; `masks`
     (the mask folder, `source` then being the image folder) and `mask_name` (the pattern of a mask's name,
-    "{name}_mask") are for mask PNGs.
+    "{name}_mask") are for mask PNGs; `label_attribute` is the VIA region attribute that names the class.
     """
     path = Path(source).expanduser().resolve()
     if not path.exists():
@@ -171,6 +183,8 @@ def read_detection(
         raise DataError(f"masks= and mask_name= are for mask PNGs, not {fmt} labels")
     if fmt not in FORMATS:
         raise DataError(f"unknown detection format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if label_attribute is not None and fmt != "via":
+        raise DataError(f"label_attribute is for VIA JSON, not {fmt} labels ({path})")
     image_dir = Path(images).expanduser().resolve() if images is not None else None
     if fmt == "coco":
         labels = read_coco(coco_file(path), image_dir)
@@ -178,6 +192,12 @@ def read_detection(
         labels = read_yolo(path, classes)
     elif fmt == "voc":
         labels = read_voc(path, classes)
+    elif fmt == "via":
+        labels = read_via(path, classes, label_attribute, image_dir)
+    elif fmt == "labelme":
+        labels = read_labelme(path, classes, image_dir)
+    elif fmt == "cvat":
+        labels = read_cvat(path, classes, image_dir)
     else:
         labels = read_instance_masks(path, classes, mask_dir, mask_name)
     return _assemble(labels, fmt)

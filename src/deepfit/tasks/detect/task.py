@@ -30,7 +30,7 @@ from deepfit.modalities.image.augment import to_unit_range
 from deepfit.models.weights import read_weights_file
 from deepfit.runs.session import workers_for
 from deepfit.tasks.base import Data, Option, Setup, Task, keep_norm_statistics, pretrained_part_groups
-from deepfit.tasks.detect.data import FORMATS, DetectionDataset, read_detection, summarize
+from deepfit.tasks.detect.data import FORMATS, NAMED_FORMATS, DetectionDataset, read_detection, summarize
 from deepfit.tasks.detect.evaluate import DetectionEvaluation, predict_to_folder, score_samples
 from deepfit.tasks.detect.model import DetectorSpec, build_detector, load_detector_weights
 from deepfit.tasks.detect.objective import DetectionTask
@@ -96,11 +96,12 @@ class DetectTask(Task):
     sgd_lr = 0.01
     data_options = (
         Option("format", f"label format (default: found from DATA): {', '.join(FORMATS)}"),
-        Option("classes", "class names in order (VOC, mask PNGs: one name for all objects, or the order of classes.json's)", list),
+        Option("classes", "class names in order (VOC, VIA, LabelMe, CVAT; mask PNGs: one name for all objects, or the order of classes.json's)", list),
         Option("masks", "the folder of instance-mask PNGs, when DATA is the folder of images"),
         Option("mask_name", "how a mask PNG is named after its image, e.g. '{name}_mask' for A_mask.png beside A.jpg"),
+        Option("label_attribute", "VIA JSON: the region attribute that names the class, when the regions have several"),
     )
-    evaluate_options = ("masks", "mask_name")
+    evaluate_options = ("masks", "mask_name", "label_attribute")
     predict_options = (
         Option("conf", "lowest score kept (default: 0.25)", float, DEFAULT_CONF),
         Option("iou", "IoU above which overlapping boxes are merged by NMS (default: 0.5)", float, DEFAULT_IOU),
@@ -108,21 +109,24 @@ class DetectTask(Task):
 
     # --- data ------------------------------------------------------------------------------------------
     def read(self, data: str | Path, config: TrainConfig, *, format: str | None = None, classes: list[str] | None = None,
-             masks: str | Path | None = None, mask_name: str | None = None) -> Data:
+             masks: str | Path | None = None, mask_name: str | None = None, label_attribute: str | None = None) -> Data:
         if format is not None and format not in FORMATS:
             raise ConfigError(f"--format {format} is not a {self.name} format; use one of {', '.join(FORMATS)}")
-        dataset = read_detection(data, format=format, classes=classes, masks=masks, mask_name=mask_name)
+        dataset = read_detection(data, format=format, classes=classes, masks=masks, mask_name=mask_name,
+                                 label_attribute=label_attribute)
         if self.masks and not dataset.has_masks:
             raise DataError(
                 f"{dataset.root} has boxes but no masks ({dataset.format} labels): --task segment-instances needs polygons, "
                 "RLE or mask PNGs; use --task detect for boxes"
             )
-        return self._data(dataset, masks, mask_name)
+        return self._data(dataset, masks, mask_name, label_attribute)
 
     @staticmethod
-    def _data(dataset: DetectionDataset, masks: str | Path | None = None, mask_name: str | None = None) -> Data:
+    def _data(dataset: DetectionDataset, masks: str | Path | None = None, mask_name: str | None = None,
+              label_attribute: str | None = None) -> Data:
         record = {"label_format": dataset.format, "class_ids": dataset.class_ids,
-                  "masks": str(Path(masks).resolve()) if masks else None, "mask_name": mask_name}
+                  "masks": str(Path(masks).resolve()) if masks else None, "mask_name": mask_name,
+                  "label_attribute": label_attribute}
         return Data(dataset.root, dataset.classes, dataset, record, layout=dataset.format)
 
     def split(self, data: Data, config: TrainConfig) -> dict[str, list]:
@@ -132,19 +136,24 @@ class DetectTask(Task):
         save_image_split(splits, path, data.root, lambda s: f"{len(s)} objects")
 
     def reread(self, saved: dict[str, Any], run_dir: Path) -> tuple[Data, dict[str, list]]:
-        """A run's labels read again as they were for training (VOC and mask-PNG class order comes from the run)."""
+        """A run's labels read again as they were for training (the class order of formats that name classes by the
+        names found, VOC's, mask PNGs' and the annotation tools', comes from the run)."""
         fmt = saved.get("label_format")
-        dataset = read_detection(saved["data"], format=fmt, classes=saved["classes"] if fmt in ("voc", "masks") else None,
-                                 masks=saved.get("masks"), mask_name=saved.get("mask_name"))
-        return self._data(dataset, saved.get("masks"), saved.get("mask_name")), load_image_split(run_dir / "split.csv", dataset.samples, dataset.root)
+        dataset = read_detection(saved["data"], format=fmt, classes=saved["classes"] if fmt in NAMED_FORMATS else None,
+                                 masks=saved.get("masks"), mask_name=saved.get("mask_name"),
+                                 label_attribute=saved.get("label_attribute"))
+        data = self._data(dataset, saved.get("masks"), saved.get("mask_name"), saved.get("label_attribute"))
+        return data, load_image_split(run_dir / "split.csv", dataset.samples, dataset.root)
 
     def read_other(self, data: str | Path, trained: TrainedDetector, *, format: str | None = None,
-                   masks: str | Path | None = None, mask_name: str | None = None) -> tuple[Data, list]:
-        dataset = read_detection(data, format=format, classes=trained.classes, masks=masks, mask_name=mask_name)
+                   masks: str | Path | None = None, mask_name: str | None = None,
+                   label_attribute: str | None = None) -> tuple[Data, list]:
+        dataset = read_detection(data, format=format, classes=trained.classes, masks=masks, mask_name=mask_name,
+                                 label_attribute=label_attribute)
         if dataset.classes != trained.classes:
             raise DataError(f"{data} has classes {dataset.classes[:5]}... but the model was trained on {trained.classes[:5]}...: "
                             "the class lists must be the same, in the same order")
-        return self._data(dataset, masks, mask_name), dataset.samples
+        return self._data(dataset, masks, mask_name, label_attribute), dataset.samples
 
     def describe(self, data: Data, splits: dict[str, list]) -> str:
         objects = sum(len(s) for s in splits["train"])
@@ -217,10 +226,12 @@ class DetectTask(Task):
         return bool(options.get("format") or options.get("masks") or options.get("mask_name")) or holds_object_labels(data)
 
     def check_data(self, data: str | Path, *, format: str | None = None, classes: list[str] | None = None,
-                   masks: str | Path | None = None, mask_name: str | None = None) -> list[Any]:
+                   masks: str | Path | None = None, mask_name: str | None = None,
+                   label_attribute: str | None = None) -> list[Any]:
         if format is not None and format not in FORMATS:
             raise ConfigError(f"--format {format} is not a {self.name} format; use one of {', '.join(FORMATS)}")
-        summary = summarize(read_detection(data, format=format, classes=classes, masks=masks, mask_name=mask_name))
+        summary = summarize(read_detection(data, format=format, classes=classes, masks=masks, mask_name=mask_name,
+                                           label_attribute=label_attribute))
         lines: list[Any] = [
             f"{summary['format']} labels in {summary['root']}: {summary['images']} images, {summary['objects']} objects in "
             f"{summary['classes']} classes" + (" (with masks)" if summary["has_masks"] else "")
