@@ -11,7 +11,7 @@ Encodings (the data set's ``kind``, decided over all masks by `decide_classes`):
   to classes through a colours dict or file (name -> (r, g, b); an entry named ``ignore`` is the ignored
   colour) or, without one, every distinct colour is a class named ``#rrggbb`` (sorted by r, g, b; the map
   is logged so that it can be saved as a colours file and named).
-* ``coco``: painted from COCO objects.
+* ``coco``, ``via``, ``labelme``, ``cvat``: painted from those formats' objects (`PAINTED_KINDS`).
 
 Masks are read as uint8 class indexes with IGNORE_INDEX (255) for ignored pixels, so at most 255 classes.
 """
@@ -36,7 +36,8 @@ from deepfit.data.formats.masks import (
 from deepfit.errors import DataError
 from deepfit.log import logger
 
-KINDS = ("index", "binary", "palette", "rgb", "coco")
+PAINTED_KINDS = ("coco", "via", "labelme", "cvat")  # masks painted from object labels: the kind is their format
+KINDS = ("index", "binary", "palette", "rgb", *PAINTED_KINDS)
 MAX_CLASSES = 255  # indexes 0..254; 255 is IGNORE_INDEX
 
 ColorClasses = tuple[list[str], list[tuple[int, int, int]], tuple[int, int, int] | None]  # names, colours, ignored

@@ -19,13 +19,16 @@ Layouts (`format=` forces one; otherwise it is found from what `source` holds):
   ``images:`` and ``masks:`` folders per split (``train: {images: ..., masks: ...}``) and class names under
   ``classes:`` or ``names:``: a list (value i is class i) or an ``{id: name}`` dict whose ids may have gaps
   (mask value id is that class; classes are in id order).
-* ``coco``: a COCO JSON (or a folder holding one), read by `deepfit.tasks.detect.data.read_detection`;
-  the classes are ``background`` and the categories. Objects are painted largest first so that smaller
-  ones stay visible on top, crowd objects are painted IGNORE_INDEX, and every pixel no object covers is
-  background. `values` are ``[0, *category ids]``.
+* ``coco``, ``via``, ``labelme``, ``cvat``: object labels (a COCO JSON, VGG Image Annotator JSON,
+  LabelMe JSONs, a CVAT XML; a file or a folder holding them) read as detection reads them and painted
+  into class masks (`deepfit.tasks.segment.painted`): the classes are ``background`` and the object
+  classes; objects are painted largest first so that smaller ones stay visible on top, crowd objects are
+  painted IGNORE_INDEX, and every pixel no object covers is background. `values` are ``[0, *category ids]``
+  for COCO, the class indexes for the others. ``label_attribute`` chooses VIA's class attribute.
 
-Mask encodings (``dataset.kind``: index, binary, palette, rgb or coco, decided over all masks) are described
-in `deepfit.data.formats.mask_classes`; RGB masks map to classes through `colors` (name -> (r, g, b)).
+Mask encodings (``dataset.kind``: index, binary, palette, rgb, or the object format whose objects painted
+them, decided over all masks) are described in `deepfit.data.formats.mask_classes`; RGB masks map to
+classes through `colors` (name -> (r, g, b)).
 
 Class names for index and palette masks come from `classes` (value i is classes[i]), else the YAML's
 names, else ``DATA/classes.txt`` (line i is value i), else the values found, named by their value. The
@@ -55,16 +58,14 @@ from typing import Any
 
 import numpy as np
 
-from deepfit.data.formats.coco import coco_candidates
 from deepfit.data.formats.common import find_dataset_yaml, read_names_file
+from deepfit.data.formats.layout import object_format
 from deepfit.data.formats.mask_classes import (
     ClassMap,
     ColorClasses,
-    check_class_count,
     count_classes,
     decide_classes,
     display_colors,
-    fixed_colors,
     parse_class_map,
     parse_colors,
 )
@@ -89,11 +90,12 @@ from deepfit.data.formats.masks import (
     to_value_space,
     value_map,
 )
+from deepfit.data.formats.objects import FORMAT_NAMES
 from deepfit.errors import DataError
 from deepfit.log import logger
-from deepfit.tasks.detect.data import DetectionSample, read_detection
+from deepfit.tasks.segment.painted import OBJECT_FORMATS, Paint, paint, read_objects
 
-FORMATS = ("folders", "yaml", "coco")
+FORMATS = ("folders", "yaml", *OBJECT_FORMATS)
 
 
 # --- the typed form --------------------------------------------------------------------------------
@@ -101,24 +103,15 @@ FORMATS = ("folders", "yaml", "coco")
 
 @dataclass
 class SegmentationSample:
-    """One image and its mask file (or, for COCO, the objects that paint it)."""
+    """One image and its mask file (or, for object labels, the objects that paint it)."""
 
     path: Path  # image, absolute
-    mask: Path | None  # mask file, absolute; None for COCO (painted from `objects`)
+    mask: Path | None  # mask file, absolute; None for object labels (painted from `objects`)
     width: int
     height: int
     split: str | None = None  # "train" | "val" | "test" when the layout says so
     counts: np.ndarray | None = None  # (K,) int64 pixels of each class (ignored pixels not counted)
-    objects: list | None = None  # COCO: the `_Paint`s, in paint order
-
-
-@dataclass(frozen=True, eq=False)
-class _Paint:
-    """One COCO object to paint: class index (IGNORE_INDEX for crowd), and which object of which sample."""
-
-    index: int
-    sample: DetectionSample
-    object: int
+    objects: list[Paint] | None = None  # object labels: what paints the mask, in paint order
 
 
 @dataclass
@@ -139,8 +132,8 @@ class SegmentationDataset:
 
     def read_mask(self, sample: SegmentationSample) -> np.ndarray:
         """The (H, W) uint8 class indexes of `sample`, IGNORE_INDEX where ignored or where a value is unknown."""
-        if self.kind == "coco":
-            return _paint(sample)
+        if sample.mask is None:
+            return paint(sample.objects or [], sample.height, sample.width)
         family, pixels, palette = load_mask(sample.mask)  # type: ignore[arg-type]
         return value_map(self.values, self.ignore_value).apply(
             to_value_space(family, pixels, palette, rgb=self.kind == "rgb"))
@@ -205,9 +198,9 @@ def read_segmentation(
     source: str | Path, *, masks: str | Path | None = None, mask_name: str | None = None, format: str | None = None,
     classes: list[str] | None = None, colors: dict[str, tuple[int, int, int]] | str | Path | None = None,
     ignore_value: int | None = 255, class_map: dict | None = None, max_bad: float = 0.05,
-    skip_unmasked: bool = False, workers: int | None = None,
+    skip_unmasked: bool = False, workers: int | None = None, label_attribute: str | None = None,
 ) -> SegmentationDataset:
-    """Read semantic-segmentation masks from `source` (a folder, a YAML or a COCO JSON; see the module doc).
+    """Read semantic-segmentation masks from `source` (a folder, a YAML, or object labels; see the module doc).
 
     `masks` names the mask folder (`source` is then the image folder); `mask_name` is the pattern of a mask's
     name, "{name}_mask" for A_mask.png beside A.jpg; `format` forces one of FORMATS;
@@ -215,7 +208,7 @@ def read_segmentation(
     JSON file of one); `ignore_value` is the mask value read as IGNORE_INDEX; `class_map` (from
     `SegmentationDataset.class_map`) replaces all inference; `max_bad` is the share of bad pairs that is
     still only warned about; `skip_unmasked` leaves images without a mask out without counting them as
-    bad; `workers` threads decode the masks.
+    bad; `workers` threads decode the masks; `label_attribute` is the VIA region attribute naming the class.
     """
     path = Path(source).expanduser().resolve()
     if not path.exists():
@@ -227,14 +220,16 @@ def read_segmentation(
         raise DataError(f"mask folder not found: {mask_dir} — check masks=")
     saved = parse_class_map(class_map) if class_map is not None else None
     fmt = format or _detect(path, mask_dir)
-    if saved is not None and (saved.kind == "coco") != (fmt == "coco"):
+    if saved is not None and (saved.kind in OBJECT_FORMATS) != (fmt in OBJECT_FORMATS):
         raise DataError(f"the class map is for {saved.kind} masks but {path} is read as {fmt}: "
                         "pass the class map of a run trained on this kind of data")
     n_workers = max(1, workers if workers is not None else min(8, os.cpu_count() or 1))
-    if fmt == "coco":
+    if fmt in OBJECT_FORMATS:
         if colors is not None or classes is not None:
-            raise DataError("COCO categories name the classes: classes= and colors= are for mask files")
-        return _read_coco(path, saved, max_bad, n_workers)
+            raise DataError(f"{FORMAT_NAMES[fmt]} names the classes: classes= and colors= are for mask files")
+        return _read_objects(path, fmt, saved, max_bad, n_workers, label_attribute)
+    if label_attribute is not None:
+        raise DataError(f"label_attribute is for VIA JSON, not {fmt} masks ({path})")
     layout = yaml_layout(path, mask_name) if fmt == "yaml" else folders_layout(path, mask_dir, mask_name)
     names: tuple[list[str], list[int]] | None = None
     named_by = ""
@@ -250,24 +245,25 @@ def read_segmentation(
     return _read_pairs(layout, fmt, names, named_by, rgb_colors, ignore_value, saved, max_bad, skip_unmasked, n_workers)
 
 
-_BY_SUFFIX = {".json": "coco", ".yaml": "yaml", ".yml": "yaml"}
-
-
 def _detect(path: Path, mask_dir: Path | None) -> str:
     if mask_dir is not None:
         return "folders"
-    if path.is_file():
-        if path.suffix.lower() not in _BY_SUFFIX:
-            raise DataError(f"{path} is neither a dataset .yaml nor a COCO .json\n{MASK_LAYOUTS}")
-        return _BY_SUFFIX[path.suffix.lower()]
-    yaml_path = find_dataset_yaml(path)
-    if yaml_path is not None and mask_entries(read_mapping(yaml_path)):
+    if path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
         return "yaml"
-    if folder_pairs(path):
-        return "folders"
-    if coco_candidates(path):
-        return "coco"
-    raise DataError(f"no segmentation masks found in {path}\n{MASK_LAYOUTS}")
+    if path.is_dir():
+        yaml_path = find_dataset_yaml(path)
+        if yaml_path is not None and mask_entries(read_mapping(yaml_path)):
+            return "yaml"
+        if folder_pairs(path):
+            return "folders"
+    try:  # object labels with polygons: the layouts detection finds them in
+        fmt = object_format(path)
+    except DataError:
+        fmt = None
+    if fmt in OBJECT_FORMATS:
+        return fmt
+    painted = f" (it holds {fmt} labels; objects painted into masks are read from {', '.join(OBJECT_FORMATS)})" if fmt else ""
+    raise DataError(f"no segmentation masks found in {path}{painted}\n{MASK_LAYOUTS}")
 
 
 # --- assembling the data set -----------------------------------------------------------------------
@@ -326,54 +322,11 @@ def _read_pairs(
                                layout.describe())
 
 
-def _paint(sample: SegmentationSample) -> np.ndarray:
-    """The (H, W) uint8 class indexes of a COCO sample: its objects painted in their order on background."""
-    out = np.zeros((sample.height, sample.width), dtype=np.uint8)  # class 0 is background
-    for p in sample.objects or []:
-        out[p.sample.mask(p.object)] = p.index
-    return out
-
-
-def _read_coco(path: Path, saved: ClassMap | None, max_bad: float, workers: int) -> SegmentationDataset:
-    det = read_detection(path, format="coco")
-    ids = det.class_ids if det.class_ids is not None else list(range(len(det.classes)))
-    if saved is not None:
-        classes, values, colours = saved.classes, saved.values, saved.colors
-    else:
-        classes, values = ["background", *det.classes], [0, *ids]
-        check_class_count(len(classes), f"{path}'s categories with background")
-        colours = fixed_colors(len(classes))
-    # class 0 is background whatever its value, so a category with id 0 cannot take its place
-    index_of = {int(v): i for i, v in enumerate(values) if i > 0}  # category id -> class index
-    skipped = SkippedFiles()
-
-    def plan(s: DetectionSample) -> tuple[SegmentationSample | None, str | None]:
-        unknown = sorted({ids[int(label)] for label in s.labels if ids[int(label)] not in index_of})
-        if unknown:
-            return None, f"category ids {', '.join(map(str, unknown))} not in the class map ({len(classes)} classes)"
-        shapes = [s.mask(i) for i in range(len(s))]
-        areas = [int(m.sum()) for m in shapes]
-        order = sorted(range(len(s)), key=lambda i: -areas[i])  # largest first: small objects end on top
-        painted = np.zeros((s.height, s.width), dtype=np.uint8)
-        objects = []
-        for i in order:
-            index = IGNORE_INDEX if s.iscrowd[i] else index_of[ids[int(s.labels[i])]]
-            painted[shapes[i]] = index
-            objects.append(_Paint(index, s, i))
-        counts = np.bincount(painted.ravel(), minlength=256)[:len(classes)].astype(np.int64)
-        return SegmentationSample(s.path, None, s.width, s.height, s.split, counts, objects), None
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        planned = list(pool.map(plan, det.samples))
-    samples = []
-    for s, (sample, problem) in zip(det.samples, planned, strict=True):
-        if sample is None:
-            skipped.add(s.path, "unknown values", problem or "", "read it with the class map of data that has "
-                        "these categories, or remove their annotations")
-        else:
-            samples.append(sample)
-    skipped.finish(len(det.samples), max_bad, det.root)
-    if not samples:
-        raise DataError(f"none of the {len(det.samples)} images in {path} could be used (see the warnings above)")
-    logger.info("read %d images (COCO objects painted, %d classes) from %s", len(samples), len(classes), path)
-    return SegmentationDataset(samples, classes, det.root, "coco", "coco", list(values), None, colours, skipped.items)
+def _read_objects(path: Path, fmt: str, saved: ClassMap | None, max_bad: float, workers: int,
+                  label_attribute: str | None) -> SegmentationDataset:
+    """The data set of object labels painted into class masks (`deepfit.tasks.segment.painted`)."""
+    found = read_objects(path, fmt, saved, max_bad, workers, label_attribute)
+    samples = [SegmentationSample(p.sample.path, None, p.sample.width, p.sample.height, p.sample.split, p.counts, p.objects)
+               for p in found.images]
+    return SegmentationDataset(samples, found.classes, found.root, fmt, fmt, list(found.values), None, found.colors,
+                               found.problems, found.read_as)

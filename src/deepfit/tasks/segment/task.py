@@ -45,6 +45,7 @@ from deepfit.tasks.segment.model import (
     load_segmenter_weights,
 )
 from deepfit.tasks.segment.objective import SegmentationTask, class_weights, parse_loss
+from deepfit.tasks.segment.painted import OBJECT_FORMATS
 from deepfit.tasks.segment.predict import SegmentationPredictor, TrainedSegmenter, load_segmenter
 from deepfit.tasks.segment.store import SegmentationStore
 
@@ -85,8 +86,9 @@ class SegmentTask(Task):
         Option("classes", "the names of the mask values 0, 1, 2, ... in order", list),
         Option("colors", "JSON file (or, in Python, a dict) mapping class names to the [r, g, b] colours of colour-coded masks"),
         Option("skip_unmasked", "leave images without a mask out on purpose instead of counting them as bad pairs", bool, False),
+        Option("label_attribute", "VIA JSON: the region attribute that names the class, when the regions have several"),
     )
-    evaluate_options = ("masks", "mask_name", "skip_unmasked")
+    evaluate_options = ("masks", "mask_name", "skip_unmasked", "label_attribute")
     check_options = (Option("ignore_index", f"mask value that is not a class, -1 for none (default: {IGNORE_INDEX})", int, IGNORE_INDEX),)
 
     def check_config(self, config: TrainConfig) -> None:
@@ -94,20 +96,23 @@ class SegmentTask(Task):
 
     # --- data ------------------------------------------------------------------------------------------
     def read(self, data: str | Path, config: TrainConfig, *, masks: str | Path | None = None, mask_name: str | None = None,
-             format: str | None = None, classes: list[str] | None = None, colors: Any = None, skip_unmasked: bool = False) -> Data:
+             format: str | None = None, classes: list[str] | None = None, colors: Any = None, skip_unmasked: bool = False,
+             label_attribute: str | None = None) -> Data:
         self._check_format(format)
         dataset = read_segmentation(data, masks=masks, mask_name=mask_name, format=format, classes=classes, colors=colors,
-                                    ignore_value=ignore_value(config), skip_unmasked=skip_unmasked, workers=config.workers)
-        return self._data(dataset, masks, mask_name, skip_unmasked)
+                                    ignore_value=ignore_value(config), skip_unmasked=skip_unmasked, workers=config.workers,
+                                    label_attribute=label_attribute)
+        return self._data(dataset, masks, mask_name, skip_unmasked, label_attribute)
 
     def _check_format(self, fmt: str | None) -> None:
         if fmt is not None and fmt not in FORMATS:
             raise ConfigError(f"--format {fmt} is not a {self.name} format; use one of {', '.join(FORMATS)}")
 
     @staticmethod
-    def _data(dataset: SegmentationDataset, masks: str | Path | None, mask_name: str | None, skip_unmasked: bool) -> Data:
+    def _data(dataset: SegmentationDataset, masks: str | Path | None, mask_name: str | None, skip_unmasked: bool,
+              label_attribute: str | None = None) -> Data:
         record = {"masks": str(Path(masks).resolve()) if masks else None, "mask_name": mask_name, "label_format": dataset.format,
-                  "skip_unmasked": skip_unmasked, "class_map": dataset.class_map()}
+                  "skip_unmasked": skip_unmasked, "class_map": dataset.class_map(), "label_attribute": label_attribute}
         return Data(dataset.root, dataset.classes, dataset, record, layout=f"{dataset.kind} masks")
 
     def split(self, data: Data, config: TrainConfig) -> dict[str, list]:
@@ -120,14 +125,17 @@ class SegmentTask(Task):
         """A run's images and masks read again with the run's own class map (so classes keep their indexes)."""
         dataset = read_segmentation(saved["data"], masks=saved.get("masks"), mask_name=saved.get("mask_name"),
                                     format=saved.get("label_format"), class_map=saved["class_map"],
-                                    skip_unmasked=saved.get("skip_unmasked", False))
-        data = self._data(dataset, saved.get("masks"), saved.get("mask_name"), saved.get("skip_unmasked", False))
+                                    skip_unmasked=saved.get("skip_unmasked", False), label_attribute=saved.get("label_attribute"))
+        data = self._data(dataset, saved.get("masks"), saved.get("mask_name"), saved.get("skip_unmasked", False),
+                          saved.get("label_attribute"))
         return data, load_image_split(run_dir / "split.csv", dataset.samples, dataset.root)
 
     def read_other(self, data: str | Path, trained: TrainedSegmenter, *, masks: str | Path | None = None,
-                   mask_name: str | None = None, skip_unmasked: bool = False) -> tuple[Data, list]:
-        dataset = read_segmentation(data, masks=masks, mask_name=mask_name, class_map=trained.class_map, skip_unmasked=skip_unmasked)
-        return self._data(dataset, masks, mask_name, skip_unmasked), dataset.samples
+                   mask_name: str | None = None, skip_unmasked: bool = False,
+                   label_attribute: str | None = None) -> tuple[Data, list]:
+        dataset = read_segmentation(data, masks=masks, mask_name=mask_name, class_map=trained.class_map, skip_unmasked=skip_unmasked,
+                                    label_attribute=label_attribute)
+        return self._data(dataset, masks, mask_name, skip_unmasked, label_attribute), dataset.samples
 
     def describe(self, data: Data, splits: dict[str, list]) -> str:
         return f"{len(data.classes)} classes ({data.layout}), {', '.join(f'{len(v)} {k}' for k, v in splits.items())} images"
@@ -189,22 +197,26 @@ class SegmentTask(Task):
     def claims(self, data: str | Path, options: dict[str, Any]) -> bool:
         fmt = options.get("format")
         if fmt:
-            return fmt in FORMATS and fmt != "coco"  # COCO JSON is read as objects unless --task segment says otherwise
+            # object labels (COCO, VIA, LabelMe, CVAT) are read as objects unless --task segment says otherwise
+            return fmt in FORMATS and fmt not in OBJECT_FORMATS
         # image and mask folders are semantic masks unless a classes.json names their objects (holds_semantic_masks)
         return bool(options.get("colors")) or holds_semantic_masks(data, options.get("masks"))
 
     def check_data(self, data: str | Path, *, masks: str | Path | None = None, mask_name: str | None = None,
                    format: str | None = None, classes: list[str] | None = None, colors: Any = None, skip_unmasked: bool = False,
-                   ignore_index: int = IGNORE_INDEX) -> list[Any]:
+                   ignore_index: int = IGNORE_INDEX, label_attribute: str | None = None) -> list[Any]:
         self._check_format(format)
         dataset = read_segmentation(data, masks=masks, mask_name=mask_name, format=format, classes=classes, colors=colors,
-                                    ignore_value=None if ignore_index < 0 else ignore_index, max_bad=1.0, skip_unmasked=skip_unmasked)
+                                    ignore_value=None if ignore_index < 0 else ignore_index, max_bad=1.0, skip_unmasked=skip_unmasked,
+                                    label_attribute=label_attribute)
         summary = summarize(dataset)
         ignored = f"; ignored value {dataset.ignore_value}" if dataset.ignore_value is not None else ""
-        lines: list[Any] = [f"{summary['format']} segmentation masks ({summary['kind']}) in {summary['root']}: {summary['images']} "
+        painted = dataset.kind in OBJECT_FORMATS
+        what = "objects painted into class masks" if painted else f"segmentation masks ({summary['kind']})"
+        lines: list[Any] = [f"{summary['format']} {what} in {summary['root']}: {summary['images']} "
                             f"images with a usable mask, {len(dataset.classes)} classes{ignored}"]
         if dataset.read_as:
-            lines.append(f"read as: {dataset.read_as}; each mask value a class")
+            lines.append(f"read as: {dataset.read_as}" + ("" if painted else "; each mask value a class"))
         if summary.get("splits"):
             lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
         table = Table(title="pixels per class")
