@@ -193,17 +193,22 @@ class ObjectDetector(Learner):
 
     @with_options(TrainConfig, skip=("task",))
     def fit(self, data: str | Path, *, format: str | None = None, classes: list[str] | None = None,
-            masks: str | Path | None = None, mask_name: str | None = None, **options: Unpack[TrainOptions]) -> Self:
-        """Train on `data` (COCO JSON, YOLO, Pascal VOC or instance-mask PNGs; `format` forces one); `classes`: the class
-        names in order (VOC, mask PNGs: one name for all objects without classes.json); `masks`: the folder of mask PNGs
-        when `data` is the image folder; `mask_name`: a mask's name after its image's, "{name}_mask". Training options
-        override the detector's (and stay set)."""
-        return super().fit(data, **_given(format=format, classes=classes, masks=masks, mask_name=mask_name), **options)
+            masks: str | Path | None = None, mask_name: str | None = None, label_attribute: str | None = None,
+            **options: Unpack[TrainOptions]) -> Self:
+        """Train on `data` (COCO JSON, YOLO, Pascal VOC, instance-mask PNGs, or VIA, LabelMe or CVAT files; `format`
+        forces one); `classes`: the class names in order (VOC and the tools' files; mask PNGs: one name for all objects
+        without classes.json); `masks`: the folder of mask PNGs when `data` is the image folder; `mask_name`: a mask's
+        name after its image's, "{name}_mask"; `label_attribute`: the VIA region attribute that names the class.
+        Training options override the detector's (and stay set)."""
+        given = _given(format=format, classes=classes, masks=masks, mask_name=mask_name, label_attribute=label_attribute)
+        return super().fit(data, **given, **options)
 
     def evaluate(self, data: str | Path | None = None, checkpoint: str = "best", *, data_root: str | Path | None = None,
-                 masks: str | Path | None = None, mask_name: str | None = None) -> Any:
-        """Score the test split (or another labelled set: `data`, its mask PNGs' folder and names); writes report.html."""
-        return super().evaluate(data, checkpoint, data_root=data_root, **_given(masks=masks, mask_name=mask_name))
+                 masks: str | Path | None = None, mask_name: str | None = None, label_attribute: str | None = None) -> Any:
+        """Score the test split (or another labelled set: `data`, its mask PNGs' folder and names, its VIA label
+        attribute); writes report.html."""
+        given = _given(masks=masks, mask_name=mask_name, label_attribute=label_attribute)
+        return super().evaluate(data, checkpoint, data_root=data_root, **given)
 
     def predict(self, inputs: ImageInput | Sequence[ImageInput], *, conf: float = DEFAULT_CONF,
                 iou: float = DEFAULT_IOU) -> Detections | list[Detections]:
@@ -221,19 +226,22 @@ class SemanticSegmenter(Learner):
     @with_options(TrainConfig, skip=("task",))
     def fit(self, data: str | Path, *, masks: str | Path | None = None, mask_name: str | None = None, format: str | None = None,
             classes: list[str] | None = None, colors: str | Path | dict[str, Any] | None = None, skip_unmasked: bool = False,
-            **options: Unpack[TrainOptions]) -> Self:
-        """Train on `data` (images and masks; `masks`: the mask folder when `data` is the image folder; `mask_name`: a
-        mask's name after its image's, "{name}_mask"; `format` forces a layout; `classes` names mask values 0, 1, ...;
-        `colors` maps class names to RGB mask colours; `skip_unmasked` leaves images without a mask out). Training
+            label_attribute: str | None = None, **options: Unpack[TrainOptions]) -> Self:
+        """Train on `data` (images and masks, or object labels painted into masks; `masks`: the mask folder when `data`
+        is the image folder; `mask_name`: a mask's name after its image's, "{name}_mask"; `format` forces a layout;
+        `classes` names mask values 0, 1, ...; `colors` maps class names to RGB mask colours; `skip_unmasked` leaves
+        images without a mask out; `label_attribute`: the VIA region attribute that names the class). Training
         options override the segmenter's (and stay set)."""
         given = _given(masks=masks, mask_name=mask_name, format=format, classes=classes, colors=colors,
-                       skip_unmasked=skip_unmasked or None)
+                       skip_unmasked=skip_unmasked or None, label_attribute=label_attribute)
         return super().fit(data, **given, **options)
 
     def evaluate(self, data: str | Path | None = None, checkpoint: str = "best", *, data_root: str | Path | None = None,
-                 masks: str | Path | None = None, mask_name: str | None = None, skip_unmasked: bool = False) -> Any:
-        """Score the test split (or another labelled set: `data`, its `masks` folder and `mask_name`); writes report.html."""
-        given = _given(masks=masks, mask_name=mask_name, skip_unmasked=skip_unmasked or None)
+                 masks: str | Path | None = None, mask_name: str | None = None, skip_unmasked: bool = False,
+                 label_attribute: str | None = None) -> Any:
+        """Score the test split (or another labelled set: `data`, its `masks` folder and `mask_name`, its VIA label
+        attribute); writes report.html."""
+        given = _given(masks=masks, mask_name=mask_name, skip_unmasked=skip_unmasked or None, label_attribute=label_attribute)
         return super().evaluate(data, checkpoint, data_root=data_root, **given)
 
     def predict(self, inputs: ImageInput | Sequence[ImageInput]) -> np.ndarray | list[np.ndarray]:
