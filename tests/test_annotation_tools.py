@@ -293,16 +293,18 @@ def test_missing_images_and_bad_shapes_are_bad_annotations(tmp_path: Path, caplo
         images[f"{i}.png"] = [_rect(1, 1, 5, 5, type="cat")] * 2
     images["gone.png"] = [_rect(1, 1, 5, 5, type="cat")]  # not on disk: its region is bad, the rest are read
     images["0.png"] = [_rect(1, 1, 5, 5, type="cat"), _poly([1, 2], [1, 2], type="cat")]  # a polygon of 2 points
+    _image(root / "photos" / "web.png")
+    images["https://example.com/photos/web.png"] = [_rect(1, 1, 5, 5, type="cat")]  # downloaded: found by its name
     _via(root / "via.json", images)
     with caplog.at_level(logging.WARNING, logger="deepfit"):
         ds = read_detection(root)
     warned = _warnings(caplog)
     assert "image gone.png" in warned and "image file gone.png not found" in warned
     assert "region 2: polygon has 2 point(s)" in warned
-    assert len(ds.samples) == 30 and ds.num_objects == 59
-    images.update({f"gone{i}.png": [_rect(1, 1, 5, 5, type="cat")] * 2 for i in range(3)})  # 8 of 67: too many
+    assert len(ds.samples) == 31 and ds.num_objects == 60
+    images.update({f"gone{i}.png": [_rect(1, 1, 5, 5, type="cat")] * 2 for i in range(3)})  # 8 of 68: too many
     _via(root / "via.json", images)
-    with pytest.raises(DataError, match=r"8 of 67 annotations in .*via.json are bad \(more than 5%\)"):
+    with pytest.raises(DataError, match=r"8 of 68 annotations in .*via.json are bad \(more than 5%\)"):
         read_detection(root)
 
 

@@ -9,6 +9,12 @@ mask files into class values (`masks`, `mask_classes`), and the tasks build thei
 - `objects`: one image's objects as a reader found them, the checks that drop a bad box or polygon, and
   the layouts of object labels that error messages show.
 - `coco`, `yolo`, `voc`: those formats' object labels; `coco` also turns a COCO mask into pixels.
+- `via`, `labelme`, `cvat`: the files of the annotation tools people label with (VGG Image Annotator JSON,
+  LabelMe JSON, CVAT XML) as object labels; `shapes`, what they share: their shapes (rectangles, polygons,
+  circles, ellipses, brush masks) as boxes and masks, images found by the names the tools stored, classes
+  named once all files are read.
+- `layout`: which object-label format a file or folder holds; `sniff`, which tool wrote a JSON or XML file,
+  from the keys at its start (COCO, VIA and LabelMe all write .json).
 - `masks`: the decoding of semantic masks (index, palette or RGB) into class values, with `IGNORE_INDEX`,
   the class index of ignored pixels.
 - `instance_masks`: instance-mask PNGs (one value per object) as object labels, and their classes.

@@ -10,7 +10,9 @@ object drawn in pieces, as occlusion splits it). The embedded ``imageData`` is n
 file is read (and its size taken from it). Classes are the labels found, in natural order, unless given.
 
 The LabelMe files of a folder are the ``*.json`` below it that are laid out as LabelMe's (`json_format`);
-a sample's split comes from folder names on the file's or the image's path (``train/``, ``val/``, ...).
+a sample's split comes from folder names on the file's or the image's path (``train/``, ``val/``, ...). An
+image without a file is not read: LabelMe writes none for an image nobody labelled, which is no proof that
+it shows no object.
 """
 
 from __future__ import annotations
@@ -50,11 +52,11 @@ from deepfit.errors import DataError
 NOT_AREAS = ("point", "points", "line", "linestrip")
 
 
-def labelme_files(path: Path, depth: int | None = None) -> list[Path]:
-    """`path` when it is a file, else the LabelMe files in the folder and below (at most `depth` folders down)."""
+def labelme_files(path: Path) -> list[Path]:
+    """`path` when it is a file, else the LabelMe files in the folder and below."""
     if path.is_file():
         return [path]
-    return [p for p in files_below(path, ".json", depth) if json_format(p) == "labelme"]
+    return [p for p in files_below(path, ".json") if json_format(p) == "labelme"]
 
 
 def read_labelme(path: Path, given: list[str] | None, image_dir: Path | None = None) -> ObjectLabels:

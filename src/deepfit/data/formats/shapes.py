@@ -161,11 +161,11 @@ class Images:
         """The image `annotation` names `name` (its `objects` count as bad when it is missing or unreadable).
         Its split: `subset` (a split the tool stored), else the folder names of the annotation file and of
         the image below the data folder (``train/``, ``val/``, ...)."""
-        if name.startswith(("http://", "https://")):
-            problems.bad(where, f"image {name} is a web address: download the images beside the annotation file",
+        path = self.find(name, annotation.parent)  # a web address is found by its file name, when downloaded
+        if path is None and name.startswith(("http://", "https://")):
+            problems.bad(where, f"image {name} is a web address: download the images into {self.root}",
                          count=max(objects, 1))
             return None
-        path = self.find(name, annotation.parent)
         if path is None:
             looked = ", ".join(str(d) for d in dict.fromkeys((self.image_dir or annotation.parent, self.root)))
             problems.bad(where, f"image file {name} not found (looked in {looked} and below)", count=max(objects, 1))
@@ -204,8 +204,7 @@ class Drawn:
     where: str
     name: str
     box: np.ndarray
-    mask: Any = None
-    crowd: bool = False
+    mask: Any = None  # None for a rectangle; the tools have no crowd flag, so no object is crowd
 
 
 def name_objects(drawn: list[Drawn], given: list[str] | None, problems: BadAnnotations) -> list[str]:
@@ -218,5 +217,5 @@ def name_objects(drawn: list[Drawn], given: list[str] | None, problems: BadAnnot
             shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
             problems.bad(d.where, f"class {d.name!r} is not among the classes ({shown})")
             continue
-        d.image.add(d.box, index_of[d.name], d.mask, d.crowd)
+        d.image.add(d.box, index_of[d.name], d.mask)
     return classes

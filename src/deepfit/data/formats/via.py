@@ -77,10 +77,12 @@ def read_via(path: Path, given: list[str] | None, label_attribute: str | None,
                 if not isinstance(region, dict):
                     problems.bad(where, "region is not a JSON object with shape_attributes")
                     continue
-                label = _region_class(region.get("region_attributes") or {}, attribute, where, problems)
+                # the shape first: a point or a line is left out whatever its attributes say
                 shape = _region_shape(region.get("shape_attributes"), image.width, image.height, where,
                                       problems, not_areas)
-                if label is not None and shape is not None:
+                label = None if shape is None else _region_class(region.get("region_attributes") or {}, attribute,
+                                                                 where, problems)
+                if shape is not None and label is not None:
                     drawn.append(Drawn(image, where, label, *shape))
         not_areas.warn(f)
     classes = name_objects(drawn, given, problems)

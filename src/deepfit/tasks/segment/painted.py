@@ -79,7 +79,7 @@ def read_objects(path: Path, fmt: str, saved: ClassMap | None, max_bad: float, w
         raise DataError(f"{fmt} labels carry no objects to paint: choose one of {', '.join(OBJECT_FORMATS)}")
     det = read_detection(path, format=fmt, label_attribute=label_attribute)
     by_id = det.class_ids is not None  # COCO: categories keep their ids; the tools' classes are names only
-    keys: list = det.class_ids if by_id else det.classes  # type: ignore[assignment]
+    keys: list = det.class_ids if by_id else det.classes  # the source's own key of each class index
     if saved is not None:
         classes, values, colours = saved.classes, saved.values, saved.colors
     else:
@@ -88,7 +88,7 @@ def read_objects(path: Path, fmt: str, saved: ClassMap | None, max_bad: float, w
         check_class_count(len(classes), f"{path}'s classes with background")
         colours = fixed_colors(len(classes))
     # class 0 is background whatever its value or name, so an object class cannot take its place
-    index_of = ({int(v): i for i, v in enumerate(values) if i > 0} if by_id  # type: ignore[arg-type]
+    index_of = ({int(v): i for i, v in enumerate(values) if i > 0} if by_id  # the source's key -> class index
                 else {name: i for i, name in enumerate(classes) if i > 0})
     what = "category ids" if by_id else "classes"
 
