@@ -39,6 +39,7 @@ from deepfit.engine.device import resolve_device, resolve_precision
 from deepfit.errors import ConfigError, DataError
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger, setup_logging
+from deepfit.report.stats import standard_error
 from deepfit.runs.folder import check_output_outside_data, new_run_dir
 from deepfit.tasks.classify.objective import classification_metrics
 from deepfit.tasks.classify.report import plot_learning_curves, write_comparison_report
@@ -270,12 +271,6 @@ def _write_rows(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 # --- the verdict ---------------------------------------------------------------------------------
-
-
-def standard_error(p: float, n: int) -> float:
-    """Binomial standard error of an accuracy measured on n images (at least that of 1 error in n)."""
-    p = min(max(p, 1.0 / n), 1.0 - 1.0 / n) if n > 1 else p
-    return math.sqrt(p * (1 - p) / max(n, 1))
 
 
 def _noise(a: float, b: float, n: int) -> float:
