@@ -14,14 +14,13 @@ import torch
 from PIL import Image
 
 from deepfit.tasks.detect.objective import coco_metrics
+from deepfit.tasks.detect.outputs import write_coco_results, write_detections_csv
 from deepfit.tasks.detect.report import (
     draw_detections,
     image_score,
     plot_per_class_ap,
     plot_pr_curves,
-    write_coco_results,
     write_detection_report,
-    write_detections_csv,
 )
 
 CLASSES = ["cat", "dog", "bird"]  # no bird anywhere: a class without ground truth
@@ -220,7 +219,8 @@ def test_report_writes_every_file(tmp_path: Path) -> None:
         assert f"{value:.3f}" in text
     assert text.count("data:image/jpeg;base64,") == 2 and text.count("data:image/png;base64,") == 4
     assert text.index("b&lt;x&gt;.jpg") < text.index("a.jpg")  # worst (the missed dog) first, names escaped
-    assert "<test>" not in text and "fasterrcnn" in text and "no ground truth" in text
+    assert "<test>" not in text and "fasterrcnn" in text
+    assert "1 of 3 classes are left out" in text  # bird: no object and no detection anywhere
 
 
 def test_report_without_masks_and_gallery(tmp_path: Path) -> None:

@@ -12,20 +12,25 @@ import pytest
 from PIL import Image
 
 from deepfit.tasks.segment import report as segmentation_report
-from deepfit.tasks.segment.report import (
+from deepfit.tasks.segment.pictures import (
+    ERROR_COLOR,
     IGNORE,
+    IGNORE_COLOR,
+    IGNORE_HATCH,
     colorize,
-    image_score,
     overlay,
+    side_by_side,
+)
+from deepfit.tasks.segment.report import (
+    image_score,
     plot_per_class_iou,
     save_mask_png,
-    side_by_side,
     write_per_class_csv,
     write_segmentation_report,
 )
 
 COLORS = np.array([[200, 0, 0], [0, 100, 0], [0, 0, 250]], dtype=np.uint8)
-GREY = (64, 64, 64)  # the documented neutral colour of IGNORE
+HATCH = {tuple(c) for c in IGNORE_HATCH}  # the two shades of the stripes ignored pixels are drawn in
 MASK = np.array([[0, 1, 2], [IGNORE, 1, 7]], dtype=np.uint8)  # 7: an index with no colour
 
 # Rows truth, columns prediction: road mostly right, car often confused with road, sky never seen.
@@ -58,11 +63,11 @@ def _metrics(confusion: Any, classes: list[str]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_colorize_exact_colours_and_grey_for_ignore_and_unknown() -> None:
+def test_colorize_exact_colours_and_stripes_for_ignore_and_unknown() -> None:
     picture = colorize(MASK, COLORS)
     assert picture.dtype == np.uint8 and picture.shape == (2, 3, 3)
-    expected = [[[200, 0, 0], [0, 100, 0], [0, 0, 250]], [list(GREY), [0, 100, 0], list(GREY)]]
-    assert picture.tolist() == expected
+    assert picture[0].tolist() == [[200, 0, 0], [0, 100, 0], [0, 0, 250]] and picture[1, 1].tolist() == [0, 100, 0]
+    assert tuple(picture[1, 0]) in HATCH and tuple(picture[1, 2]) in HATCH
 
 
 def test_overlay_blends_classes_and_leaves_ignored_pixels_alone() -> None:
@@ -98,22 +103,24 @@ def test_side_by_side_sizes_and_nearest_masks() -> None:
     prediction = np.full((30, 40), 2, dtype=np.uint8)
     prediction[:15] = IGNORE
 
-    three = side_by_side(image, truth, prediction, COLORS, height=60)
+    four = side_by_side(image, truth, prediction, COLORS, height=60)  # image | truth | prediction | errors
     two = side_by_side(image, None, prediction, COLORS, height=60)
-    assert isinstance(three, Image.Image) and three.mode == "RGB"
+    assert isinstance(four, Image.Image) and four.mode == "RGB"
     panel = 80  # 40 x 30 scaled to 60 high
-    strip = three.height - 60
-    assert 10 <= strip <= 40 and two.height == three.height  # a caption strip above every panel
+    strip = four.height - 60
+    assert 10 <= strip <= 40 and two.height == four.height  # a caption strip above every panel
     gap = two.width - 2 * panel
-    assert 0 <= gap <= 10 and three.width == 3 * panel + 2 * gap
+    assert 0 <= gap <= 10 and four.width == 4 * panel + 3 * gap
 
-    pixels = np.asarray(three)
+    pixels = np.asarray(four)
     assert np.all(pixels[strip:, :panel] == 77)  # the image panel, scaled
     truth_panel = pixels[strip:, panel + gap : 2 * panel + gap]
     # NEAREST: only the two class colours, no blend at the border between them.
     assert {tuple(v) for v in truth_panel.reshape(-1, 3)} == {(200, 0, 0), (0, 100, 0)}
-    prediction_panel = pixels[strip:, 2 * (panel + gap) :]
-    assert prediction_panel[-1, -1].tolist() == [0, 0, 250] and prediction_panel[0, 0].tolist() == list(GREY)
+    prediction_panel = pixels[strip:, 2 * (panel + gap) : 3 * panel + 2 * gap]
+    assert prediction_panel[-1, -1].tolist() == [0, 0, 250] and tuple(prediction_panel[0, 0]) in HATCH
+    errors_panel = pixels[strip:, 3 * (panel + gap) :]
+    assert {tuple(v) for v in errors_panel.reshape(-1, 3)} == {ERROR_COLOR}  # every pixel is wrong
     assert not np.all(pixels[:strip, :panel] == pixels[strip, 0])  # the caption strip is drawn, not blank
     assert np.asarray(two)[-1, -1].tolist() == [0, 0, 250]  # image | prediction
 
@@ -145,7 +152,7 @@ def test_save_mask_png_round_trip(tmp_path: Path) -> None:
         assert np.array_equal(np.asarray(opened), mask)
         palette = np.array(opened.getpalette(), dtype=np.uint8).reshape(-1, 3)
     assert np.array_equal(palette[:3], COLORS)
-    assert len(palette) == 256 and tuple(palette[IGNORE]) == GREY
+    assert len(palette) == 256 and tuple(palette[IGNORE]) == IGNORE_COLOR
 
 
 def test_save_mask_png_rejects_what_a_palette_cannot_hold(tmp_path: Path) -> None:

@@ -5,8 +5,11 @@ module (``deepfit.tasks.<task>.report``) keeps what is specific to it and builds
 
     text       numbers as reports spell them (``87.5%``, ``0.857``, ``–``), CSV files
     html       the self-contained page: styles, escaping, summary, cards, tables, embedded figures
-    gallery    thumbnails, embedded JPEGs, galleries of captioned cards, side-by-side panel strips
-    drawing    class colours, the label font, arrays from numpy or torch
+    page       the evaluation page every task writes, and the run details it shows (RunDetails)
+    stats      95% confidence intervals (Wilson's, a seeded bootstrap over test images), standard errors
+    trust      intervals under the headline cards, the one-class warning, the training options, worst first
+    gallery    thumbnails (tiny ones enlarged), embedded JPEGs, galleries, panel strips, examples per class
+    drawing    class colours, hex colours, the label font, arrays from numpy or torch
     plots      training curves, per-class bar charts, precision-recall curves, saving a figure
     confusion  the confusion matrix as a heat map and as CSV
 """

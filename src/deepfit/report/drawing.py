@@ -16,7 +16,7 @@ from PIL import Image
 
 from deepfit.log import logger
 
-__all__ = ["PALETTE", "as_numpy", "class_color", "image_tensor", "label_font_path", "text_color"]
+__all__ = ["PALETTE", "as_numpy", "class_color", "hex_color", "image_tensor", "label_font_path", "rgb_array", "text_color"]
 
 # tab10's strong colours first, then tab20's light ones: neighbouring class indices differ clearly.
 _TAB20 = colormaps["tab20"].colors
@@ -35,6 +35,31 @@ def as_numpy(value: Any) -> np.ndarray:
 def class_color(index: int) -> tuple[int, int, int]:
     """The RGB colour of class ``index`` (0-255 each); the palette repeats past its 20 colours."""
     return PALETTE[index % len(PALETTE)]
+
+
+def hex_color(color: tuple[int, int, int]) -> str:
+    """``#rrggbb`` of an RGB colour, as HTML swatches and legends write it."""
+    return "#{:02x}{:02x}{:02x}".format(*(int(v) for v in color))
+
+
+def rgb_array(image: Any) -> np.ndarray:
+    """(H, W, 3) uint8 from a PIL image or an (H, W[, 1|3|4]) array (numpy or torch); floats are taken to be in [0, 1].
+
+    The numpy sibling of :func:`image_tensor`, for pictures drawn with numpy and PIL.
+    """
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    array = as_numpy(image)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an (H, W, 3) image, got shape {array.shape}")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    array = array[:, :, :3]  # alpha is dropped: the picture is for looking at
+    if np.issubdtype(array.dtype, np.floating):
+        array = np.rint(np.clip(array, 0.0, 1.0) * 255.0)
+    return np.ascontiguousarray(array.astype(np.uint8))
 
 
 def text_color(background: tuple[int, int, int]) -> tuple[int, int, int]:

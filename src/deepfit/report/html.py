@@ -38,7 +38,6 @@ __all__ = [
     "summary_table",
     "table_row",
     "write_page",
-    "write_results_page",
 ]
 
 # The page's styles; a task's report adds its own rules after these in a <style> block of its own.
@@ -90,6 +89,14 @@ figcaption { color: var(--muted); font-size: 14px; margin-top: 6px; }
 .shot .row { font-size: 13.5px; }
 .shot .wrong { color: var(--bad); font-weight: 600; }
 .empty { color: var(--muted); }
+.card .ci { font-size: 13px; margin-top: 2px; font-variant-numeric: tabular-nums; }
+.legend, .per-class td.none { color: var(--muted); }
+.large .shot img { display: block; max-width: 100%; max-height: none; height: auto; }
+.examples { display: flex; align-items: center; gap: 12px; margin-bottom: 10px; }
+.examples .name { flex: 0 0 150px; font-weight: 600; word-break: break-word; }
+.examples .pictures { display: flex; flex-wrap: wrap; gap: 8px; }
+.examples img { max-width: 128px; max-height: 128px; border: 1px solid var(--line); border-radius: 4px; }
+.examples .placeholder { width: 128px; height: 128px; }
 footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
 """
 
@@ -230,26 +237,3 @@ def write_page(path: Path, title: str, sections: Sequence[str], *, styles: str =
     logger.info("%s written to %s", what, saved)
     return saved
 
-
-def write_results_page(
-    path: Path, title: str, *, summary: Mapping[str, Any], class_names: Sequence[str], cards_html: str,
-    per_class_html: str, images: Mapping[str, Path], gallery_title: str, gallery_html: Sequence[str],
-    notes: Sequence[str] = (), styles: str = "", what: str = "report",
-) -> Path:
-    """Write the evaluation page every task shares, most important first, and return its path.
-
-    What was evaluated (``summary`` and the class names), warnings (``notes``), the headline numbers,
-    the per-class table, the pictures (when there are any), then the gallery under ``gallery_title``:
-    ``gallery_html`` is its explanation and cards, meant worst first, as the pictures to look at.
-    """
-    sections = [
-        summary_table(summary, class_names),
-        notes_list(notes),
-        cards_html,
-        "<h2>Per-class results</h2>",
-        per_class_html,
-    ]
-    if images:
-        sections += ["<h2>Pictures</h2>", embedded_figures(images)]
-    sections += [f"<h2>{esc(gallery_title)}</h2>", *gallery_html]
-    return write_page(path, title, sections, styles=styles, what=what)

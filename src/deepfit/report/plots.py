@@ -30,6 +30,7 @@ from deepfit.report.drawing import class_color
 from deepfit.report.text import clamp, fixed, shorten, to_float
 
 __all__ = [
+    "ACCURACY_COLUMNS",
     "keep_ends",
     "light_grid",
     "note_on_axes",
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+# A classifier's score columns in metrics.csv; other tasks name theirs (validation mAP, mIoU, ...).
+ACCURACY_COLUMNS = (("train_acc", "train"), ("val_acc", "validation"))
+_SERIES_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")  # train blue, validation red, then others
 _INK = "#1f2933"  # dark text on a white figure
 _QUIET = "#7b8794"  # notes and dividers: visible, but not competing with the data
 
@@ -219,9 +223,15 @@ def _phase_changes(rows: list[dict[str, str]], x: np.ndarray) -> list[tuple[floa
     return changes
 
 
-def plot_training_curves(metrics_csv: Path, path: Path) -> Path | None:
-    """Plot loss and accuracy against epoch from a run's ``metrics.csv`` and save a PNG.
+def plot_training_curves(
+    metrics_csv: Path, path: Path, *, scores: Sequence[tuple[str, str]] = ACCURACY_COLUMNS, score_title: str = "Accuracy",
+    as_percent: bool = True,
+) -> Path | None:
+    """Plot loss and a score against epoch from a run's ``metrics.csv`` and save a PNG.
 
+    The left panel is the training and validation loss; the right one the ``scores`` columns, each
+    (column, legend label): accuracy for a classifier, validation mAP for a detector, validation mIoU for
+    a segmenter, titled ``score_title`` and read as percentages with ``as_percent`` (fractions only).
     Missing columns and empty cells are tolerated (they just leave gaps or absent lines), because
     a run that stopped early or logged train and validation on separate rows is still worth
     seeing. Returns ``None`` (after a warning) when there is nothing to draw.
@@ -241,22 +251,21 @@ def plot_training_curves(metrics_csv: Path, path: Path) -> Path | None:
     fig = Figure(figsize=(11.0, 4.2), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
     panels = [
-        (loss_ax, "Loss", "loss", [("train_loss", "train"), ("val_loss", "validation")]),
-        (acc_ax, "Accuracy", "accuracy", [("train_acc", "train"), ("val_acc", "validation")]),
+        (loss_ax, "Loss", "loss", [("train_loss", "train"), ("val_loss", "validation")], False),
+        (acc_ax, score_title, score_title.lower(), list(scores), as_percent),
     ]
-    colors = {"train": "#1f77b4", "validation": "#d62728"}
     changes = _phase_changes(usable, x)
 
-    for ax, title, ylabel, series in panels:
+    for ax, title, ylabel, series, percent in panels:
         drawn: list[np.ndarray] = []
-        for column, label in series:
+        for color, (column, label) in zip(_SERIES_COLORS, series, strict=False):
             values = np.array([to_float(row.get(column)) for row in usable], dtype=float)
             keep = np.isfinite(values)
             if not keep.any():
                 continue
             # Dropping gaps (rather than plotting NaN) joins points logged on alternate rows.
             marker = "o" if keep.sum() <= 40 else None
-            ax.plot(x[keep], values[keep], label=label, color=colors[label], marker=marker, markersize=3.5)
+            ax.plot(x[keep], values[keep], label=label, color=color, marker=marker, markersize=3.5)
             drawn.append(values[keep])
         ax.set_title(title)
         ax.set_xlabel("epoch (consecutive)" if renumbered else "epoch")
@@ -268,7 +277,7 @@ def plot_training_curves(metrics_csv: Path, path: Path) -> Path | None:
         else:
             ax.legend(loc="best", frameon=False)
             # Accuracies logged as fractions read better as percentages.
-            if ylabel == "accuracy" and all(np.nanmax(v) <= 1.0 for v in drawn):
+            if percent and all(np.nanmax(v) <= 1.0 for v in drawn):
                 ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
         for boundary, label in changes:
             ax.axvline(boundary, color="#52606d", linestyle="--", linewidth=1.1)

@@ -24,10 +24,12 @@ from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
 from deepfit.modalities.image.store import BadFile, ImageStore, check_unreadable
 from deepfit.report.confusion import plot_confusion_matrix, write_confusion_csv
-from deepfit.report.plots import plot_training_curves
+from deepfit.report.gallery import EXAMPLES_PER_CLASS, ClassExamples
+from deepfit.report.trust import one_class_note, worst_first
 from deepfit.tasks.classify.objective import classification_metrics
 from deepfit.tasks.classify.predict import Predictor
 from deepfit.tasks.classify.report import WorstPrediction, write_html_report
+from deepfit.tasks.details import run_details
 
 WORST_SHOWN = 16
 
@@ -115,8 +117,12 @@ def report_evaluation(
 ) -> Evaluation:
     """Metrics, plots, prediction CSV and the HTML report for one scored split; logged in evaluations.jsonl."""
     classes = list(meta["classes"])
-    metrics = classification_metrics(y_true, probs, classes)
+    metrics = classification_metrics(y_true, probs, classes, intervals=True)
     notes = [_val_fallback_note(meta)] if split == "val" else []
+    y_pred = probs.argmax(1)
+    collapsed = one_class_note(np.bincount(y_pred, minlength=len(classes)), np.bincount(y_true, minlength=len(classes)),
+                               classes, what=f"{split} images")
+    notes += [collapsed] if collapsed else []
     folder = run_dir if data is None else run_dir / f"eval-{Path(data).stem}"
     folder.mkdir(parents=True, exist_ok=True)
     times_before = _log_evaluation(
@@ -133,10 +139,6 @@ def report_evaluation(
     confusion = np.array(metrics["confusion"])
     images = {"Confusion matrix": plot_confusion_matrix(confusion, classes, folder / "confusion_matrix.png")}
     write_confusion_csv(confusion, classes, folder / "confusion_matrix.csv")
-    # a classical model on features has no epochs, hence no training curves
-    curves = plot_training_curves(run_dir / "metrics.csv", folder / "training_curves.png") if (run_dir / "metrics.csv").exists() else None
-    if curves is not None:
-        images["Training curves"] = curves
     _write_predictions_csv(folder / f"{split}_predictions.csv", paths, y_true, probs, classes)
     atomic_write_text(folder / f"{split}_metrics.json", json.dumps(metrics, indent=2) + "\n")
 
@@ -159,9 +161,11 @@ def report_evaluation(
     }
     if bad:
         notes.append(f"{len(bad)} unreadable images were left out: " + ", ".join(str(b.path) for b in bad[:5]))
+    details = run_details(run_dir, folder, meta, notes=notes, examples=_examples(paths, y_true, probs, classes),
+                          image_size=(meta.get("preprocessing") or {}).get("image_size"))
     report = write_html_report(
         folder / "report.html", title=f"deepfit evaluation: {run_dir.name}", summary=summary, metrics=metrics,
-        class_names=classes, images=images, worst=_worst(paths, y_true, probs, classes), notes=notes,
+        class_names=classes, images=images, worst=_worst(paths, y_true, probs, classes), details=details,
     )
     logger.info(
         f"{split} accuracy {metrics['accuracy']:.2%}, balanced accuracy {metrics['balanced_accuracy']:.2%} "
@@ -175,15 +179,27 @@ def _pct(value: Any) -> str:
 
 
 def _worst(paths: list[Path], y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> list[WorstPrediction]:
-    """The images the model got most wrong: lowest probability given to the true class, misclassified first."""
+    """The images the model got most wrong: the misclassified ones, lowest probability given to the true class first
+    (the least sure correct ones only when nothing is misclassified)."""
     true_prob = probs[np.arange(len(y_true)), y_true]
     pred = probs.argmax(1)
-    order = sorted(range(len(y_true)), key=lambda i: (pred[i] == y_true[i], true_prob[i]))[:WORST_SHOWN]
+    order, _ = worst_first(true_prob.tolist(), (pred != y_true).tolist(), WORST_SHOWN)
     return [
         WorstPrediction(str(paths[i]), classes[y_true[i]], classes[pred[i]], float(probs[i, pred[i]]), float(true_prob[i]))
         for i in order
-        if pred[i] != y_true[i] or true_prob[i] < 0.9
     ]
+
+
+def _examples(paths: list[Path], y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> list[ClassExamples]:
+    """Up to EXAMPLES_PER_CLASS images of every class: correctly predicted ones first, the surest first."""
+    true_prob = probs[np.arange(len(y_true)), y_true]
+    right = probs.argmax(1) == y_true
+    examples = []
+    for k, name in enumerate(classes):
+        members = sorted(np.flatnonzero(y_true == k), key=lambda i: (not right[i], -true_prob[i], i))
+        examples.append((name, [(f"{Path(paths[i]).name} ({true_prob[i]:.0%} {name})", str(paths[i]))
+                                for i in members[:EXAMPLES_PER_CLASS]]))
+    return examples
 
 
 def _write_predictions_csv(path: Path, paths: list[Path], y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepfit.report.stats import bootstrap_intervals, wilson_interval
+
 
 class ClassificationTask:
     """What the engine needs to know about classification, and nothing about how the model is built."""
@@ -44,8 +46,9 @@ class ClassificationTask:
         return logits.float().softmax(1)
 
 
-def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict:
-    """Accuracy, balanced accuracy, per-class precision/recall/F1 and the confusion matrix.
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: list[str], *, intervals: bool = False) -> dict:
+    """Accuracy, balanced accuracy, per-class precision/recall/F1 and the confusion matrix; with `intervals`, their
+    95% confidence intervals too (see `classification_intervals`).
 
     Classes that never occur in `y_true` still get a row (support 0), so reports line up across runs.
     """
@@ -58,6 +61,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
         y_true, y_pred, labels=labels, zero_division=0
     )
     present = support > 0
+    extra = {"intervals": classification_intervals(y_true, y_pred, len(class_names))} if intervals else {}
     return {
         "num_samples": int(len(y_true)),
         "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
@@ -69,4 +73,32 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
             for name, p, r, f, s in zip(class_names, precision, recall, f1, support, strict=True)
         ],
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        **extra,
     }
+
+
+def _class_means(tp: np.ndarray, true: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
+    """(balanced accuracy, macro F1) from per-class counts, over the classes present in the truth (as sklearn's)."""
+    present = true > 0
+    if not present.any():
+        return float("nan"), float("nan")
+    recall = tp[present] / true[present]
+    f1 = 2 * tp[present] / (true[present] + predicted[present])
+    return float(recall.mean()), float(f1.mean())
+
+
+def classification_intervals(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, dict]:
+    """95% confidence intervals: accuracy by Wilson's interval (images are independent trials), balanced accuracy
+    and macro F1 by a seeded bootstrap over the images (they are means over classes, not proportions)."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    correct = (y_true == y_pred).astype(np.float64)
+
+    def figures(weights: np.ndarray) -> tuple[float, float]:
+        def count(labels: np.ndarray, w: np.ndarray) -> np.ndarray:
+            return np.bincount(labels, weights=w, minlength=num_classes)
+
+        return _class_means(count(y_true, weights * correct), count(y_true, weights), count(y_pred, weights))
+
+    found = {"accuracy": wilson_interval(float(correct.sum()), len(y_true)),
+             **bootstrap_intervals(figures, len(y_true), ["balanced_accuracy", "macro_f1"])}
+    return {name: interval.to_dict() for name, interval in found.items()}

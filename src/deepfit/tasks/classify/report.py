@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,12 @@ from deepfit.report.html import (
     score_bar,
     table_row,
     write_page,
-    write_results_page,
 )
+from deepfit.report.page import RunDetails, write_results_page
 from deepfit.report.plots import save_figure
+from deepfit.report.stats import standard_error
 from deepfit.report.text import fixed, percent, to_float
+from deepfit.report.trust import interval_hint
 
 __all__ = [
     "WorstPrediction",
@@ -49,7 +51,7 @@ __all__ = [
 
 @dataclass
 class WorstPrediction:
-    """One confidently wrong (or barely right) prediction, shown as a card in the report."""
+    """One wrong prediction (or, when there is none, a barely right one), shown as a card in the report."""
 
     path: str  # file path as shown to the user
     true_label: str
@@ -75,12 +77,15 @@ def _weakest_index(per_class: Sequence[Mapping[str, Any]]) -> int | None:
 
 def _cards_html(metrics: Mapping[str, Any], class_names: Sequence[str]) -> str:
     num_samples = metrics.get("num_samples")
-    cards = [("Accuracy", percent(metrics.get("accuracy")), f"of {esc(num_samples)} images" if num_samples else "")]
+    ci = metrics.get("intervals") or {}
+    cards = [("Accuracy", percent(metrics.get("accuracy")),
+              (f"of {esc(num_samples)} images" if num_samples else "") + interval_hint(ci.get("accuracy"), percent))]
     # Chance level gives the balanced accuracy a scale a non-specialist can judge it against.
     chance = f"mean recall per class; chance ≈ {100.0 / len(class_names):.1f}%" if class_names else ""
-    cards.append(("Balanced accuracy", percent(metrics.get("balanced_accuracy")), chance))
+    cards.append(("Balanced accuracy", percent(metrics.get("balanced_accuracy")),
+                  chance + interval_hint(ci.get("balanced_accuracy"), percent)))
     if "macro_f1" in metrics:
-        cards.append(("Macro F1", fixed(metrics.get("macro_f1")), "mean F1 over classes"))
+        cards.append(("Macro F1", fixed(metrics.get("macro_f1")), "mean F1 over classes" + interval_hint(ci.get("macro_f1"))))
     return metric_cards(cards)
 
 
@@ -123,6 +128,16 @@ def _worst_html(worst: Sequence[WorstPrediction]) -> str:
     return gallery(cards, empty_html="No mistakes to show.")
 
 
+def _worst_title(worst: Sequence[WorstPrediction]) -> tuple[str, str]:
+    """The gallery's title and explanation: mistakes when there are any, else the least sure right answers."""
+    if not worst or any(item.predicted_label != item.true_label for item in worst):
+        return "Worst predictions", ("The images the model got wrong, the lowest probability for the true class first: "
+                                     "a good place to look for mislabelled or unusual data.")
+    return "No mistakes: the least sure correct predictions", (
+        "Every evaluated image was classified correctly; these are the ones the model was least sure of "
+        "(the lowest probability for the true class first).")
+
+
 def write_html_report(
     path: Path,
     *,
@@ -133,18 +148,23 @@ def write_html_report(
     images: dict[str, Path],
     worst: list[WorstPrediction],
     notes: Sequence[str] = (),
+    details: RunDetails | None = None,
 ) -> Path:
     """Write the evaluation report as a single self-contained HTML file and return its path.
 
-    Layout, most important first: summary table, warnings, headline numbers, per-class table
-    (weakest class marked), pictures, then a gallery of the worst predictions. All user-provided
-    text is escaped, since class names and file paths come from arbitrary folders and files.
+    Layout, most important first: summary table, warnings (``notes``, then those of ``details``),
+    headline numbers with their confidence intervals, per-class table (weakest class marked), pictures,
+    examples of every class, the gallery of the worst predictions (``worst``, meant mistakes only, worst
+    first), then the training options. All user-provided text is escaped, since class names and file
+    paths come from arbitrary folders and files.
     """
-    intro = empty_note("The images the model got most wrong: a good place to look for mislabelled or unusual data.")
+    details = details or RunDetails()
+    details = replace(details, notes=[*notes, *details.notes])
+    gallery_title, intro = _worst_title(worst)
     return write_results_page(
         path, title, summary=summary, class_names=class_names, cards_html=_cards_html(metrics, class_names),
         per_class_html=_per_class_html(metrics.get("per_class") or []), images=images,
-        gallery_title="Worst predictions", gallery_html=[intro, _worst_html(worst)], notes=notes,
+        gallery_title=gallery_title, gallery_html=[empty_note(intro), _worst_html(worst)], details=details,
     )
 
 
@@ -171,7 +191,7 @@ def plot_learning_curves(rows: Sequence[Mapping[str, Any]], n_test: int, size_pa
             points = sorted((r for r in rows if r["approach"] == name), key=lambda r: r[x_key])
             x = [max(float(r[x_key]), 1e-2) for r in points]
             y = [float(r["accuracy"]) for r in points]
-            err = [math.sqrt(max(v * (1 - v), 1.0 / n_test) / n_test) for v in y]
+            err = [standard_error(v, n_test) for v in y]
             # distinct markers and dash patterns: curves that coincide stay visible
             ax.errorbar(x, y, yerr=err, marker="osD^v"[i % 5], linestyle=("-", "--", "-.", ":")[i % 4], capsize=3,
                         label=name, alpha=0.85)

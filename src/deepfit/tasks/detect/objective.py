@@ -70,9 +70,13 @@ def to_coco(
 
 
 def coco_metrics(
-    targets: list[dict[str, Any]], predictions: list[dict[str, Any]], classes: list[str], iou_type: str = "bbox"
+    targets: list[dict[str, Any]], predictions: list[dict[str, Any]], classes: list[str], iou_type: str = "bbox", *,
+    intervals: bool = False,
 ) -> dict[str, Any]:
-    """mAP@[.50:.95], mAP@.50, mAP@.75, AP per class and the precision-recall curve (IoU .50) per class."""
+    """mAP@[.50:.95], mAP@.50, mAP@.75, AP per class and the precision-recall curve (IoU .50) per class.
+
+    Each class's row also counts its true objects (`objects`, crowd regions included) and its predictions
+    (`detections`). With `intervals`, the three mAPs get 95% bootstrap intervals over the images (`intervals`)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -92,12 +96,15 @@ def coco_metrics(
         evaluator.accumulate()
         evaluator.summarize()
     precision = evaluator.eval["precision"]  # (IoU thresholds, recall points, classes, areas, max dets)
+    objects = np.bincount([a["category_id"] - 1 for a in gt_dict["annotations"]], minlength=len(classes))
+    detections = np.bincount([r["category_id"] - 1 for r in results], minlength=len(classes))
     per_class, curves = [], []
     for k, name in enumerate(classes):
         p = precision[:, :, k, _ALL_AREAS, _MAX_DETS]
         has_gt = bool((p > -1).any())
         per_class.append({"class": name, "ap": float(p[p > -1].mean()) if has_gt else None,
-                          "ap50": float(p[0][p[0] > -1].mean()) if has_gt else None})
+                          "ap50": float(p[0][p[0] > -1].mean()) if has_gt else None,
+                          "objects": int(objects[k]), "detections": int(detections[k])})
         curves.append({"class": name, "recall": evaluator.params.recThrs.tolist(),
                        "precision": np.clip(p[0], 0, None).tolist() if has_gt else []})
     stats = evaluator.stats
@@ -105,7 +112,81 @@ def coco_metrics(
         "iou_type": iou_type, "map": float(max(stats[0], 0.0)), "map50": float(max(stats[1], 0.0)),
         "map75": float(max(stats[2], 0.0)), "per_class": per_class, "pr_curves": curves,
         "num_images": len(targets), "num_objects": len(gt_dict["annotations"]),
+        **({"intervals": map_intervals(evaluator)} if intervals else {}),
     }
+
+
+# --- confidence intervals of mAP ----------------------------------------------------------------------
+
+
+def _class_tables(evaluator: Any) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+    """Per class, what COCOeval's accumulate reads, all images at once, detections sorted by score (as it does):
+    (image of each detection (D,), counted true positive (T, D) -1/0/1 as +tp/-fp/ignored, non-ignored true objects
+    per image (N,)); None for a class with neither objects nor detections anywhere."""
+    n_images, n_areas = len(evaluator.params.imgIds), len(evaluator.params.areaRng)
+    tables: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = []
+    for k in range(len(evaluator.params.catIds)):
+        start = k * n_areas * n_images + _ALL_AREAS * n_images
+        entries = [(i, e) for i, e in enumerate(evaluator.evalImgs[start:start + n_images]) if e is not None]
+        if not entries:
+            tables.append(None)
+            continue
+        scores = np.concatenate([np.asarray(e["dtScores"], dtype=np.float64) for _, e in entries])
+        owner = np.concatenate([np.full(len(e["dtScores"]), i) for i, e in entries]).astype(np.int64)
+        matched = np.concatenate([e["dtMatches"] for _, e in entries], axis=1) > 0
+        ignored = np.concatenate([e["dtIgnore"] for _, e in entries], axis=1).astype(bool)
+        truth = np.zeros(n_images)
+        for i, e in entries:
+            truth[i] = np.count_nonzero(np.asarray(e["gtIgnore"]) == 0)
+        order = np.argsort(-scores, kind="mergesort")  # pycocotools' own sort, so equal scores keep its order
+        outcome = np.where(ignored, 0, np.where(matched, 1, -1))[:, order]
+        tables.append((owner[order], outcome, truth))
+    return tables
+
+
+def _resampled_maps(tables: list, weights: np.ndarray, rec_thrs: np.ndarray) -> tuple[float, float, float]:
+    """(mAP@[.50:.95], mAP@.50, mAP@.75) with image i counted weights[i] times: COCOeval's accumulate and
+    summarize for all areas and 100 detections, with weighted counts instead of repeated images."""
+    n_thresholds = next((t[1].shape[0] for t in tables if t is not None), 10)
+    precision = -np.ones((n_thresholds, len(rec_thrs), len(tables)))
+    for k, table in enumerate(tables):
+        if table is None:
+            continue
+        owner, outcome, truth = table
+        positives = float(weights @ truth)
+        if positives == 0:
+            continue
+        w = weights[owner]
+        keep = w > 0
+        outcome, w = outcome[:, keep], w[keep]
+        precision[:, :, k] = 0.0
+        if not w.size:
+            continue
+        tp = np.cumsum((outcome == 1) * w, axis=1)
+        fp = np.cumsum((outcome == -1) * w, axis=1)
+        recall = tp / positives
+        interpolated = np.maximum.accumulate((tp / (tp + fp + np.spacing(1)))[:, ::-1], axis=1)[:, ::-1]
+        for t in range(n_thresholds):
+            at = np.searchsorted(recall[t], rec_thrs, side="left")
+            valid = at < w.size
+            precision[t, valid, k] = interpolated[t, at[valid]]
+
+    def mean(p: np.ndarray) -> float:
+        return float(p[p > -1].mean()) if (p > -1).any() else 0.0
+
+    return mean(precision), mean(precision[0]), mean(precision[5])
+
+
+def map_intervals(evaluator: Any) -> dict[str, dict]:
+    """95% bootstrap intervals of mAP, mAP50 and mAP75 over the images of an evaluated COCOeval (one evaluate():
+    the per-image matching is done once, each resample only re-accumulates)."""
+    from deepfit.report.stats import bootstrap_intervals
+
+    tables = _class_tables(evaluator)
+    rec_thrs = np.asarray(evaluator.params.recThrs)
+    found = bootstrap_intervals(lambda w: _resampled_maps(tables, w, rec_thrs), len(evaluator.params.imgIds),
+                                ["map", "map50", "map75"])
+    return {name: interval.to_dict() for name, interval in found.items()}
 
 
 class DetectionTask:

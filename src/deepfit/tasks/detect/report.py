@@ -1,46 +1,35 @@
-"""What detection and instance-segmentation evaluation and prediction write to disk.
+"""The pictures and the report of detection and instance-segmentation evaluation.
 
 Pictures of predictions (boxes, masks, and the ground truth as outlines), a per-image match score that
-orders the gallery worst first, COCO results JSON that pycocotools and other tools read directly, a flat
-CSV for spreadsheets, precision-recall and per-class AP plots, and one self-contained HTML report.
+orders the gallery worst first, precision-recall and per-class AP plots, and one self-contained HTML report
+(the COCO results JSON and the CSV of predictions are in :mod:`deepfit.tasks.detect.outputs`).
 
 Conventions (numpy arrays or torch tensors are both accepted everywhere):
 
     prediction = {"boxes": (M, 4) xyxy pixels of the original image, "labels": (M,) 0-based class index,
                   "scores": (M,), optional "masks": (M, H, W) bool (or probabilities, cut at 0.5)}
     truth      = {"boxes": (N, 4), "labels": (N,), optional "masks": (N, H, W) bool}
-
-``class_ids`` maps a class index to the dataset's own category id (COCO's ids have gaps); without it the
-category id is index + 1, the same numbering :func:`deepfit.tasks.detect.objective.to_coco` uses.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from deepfit.fileio import atomic_write_text
-from deepfit.log import logger
 from deepfit.report.drawing import as_numpy, class_color, image_tensor, label_font_path, text_color
 from deepfit.report.gallery import scored_gallery
-from deepfit.report.html import data_table, esc, metric_cards, score_cells, table_row, write_results_page
+from deepfit.report.html import data_table, empty_note, esc, metric_cards, score_cells, table_row
+from deepfit.report.page import RunDetails, write_results_page
 from deepfit.report.plots import keep_ends, plot_class_bars, plot_precision_recall
 from deepfit.report.text import fixed, to_float, write_csv
+from deepfit.report.trust import interval_hint
+from deepfit.tasks.detect.outputs import boxes_of, class_name, labels_of, masks_of
 
-__all__ = [
-    "draw_detections",
-    "image_score",
-    "plot_per_class_ap",
-    "plot_pr_curves",
-    "write_coco_results",
-    "write_detection_report",
-    "write_detections_csv",
-]
+__all__ = ["draw_detections", "image_score", "plot_per_class_ap", "plot_pr_curves", "write_detection_report"]
 
 _MASK_ALPHA = 0.45
 _MAX_PR_CURVES = 20  # more lines than this turn the plot into a hairball
@@ -48,52 +37,6 @@ _MAX_AP_BARS = 80  # above this the bar chart keeps the best and the worst half 
 _GALLERY_MAX_SIZE = (480, 960)  # (width, height) of a drawing in the report
 _TRUTH_COLOR = (255, 255, 255)
 _TRUTH_HALO = (20, 20, 20)
-
-
-# --------------------------------------------------------------------------------------------------
-# Small helpers
-# --------------------------------------------------------------------------------------------------
-
-
-def _boxes(value: Any) -> np.ndarray:
-    return as_numpy(value).astype(np.float64).reshape(-1, 4)
-
-
-def _labels(value: Any) -> np.ndarray:
-    return as_numpy(value).astype(np.int64).reshape(-1)
-
-
-def _masks(value: Any) -> np.ndarray:
-    """(M, H, W) bool; Mask R-CNN's (M, 1, H, W) probabilities are accepted and cut at 0.5."""
-    masks = as_numpy(value)
-    if masks.ndim == 4 and masks.shape[1] == 1:
-        masks = masks[:, 0]
-    return masks > 0.5 if masks.dtype != bool else masks
-
-
-def _class_name(classes: Sequence[str], label: int) -> str:
-    return str(classes[label]) if 0 <= label < len(classes) else str(label)
-
-
-def _category_id(label: int, class_ids: Sequence[int] | None) -> int:
-    return int(class_ids[label]) if class_ids is not None else int(label) + 1
-
-
-def _rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO run-length encoding with ``counts`` as text, so it can go into JSON."""
-    from pycocotools import mask as mask_utils
-
-    return _rle_text(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))
-
-
-def _rle_text(rle: Mapping[str, Any]) -> dict[str, Any]:
-    counts = rle["counts"]
-    return {"size": [int(v) for v in rle["size"]], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
-
-
-def _is_rle_list(masks: Any) -> bool:
-    """Masks already run-length encoded (a list of COCO RLE dicts), as evaluation keeps them to save memory."""
-    return isinstance(masks, list) and all(isinstance(m, dict) for m in masks)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -126,22 +69,22 @@ def draw_detections(
         boxes[:, 3] = np.maximum(boxes[:, 1], boxes[:, 3])
         return torch.from_numpy(np.nan_to_num(boxes))
 
-    boxes = _boxes(prediction.get("boxes", np.zeros((0, 4))))
-    labels = _labels(prediction.get("labels", np.zeros(0)))
+    boxes = boxes_of(prediction.get("boxes", np.zeros((0, 4))))
+    labels = labels_of(prediction.get("labels", np.zeros(0)))
     scores = as_numpy(prediction.get("scores", np.ones(len(labels)))).astype(np.float64).reshape(-1)
     keep = scores >= conf
     boxes, labels, scores = boxes[keep], labels[keep], scores[keep]
     colors = [class_color(int(label)) for label in labels]
 
     if prediction.get("masks") is not None and len(labels):
-        masks = _masks(prediction["masks"])[keep]
+        masks = masks_of(prediction["masks"])[keep]
         if masks.shape[1:] != (height, width):
             raise ValueError(f"prediction masks are {masks.shape[1:]}, the image is {(height, width)}: "
                              "masks must be at the original image size")
         canvas = draw_segmentation_masks(canvas, torch.from_numpy(masks), alpha=_MASK_ALPHA, colors=colors)
 
     if truth is not None:
-        true_boxes = _boxes(truth.get("boxes", np.zeros((0, 4))))
+        true_boxes = boxes_of(truth.get("boxes", np.zeros((0, 4))))
         if len(true_boxes):
             # A dark line one pixel either side of the white one (rectangles are drawn inwards from the box).
             halo = clipped(true_boxes + np.array([-1.0, -1.0, 1.0, 1.0]))
@@ -150,7 +93,7 @@ def draw_detections(
 
     if len(labels):
         font = label_font_path()
-        texts = [f"{_class_name(classes, int(label))} {score:.2f}" for label, score in zip(labels, scores, strict=True)]
+        texts = [f"{class_name(classes, int(label))} {score:.2f}" for label, score in zip(labels, scores, strict=True)]
         canvas = draw_bounding_boxes(
             canvas, clipped(boxes), labels=texts, colors=colors, width=line + 1, font=font,
             font_size=max(10, round(min(height, width) / 40)) if font else None,
@@ -169,10 +112,10 @@ def image_score(truth: Mapping[str, Any], prediction: Mapping[str, Any], iou: fl
     import torch
     from torchvision.ops import box_iou
 
-    true_boxes, true_labels = _boxes(truth["boxes"]), _labels(truth["labels"])
+    true_boxes, true_labels = boxes_of(truth["boxes"]), labels_of(truth["labels"])
     scores = as_numpy(prediction["scores"]).astype(np.float64).reshape(-1)
     keep = scores >= conf
-    pred_boxes, pred_labels, scores = _boxes(prediction["boxes"])[keep], _labels(prediction["labels"])[keep], scores[keep]
+    pred_boxes, pred_labels, scores = boxes_of(prediction["boxes"])[keep], labels_of(prediction["labels"])[keep], scores[keep]
     n_true, n_pred = len(true_labels), len(pred_labels)
     if n_true == 0 and n_pred == 0:
         return 1.0
@@ -187,72 +130,6 @@ def image_score(truth: Mapping[str, Any], prediction: Mapping[str, Any], iou: fl
         if row[j] >= iou:
             matched[j] = True
     return float(2.0 * matched.sum() / (n_pred + n_true))
-
-
-# --------------------------------------------------------------------------------------------------
-# Predictions as files
-# --------------------------------------------------------------------------------------------------
-
-
-def write_coco_results(
-    path: Path, files: Sequence[str], predictions: Sequence[Mapping[str, Any]], class_ids: Sequence[int] | None = None,
-    image_ids: Sequence[int] | None = None,
-) -> Path:
-    """Write predictions as a COCO results JSON list, the format ``COCO.loadRes`` and most tools read.
-
-    Each detection carries its ``file_name`` too, so the file is still usable without the image-id map.
-    ``image_id`` comes from ``image_ids`` (the dataset's ids) or is the 1-based position in ``files``.
-    """
-    if len(files) != len(predictions):
-        raise ValueError(f"{len(files)} files but {len(predictions)} predictions")
-    if image_ids is not None and len(image_ids) != len(files):
-        raise ValueError(f"{len(files)} files but {len(image_ids)} image ids")
-    results: list[dict[str, Any]] = []
-    for position, (file, prediction) in enumerate(zip(files, predictions, strict=True)):
-        image_id = int(image_ids[position]) if image_ids is not None else position + 1
-        boxes, labels = _boxes(prediction["boxes"]), _labels(prediction["labels"])
-        scores = as_numpy(prediction["scores"]).astype(np.float64).reshape(-1)
-        masks = prediction.get("masks")
-        if masks is not None and not _is_rle_list(masks):
-            masks = _masks(masks)
-        for j, (box, label, score) in enumerate(zip(boxes, labels, scores, strict=True)):
-            x1, y1, x2, y2 = (float(v) for v in box)
-            result: dict[str, Any] = {
-                "image_id": image_id, "category_id": _category_id(int(label), class_ids),
-                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)], "score": round(float(score), 4),
-            }
-            if masks is not None:
-                result["segmentation"] = _rle(masks[j]) if not isinstance(masks[j], dict) else _rle_text(masks[j])
-            result["file_name"] = str(file)
-            results.append(result)
-    saved = atomic_write_text(Path(path), json.dumps(results))
-    logger.debug("%d detections written to %s", len(results), saved)
-    return saved
-
-
-def write_detections_csv(
-    path: Path, files: Sequence[str], predictions: Sequence[Mapping[str, Any]], classes: Sequence[str]
-) -> Path:
-    """One row per detection; an image with none gets one row with only its path, so every image appears."""
-    if len(files) != len(predictions):
-        raise ValueError(f"{len(files)} files but {len(predictions)} predictions")
-    header = ["path", "class", "score", "x1", "y1", "x2", "y2", "mask_area"]
-    return write_csv(Path(path), header, _detection_rows(files, predictions, classes))
-
-
-def _detection_rows(
-    files: Sequence[str], predictions: Sequence[Mapping[str, Any]], classes: Sequence[str]
-) -> Iterator[list[str]]:
-    for file, prediction in zip(files, predictions, strict=True):
-        boxes, labels = _boxes(prediction["boxes"]), _labels(prediction["labels"])
-        scores = as_numpy(prediction["scores"]).astype(np.float64).reshape(-1)
-        masks = _masks(prediction["masks"]) if prediction.get("masks") is not None else None
-        if not len(labels):
-            yield [file, "", "", "", "", "", "", ""]
-            continue
-        for j, (box, label, score) in enumerate(zip(boxes, labels, scores, strict=True)):
-            area = str(int(masks[j].sum())) if masks is not None else ""
-            yield [file, _class_name(classes, int(label)), f"{score:.4f}", *(f"{float(v):.2f}" for v in box), area]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,13 +184,10 @@ def plot_per_class_ap(metrics: Mapping[str, Any], path: Path) -> Path:
 # than classification thumbnails.
 _DETECTION_CSS = """<style>
 .det-gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 14px; }
-.det-gallery .shot img { display: block; max-width: 100%; max-height: none; height: auto; }
-.legend { color: var(--muted); }
 .swatch { display: inline-block; width: 22px; height: 12px; vertical-align: middle; margin: 0 4px 0 10px;
           border-radius: 2px; }
 .swatch.pred { background: linear-gradient(90deg, #1f77b4, #ff7f0e, #2ca02c); }
 .swatch.truth { border: 2px solid #fff; outline: 1px solid #141414; background: #9aa5b1; }
-.per-class td.none { color: var(--muted); }
 </style>"""
 
 
@@ -323,10 +197,11 @@ def _cards(box_metrics: Mapping[str, Any], mask_metrics: Mapping[str, Any] | Non
         if metrics is None:
             continue
         counts = f"{esc(metrics.get('num_images', '?'))} images, {esc(metrics.get('num_objects', '?'))} objects"
+        ci = metrics.get("intervals") or {}
         cards += [
-            (f"{name} mAP@[.50:.95]", fixed(metrics.get("map")), f"COCO's main number; {counts}"),
-            (f"{name} mAP@.50", fixed(metrics.get("map50")), "overlap of at least half counts"),
-            (f"{name} mAP@.75", fixed(metrics.get("map75")), "tight localisation needed"),
+            (f"{name} mAP@[.50:.95]", fixed(metrics.get("map")), f"COCO's main number; {counts}" + interval_hint(ci.get("map"))),
+            (f"{name} mAP@.50", fixed(metrics.get("map50")), "overlap of at least half counts" + interval_hint(ci.get("map50"))),
+            (f"{name} mAP@.75", fixed(metrics.get("map75")), "tight localisation needed" + interval_hint(ci.get("map75"))),
         ]
     return metric_cards(cards)
 
@@ -336,7 +211,7 @@ def _per_class_rows(box_metrics: Mapping[str, Any], mask_metrics: Mapping[str, A
     masks = list(mask_metrics.get("per_class") or []) if mask_metrics is not None else []
     rows = []
     for k, row in enumerate(box_metrics.get("per_class") or []):
-        merged = {"class": row["class"], "ap": row.get("ap"), "ap50": row.get("ap50")}
+        merged = {key: row.get(key) for key in ("class", "ap", "ap50", "objects", "detections")}
         if mask_metrics is not None:
             mask_row = masks[k] if k < len(masks) else {}
             merged["mask_ap"], merged["mask_ap50"] = mask_row.get("ap"), mask_row.get("ap50")
@@ -353,24 +228,34 @@ def _write_per_class_csv(path: Path, rows: Sequence[Mapping[str, Any]], with_mas
 
 
 def _per_class_table(rows: Sequence[Mapping[str, Any]], with_masks: bool) -> str:
+    """The per-class table, without the classes the evaluated images neither hold nor were predicted to hold
+    (a COCO-trained model scored on a few of its classes would otherwise list 80 rows of "no ground truth")."""
     columns = {"ap": "box AP", "ap50": "box AP50"}
     if with_masks:
         columns.update({"mask_ap": "mask AP", "mask_ap50": "mask AP50"})
+    shown = [row for row in rows if row.get("objects") != 0 or row.get("detections") != 0]
     body = (
-        table_row(f"<td>{esc(row['class'])}</td>{score_cells(row, list(columns), missing_html='no ground truth')}")
-        for row in rows
+        table_row(f"<td>{esc(row['class'])}</td>{score_cells(row, list(columns), missing_html='no ground truth')}"
+                  f"<td>{esc(row.get('objects', '–'))}</td><td>{esc(row.get('detections', '–'))}</td>")
+        for row in shown
     )
-    return data_table(["class", *columns.values()], body, empty_html="No per-class results.")
+    left_out = len(rows) - len(shown)
+    note = empty_note(f"{left_out} of {len(rows)} classes are left out: the evaluated images hold no object of them and "
+                      "the model predicted none (per_class_ap.csv lists every class).") if left_out else ""
+    return data_table(["class", *columns.values(), "objects", "detections"], body,
+                      empty_html="No per-class results.") + note
 
 
 def write_detection_report(
     out_dir: Path, title: str, box_metrics: Mapping[str, Any], mask_metrics: Mapping[str, Any] | None,
-    gallery: Sequence[tuple[str, Image.Image, float]], summary: Mapping[str, str],
+    gallery: Sequence[tuple[str, Image.Image, float]], summary: Mapping[str, str], details: RunDetails | None = None,
 ) -> Path:
     """Write the plots, ``per_class_ap.csv`` and one self-contained ``report.html``; return the HTML path.
 
-    ``gallery`` holds (name, drawn image, image score) and is shown in the order given: callers pass it
-    worst first, because the images the model gets most wrong are the ones worth a look.
+    ``gallery`` holds (name, drawn image, image score) and is shown in the order given: callers pass the
+    imperfect images worst first, because the images the model gets most wrong are the ones worth a look
+    (only perfect ones, scoring 1, when there is no mistake: the gallery is then titled so). ``details`` are
+    the run's warnings, training options, curves and class examples (:class:`~deepfit.report.page.RunDetails`).
     """
     out_dir = Path(out_dir)
     images: dict[str, Path] = {}
@@ -389,11 +274,12 @@ def write_detection_report(
         "A white outline with no coloured box on it is a missed object; a coloured box without one is a false "
         "detection. Images are sorted worst first by match score (F1 of predictions matched to the truth).</p>"
     )
+    perfect = bool(gallery) and all(score >= 1.0 for _, _, score in gallery)
     gallery_html = [legend, scored_gallery(gallery, score_label="match score (F1)", decimals=2,
-                                           max_size=_GALLERY_MAX_SIZE, extra_class="det-gallery")]
+                                           max_size=_GALLERY_MAX_SIZE, extra_class="det-gallery large")]
     return write_results_page(
         out_dir / "report.html", title, summary=dict(summary), class_names=[str(r["class"]) for r in rows],
         cards_html=_cards(box_metrics, mask_metrics), per_class_html=_per_class_table(rows, mask_metrics is not None),
-        images=images, gallery_title="Predictions, worst first", gallery_html=gallery_html,
-        styles=_DETECTION_CSS, what="detection report",
+        images=images, gallery_title="No mistakes: every object found" if perfect else "Predictions, worst first",
+        gallery_html=gallery_html, details=details, styles=_DETECTION_CSS, what="detection report",
     )

@@ -21,6 +21,7 @@ from torch import nn
 
 from deepfit.data.formats.masks import IGNORE_INDEX
 from deepfit.errors import ConfigError
+from deepfit.report.stats import bootstrap_intervals
 
 LOSSES = ("ce", "dice", "focal")
 WEIGHT_METHODS = ("balanced", "none")
@@ -224,7 +225,7 @@ def segmentation_metrics(confusion: np.ndarray, classes: list[str]) -> dict[str,
     tp = np.diag(confusion)
     true = confusion.sum(1)
     predicted = confusion.sum(0)
-    per_class, ious, dices = [], [], []
+    per_class = []
     for c, name in enumerate(classes):
         t, fp, fn = int(tp[c]), int(predicted[c] - tp[c]), int(true[c] - tp[c])
         row: dict[str, Any] = {"class": name, "iou": None, "dice": None, "precision": None, "recall": None,
@@ -232,13 +233,47 @@ def segmentation_metrics(confusion: np.ndarray, classes: list[str]) -> dict[str,
         if t + fp + fn:
             row.update(iou=t / (t + fp + fn), dice=2 * t / (2 * t + fp + fn),
                        precision=_ratio(t, t + fp), recall=_ratio(t, t + fn))
-            ious.append(row["iou"])
-            dices.append(row["dice"])
         per_class.append(row)
+    miou, mean_dice, pixel_accuracy = (0.0 if np.isnan(v) else v for v in _means(tp, true, predicted))
     return {
-        "pixel_accuracy": _ratio(int(tp.sum()), int(confusion.sum())),
-        "miou": float(np.mean(ious)) if ious else 0.0,
-        "mean_dice": float(np.mean(dices)) if dices else 0.0,
+        "pixel_accuracy": pixel_accuracy,
+        "miou": miou,
+        "mean_dice": mean_dice,
         "per_class": per_class,
         "confusion": confusion.tolist(),
     }
+
+
+SCORED = ("miou", "mean_dice", "pixel_accuracy")  # the figures `_means` returns, in its order
+
+
+def _means(tp: np.ndarray, true: np.ndarray, predicted: np.ndarray) -> tuple[float, float, float]:
+    """(mean IoU, mean Dice, pixel accuracy) from per-class true-positive, true and predicted pixel counts (they may
+    be weighted sums); the means over the classes present in the truth or the prediction, NaN when there is none."""
+    union = true + predicted - tp
+    present = union > 0
+    if not present.any():
+        return float("nan"), float("nan"), float("nan")
+    iou = tp[present] / union[present]
+    dice = 2 * tp[present] / (true[present] + predicted[present])
+    return float(iou.mean()), float(dice.mean()), float(tp.sum() / true.sum()) if true.sum() else float("nan")
+
+
+def per_image_counts(confusion: np.ndarray) -> np.ndarray:
+    """(3, K) true-positive, true and predicted pixels per class of one image's (K, K) confusion: all a bootstrap
+    over images needs of it, in far less memory than the matrix."""
+    confusion = np.asarray(confusion, dtype=np.int64)
+    return np.stack([np.diag(confusion), confusion.sum(1), confusion.sum(0)])
+
+
+def segmentation_intervals(counts: np.ndarray) -> dict[str, dict]:
+    """95% intervals of mean IoU, mean Dice and pixel accuracy by a seeded bootstrap over the images, from their
+    (N, 3, K) `per_image_counts`: pixels of one image are not independent, so images are what is resampled."""
+    counts = np.asarray(counts, dtype=np.float64)
+    flat = counts.reshape(len(counts), -1)
+
+    def figures(weights: np.ndarray) -> tuple[float, float, float]:
+        tp, true, predicted = (weights @ flat).reshape(3, -1)
+        return _means(tp, true, predicted)
+
+    return {name: interval.to_dict() for name, interval in bootstrap_intervals(figures, len(counts), SCORED).items()}

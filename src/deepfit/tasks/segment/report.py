@@ -1,8 +1,8 @@
 """What semantic-segmentation evaluation and prediction write to disk.
 
-Coloured masks and overlays, an image | truth | prediction strip per image, a per-image score that orders
-the gallery worst first, masks as palette PNGs that any tool reads back as class indexes, a per-class CSV,
-an IoU-per-class chart, the confusion matrix, and one self-contained HTML report.
+A per-image score that orders the gallery worst first, masks as palette PNGs that any tool reads back as
+class indexes, a per-class CSV, an IoU-per-class chart, the confusion matrix, and one self-contained HTML
+report (the pictures of masks, strips and overlays are in :mod:`deepfit.tasks.segment.pictures`).
 
 Conventions:
 
@@ -12,7 +12,7 @@ Conventions:
               mean_dice, per_class (class, iou, dice, precision, recall, pixels, predicted), confusion
 
 Everything is drawn with PIL and matplotlib's object API (no pyplot); the page, the confusion matrix, the
-bar chart and the panel strips come from the shared report kit, :mod:`deepfit.report`.
+bar chart, the panel strips and the page come from the shared report kit, :mod:`deepfit.report`.
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from deepfit.data.formats.masks import IGNORE_INDEX as IGNORE
 from deepfit.fileio import atomic_write_bytes
 from deepfit.log import logger
 from deepfit.report.confusion import plot_confusion_matrix, write_confusion_csv
-from deepfit.report.drawing import as_numpy, class_color
-from deepfit.report.gallery import panel_strip, scored_gallery
+from deepfit.report.drawing import as_numpy, class_color, hex_color
+from deepfit.report.gallery import scored_gallery
 from deepfit.report.html import (
     WEAKEST_BADGE,
     data_table,
@@ -39,73 +38,32 @@ from deepfit.report.html import (
     metric_cards,
     score_cells,
     table_row,
-    write_results_page,
 )
+from deepfit.report.page import RunDetails, write_results_page
 from deepfit.report.plots import keep_ends, plot_class_bars
 from deepfit.report.text import fixed, percent, to_float, write_csv
+from deepfit.report.trust import interval_hint
+from deepfit.tasks.segment.pictures import (
+    ERROR_COLOR,
+    IGNORE,
+    IGNORE_COLOR,
+    IGNORE_HATCH,
+    class_indexes,
+    color_table,
+)
 
 __all__ = [
-    "IGNORE",
-    "colorize",
     "image_score",
-    "overlay",
     "plot_per_class_iou",
     "save_mask_png",
-    "side_by_side",
     "write_per_class_csv",
     "write_segmentation_report",
 ]
 
-# Dark grey is no class's colour in the usual palettes and reads as "nothing here" next to saturated colours.
-IGNORE_COLOR = (64, 64, 64)
 _MAX_IOU_BARS = 60  # above this the chart keeps the worst and the best half of this many
 _MAX_CONFUSION_CLASSES = 40  # above this the confusion picture keeps only the classes that occur
 _MAX_LEGEND_SWATCHES = 40
-_GALLERY_MAX_SIZE = (1000, 600)  # three panels side by side need more room than detection's 480 px drawings
-
-
-# --------------------------------------------------------------------------------------------------
-# Small helpers
-# --------------------------------------------------------------------------------------------------
-
-
-def _colors(colors: Any) -> np.ndarray:
-    table = np.asarray(colors)
-    if table.ndim != 2 or table.shape[1] != 3:
-        raise ValueError(f"colors must be a (K, 3) array, got shape {table.shape}")
-    return table.astype(np.uint8)
-
-
-def _mask(mask: Any) -> np.ndarray:
-    """(H, W) int64 class indexes from a numpy array, a torch tensor (any device) or a PIL image."""
-    array = np.asarray(mask) if isinstance(mask, Image.Image) else as_numpy(mask)
-    if array.ndim == 3 and array.shape[0] == 1:
-        array = array[0]  # (1, H, W), as a batch of one comes out of a model
-    if array.ndim != 2:
-        raise ValueError(f"a mask must be (H, W), got shape {array.shape}")
-    return array.astype(np.int64)
-
-
-def _known(index: np.ndarray, num_classes: int) -> np.ndarray:
-    """Pixels that hold a real class: not IGNORE and inside the colour table."""
-    return (index >= 0) & (index < num_classes) & (index != IGNORE)
-
-
-def _rgb(image: Any) -> np.ndarray:
-    """(H, W, 3) uint8 from a PIL image or an (H, W[, 1|3|4]) array; float arrays are taken to be in [0, 1]."""
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    array = as_numpy(image)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise ValueError(f"expected an (H, W, 3) image, got shape {array.shape}")
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
-    array = array[:, :, :3]  # alpha is dropped: the picture is for looking at
-    if np.issubdtype(array.dtype, np.floating):
-        array = np.rint(np.clip(array, 0.0, 1.0) * 255.0)
-    return np.ascontiguousarray(array.astype(np.uint8))
+_GALLERY_MAX_SIZE = (1300, 600)  # four panels side by side need more room than detection's 480 px drawings
 
 
 def _swatch(colors: np.ndarray | None, index: int) -> tuple[int, int, int]:
@@ -117,59 +75,9 @@ def _swatch(colors: np.ndarray | None, index: int) -> tuple[int, int, int]:
     return IGNORE_COLOR
 
 
-def _hex(color: tuple[int, int, int]) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*color)
-
-
 # --------------------------------------------------------------------------------------------------
-# Pictures of masks
+# Scores and files
 # --------------------------------------------------------------------------------------------------
-
-
-def colorize(mask: np.ndarray, colors: np.ndarray) -> np.ndarray:
-    """(H, W) class indexes -> (H, W, 3) uint8 in the class colours.
-
-    IGNORE, and any index without a colour (>= K), is drawn in a neutral dark grey, so unlabelled pixels
-    are visibly "not a class" rather than borrowing some class's colour.
-    """
-    table = _colors(colors)
-    index = _mask(mask)
-    # One extra row for everything that is not a class: a single fancy-indexing lookup does the rest.
-    lookup = np.vstack([table, np.array([IGNORE_COLOR], dtype=np.uint8)])
-    return lookup[np.where(_known(index, len(table)), index, len(table))]
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, colors: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """The image blended with the class colours: ``(1 - alpha) * image + alpha * colour``, rounded.
-
-    IGNORE pixels (and indexes without a colour) keep the image untouched: tinting them grey would hide
-    exactly the parts of the picture nobody labelled.
-    """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    picture = _rgb(image)
-    index = _mask(mask)
-    if index.shape != picture.shape[:2]:
-        raise ValueError(f"the mask is {index.shape}, the image is {picture.shape[:2]}: they must match")
-    tinted = picture.astype(np.float64) * (1.0 - alpha) + colorize(index, colors).astype(np.float64) * alpha
-    blended = np.clip(np.rint(tinted), 0, 255).astype(np.uint8)
-    return np.where(_known(index, len(_colors(colors)))[:, :, None], blended, picture)
-
-
-def side_by_side(
-    image: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray, colors: np.ndarray, *, height: int = 240
-) -> Image.Image:
-    """image | true mask | predicted mask as one RGB picture, each panel ``height`` pixels high.
-
-    Masks are scaled with NEAREST so no blended, class-less colours appear at region borders. Each panel
-    has a small caption strip above it ("image", "truth", "prediction"); without a truth the strip is
-    image | prediction.
-    """
-    panels = [("image", Image.fromarray(_rgb(image)), Image.Resampling.BILINEAR)]
-    if truth is not None:
-        panels.append(("truth", Image.fromarray(colorize(truth, colors)), Image.Resampling.NEAREST))
-    panels.append(("prediction", Image.fromarray(colorize(prediction, colors)), Image.Resampling.NEAREST))
-    return panel_strip(panels, height)
 
 
 def image_score(confusion: np.ndarray) -> float:
@@ -191,11 +99,6 @@ def image_score(confusion: np.ndarray) -> float:
     return float(np.mean(overlap[present] / union[present]))
 
 
-# --------------------------------------------------------------------------------------------------
-# Files
-# --------------------------------------------------------------------------------------------------
-
-
 def save_mask_png(path: Path, mask: np.ndarray, colors: np.ndarray) -> Path:
     """Write the mask as a palette PNG and return the path (written atomically).
 
@@ -203,10 +106,10 @@ def save_mask_png(path: Path, mask: np.ndarray, colors: np.ndarray) -> Path:
     back in any tool, while the palette (the class colours, index 255 = IGNORE in grey, unused indexes
     grey too) makes image viewers show the classes in colour.
     """
-    table = _colors(colors)
+    table = color_table(colors)
     if len(table) > IGNORE:
         raise ValueError(f"a palette PNG holds at most {IGNORE} classes besides IGNORE, got {len(table)} colours")
-    index = _mask(mask)
+    index = class_indexes(mask)
     if index.size and (index.min() < 0 or index.max() > 255):
         raise ValueError(f"mask values must be in [0, 255], got {index.min()}..{index.max()}")
     height, width = index.shape
@@ -243,7 +146,7 @@ def plot_per_class_iou(metrics: Mapping[str, Any], path: Path, colors: np.ndarra
     Classes without any pixel in truth or prediction have no IoU and are left out rather than drawn as
     zero. With more than ``_MAX_IOU_BARS`` classes only the worst and the best half of that many are drawn.
     """
-    table = _colors(colors) if colors is not None else None
+    table = color_table(colors) if colors is not None else None
     rows = [(str(r["class"]), to_float(r["iou"]), k) for k, r in enumerate(metrics.get("per_class") or [])
             if r.get("iou") is not None]
     rows.sort(key=lambda r: (r[1], r[0]))
@@ -268,15 +171,15 @@ def plot_per_class_iou(metrics: Mapping[str, Any], path: Path, colors: np.ndarra
 # --------------------------------------------------------------------------------------------------
 
 
-# Added to the page's styles (deepfit.report.html.PAGE_CSS): whole-width strips for three panels, and colour swatches for classes.
-_SEGMENTATION_CSS = """<style>
-.seg-gallery { display: grid; grid-template-columns: 1fr; gap: 14px; }
-.seg-gallery .shot img { display: block; max-width: 100%; max-height: none; height: auto; }
-.legend { color: var(--muted); }
-.legend .item { display: inline-block; margin-right: 12px; white-space: nowrap; }
-.swatch { display: inline-block; width: 14px; height: 14px; vertical-align: middle; margin-right: 5px;
-          border-radius: 3px; border: 1px solid rgba(0, 0, 0, .25); }
-.per-class td.none { color: var(--muted); }
+# Added to the page's styles (deepfit.report.html.PAGE_CSS): whole-width strips for four panels, colour swatches for
+# classes, and the stripes of ignored pixels as the pictures draw them.
+_SEGMENTATION_CSS = f"""<style>
+.seg-gallery {{ display: grid; grid-template-columns: 1fr; gap: 14px; }}
+.legend .item {{ display: inline-block; margin-right: 12px; white-space: nowrap; }}
+.swatch {{ display: inline-block; width: 14px; height: 14px; vertical-align: middle; margin-right: 5px;
+          border-radius: 3px; border: 1px solid rgba(0, 0, 0, .25); }}
+.swatch.ignored {{ background: repeating-linear-gradient(45deg, {hex_color(IGNORE_HATCH[0])} 0 3px,
+                   {hex_color(IGNORE_HATCH[1])} 3px 6px); }}
 </style>"""
 
 
@@ -284,11 +187,14 @@ def _cards(metrics: Mapping[str, Any]) -> str:
     per_class = list(metrics.get("per_class") or [])
     scored = sum(1 for row in per_class if row.get("iou") is not None)
     labelled = sum(int(row.get("pixels") or 0) for row in per_class)
+    ci = metrics.get("intervals") or {}
     return metric_cards([
-        ("Mean IoU", fixed(metrics.get("miou")), f"overlap / union, mean over {scored} of {len(per_class)} classes"),
-        ("Mean Dice", fixed(metrics.get("mean_dice")), "2 × overlap / (truth + prediction); kinder than IoU"),
+        ("Mean IoU", fixed(metrics.get("miou")),
+         f"overlap / union, mean over {scored} of {len(per_class)} classes" + interval_hint(ci.get("miou"))),
+        ("Mean Dice", fixed(metrics.get("mean_dice")),
+         "2 × overlap / (truth + prediction); kinder than IoU" + interval_hint(ci.get("mean_dice"))),
         ("Pixel accuracy", percent(metrics.get("pixel_accuracy")),
-         f"of {labelled:,} labelled pixels; large classes dominate it"),
+         f"of {labelled:,} labelled pixels; large classes dominate it" + interval_hint(ci.get("pixel_accuracy"), percent)),
     ])
 
 
@@ -302,7 +208,7 @@ def _per_class_table(per_class: Sequence[Mapping[str, Any]], colors: np.ndarray)
     weakest = _weakest(per_class)
     body = []
     for k, row in enumerate(per_class):
-        swatch = f'<span class="swatch" style="background:{_hex(_swatch(colors, k))}"></span>'
+        swatch = f'<span class="swatch" style="background:{hex_color(_swatch(colors, k))}"></span>'
         badge = WEAKEST_BADGE if k == weakest else ""
         share = percent(int(row.get("pixels") or 0) / total) if total else "–"
         cells = score_cells(row, ["iou", "dice", "precision", "recall"],
@@ -318,14 +224,15 @@ def _legend(per_class: Sequence[Mapping[str, Any]], colors: np.ndarray) -> str:
     seen = set(occurs)
     order = occurs + [k for k in range(len(per_class)) if k not in seen]
     items = [
-        f'<span class="item"><span class="swatch" style="background:{_hex(_swatch(colors, k))}"></span>'
+        f'<span class="item"><span class="swatch" style="background:{hex_color(_swatch(colors, k))}"></span>'
         f"{esc(per_class[k]['class'])}</span>"
         for k in order[:_MAX_LEGEND_SWATCHES]
     ]
     if len(order) > _MAX_LEGEND_SWATCHES:
         items.append(f'<span class="item">… and {len(order) - _MAX_LEGEND_SWATCHES} more</span>')
-    items.append(f'<span class="item"><span class="swatch" style="background:{_hex(IGNORE_COLOR)}"></span>'
-                 "ignored / unlabelled</span>")
+    items.append('<span class="item"><span class="swatch ignored"></span>ignored / unlabelled (not scored)</span>')
+    items.append(f'<span class="item"><span class="swatch" style="background:{hex_color(ERROR_COLOR)}"></span>'
+                 "errors panel: prediction differs from the truth</span>")
     return f'<p class="legend">{"".join(items)}</p>'
 
 
@@ -351,17 +258,19 @@ def _confusion_picture(confusion: np.ndarray, names: list[str], path: Path) -> t
 
 def write_segmentation_report(
     out_dir: Path, title: str, metrics: Mapping[str, Any], gallery: Sequence[tuple[str, Image.Image, float]],
-    summary: Mapping[str, str], colors: np.ndarray,
+    summary: Mapping[str, str], colors: np.ndarray, details: RunDetails | None = None,
 ) -> Path:
     """Write the pictures, the CSVs and one self-contained ``report.html`` into ``out_dir``; return the HTML path.
 
     Files: per_class_iou.png, confusion_matrix.png, confusion.csv (every class), per_class.csv and
-    report.html. ``gallery`` holds (name, picture, image score), usually :func:`side_by_side` strips with
-    :func:`image_score`, and is shown in the order given: callers pass it worst first, because the images
-    the model gets most wrong are the ones worth a look.
+    report.html. ``gallery`` holds (name, picture, image score), usually ``side_by_side`` strips with
+    :func:`image_score`, and is shown in the order given: callers pass the imperfect images worst first,
+    because the images the model gets most wrong are the ones worth a look (only perfect ones, scoring 1,
+    when there is no mistake: the gallery is then titled so). ``details`` are the run's warnings, training
+    options, curves and class examples (:class:`~deepfit.report.page.RunDetails`).
     """
     out_dir = Path(out_dir)
-    table = _colors(colors)
+    table = color_table(colors)
     per_class = list(metrics.get("per_class") or [])
     names = [str(row["class"]) for row in per_class]
 
@@ -374,15 +283,18 @@ def write_segmentation_report(
             images[picture[0]] = picture[1]
     write_per_class_csv(out_dir / "per_class.csv", metrics)
 
+    perfect = bool(gallery) and all(score >= 1.0 for _, _, score in gallery)
     explanation = empty_note(
-        "Each image beside its true and predicted masks, sorted worst first by the image's "
-        "mean IoU over the classes it shows or is predicted to show."
+        "Each image beside its true and predicted masks and its errors (in the colour below), sorted worst first by "
+        "the image's mean IoU over the classes it shows or is predicted to show."
+        + (" No image has a wrong pixel: these are some of the evaluated ones." if perfect else "")
     )
     strips = scored_gallery(gallery, score_label="mean IoU of this image", decimals=3, max_size=_GALLERY_MAX_SIZE,
-                            quality=88, extra_class="seg-gallery")
+                            quality=88, extra_class="seg-gallery large")
     return write_results_page(
         out_dir / "report.html", title, summary=dict(summary), class_names=names, cards_html=_cards(metrics),
-        per_class_html=_per_class_table(per_class, table), images=images, gallery_title="Predictions, worst first",
-        gallery_html=[explanation, _legend(per_class, table), strips], styles=_SEGMENTATION_CSS,
+        per_class_html=_per_class_table(per_class, table), images=images,
+        gallery_title="No mistakes: every pixel right" if perfect else "Predictions, worst first",
+        gallery_html=[explanation, _legend(per_class, table), strips], details=details, styles=_SEGMENTATION_CSS,
         what="segmentation report",
     )
