@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import shutil
 import sys
 import tarfile
@@ -23,8 +24,9 @@ from PIL import Image, ImageDraw
 
 from deepfit.log import logger
 
-# The shared, read-only data and weights: /work/shared here, ../shared beside the clone on CI.
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# The shared, read-only data and weights: /work/shared here, ../shared beside the clone on CI, or DEEPFIT_SHARED
+# (bench/gpu.py points it at the slimmed copy that travels to the GPU machine).
+SHARED = Path(os.environ.get("DEEPFIT_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
 
 # Options that keep a training run to a second or two on a slow CPU.
 TINY = dict(

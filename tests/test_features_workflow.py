@@ -349,6 +349,7 @@ def test_real_unknown_layer_lists_the_layer_names(real: RealFeatures, small_data
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_real_gpu_extraction_in_its_precision_agrees_with_the_cpu(
     real: RealFeatures, hymenoptera_slice: Path, own_cache: Path

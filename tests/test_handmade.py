@@ -193,6 +193,7 @@ def test_linear_svm_separates_stripes_from_checkerboards() -> None:
 # --- devices --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu() -> None:
     m = HandmadeFeatures()

@@ -434,6 +434,7 @@ def test_tiled_prediction_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> 
     assert float((labels == predict_whole(model.model, image).argmax(0)).float().mean()) >= 0.995
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_tiled_prediction_peak_gpu_memory() -> None:
     # 4000 x 3000 with 80 classes: whole-image probabilities alone would take K * H * W * 4 bytes = 3.84 GB.
