@@ -63,13 +63,15 @@ def commit() -> str:
         return "unknown"
 
 
-def record(name: str, title: str, body: str) -> None:
-    """Replace (or append) the section `name` of BENCHMARKS.md."""
-    path = REPO / "BENCHMARKS.md"
+def record(name: str, title: str, body: str, *, where: str | None = None, how: str | None = None,
+           path: Path | None = None) -> None:
+    """Replace (or append) the section `name` of BENCHMARKS.md (or of `path`). `where` and `how` replace this machine
+    and this command with those of a run made elsewhere (bench/gpu_report.py: the device machine's run)."""
+    path = path or REPO / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n\nFigures measured by the scripts in `bench/`; each section says on what machine and how.\n"
     section = (
         f"<!-- bench:{name} -->\n## {title}\n\n"
-        f"- machine: {machine()}\n- command: `{command()}` (commit {commit()})\n\n{body.strip()}\n<!-- /bench:{name} -->"
+        f"- machine: {where or machine()}\n- command: {how or f'`{command()}` (commit {commit()})'}\n\n{body.strip()}\n<!-- /bench:{name} -->"
     )
     pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
