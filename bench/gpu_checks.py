@@ -169,7 +169,8 @@ def oom_check(ctx: Context) -> dict[str, Any]:
 
 def cuda_tests(ctx: Context) -> dict[str, Any]:
     """`pytest -m cuda` over the test files that mark tests so (only collected without a GPU)."""
-    files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_*.py") if "pytest.mark.cuda" in p.read_text())
+    marked = re.compile(r"^@pytest\.mark\.cuda\b", re.M)
+    files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_*.py") if marked.search(p.read_text()))
     command = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", *files]
     if not ctx.cuda:
         command.append("--collect-only")
@@ -177,8 +178,12 @@ def cuda_tests(ctx: Context) -> dict[str, Any]:
            "DEEPFIT_OFFLINE": "1"}
     if ctx.data.shared is not None:  # the tests' fixtures read ../shared, or this
         env["DEEPFIT_SHARED"] = str(ctx.data.shared.resolve())
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=max(10.0, ctx.remaining() - 10))
+    try:  # pytest's own time limit, inside the section's: its output until then is kept
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=max(10.0, ctx.section_left() - 5))
+    except subprocess.TimeoutExpired as e:
+        output = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return {"command": " ".join(command[1:]), "files": files, "returncode": None, "summary": "timed out",
+                "output": output[-3000:]}
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     summary = lines[-1] if lines else ""
     counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|skipped|deselected|errors?)", summary)}

@@ -222,7 +222,7 @@ def airbench(ctx: Context, data: dict[str, Any], result: dict) -> None:
         entry["skipped"] = "airbench needs a CUDA GPU"
         return
     done = subprocess.run([sys.executable, "-c", AIRBENCH_DRIVER, str(ctx.scale.cifar_repeats)], cwd=folder,
-                          capture_output=True, text=True, timeout=max(10.0, min(120.0, ctx.remaining() - 60)))
+                          capture_output=True, text=True, timeout=max(10.0, min(120.0, ctx.section_left() - 5)))
     entry["runs"] = parse_airbench(done.stdout)
     if done.returncode or not entry["runs"]:
         entry["error"] = (done.stdout + done.stderr)[-2000:]
