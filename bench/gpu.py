@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         ctx.results.update(schema=1, mode="smoke" if args.smoke else "full", command=" ".join(["python3", "bench/gpu.py", *sys.argv[1:]]),
                            commit=commit(args.data), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), budget_s=args.budget,
                            scale=as_dict(scale), sections={})
-        ctx.results["env"] = environment(ctx)
+        try:
+            ctx.results["env"] = environment(ctx)
+        except Exception as e:  # noqa: BLE001 - a broken device is itself a finding: record it, let the sections say more
+            ctx.results["env"] = {"device": str(device), "error": f"{type(e).__name__}: {e}"}
         ctx.results["setup_seconds"] = round(time.perf_counter() - STARTED, 1)
         ctx.save()
         for name, fn, limit in SECTIONS:
