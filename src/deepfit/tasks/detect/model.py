@@ -100,7 +100,11 @@ class DetectorSpec:
 
 def build_detector(spec: DetectorSpec, *, backbone_weights: str | Path | None = None, pretrained_backbone: bool = False,
                    freeze_backbone: bool = False) -> nn.Module:
-    """The detector for `spec`, with random weights unless backbone weights are given."""
+    """The detector for `spec`, with random weights unless backbone weights are given; its RoI pooling runs on every
+    CPU core (tasks/detect/roi.py)."""
+    # imported here: it imports torchvision's ops, which this module does only when it is used
+    from deepfit.tasks.detect.roi import use_all_cores
+
     if ":" in spec.name:
         kind, backbone_name = spec.name.split(":", 1)
         if kind not in KINDS:
@@ -108,7 +112,7 @@ def build_detector(spec: DetectorSpec, *, backbone_weights: str | Path | None = 
         extra = "pool" if kind in ("fasterrcnn", "maskrcnn") else "p6p7"
         backbone = fpn_backbone(backbone_name, weights_file=backbone_weights, pretrained=pretrained_backbone,
                                 freeze=freeze_backbone, extra=extra)
-        return _detector(kind, backbone, spec.num_classes, spec.min_size, spec.max_size)
+        return use_all_cores(_detector(kind, backbone, spec.num_classes, spec.min_size, spec.max_size))
     import torchvision
 
     names = _tv_detection_names()
@@ -123,7 +127,7 @@ def build_detector(spec: DetectorSpec, *, backbone_weights: str | Path | None = 
     if freeze_backbone:
         kwargs["trainable_backbone_layers"] = 0
     with fetching(spec.name, pretrained_backbone):
-        return torchvision.models.get_model(spec.name, **kwargs)
+        return use_all_cores(torchvision.models.get_model(spec.name, **kwargs))
 
 
 def load_detector_weights(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> list[str]:
