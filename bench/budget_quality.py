@@ -1,0 +1,101 @@
+"""Validation quality against a training time budget (`--time-budget`), per task, on the shared data.
+
+Each case trains with `time_budget=MINUTES` (the schedule runs over the minutes, the run stops on time) and reads
+the best validation score the run reached (accuracy, box mAP, mIoU). Results are kept in
+bench/results/budget_quality.json, merged across runs of this script, so the table in BENCHMARKS.md fills in as
+cases and budgets are measured (a cell not yet measured says so). One run of every case at 5, 10 and 20 minutes
+takes about 3 hours of a quiet machine.
+
+    uv run python bench/budget_quality.py --cases hymenoptera membrane --minutes 5 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from deepfit.config import apply_preset
+from deepfit.workflows.train import train
+
+from common import REPO, SHARED, machine, record, unpack
+
+RESULTS = REPO / "bench" / "results" / "budget_quality.json"
+MOBILENET = str(SHARED / "weights" / "mobilenet_v2.safetensors")
+
+
+def _membrane() -> Path:
+    return unpack("membrane.tar", "membrane")
+
+
+# case -> (task, what the score is, data, preset, options): each task's default recipe on its data
+CASES: dict[str, tuple[str, str, Callable[[], Path], str | None, dict[str, Any]]] = {
+    "hymenoptera": ("classify", "val accuracy", lambda: unpack("hymenoptera.tar", "hymenoptera"), "finetune",
+                    {"model": "tf_efficientnet_lite0", "weights": str(SHARED / "weights" / "tf_efficientnet_lite0.safetensors")}),
+    "cifar10": ("classify", "val accuracy (1,000 train images)", lambda: unpack("cifar10.tar.gz", "cifar10"), "cifar",
+                {"val_fraction": 0.02}),
+    "coco128-detect": ("detect", "val box mAP", lambda: unpack("coco128.tar", "coco128") / "object_detection", None,
+                       {"weights": MOBILENET, "image_size": 320}),
+    "coco128-instances": ("segment-instances", "val box mAP", lambda: unpack("coco128.tar", "coco128") / "instance_segmentation",
+                          None, {"weights": MOBILENET, "image_size": 320}),
+    "membrane": ("segment", "val mIoU (15% of 30 images)", _membrane, None, {"weights": MOBILENET}),
+    "coco128-semantic": ("segment", "val mIoU", lambda: unpack("coco128.tar", "coco128") / "semantic_segmentation", None,
+                         {"weights": MOBILENET, "skip_unmasked": True}),
+}
+DATA_OPTIONS = ("skip_unmasked",)
+
+
+def run(case: str, minutes: float) -> dict[str, Any]:
+    task, _, data, preset, options = CASES[case]
+    read = {k: v for k, v in options.items() if k in DATA_OPTIONS}
+    with tempfile.TemporaryDirectory() as tmp:
+        config = apply_preset(preset, {**{k: v for k, v in options.items() if k not in DATA_OPTIONS}, "task": task,
+                                       "time_budget": minutes, "output": tmp})
+        started = time.perf_counter()
+        result = train(data(), config, **read)
+        wall = time.perf_counter() - started
+        spent = json.loads((result.run_dir / "config.json").read_text())["budget_result"]
+    return {"score": result.best_score, "epoch": result.best_epoch, "trained_s": spent["seconds_used"], "wall_s": round(wall),
+            "epochs": sum(p["epochs"] for p in spent["phases"]), "machine": machine(), "date": time.strftime("%Y-%m-%d")}
+
+
+def table(results: dict[str, dict[str, Any]], budgets: list[float]) -> str:
+    head = "| case | task | score | " + " | ".join(f"{m:g} min" for m in budgets) + " |\n|---|---|---|" + "---|" * len(budgets)
+    rows = []
+    for case, (task, score, *_) in CASES.items():
+        cells = []
+        for m in budgets:
+            r = results.get(case, {}).get(f"{m:g}")
+            cells.append(f"{r['score']:.3f} ({r['epochs']} epochs, {r['trained_s']:.0f} s)" if r else "not measured yet")
+        rows.append(f"| {case} | {task} | {score} | " + " | ".join(cells) + " |")
+    return head + "\n" + "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    parser.add_argument("--minutes", nargs="+", type=float, default=[5.0, 10.0, 20.0])
+    args = parser.parse_args()
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    for minutes in args.minutes:
+        for case in args.cases:
+            results.setdefault(case, {})[f"{minutes:g}"] = run(case, minutes)
+            print(case, minutes, results[case][f"{minutes:g}"], flush=True)
+            RESULTS.write_text(json.dumps(results, indent=2) + "\n")  # kept after every case: a long sweep may be stopped
+    budgets = sorted({5.0, 10.0, 20.0, *args.minutes})
+    record("budget_quality", "Validation quality against a time budget (`--time-budget`, CPU)", f"""
+Each task's default recipe on the shared data, trained with `--time-budget MINUTES`: the best validation score
+reached, the epochs the budget bought and the seconds it trained (steps, validation, checkpoints; not reading
+the data, building the model or the test scoring). Scores are fractions (accuracy, mAP, mIoU). Cells are merged
+from runs of this script (bench/results/budget_quality.json, with the machine and date of each).
+
+{table(results, budgets)}
+""")
+
+
+if __name__ == "__main__":
+    main()
