@@ -44,8 +44,7 @@ class TimeBudget(Callback):
         self.phase = 0
         self.used = 0.0  # seconds the finished phases took
         self.spent = 0.0  # seconds of the current phase spent before the current stretch (a resume, a new epoch)
-        self.steps = 0  # training steps of the current phase, and the seconds they took
-        self.step_seconds = 0.0
+        self.step_seconds = 0.0  # what the current phase's training steps took
         self.validation = None  # seconds the last validation (and checkpoint) took, once timed
         self.phase_steps: list[int] = [0] * len(phase_epochs)  # training steps and epochs each phase ran
         self.phase_epochs_run: list[int] = [0] * len(phase_epochs)
@@ -55,14 +54,22 @@ class TimeBudget(Callback):
         self._stopped = False
 
     def share(self) -> float:
-        return self.shares[min(self.phase, len(self.shares) - 1)]
+        return self.shares[self.phase]
+
+    def steps(self) -> int:
+        """Training steps of the current phase."""
+        return self.phase_steps[self.phase]
+
+    def total(self) -> float:
+        """Seconds of every phase so far."""
+        return self.used + self.elapsed()
 
     def _reserve(self) -> float:
         """Seconds kept back for the phase's final validation and checkpoint: as long as the last one took, or
         before one was timed, estimated from the training steps."""
         if self.validation is not None:
             return self.validation
-        return self.validation_steps * VALIDATION_STEP_COST * self.step_seconds / max(1, self.steps)
+        return self.validation_steps * VALIDATION_STEP_COST * self.step_seconds / max(1, self.steps())
 
     def elapsed(self) -> float:
         """Seconds of the current phase so far (its whole time once it has ended)."""
@@ -87,18 +94,17 @@ class TimeBudget(Callback):
             new = trainer.position.phase_index
             left = self.phase_epochs[new:]
             self.shares[new:] = [max(0.0, self.seconds - self.used) * e / sum(left) for e in left]
-            self.phase, self.spent, self.steps, self.step_seconds, self.validation = new, 0.0, 0, 0.0, None
+            self.phase, self.spent, self.step_seconds, self.validation = new, 0.0, 0.0, None
         self._since = self._last_step_end = time.perf_counter()
         self._stopped = False
         self._progress = self._measure()
 
     def on_batch_end(self, trainer: Trainer, step: int, batch_size: int) -> None:
         now = time.perf_counter()
-        self.steps += 1
         self.phase_steps[self.phase] += 1
         self.step_seconds += now - self._last_step_end
         self._last_step_end = now
-        mean_step = self.step_seconds / self.steps
+        mean_step = self.step_seconds / self.steps()
         over = float(self.elapsed() + mean_step + self._reserve() > self.share())  # one more step and validation would not fit
         self._progress = self._measure()
         if trainer.dist.enabled:  # every process must take the same rate and end at the same step: rank 0's clock decides
@@ -123,23 +129,23 @@ class TimeBudget(Callback):
 
     def result(self, phases: Sequence[str]) -> dict[str, Any]:
         """What the budget bought, for config.json: per phase its planned seconds, epochs run and training steps."""
-        return {"minutes": self.seconds / 60, "seconds_used": round(self.used + self.elapsed(), 2),
+        return {"minutes": self.seconds / 60, "seconds_used": round(self.total(), 2),
                 "last_validation_seconds": None if self.validation is None else round(self.validation, 2),
                 "phases": [{"phase": p, "seconds": round(s, 1), "epochs": e, "steps": n}
                            for p, s, e, n in zip(phases, self.shares, self.phase_epochs_run, self.phase_steps, strict=True)]}
 
     def summary(self) -> str:
         parts = ", ".join(f"{e} epochs ({n} steps)" for e, n in zip(self.phase_epochs_run, self.phase_steps, strict=True))
-        return f"time budget {self.seconds / 60:g} min: trained {self.used + self.elapsed():.0f} s, {parts}"
+        return f"time budget {self.seconds / 60:g} min: trained {self.total():.0f} s, {parts}"
 
     def state_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "used": self.used, "shares": list(self.shares), "spent": self.elapsed(), "steps": self.steps, "step_seconds": self.step_seconds,
-                "validation": self.validation, "phase_steps": list(self.phase_steps),
+        return {"phase": self.phase, "used": self.used, "shares": list(self.shares), "spent": self.elapsed(),
+                "step_seconds": self.step_seconds, "validation": self.validation, "phase_steps": list(self.phase_steps),
                 "phase_epochs_run": list(self.phase_epochs_run)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.phase, self.used, self.shares = state["phase"], state["used"], list(state["shares"])
-        self.spent, self.steps = state["spent"], state["steps"]
+        self.spent = state["spent"]
         self.step_seconds, self.validation, self.phase_steps = state["step_seconds"], state["validation"], list(state["phase_steps"])
         self.phase_epochs_run = list(state["phase_epochs_run"])
         self._since = self._last_step_end = time.perf_counter()

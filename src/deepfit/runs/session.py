@@ -211,12 +211,13 @@ def fit(run_dir: Path, job: Fit, config: TrainConfig, machine: Machine, *, gener
                 if state is not None and phase_index < state["position"]["phase_index"]:
                     continue  # finished before the run stopped
                 optimizer = build_optimizer(job.groups(phase), config.optimizer, config.resolved_lr, config.momentum)
-                steps_per_epoch = job.train.num_batches(config.batch_size)
-                warmup = min(epochs * steps_per_epoch // 2, round(config.warmup_epochs * steps_per_epoch))
-                scheduler = build_scheduler(optimizer, epochs * steps_per_epoch, warmup, config.schedule)
                 if budget is not None:  # the same schedule over the phase's time; its epochs end when the time does
                     scheduler = budget.scheduler(optimizer, min(0.5, config.warmup_epochs / epochs), config.schedule)
                     epochs = UNTIL_TIME_RUNS_OUT
+                else:
+                    steps_per_epoch = job.train.num_batches(config.batch_size)
+                    warmup = min(epochs * steps_per_epoch // 2, round(config.warmup_epochs * steps_per_epoch))
+                    scheduler = build_scheduler(optimizer, epochs * steps_per_epoch, warmup, config.schedule)
                 if state is not None:  # the phase that was running: weights, optimizer, schedule, random states, position
                     trainer.optimizer, trainer.scheduler = optimizer, scheduler
                     trainer.load_state_dict(state)
