@@ -37,7 +37,8 @@ def main() -> None:
         result = train(data, config)
         wall = time.perf_counter() - started
         rows = list(csv.DictReader((result.run_dir / "metrics.csv").open()))
-        spent = json.loads((result.run_dir / "config.json").read_text()).get("budget_result")
+        saved = json.loads((result.run_dir / "config.json").read_text())
+        spent, precision = saved.get("budget_result"), saved["precision"]
         train_seconds = spent["seconds_used"] if spent else sum(float(r["seconds"]) for r in rows)
         length = f"a {args.minutes:g}-minute budget ({len(rows)} epochs)" if spent else f"{args.epochs} epochs"
         evaluation = evaluate(result.run_dir)
@@ -46,7 +47,7 @@ def main() -> None:
         "cifar10_budget", "CIFAR-10 from scratch on the CPU budget (`--preset cifar`)",
         f"""
 Model `fastnet` (widths {config.model_args.get('widths', [32, 64, 128])}), {length}, batch {config.batch_size}, SGD-Nesterov lr {config.lr},
-one-cycle schedule, label smoothing {config.label_smoothing}, patch-whitening stem, translate+flip augmentation,
+{precision} (precision auto), one-cycle schedule, label smoothing {config.label_smoothing}, patch-whitening stem, translate+flip augmentation,
 test-time augmentation (mirror and ±1 px shifts).
 
 | figure | value |

@@ -28,6 +28,10 @@ from deepfit.log import logger
 # (bench/gpu.py points it at the slimmed copy that travels to the GPU machine).
 SHARED = Path(os.environ.get("DEEPFIT_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
 
+# Precision "auto" picks bf16 on CPUs with native bf16 (engine/device.py): the suite keeps fp32 on every CPU, so it
+# computes the same here and on CI whatever the CPU (set in the environment, so CLI subprocesses get it too).
+os.environ["DEEPFIT_CPU_BF16"] = "0"
+
 # Options that keep a training run to a second or two on a slow CPU.
 TINY = dict(
     model="cnn", model_args={"depth": 2, "width": 8}, image_size=16, epochs=4, batch_size=16, lr=0.01, workers=0,

@@ -174,8 +174,38 @@ def test_auto_device_and_precision() -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"  # the suite sets DEEPFIT_CPU_BF16=0 (conftest)
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "native"),
+    [
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n", True),  # AMD Zen 4, Intel Cooper Lake
+        ("flags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n", True),  # Intel Sapphire Rapids
+        ("Features\t: fp asimd bf16 i8mm sve\n", True),  # Arm (Graviton 3, Neoverse V1)
+        ("flags\t\t: fpu sse2 avx2 avx512f avx512bw\n", False),  # AVX-512 without bf16: emulated, slow
+    ],
+)
+def test_auto_precision_is_bf16_on_cpus_with_native_bf16(
+    cpuinfo: str, native: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deepfit.engine import device
+
+    fake = tmp_path / "cpuinfo"
+    fake.write_text(cpuinfo)
+    real_path = device.Path
+    monkeypatch.setattr(device, "Path", lambda p: fake if p == "/proc/cpuinfo" else real_path(p))
+    monkeypatch.delenv("DEEPFIT_CPU_BF16")
+    device.cpu_has_native_bf16.cache_clear()
+    try:
+        assert device.cpu_has_native_bf16() is native
+        assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
+        monkeypatch.setenv("DEEPFIT_CPU_BF16", "1")  # the override wins over what the CPU says
+        device.cpu_has_native_bf16.cache_clear()
+        assert resolve_precision("auto", torch.device("cpu")) == "bf16"
+    finally:
+        device.cpu_has_native_bf16.cache_clear()
 
 
 def test_small_data_set_is_held_in_memory_as_uint8(shapes_data: Path) -> None:

@@ -73,6 +73,8 @@ class TrainConfig:
                           "this size, so memory stays bounded for images of any size")
     early_stopping: int = _opt(0, "stop when the validation score (accuracy; mAP for detection, mIoU for segmentation) has not "
                                "improved for this many epochs (0: off)")
+    ema: float = _opt(0.0, "weight averaging: every 5 steps the weights are pulled back to their exponential moving average "
+                      "with this decay per step (e.g. 0.95), more as training ends (engine/average.py); 0: off")
     head_epochs: int = _opt(1, "transfer learning: epochs that train only the new head before the whole network")
     backbone_lr_scale: float = _opt(0.1, "transfer learning: learning-rate factor for the pretrained layers")
     tta: bool = _opt(False, "test-time augmentation: average predictions over the image and its mirror")
@@ -83,7 +85,7 @@ class TrainConfig:
                                  "every 5 minutes)")
     # --- machine ---------------------------------------------------------------------------------
     device: str = _opt("auto", "device: auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    precision: str = _opt("auto", "auto: bf16 autocast on CUDA, fp32 on CPU", ("auto", "fp32", "bf16", "fp16"))
+    precision: str = _opt("auto", "auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32", ("auto", "fp32", "bf16", "fp16"))
     channels_last: bool | None = _opt(None, "channels-last memory format; default: on for convolutional nets")
     compile: bool = _opt(False, "torch.compile the model: faster steps after a compilation pause at the start")
     seed: int = _opt(0, "seed for the split, initialisation and augmentation")
@@ -180,7 +182,7 @@ _COMMON_LIMITS: dict[str, _Limit] = {
 }
 TRAIN_LIMITS: dict[str, _Limit] = {
     **_COMMON_LIMITS, "epochs": _AT_LEAST_1, "lr": (0, False, None, False), "momentum": _SHARE, "weight_decay": _AT_LEAST_0,
-    "warmup_epochs": _AT_LEAST_0, "label_smoothing": _SHARE, "dropout": _SHARE, "ignore_index": (-1, True, None, False),
+    "warmup_epochs": _AT_LEAST_0, "label_smoothing": _SHARE, "ema": _SHARE, "dropout": _SHARE, "ignore_index": (-1, True, None, False),
     "tile_size": (32, True, None, False), "early_stopping": _AT_LEAST_0, "head_epochs": _AT_LEAST_0,
     "backbone_lr_scale": _AT_LEAST_0, "accumulate": _AT_LEAST_1, "save_every_steps": _AT_LEAST_0,
     "time_budget": (0, False, None, False),

@@ -51,6 +51,7 @@ class TrainOptions(TypedDict, total=False):
     ignore_index: int
     tile_size: int
     early_stopping: int
+    ema: float
     head_epochs: int
     backbone_lr_scale: float
     tta: bool

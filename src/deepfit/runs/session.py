@@ -28,6 +28,7 @@ from torch import nn
 
 from deepfit.config import TrainConfig, field_names
 from deepfit.engine import distributed
+from deepfit.engine.average import WeightAverage
 from deepfit.engine.budget import TimeBudget
 from deepfit.engine.callbacks import (
     BestCheckpoint,
@@ -197,6 +198,8 @@ def fit(run_dir: Path, job: Fit, config: TrainConfig, machine: Machine, *, gener
                             job.val.num_batches(config.batch_size) if job.val is not None and len(job.val) else 0)
     # Early stopping decides from metrics summed over ranks, so every rank stops together; only rank 0 writes.
     callbacks: list[Callback] = [EarlyStopping(config.early_stopping, monitor=monitor), *([budget] if budget else [])]
+    if config.ema:  # after the budget, which decides whether this step ends the epoch
+        callbacks.append(WeightAverage(config.ema, budget=budget))
     if machine.dist.main:
         keep = state["position"]["epoch"] if state else None
         resume_state = ResumeState(lambda t: save_training_state(run_dir / RESUME_FILE, t, config), config.save_every_steps)

@@ -246,7 +246,8 @@ def keep_norm_statistics(part: nn.Module) -> None:
 
 class ModelPredictor:
     """The start every task's predictor shares: the trained model (with `.model`, `.classes`, `.meta`) in eval mode on
-    the best available device, with that device's preferred precision (bf16 autocast on CUDA, fp32 on CPU)."""
+    the best available device, with that device's preferred precision (`resolve_precision`'s auto: bf16 autocast where
+    the hardware computes bf16, fp32 elsewhere)."""
 
     def __init__(self, trained: Any, device: str = "auto") -> None:
         from deepfit.engine.device import resolve_device, resolve_precision

@@ -73,6 +73,10 @@ class _ThreadedRoIAlign(torch.autograd.Function):
 def roi_align(features: Tensor, rois: Tensor, output_size: Any, spatial_scale: float = 1.0, sampling_ratio: int = -1,
               aligned: bool = False) -> Tensor:
     """torchvision.ops.roi_align with `rois` given as (K, 5) (batch index, x1, y1, x2, y2); over threads on the CPU."""
+    if features.device.type == "cpu" and features.dtype in (torch.bfloat16, torch.float16):
+        # torchvision's CPU kernels have no bf16 version, and on the CPU no autocast rule casts for them: pool in fp32,
+        # as its CUDA autocast rule does, and hand back the features' type
+        return roi_align(features.float(), rois.float(), output_size, spatial_scale, sampling_ratio, aligned).to(features.dtype)
     threads = min(torch.get_num_threads(), len(rois) // MIN_ROIS_PER_THREAD)
     if (not THREADED or threads < 2 or features.device.type != "cpu" or not isinstance(rois, Tensor)
             or features.dtype != rois.dtype or torch.jit.is_scripting() or torch.jit.is_tracing()):
