@@ -24,7 +24,7 @@ BUILTIN_TASKS = {
     "detect": "deepfit.tasks.detect.task:DETECT",
     "segment-instances": "deepfit.tasks.detect.task:SEGMENT_INSTANCES",
 }
-BUILTIN_MODALITIES = {"image": "deepfit.modalities.image:IMAGE"}
+BUILTIN_MODALITIES = {"image": "deepfit.modalities.image:IMAGE", "sound": "deepfit.modalities.sound:SOUND"}
 
 _tasks: dict[str, Any] = {}
 _modalities: dict[str, Any] = {}

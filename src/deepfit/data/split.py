@@ -79,6 +79,52 @@ def stratified_split(
     return {s: _sorted([replace(f, split=s) for f in out[s]]) for s in SPLITS}
 
 
+def grouped_split(labels: Sequence[str], groups: Sequence[str], val_fraction: float = 0.15, test_fraction: float = 0.15,
+                  seed: int = 0) -> list[str]:
+    """The split ("train", "val" or "test") of each item, whole groups at a time, so that no speaker or source recording
+    is heard in training and again in test; each split's mix of classes is kept as close to the whole's as the groups
+    allow (scikit-learn's StratifiedGroupKFold). A held-out split takes about `fraction` of the groups, and at least
+    one: with 6 speakers and 0.15, one speaker is the test set and one the validation set."""
+    import warnings
+
+    import numpy as np
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    _check_fractions(val_fraction, test_fraction)
+    if len(labels) != len(groups):
+        raise ValueError(f"{len(labels)} labels but {len(groups)} groups")
+    out = ["train"] * len(labels)
+    # val's share of what test leaves, so that both are shares of the whole
+    for name, fraction in (("test", test_fraction), ("val", val_fraction / (1 - test_fraction))):
+        pool = [i for i, s in enumerate(out) if s == "train"]
+        names = sorted({groups[i] for i in pool}, key=natural_key)
+        if fraction <= 0 or not pool:
+            continue
+        if len(names) < 2:
+            logger.warning(f"only one group ({names[0]}) is left for training: no {name} split can be held out by group")
+            continue
+        folds = min(len(names), max(2, round(1 / fraction)))
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():  # "the least populated class has fewer members than n_splits": expected here
+            warnings.simplefilter("ignore", UserWarning)
+            _, held = next(splitter.split(np.zeros(len(pool)), [labels[i] for i in pool], [groups[i] for i in pool]))
+        for j in held:
+            out[pool[j]] = name
+    return out
+
+
+def leaked_groups(splits: Sequence[str | None], groups: Sequence[str | None]) -> dict[str, list[str]]:
+    """group -> the splits it is in, for every group found in more than one split (a speaker in train and in test
+    makes the test score say how well the model knows that speaker, not how well it hears a new one)."""
+    seen: dict[str, set[str]] = defaultdict(set)
+    for split, group in zip(splits, groups, strict=True):
+        if group is not None and split is not None:
+            seen[group].add(split)
+    order = {s: i for i, s in enumerate(SPLITS)}
+    return {g: sorted(s, key=lambda x: order.get(x, len(order))) for g, s in sorted(seen.items(), key=lambda kv: natural_key(kv[0]))
+            if len(s) > 1}
+
+
 def resolve_splits(
     catalog: Catalog, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, list[LabeledFile]]:
