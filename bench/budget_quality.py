@@ -58,8 +58,9 @@ def run(case: str, minutes: float) -> dict[str, Any]:
         started = time.perf_counter()
         result = train(data(), config, **read)
         wall = time.perf_counter() - started
-        spent = json.loads((result.run_dir / "config.json").read_text())["budget_result"]
-    return {"score": result.best_score, "epoch": result.best_epoch, "trained_s": spent["seconds_used"], "wall_s": round(wall),
+        saved = json.loads((result.run_dir / "config.json").read_text())
+        spent = saved["budget_result"]
+    return {"score": result.best_score, "precision": saved["precision"], "epoch": result.best_epoch, "trained_s": spent["seconds_used"], "wall_s": round(wall),
             "epochs": sum(p["epochs"] for p in spent["phases"]), "machine": machine(), "date": time.strftime("%Y-%m-%d")}
 
 
@@ -70,7 +71,9 @@ def table(results: dict[str, dict[str, Any]], budgets: list[float]) -> str:
         cells = []
         for m in budgets:
             r = results.get(case, {}).get(f"{m:g}")
-            cells.append(f"{r['score']:.3f} ({r['epochs']} epochs, {r['trained_s']:.0f} s)" if r else "not measured yet")
+            # cells measured before --precision auto took bf16 on this CPU have no precision recorded: they were fp32
+            cells.append(f"{r['score']:.3f} ({r['epochs']} epochs, {r['trained_s']:.0f} s, {r.get('precision', 'fp32')})"
+                         if r else "not measured yet")
         rows.append(f"| {case} | {task} | {score} | " + " | ".join(cells) + " |")
     return head + "\n" + "\n".join(rows)
 
@@ -90,7 +93,8 @@ def main() -> None:
     record("budget_quality", "Validation quality against a time budget (`--time-budget`, CPU)", f"""
 Each task's default recipe on the shared data, trained with `--time-budget MINUTES`: the best validation score
 reached, the epochs the budget bought and the seconds it trained (steps, validation, checkpoints; not reading
-the data, building the model or the test scoring). Scores are fractions (accuracy, mAP, mIoU). Cells are merged
+the data, building the model or the test scoring) and the precision `auto` chose (bf16 on this CPU since it has
+native bf16; the first cells, measured before, fp32). Scores are fractions (accuracy, mAP, mIoU). Cells are merged
 from runs of this script (bench/results/budget_quality.json, with the machine and date of each).
 
 {table(results, budgets)}

@@ -5,7 +5,7 @@ images once. The budget is met by `--time-budget 10`: the one-cycle schedule run
 measured while training, and the run stops on time with the rate decayed (`--epochs N` trains N epochs
 instead, as before the budget existed). The time actually spent training is reported next to the accuracy.
 
-    uv run python bench/cifar10_budget.py [--minutes 10 | --epochs N]
+    uv run python bench/cifar10_budget.py [--minutes 10 | --epochs N] [--ema DECAY] [--widths W1 W2 W3]
 """
 
 from __future__ import annotations
@@ -27,11 +27,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget (default 10)")
     parser.add_argument("--epochs", type=int, default=None, help="train this many epochs instead of a time budget")
+    parser.add_argument("--ema", type=float, default=None, help="weight averaging decay (default: the preset's)")
+    parser.add_argument("--widths", type=int, nargs=3, default=None, help="fastnet's stage widths (default: the preset's)")
     parser.add_argument("--output", default=None, help="keep the run here (default: a temporary folder)")
     args = parser.parse_args()
     data = unpack("cifar10.tar.gz", "cifar10")
     with tempfile.TemporaryDirectory() as tmp:
         plan = {"epochs": args.epochs} if args.epochs else {"time_budget": args.minutes}
+        plan |= {"ema": args.ema} if args.ema is not None else {}
+        plan |= {"model_args": {"widths": args.widths}} if args.widths else {}
         config = apply_preset("cifar", {**plan, "val_fraction": 0.02, "output": args.output or tmp})
         started = time.perf_counter()
         result = train(data, config)
@@ -47,7 +51,7 @@ def main() -> None:
         "cifar10_budget", "CIFAR-10 from scratch on the CPU budget (`--preset cifar`)",
         f"""
 Model `fastnet` (widths {config.model_args.get('widths', [32, 64, 128])}), {length}, batch {config.batch_size}, SGD-Nesterov lr {config.lr},
-{precision} (precision auto), one-cycle schedule, label smoothing {config.label_smoothing}, patch-whitening stem, translate+flip augmentation,
+{precision} (precision auto), one-cycle schedule, label smoothing {config.label_smoothing}, weight averaging {config.ema or 'off'}, patch-whitening stem, translate+flip augmentation,
 test-time augmentation (mirror and ±1 px shifts).
 
 | figure | value |
