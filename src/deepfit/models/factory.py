@@ -110,7 +110,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
         return _build_feature_classifier(spec)
     if spec.source == "deepfit":
         cls, _ = OWN_MODELS[spec.name]
-        _check_kwargs(cls, spec.model_args, spec.name)
+        check_model_args(cls, spec.model_args, spec.name)
         return cls(num_classes=spec.num_classes, drop_rate=spec.drop_rate, **spec.model_args)
     if spec.source == "timm":
         import timm
@@ -159,7 +159,8 @@ def _build_feature_classifier(spec: ModelSpec) -> nn.Module:
     return FeatureClassifier(features, head)
 
 
-def _check_kwargs(cls: type, kwargs: dict[str, Any], name: str) -> None:
+def check_model_args(cls: type, kwargs: dict[str, Any], name: str) -> None:
+    """`--model-args` for the network class `cls` (called `name`): an unknown key is an error naming the nearest."""
     valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "num_classes", "drop_rate")]
     for key in kwargs:
         if key not in valid:
