@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from deepfit.errors import ConfigError
-from deepfit.modalities.sound.frontend import FrontEndConfig, LogMel, dct_matrix, hz_to_mel, mel_filters, mel_to_hz
+from deepfit.modalities.sound.frontend import (
+    FrontEndConfig,
+    LogMel,
+    dct_matrix,
+    hz_to_mel,
+    mel_filters,
+    mel_to_hz,
+)
 
 
 def _tone(hz: float, rate: int, samples: int) -> torch.Tensor:

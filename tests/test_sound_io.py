@@ -114,11 +114,11 @@ def test_a_long_recording_is_read_in_pieces_that_join_seamlessly(tmp_path: Path)
     assert np.abs(resampled[:, 200 : n - 200] - whole[:, 200 : n - 200]).max() < 1e-2  # no clicks at the joints
 
 
-def test_clips_are_cut_from_the_middle_or_padded_with_silence() -> None:
+def test_clips_are_cut_from_the_middle_or_padded_with_silence_around_them() -> None:
     wave = np.arange(10, dtype=np.float32)[None]  # (1, 10)
     assert fit_length(wave, 4).tolist() == [[3, 4, 5, 6]]
     assert fit_length(wave, 4, offset=0).tolist() == [[0, 1, 2, 3]]
-    assert fit_length(wave, 12).tolist() == [[*range(10), 0, 0]]
+    assert fit_length(wave, 13).tolist() == [[0, *range(10), 0, 0]]
     assert is_silent(np.zeros((1, 100), np.float32)) and not is_silent(wave)
 
 

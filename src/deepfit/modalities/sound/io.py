@@ -137,14 +137,15 @@ def read_in_pieces(path: str | Path, sample_rate: int, seconds: float, *, channe
 
 
 def fit_length(wave: np.ndarray, length: int, offset: int | None = None) -> np.ndarray:
-    """(C, T) -> (C, length): a longer clip is cut (from `offset`, by default its middle), a shorter one padded with
-    silence at the end."""
+    """(C, T) -> (C, length), the clip in the middle: a longer clip is cut (from `offset`, by default so that its middle
+    is kept), a shorter one padded with silence on both sides."""
     have = wave.shape[-1]
     if have > length:
         start = (have - length) // 2 if offset is None else min(max(0, offset), have - length)
         return wave[..., start : start + length]
     if have < length:
-        return np.pad(wave, [(0, 0)] * (wave.ndim - 1) + [(0, length - have)])
+        left = (length - have) // 2
+        return np.pad(wave, [(0, 0)] * (wave.ndim - 1) + [(left, length - have - left)])
     return wave
 
 

@@ -1,0 +1,129 @@
+"""Clips decoded once into memory as 16-bit samples, and batches of them for the engine (a `BatchSource`).
+
+Each clip is cut (from its middle) or padded (with silence on both sides) to a fixed length, so a batch is one
+(B, C, T) tensor: 16-bit like the PCM most recordings are, half the memory of floats, converted on the device by
+the batch transform (augment.py). A training store keeps `margin` more samples on each side, which the transform's
+random crop uses to shift clips in time. Files are decoded on threads: libsndfile and soxr release Python's lock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepfit.errors import DataError
+from deepfit.log import logger
+from deepfit.modalities.sound.io import audio_info, fit_length, is_silent, read_audio
+
+PCM_SCALE = 32767.0  # stored int16 sample = round(float sample * PCM_SCALE)
+MAX_BAD_FRACTION = 0.05  # as for images: more unreadable files than this stops the run
+
+
+@dataclass(frozen=True)
+class BadClip:
+    path: Path
+    reason: str
+
+
+def default_clip_seconds(durations: Sequence[float]) -> float:
+    """A clip length that holds nine clips in ten whole: the 90th percentile of the durations, rounded up to a tenth of
+    a second, between 0.5 s and 10 s."""
+    if not durations:
+        return 1.0
+    return float(min(10.0, max(0.5, math.ceil(float(np.percentile(durations, 90)) * 10) / 10)))
+
+
+class SoundStore:
+    """(N, C, T + 2 * margin) int16 samples and (N,) labels in memory; each clip centred, so the middle T samples
+    are what evaluation sees and the margins hold what a training crop may shift in."""
+
+    def __init__(self, clips: torch.Tensor, labels: torch.Tensor, paths: list[Path], sample_rate: int, margin: int) -> None:
+        self.clips, self.labels, self.paths = clips, labels, paths  # (N, C, T') int16, (N,) int64
+        self.sample_rate, self.margin = sample_rate, margin
+
+    @property
+    def in_memory(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def num_batches(self, batch_size: int) -> int:
+        return math.ceil(len(self) / batch_size)
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+                order: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(clips (B, C, T') int16, labels (B,), indices (B,)) over `order` (default: all, shuffled or in sequence)."""
+        if order is None:
+            order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            yield self.clips[idx], self.labels[idx], idx
+
+    @classmethod
+    def load(cls, paths: Sequence[Path], labels: Sequence[int], sample_rate: int, samples: int, *, channels: int = 1,
+             margin: int = 0, workers: int = 2, what: str = "clips") -> tuple[SoundStore, list[BadClip]]:
+        """Decode every file (unreadable ones are returned, not stored); warn, naming them, about silent clips and
+        clips shorter than `samples`, which are padded with silence."""
+        length = samples + 2 * margin
+
+        def one(path: Path) -> np.ndarray | BadClip:
+            try:
+                wave = read_audio(path, sample_rate, channels=channels)  # (C, T)
+            except DataError as e:
+                return BadClip(path, str(e).removeprefix(f"{path}: "))
+            return wave
+
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            decoded = list(pool.map(one, paths))
+        good = [i for i, d in enumerate(decoded) if not isinstance(d, BadClip)]
+        bad = [d for d in decoded if isinstance(d, BadClip)]
+        clips = torch.zeros(len(good), channels, length, dtype=torch.int16)
+        silent, short = [], []
+        for row, i in enumerate(good):
+            wave = decoded[i]
+            assert isinstance(wave, np.ndarray)
+            if is_silent(wave):
+                silent.append(paths[i])
+            if wave.shape[1] < samples:
+                short.append(paths[i])
+            # centred in the stored length: the middle `samples` are the clip as evaluation and prediction see it
+            kept = fit_length(wave, length)
+            clips[row] = torch.from_numpy(np.clip(np.round(kept * PCM_SCALE), -32768, 32767).astype(np.int16))
+        _warn_some(silent, f"{what} are silent (peak below -80 dBFS) and teach nothing: check them")
+        _warn_some(short, f"{what} are shorter than the clip length of {samples / sample_rate:g} s and are padded with silence")
+        store = cls(clips, torch.tensor([labels[i] for i in good], dtype=torch.long), [paths[i] for i in good], sample_rate, margin)
+        return store, bad
+
+
+def _warn_some(paths: list[Path], text: str) -> None:
+    if paths:
+        shown = ", ".join(str(p) for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        logger.warning(f"{len(paths)} {text}: {shown}")
+
+
+def check_unreadable(bad: list[BadClip], total: int, max_fraction: float = MAX_BAD_FRACTION) -> None:
+    """Warn about each unreadable clip; more than `max_fraction` of them is an error that lists them."""
+    if bad and len(bad) > max_fraction * total:
+        listing = "; ".join(f"{b.path} ({b.reason})" for b in bad[:20]) + (f" and {len(bad) - 20} more" if len(bad) > 20 else "")
+        raise DataError(f"{len(bad)} of {total} sound files ({len(bad) / total:.0%}) cannot be read, more than "
+                        f"{max_fraction:.0%}: {listing}. Fix or remove them and run again")
+    for b in bad:
+        logger.warning(f"skipped unreadable sound file {b.path}: {b.reason}")
+
+
+def durations(paths: Sequence[Path]) -> list[float]:
+    """Seconds of each readable file, from its header (unreadable ones are left out here and reported when decoded)."""
+    out = []
+    for path in paths:
+        try:
+            out.append(audio_info(path).seconds)
+        except DataError:
+            continue
+    return out
