@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from deepfit.data.sources import IMAGE_EXTENSIONS, LabeledFile, discover, natural_key
+from deepfit.data.media import IMAGE_EXTENSIONS
+from deepfit.data.sources import LabeledFile, discover, natural_key
 from deepfit.errors import DataError
 from deepfit.log import logger
 
@@ -78,8 +79,8 @@ def test_non_image_files_warn_once_with_count(tmp_path: Path, caplog: pytest.Log
             discover(data)
     finally:
         logger.removeHandler(caplog.handler)
-    warnings = [r.getMessage() for r in caplog.records if "non-image" in r.getMessage()]
-    assert len(set(warnings)) == 1 and "2 non-image" in warnings[0] and "readme.md" in warnings[0]
+    warnings = [r.getMessage() for r in caplog.records if "not images" in r.getMessage()]
+    assert len(set(warnings)) == 1 and "2 file(s) that are not images" in warnings[0] and "readme.md" in warnings[0]
 
 
 def test_split_folders_with_valid(tmp_path: Path) -> None:

@@ -11,10 +11,10 @@ import pytest
 import soundfile
 import torch
 
+from deepfit.data.named import compile_pattern, label_files
 from deepfit.errors import ConfigError, DataError
 from deepfit.modalities.sound import SOUND
 from deepfit.modalities.sound.io import audio_info, fit_length, is_silent, read_audio, read_in_pieces
-from deepfit.modalities.sound.labels import compile_pattern, label_files
 from deepfit.registry import get_modality
 
 

@@ -13,12 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from deepfit.data.media import IMAGES, Media
+from deepfit.data.named import label_files
 from deepfit.errors import DataError
 from deepfit.log import logger
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-)
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 
 # Split names as written on disk or in a CSV, mapped to the names deepfit uses.
@@ -44,6 +43,7 @@ class LabeledFile:
     path: Path  # absolute
     label: str
     split: str | None = None  # "train" | "val" | "test" when the source defines it
+    group: str | None = None  # a speaker, a source recording: kept in one split (see split.grouped_split)
 
     def sort_key(self) -> tuple:
         """(split, label, path) in natural order; unsplit files first."""
@@ -68,9 +68,11 @@ class Catalog:
 
 
 def discover(
-    source: str | Path, *, path_column: str | None = None, label_column: str | None = None
+    source: str | Path, *, path_column: str | None = None, label_column: str | None = None, media: Media = IMAGES,
+    label_pattern: str | None = None,
 ) -> Catalog:
-    """Find every labelled image in `source`: a folder (class folders or train/val/test folders) or a CSV."""
+    """Find every labelled file of `media` (images by default) in `source`: a folder (class folders or train/val/test
+    folders, or with `label_pattern` any files whose names say their label, see named.py) or a CSV."""
     source_path = Path(source).expanduser().resolve()
     is_list = source_path.suffix.lower() in CSV_SUFFIXES
     if not source_path.exists():
@@ -82,14 +84,14 @@ def discover(
                 f"data source {source_path} is a file but not a .csv/.tsv/.txt list: "
                 "pass a folder of class folders (DATA/<class>/*.jpg) or a CSV with path and label columns"
             )
-        catalog = _from_csv(source_path, path_column, label_column)
+        catalog = _from_csv(source_path, path_column, label_column, media)
     else:
         if path_column is not None or label_column is not None:
             logger.warning("path_column/label_column only apply to a CSV source; ignored for folder %s", source_path)
-        catalog = _from_folder(source_path)
+        catalog = _from_names(source_path, label_pattern, media) if label_pattern else _from_folder(source_path, media)
     logger.info(
-        "found %d images in %d classes (%s) in %s",
-        len(catalog.files), len(catalog.classes), catalog.layout, source_path,
+        "found %d %s in %d classes (%s) in %s",
+        len(catalog.files), media.noun, len(catalog.classes), catalog.layout, source_path,
     )
     return catalog
 
@@ -98,9 +100,10 @@ def discover(
 
 
 class _Skipped:
-    """Counts non-image files so one warning can summarise them instead of one line per file."""
+    """The media looked for, and a count of other files so one warning can summarise them instead of one line per file."""
 
-    def __init__(self) -> None:
+    def __init__(self, media: Media = IMAGES) -> None:
+        self.media = media
         self.count = 0
         self.example: Path | None = None
 
@@ -112,13 +115,9 @@ class _Skipped:
     def warn(self) -> None:
         if self.count:
             logger.warning(
-                "ignored %d non-image file(s), e.g. %s (images are recognised by %s)",
-                self.count, self.example, ", ".join(sorted(IMAGE_EXTENSIONS)),
+                "ignored %d file(s) that are not %s, e.g. %s (%s are recognised by %s)",
+                self.count, self.media.noun, self.example, self.media.noun, self.media.looked_for(),
             )
-
-
-def _is_image(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _visible_entries(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -136,7 +135,7 @@ def _name_key(path: Path) -> tuple:
 
 
 def _walk_images(folder: Path, skipped: _Skipped) -> Iterator[Path]:
-    """Every image below `folder` at any depth, skipping hidden entries.
+    """Every file of the media below `folder` at any depth, skipping hidden entries.
 
     Symlinked folders are followed (datasets are often assembled from links), with a guard against loops.
     """
@@ -152,42 +151,41 @@ def _walk_images(folder: Path, skipped: _Skipped) -> Iterator[Path]:
             if name.startswith("."):
                 continue
             path = Path(dirpath, name)
-            if _is_image(name):
+            if skipped.media.holds(name):
                 yield path
             else:
                 skipped.add(path)
 
 
-def _looked_for() -> str:
-    return ", ".join(sorted(IMAGE_EXTENSIONS))
-
-
 def _read_class_folders(folder: Path, split: str | None, skipped: _Skipped) -> list[LabeledFile]:
     """Files of every class folder directly inside `folder` (the data root, or one split folder)."""
     class_dirs, loose = _visible_entries(folder)
-    loose_images = [p for p in loose if _is_image(p.name)]
-    expected = "DATA/<split>/<class>/*.jpg" if split else "DATA/<class>/*.jpg"
+    media = skipped.media
+    loose_images = [p for p in loose if media.holds(p.name)]
+    example = "NAME" + sorted(media.extensions)[0] if media is not IMAGES else "*.jpg"
+    expected = f"DATA/<split>/<class>/{example}" if split else f"DATA/<class>/{example}"
     if not class_dirs:
         if loose_images:
             raise DataError(
-                f"{folder} holds {len(loose_images)} images directly but no class folders: "
-                f"put each class's images in its own folder, {expected}"
+                f"{folder} holds {len(loose_images)} {media.noun} directly but no class folders: "
+                f"put each class's {media.noun} in its own folder, {expected}"
+                + ("" if media is IMAGES else ", or name the label in the file names with --label-pattern")
             )
         raise DataError(f"no class folders found in {folder}: expected one folder per class, {expected}")
     if loose_images:
         logger.warning(
-            "ignored %d image(s) directly in %s, e.g. %s: images need a class folder (%s)",
-            len(loose_images), folder, loose_images[0].name, expected,
+            "ignored %d %s directly in %s, e.g. %s: they need a class folder (%s)",
+            len(loose_images), media.noun, folder, loose_images[0].name, expected,
         )
     for path in loose:
-        if not _is_image(path.name):
+        if not media.holds(path.name):
             skipped.add(path)
     files: list[LabeledFile] = []
     for class_dir in class_dirs:
         found = [LabeledFile(p, class_dir.name, split) for p in _walk_images(class_dir, skipped)]
         if not found:
             raise DataError(
-                f"class folder {class_dir} has no images (looked for {_looked_for()}): remove it or add images"
+                f"class folder {class_dir} has no {media.noun} (looked for {media.looked_for()}): remove it or add {media.noun}"
             )
         files.extend(found)
     return files
@@ -221,8 +219,8 @@ def _split_folders(root: Path) -> dict[str, Path] | None:
     return found
 
 
-def _from_folder(root: Path) -> Catalog:
-    skipped = _Skipped()
+def _from_folder(root: Path, media: Media = IMAGES) -> Catalog:
+    skipped = _Skipped(media)
     split_dirs = _split_folders(root)
     if split_dirs is None:
         files = _read_class_folders(root, None, skipped)
@@ -242,15 +240,31 @@ def _from_folder(root: Path) -> Catalog:
             unknown = sorted(labels - train_classes, key=natural_key)
             if unknown:
                 raise DataError(
-                    f"{split_dirs[split]} has classes with no training images ({', '.join(unknown)}): "
+                    f"{split_dirs[split]} has classes with no training {media.noun} ({', '.join(unknown)}): "
                     f"add them to {split_dirs['train']} or remove them"
                 )
             missing = sorted(train_classes - labels, key=natural_key)
             if split != "train" and missing:
-                logger.warning("%s has no images of class(es) %s", split_dirs[split], ", ".join(missing))
+                logger.warning("%s has no %s of class(es) %s", split_dirs[split], media.noun, ", ".join(missing))
         layout = "split-folders"
     skipped.warn()
     return _catalog(files, root, layout, root)
+
+
+def _from_names(root: Path, pattern: str, media: Media) -> Catalog:
+    """Every file of the media below `root`, labelled (and grouped, split) by its name."""
+    skipped = _Skipped(media)
+    paths = sorted(_walk_images(root, skipped), key=lambda p: natural_key(p.as_posix()))
+    skipped.warn()
+    files = []
+    for named in label_files(paths, pattern, root):
+        split = None
+        if named.split is not None:
+            split = _SPLIT_ALIASES.get(named.split.lower())
+            if split is None:
+                raise DataError(f"{named.path}: --label-pattern reads the split {named.split!r}; use train, val or test")
+        files.append(LabeledFile(named.path, named.label, split, named.group))
+    return _catalog(files, root, "file-names", root)
 
 
 def _catalog(files: list[LabeledFile], root: Path, layout: str, source: Path) -> Catalog:
@@ -299,7 +313,7 @@ def _pick_column(
     return fallback
 
 
-def _from_csv(csv_path: Path, path_column: str | None, label_column: str | None) -> Catalog:
+def _from_csv(csv_path: Path, path_column: str | None, label_column: str | None, media: Media = IMAGES) -> Catalog:
     base = csv_path.parent
     try:
         text = csv_path.read_text(encoding="utf-8-sig")  # -sig: Excel writes a byte-order mark
@@ -314,7 +328,7 @@ def _from_csv(csv_path: Path, path_column: str | None, label_column: str | None)
     known = set(_PATH_COLUMNS) | set(_LABEL_COLUMNS) | {"split"}
     if path_column is None and label_column is None and not known & set(lowered):
         first = (base / header[0]).expanduser() if header[0] else None
-        if _is_image(header[0]) or (first is not None and first.is_file()):
+        if media.holds(header[0]) or (first is not None and first.is_file()):
             raise DataError(f"{csv_path} has no header row: add a first line like 'path,label'")
     path_i = _pick_column(header, path_column, _PATH_COLUMNS, 0, "path", csv_path)
     label_i = _pick_column(header, label_column, _LABEL_COLUMNS, 1, "label", csv_path)

@@ -125,6 +125,17 @@ def leaked_groups(splits: Sequence[str | None], groups: Sequence[str | None]) ->
             if len(s) > 1}
 
 
+def warn_leaked_groups(splits: Sequence[str | None], groups: Sequence[str | None]) -> dict[str, list[str]]:
+    """Warn, naming them, about groups heard in more than one of the splits the data gave; returns them."""
+    leaked = leaked_groups(splits, groups)
+    if leaked:
+        shown = "; ".join(f"{g} in {' and '.join(s)}" for g, s in list(leaked.items())[:5])
+        more = f" and {len(leaked) - 5} more" if len(leaked) > 5 else ""
+        logger.warning(f"{len(leaked)} groups are in more than one split ({shown}{more}): the test score then measures "
+                       "groups the model has heard; give each group one split, or drop the split and let deepfit split by group")
+    return leaked
+
+
 def resolve_splits(
     catalog: Catalog, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, list[LabeledFile]]:
@@ -133,14 +144,28 @@ def resolve_splits(
     A source with train but no val gets val carved out of train; one with no test keeps "test"
     empty, and the caller decides how to warn.
     """
+    grouped = any(f.group is not None for f in catalog.files)
     if not catalog.has_splits:
-        return stratified_split(catalog.files, val_fraction, test_fraction, seed)
+        if not grouped:
+            return stratified_split(catalog.files, val_fraction, test_fraction, seed)
+        files = catalog.files  # a file with no group is a group of its own
+        names = grouped_split([f.label for f in files], [f.group or f"\0{f.path}" for f in files], val_fraction,
+                              test_fraction, seed)
+        return {s: _sorted([replace(f, split=n) for f, n in zip(files, names, strict=True) if n == s]) for s in SPLITS}
+    if grouped:
+        warn_leaked_groups([f.split or "train" for f in catalog.files], [f.group for f in catalog.files])
     out: dict[str, list[LabeledFile]] = {s: [] for s in SPLITS}
     for f in catalog.files:
         out[f.split or "train"].append(f)
     if not out["val"] and out["train"] and val_fraction > 0:
-        carved = stratified_split(out["train"], val_fraction, 0.0, seed)
-        out["train"], out["val"] = carved["train"], carved["val"]
+        if grouped:  # whole groups of the training split
+            train = out["train"]
+            names = grouped_split([f.label for f in train], [f.group or f"\0{f.path}" for f in train], val_fraction, 0.0, seed)
+            out["train"] = [f for f, n in zip(train, names, strict=True) if n == "train"]
+            out["val"] = [replace(f, split="val") for f, n in zip(train, names, strict=True) if n == "val"]
+        else:
+            carved = stratified_split(out["train"], val_fraction, 0.0, seed)
+            out["train"], out["val"] = carved["train"], carved["val"]
         logger.info(
             "the data defines no validation split: holding out %d of %d training images (val_fraction=%s)",
             len(out["val"]), len(out["train"]) + len(out["val"]), val_fraction,

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
+from deepfit.data.media import Media
 from deepfit.data.sources import natural_key
 from deepfit.errors import DataError
 
@@ -30,6 +31,11 @@ class Modality(Protocol):
 
     def expand(self, items: Iterable[str | Path]) -> list[Path]:
         """Files as given, folders searched recursively for this modality's files, globs expanded."""
+        ...
+
+    @property
+    def media(self) -> Media:
+        """The files data discovery looks for, and the words its messages use."""
         ...
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image
 
-from deepfit.data.sources import IMAGE_EXTENSIONS
+from deepfit.data.media import IMAGE_EXTENSIONS
 from deepfit.errors import DataError
 from deepfit.log import logger
 

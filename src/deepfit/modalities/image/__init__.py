@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from deepfit.data.sources import IMAGE_EXTENSIONS
+from deepfit.data.media import IMAGE_EXTENSIONS, IMAGES, Media
 from deepfit.modalities.base import expand_paths
 
 
@@ -28,6 +28,11 @@ class ImageModality:
 
     def expand(self, items: Iterable[str | Path]) -> list[Path]:
         return expand_paths(items, self.extensions, self.noun)
+
+    @property
+    def media(self) -> Media:
+        """What data discovery looks for (data/sources.py `discover(media=...)`)."""
+        return IMAGES
 
 
 IMAGE = ImageModality()

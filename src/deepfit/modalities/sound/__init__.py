@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepfit.data.media import Media
 from deepfit.errors import DataError
 from deepfit.modalities.base import expand_paths
 from deepfit.modalities.sound.io import SOUND_EXTENSIONS, convert, read_audio
@@ -42,6 +43,11 @@ class SoundModality:
 
     def expand(self, items: Iterable[str | Path]) -> list[Path]:
         return expand_paths(items, self.extensions, self.noun)
+
+    @property
+    def media(self) -> Media:
+        """What data discovery looks for (data/sources.py `discover(media=...)`)."""
+        return Media(self.extensions, self.noun, "sound file")
 
 
 SOUND = SoundModality()

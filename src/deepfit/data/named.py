@@ -1,9 +1,10 @@
-"""Labels and groups taken from file names by a regular expression with named groups.
+"""Labels and groups taken from file names by a regular expression with named groups (`--label-pattern`).
 
 Sound collections often keep everything in one folder and put the label and the speaker in the name: the Free
 Spoken Digit Dataset's `7_jackson_32.wav` is digit 7, said by jackson, take 32, which
-`--label-pattern '(?P<label>\\d)_(?P<group>[a-z]+)_\\d+\\.wav'` reads. `label` is required; `group` (the speaker, the
-source recording) keeps clips of one group in one split; `split` and `fold` name a split or a cross-validation fold.
+`--label-pattern '(?P<label>\\d)_(?P<group>[a-z]+)_\\d+\\.wav'` reads (image sets do it too: Oxford pets'
+`Abyssinian_12.jpg`). `label` is required; `group` (the speaker, the source recording) keeps the files of one group in
+one split; `split` names a split (train, val or test); `fold` a cross-validation fold.
 """
 
 from __future__ import annotations
