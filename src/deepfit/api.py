@@ -152,10 +152,20 @@ class ImageClassifier(Learner):
 
     @with_options(TrainConfig, skip=("task",))
     def fit(self, data: str | Path, *, path_column: str | None = None, label_column: str | None = None,
+            label_pattern: str | None = None,
             **options: Unpack[TrainOptions]) -> Self:
-        """Train on `data`: class folders, train/val/test folders of them, or a CSV/TSV (`path_column`, `label_column`:
-        its columns, found by name when not given). Training options override the classifier's (and stay set)."""
-        return super().fit(data, **_given(path_column=path_column, label_column=label_column), **options)
+        """Train on `data`: class folders, train/val/test folders of them, a CSV/TSV (`path_column`, `label_column`:
+        its columns, found by name when not given), or any images whose names hold their label (`label_pattern`, a
+        regular expression with named groups label, group, split). Training options override the classifier's (and
+        stay set)."""
+        return super().fit(data, **_given(path_column=path_column, label_column=label_column, label_pattern=label_pattern),
+                           **options)
+
+    def evaluate(self, data: str | Path | None = None, checkpoint: str = "best", *, data_root: str | Path | None = None,
+                 path_column: str | None = None, label_column: str | None = None, label_pattern: str | None = None) -> Any:
+        """Score the test split (or another labelled set `data`, read as `fit` reads it); writes report.html."""
+        given = _given(path_column=path_column, label_column=label_column, label_pattern=label_pattern)
+        return super().evaluate(data, checkpoint, data_root=data_root, **given)
 
     def predict(self, inputs: ImageInput | Sequence[ImageInput], top_k: int = 3) -> Prediction | list[Prediction]:
         """One input (a file path, or one PIL image, array or (C, H, W) tensor) -> one Prediction, as for every task;

@@ -82,7 +82,10 @@ class ClassifyTask(Task):
     data_options = (
         Option("path_column", "CSV data: the column holding image paths"),
         Option("label_column", "CSV data: the column holding labels"),
+        Option("label_pattern", "labels (and groups, splits) from file names: a regular expression with named groups "
+               "label, group (kept in one split), split, e.g. '(?P<label>[A-Za-z_]+)_\\d+\\.jpg'"),
     )
+    evaluate_options = ("path_column", "label_column", "label_pattern")
     predict_options = (Option("top_k", "classes to list per image (default: 3)", int, 3),)
 
     # --- data ------------------------------------------------------------------------------------------
@@ -198,19 +201,21 @@ class ClassifyTask(Task):
     claim_order = 1  # after semantic masks (an images/ + masks/ pair would read as two classes), before object labels
     layouts = """deepfit reads classification data laid out as one of:
   class folders  DATA/<class>/**/NAME.jpg, or DATA/{train,val,test}/<class>/**/NAME.jpg
-  CSV            a CSV/TSV with a header, path,label (paths relative to the CSV; an optional split column)"""
+  CSV            a CSV/TSV with a header, path,label (paths relative to the CSV; an optional split column)
+  file names     any files below DATA whose names hold the label: --label-pattern '(?P<label>...)...'"""
 
     def claims(self, data: str | Path, options: dict[str, Any]) -> bool:
-        if holds_object_labels(data):
+        if holds_object_labels(data) and not options.get("label_pattern"):
             return False
         try:
-            discover(data, **{k: v for k, v in options.items() if k in ("path_column", "label_column")})
+            discover(data, **{k: v for k, v in options.items() if k in ("path_column", "label_column", "label_pattern")})
         except DataError:
             return False
         return True
 
-    def check_data(self, data: str | Path, *, path_column: str | None = None, label_column: str | None = None) -> list[Any]:
-        return summarize_catalog(discover(data, path_column=path_column, label_column=label_column))
+    def check_data(self, data: str | Path, *, path_column: str | None = None, label_column: str | None = None,
+                   label_pattern: str | None = None) -> list[Any]:
+        return summarize_catalog(discover(data, path_column=path_column, label_column=label_column, label_pattern=label_pattern))
 
     def model_names(self, pattern: str) -> dict[str, list[str]]:
         return list_models(pattern)
