@@ -9,6 +9,7 @@
 Front-ends, one per kind of task (each a `Learner`; every option of `deepfit train` is a keyword, listed by
 help(deepfit.ImageClassifier) and completed by editors):
     ImageClassifier     image classes (from scratch, transfer learning)
+    SoundClassifier     sound classes (recordings in, the spectrogram front end inside the model)
     ObjectDetector      boxes (task="detect") or boxes and masks (task="segment-instances")
     SemanticSegmenter   a class for every pixel
     Learner             any task by name, including one registered from outside deepfit (register_task)
@@ -34,6 +35,7 @@ _EXPORTS = {
     "ImageClassifier": "deepfit.api",
     "ObjectDetector": "deepfit.api",
     "SemanticSegmenter": "deepfit.api",
+    "SoundClassifier": "deepfit.api",
     "load": "deepfit.api",
     "resume": "deepfit.api",
     "extract_features": "deepfit.api",
@@ -54,7 +56,7 @@ _EXPORTS = {
 
 __all__ = [
     "ConfigError", "DataError", "DeepfitError", "Detections", "FeaturesConfig", "FeaturesOptions", "ImageClassifier", "Learner",
-    "ObjectDetector", "Prediction", "SemanticSegmenter", "Task", "TrainConfig", "TrainOptions", "WeightsError", "__version__",
+    "ObjectDetector", "Prediction", "SemanticSegmenter", "SoundClassifier", "Task", "TrainConfig", "TrainOptions", "WeightsError", "__version__",
     "extract_features", "fit_features", "load", "register_task", "resume",
 ]
 
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
         Learner,
         ObjectDetector,
         SemanticSegmenter,
+        SoundClassifier,
         extract_features,
         fit_features,
         load,

@@ -38,7 +38,7 @@ from deepfit.errors import DeepfitError
 from deepfit.modalities.base import is_path_list, names_many
 from deepfit.options import FeaturesOptions, TrainOptions, with_options
 from deepfit.registry import all_tasks, get_modality, get_task
-from deepfit.runs.folder import run_folder, run_task
+from deepfit.runs.folder import read_run_config, run_folder, run_task
 from deepfit.tasks.base import Task, option_values
 from deepfit.tasks.classify.predict import ImageInput, Prediction
 from deepfit.tasks.detect.predict import DEFAULT_CONF, DEFAULT_IOU, Detections
@@ -113,7 +113,7 @@ class Learner:
         -> a list of them. `options` are the task's prediction options (e.g. conf=, iou= for detection)."""
         options = option_values(self.task, options, self.task.predict_options, "predict")
         if names_many(inputs):
-            inputs = get_modality(self.task.modality).expand([inputs])
+            inputs = get_modality(getattr(self.predictor, "modality", self.task.modality)).expand([inputs])
         return self.predictor.predict(inputs, **options)
 
     @classmethod
@@ -190,6 +190,46 @@ def _one_input(inputs: Any) -> bool:
     if isinstance(inputs, torch.Tensor):
         return inputs.ndim != 4
     return not isinstance(inputs, list | tuple)
+
+
+class SoundClassifier(Learner):
+    r"""A sound classifier to train (deepfit's `soundcnn` or `crnn`, or an image network on spectrograms, from scratch or
+    by transfer learning), evaluate and use. It takes raw samples: the log-mel front end is its first layer.
+
+        clf = SoundClassifier("soundcnn").fit("recordings/", label_pattern=r"(?P<label>\d)_(?P<group>[a-z]+)_\d+\.wav")
+        clf.predict("clip.wav")                        # Prediction(source, label, probability, top)
+        clf.predict((samples, 44100))                  # samples with their rate; a list, a folder or a glob -> a list
+    """
+
+    tasks = ("classify",)
+
+    @with_options(TrainConfig, skip=("task", "model", "modality"))
+    def __init__(self, model: str | None = None, *, preset: str | None = None, **options: Unpack[TrainOptions]) -> None:
+        super().__init__(model, preset=preset, **{**options, "modality": "sound"})
+
+    @with_options(TrainConfig, skip=("task", "modality"))
+    def fit(self, data: str | Path, *, path_column: str | None = None, label_column: str | None = None,
+            label_pattern: str | None = None, **options: Unpack[TrainOptions]) -> Self:
+        """Train on `data`: class folders of recordings, train/val/test folders of them, a CSV/TSV (`path_column`,
+        `label_column`), or recordings whose names hold their label (`label_pattern`, with named groups label, group,
+        split: a group, e.g. a speaker, is kept in one split). Training options override the classifier's."""
+        return super().fit(data, **_given(path_column=path_column, label_column=label_column, label_pattern=label_pattern),
+                           **options)
+
+    def evaluate(self, data: str | Path | None = None, checkpoint: str = "best", *, data_root: str | Path | None = None,
+                 path_column: str | None = None, label_column: str | None = None, label_pattern: str | None = None) -> Any:
+        """Score the test split (or other labelled recordings `data`, read as `fit` reads them); writes report.html."""
+        given = _given(path_column=path_column, label_column=label_column, label_pattern=label_pattern)
+        return super().evaluate(data, checkpoint, data_root=data_root, **given)
+
+    def predict(self, inputs: Any, top_k: int = 3) -> Prediction | list[Prediction]:
+        """One input (a sound file, a (samples, sample rate) pair, or a (T,) / (C, T) array or tensor at the model's
+        rate) -> one Prediction; a list, a folder or a glob -> a list of them."""
+        items = get_modality("sound").expand([inputs] if isinstance(inputs, str | Path) else inputs) if is_path_list(inputs) else inputs
+        predictions = self.predictor.predict(items, top_k=top_k)
+        one = (isinstance(inputs, str | Path) and not names_many(inputs)) or (isinstance(inputs, tuple) and len(inputs) == 2
+               and isinstance(inputs[1], int)) or (isinstance(inputs, np.ndarray | torch.Tensor) and inputs.ndim <= 2)
+        return predictions[0] if one else predictions
 
 
 class ObjectDetector(Learner):
@@ -287,6 +327,8 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") ->
     """A trained run, ready to predict and evaluate in a fresh process (no user code needed): an ImageClassifier,
     ObjectDetector or SemanticSegmenter, or a Learner for a task registered from outside deepfit."""
     task = run_task(run_dir)
+    if task == "classify" and read_run_config(run_folder(run_dir)).get("modality") == "sound":
+        return SoundClassifier.from_run(run_dir, checkpoint, device)
     return _front_end(task).from_run(run_dir, checkpoint, device)
 
 

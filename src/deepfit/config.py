@@ -47,6 +47,16 @@ class TrainConfig:
                                   "the random training crops, at the images' own resolution")
     val_fraction: float = _opt(0.15, "share of each class held out for validation when the data has no split")
     test_fraction: float = _opt(0.15, "share of each class held out for the final test when the data has no split")
+    modality: str = _opt("auto", "what the inputs are: auto (found from DATA's files), image or sound (classification)",
+                         ("auto", "image", "sound"))
+    sample_rate: int | None = _opt(None, "sound: samples per second the model hears; default: the training clips' most "
+                                   "common rate, at most 16000")
+    clip_seconds: float | None = _opt(None, "sound: every clip is cut (from its middle) or padded to this length; default: "
+                                      "long enough for 9 clips in 10 (printed)")
+    channels: int = _opt(1, "sound: 1 mixes every recording to mono; N keeps N channels")
+    frontend: dict = _opt({}, "sound: log-mel settings n_mels (64), n_mfcc (0: log-mel itself), window_ms (25), "
+                          "hop_ms (10), fmin, fmax, top_db (80), e.g. n_mels=40,n_mfcc=20")
+    noise: str | None = _opt(None, "sound: a folder of background recordings mixed into training clips at 5-30 dB SNR")
     augment: str = _opt("light", "augmentation policy", ("none", "light", "strong"))
     hflip: bool = _opt(True, "random horizontal flips in augmentation (turn off for text, digits, ...)")
     cache: str = _opt("auto", "keep decoded images in memory as uint8", ("auto", "memory", "disk"))
@@ -99,7 +109,8 @@ class TrainConfig:
         from deepfit.registry import get_task
 
         task = get_task(self.task)
-        for key, value in task.defaults.items():
+        defaults = {**task.defaults, **(SOUND_DEFAULTS if self.modality == "sound" else {})}
+        for key, value in defaults.items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
         self.validate()
@@ -186,6 +197,7 @@ TRAIN_LIMITS: dict[str, _Limit] = {
     "tile_size": (32, True, None, False), "early_stopping": _AT_LEAST_0, "head_epochs": _AT_LEAST_0,
     "backbone_lr_scale": _AT_LEAST_0, "accumulate": _AT_LEAST_1, "save_every_steps": _AT_LEAST_0,
     "time_budget": (0, False, None, False),
+    "sample_rate": (1000, True, None, False), "clip_seconds": (0, False, None, False), "channels": _AT_LEAST_1,
 }
 FEATURES_LIMITS: dict[str, _Limit] = {**_COMMON_LIMITS, "cv_folds": (2, True, None, False)}
 _TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text", dict: "a dict"}
@@ -346,6 +358,9 @@ def parse_model_args(text: str) -> dict[str, Any]:
             result[key] = value
     return result
 
+
+# Sound classification's defaults where the image ones do not fit (see tasks/classify/sound.py).
+SOUND_DEFAULTS: dict[str, Any] = {"model": "soundcnn", "batch_size": 32}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Small, fast net for the embedded digits: 8x8 images upscaled to 16 px; flips would turn a 2 into a 5-like shape.

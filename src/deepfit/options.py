@@ -32,6 +32,12 @@ class TrainOptions(TypedDict, total=False):
     image_size: int | None
     val_fraction: float
     test_fraction: float
+    modality: str
+    sample_rate: int | None
+    clip_seconds: float | None
+    channels: int
+    frontend: dict
+    noise: str | None
     augment: str
     hflip: bool
     cache: str

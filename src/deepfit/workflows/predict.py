@@ -28,5 +28,5 @@ def predict_files(run_dir: str | Path, inputs: list[str | Path], output: str | P
     setup_logging()
     task, predictor = load_predictor(run_dir, checkpoint, device)
     options = option_values(task, {k: v for k, v in options.items() if v is not None}, task.predict_options, "predict")
-    paths = get_modality(task.modality).expand(inputs)
+    paths = get_modality(getattr(predictor, "modality", task.modality)).expand(inputs)  # a classifier of sound takes sound files
     return task.predict_files(predictor, paths, Path(output) if output else None, run_folder(run_dir), **options)

@@ -82,6 +82,12 @@ def score_files(
 ) -> Evaluation:
     """Decode `files`, predict them, and report (see `report_evaluation`); unreadable files are left out, with a
     warning, and too many of them is an error."""
+    if "sound" in predictor.trained.meta:
+        from deepfit.tasks.classify.sound import score_clips
+
+        paths, y_true, probs, clips_bad = score_clips(predictor, files, split, batch_size)  # type: ignore[arg-type]
+        return report_evaluation(run_dir, predictor.trained.meta, split=split, paths=paths, y_true=y_true, probs=probs,
+                                 bad=clips_bad, data=data, checkpoint=checkpoint)
     classes = predictor.classes
     index = {c: i for i, c in enumerate(classes)}
     store, bad = ImageStore.load(
@@ -117,11 +123,12 @@ def report_evaluation(
 ) -> Evaluation:
     """Metrics, plots, prediction CSV and the HTML report for one scored split; logged in evaluations.jsonl."""
     classes = list(meta["classes"])
+    noun = "clips" if "sound" in meta else "images"
     metrics = classification_metrics(y_true, probs, classes, intervals=True)
     notes = [_val_fallback_note(meta)] if split == "val" else []
     y_pred = probs.argmax(1)
     collapsed = one_class_note(np.bincount(y_pred, minlength=len(classes)), np.bincount(y_true, minlength=len(classes)),
-                               classes, what=f"{split} images")
+                               classes, what=f"{split} {noun}")
     notes += [collapsed] if collapsed else []
     folder = run_dir if data is None else run_dir / f"eval-{Path(data).stem}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -155,12 +162,12 @@ def report_evaluation(
     else:
         summary["Checkpoint"] = f"{checkpoint} (epoch {meta.get('epoch')}, validation accuracy {_pct(meta.get('val_acc'))})"
     summary |= {
-        "Scored on": f"{split} split, {len(paths)} images" + (f" from {data}" if data else ""),
+        "Scored on": f"{split} split, {len(paths)} {noun}" + (f" from {data}" if data else ""),
         "Test-time augmentation": "flip" if tta else "none",
         "Date": time.strftime("%Y-%m-%d %H:%M"),
     }
     if bad:
-        notes.append(f"{len(bad)} unreadable images were left out: " + ", ".join(str(b.path) for b in bad[:5]))
+        notes.append(f"{len(bad)} unreadable {noun} were left out: " + ", ".join(str(b.path) for b in bad[:5]))
     details = run_details(run_dir, folder, meta, notes=notes, examples=_examples(paths, y_true, probs, classes),
                           image_size=(meta.get("preprocessing") or {}).get("image_size"))
     report = write_html_report(
@@ -169,7 +176,7 @@ def report_evaluation(
     )
     logger.info(
         f"{split} accuracy {metrics['accuracy']:.2%}, balanced accuracy {metrics['balanced_accuracy']:.2%} "
-        f"on {len(paths)} images; report: {report}"
+        f"on {len(paths)} {noun}; report: {report}"
     )
     return Evaluation(metrics, report, folder, split)
 

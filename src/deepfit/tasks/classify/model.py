@@ -23,7 +23,7 @@ class TrainedModel:
     model: nn.Module
     spec: ModelSpec
     classes: list[str]
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing | None  # images: resize, crop, normalisation; None for sound (see `meta["sound"]`)
     meta: dict[str, Any]
 
     @property
@@ -39,7 +39,13 @@ def load_trained(path: str | Path, which: str = "best") -> TrainedModel:
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise DeepfitError(f"{ckpt.with_suffix('.json')} is not a deepfit checkpoint sidecar (format {meta.get('format')!r})")
     spec = ModelSpec(**meta["model"])
-    model = build_model(spec)
+    if "sound" in meta:  # a sound classifier: its front end and network from the sidecar's `sound`
+        from deepfit.tasks.classify.sound import rebuild
+
+        model = rebuild(meta)
+    else:
+        model = build_model(spec)
     load_weights(model, ckpt)
     model.eval()
-    return TrainedModel(model, spec, list(meta["classes"]), Preprocessing.from_dict(meta["preprocessing"]), meta)
+    prep = Preprocessing.from_dict(meta["preprocessing"]) if "preprocessing" in meta else None
+    return TrainedModel(model, spec, list(meta["classes"]), prep, meta)

@@ -34,6 +34,8 @@ class Prediction:
 class Predictor(ModelPredictor):
     """A trained model ready for inference on the best available device."""
 
+    modality = "image"  # the files `predict` and `deepfit predict` look for in folders
+
     def __init__(self, trained: TrainedModel, device: str = "auto", tta: bool | None = None) -> None:
         super().__init__(trained, device)
         self.classes = trained.classes
@@ -87,9 +89,14 @@ class Predictor(ModelPredictor):
         return results, failed
 
     def _prediction(self, source: str, probs: np.ndarray, top_k: int) -> Prediction:
-        order = np.argsort(-probs)[: max(1, top_k)]
-        top = [(self.classes[i], float(probs[i])) for i in order]
-        return Prediction(source, top[0][0], top[0][1], top)
+        return to_prediction(self.classes, source, probs, top_k)
+
+
+def to_prediction(classes: Sequence[str], source: str, probs: np.ndarray, top_k: int) -> Prediction:
+    """The Prediction of one input from its (classes,) probabilities: the top `top_k` classes, most probable first."""
+    order = np.argsort(-probs)[: max(1, top_k)]
+    top = [(classes[i], float(probs[i])) for i in order]
+    return Prediction(source, top[0][0], top[0][1], top)
 
 
 def tta_views(x: torch.Tensor) -> list[torch.Tensor]:

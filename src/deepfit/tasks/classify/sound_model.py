@@ -4,7 +4,8 @@
     (training only) -> a network on the (B, C, bins, frames) picture -> logits
 
 The network on the picture is any of:
-- `soundcnn`: deepfit's designable CNN (models/small.py `ConvNet`: depth, width, activation, dropout, batch norm);
+- `soundcnn`: deepfit's designable CNN (models/small.py `ConvNet`: depth, width, activation, dropout, batch norm),
+  pooled over time only, so it knows where in frequency a pattern is;
 - `crnn`: convolutional-recurrent, convolutions over time and frequency, then a bidirectional GRU or LSTM over time;
 - any timm or torchvision image network by name, from scratch or with ImageNet weights: the one-channel picture is
   repeated to the three colour channels it was trained on, so its first layer is used as it is.
@@ -71,6 +72,28 @@ class SpecAugmentLayer(nn.Module):
         return x.masked_fill(freq | time, 0.0)  # 0: the mean of the normalised picture
 
 
+class SoundCNN(ConvNet):
+    """deepfit's designable CNN (models/small.py `ConvNet`: depth, width, activation, dropout, batch norm) with a pooling
+    that keeps the frequency axis: the mean and max over time of every (channel, frequency row), then the linear layer.
+    An image CNN's global pooling would forget where in frequency a pattern was, and a small network's receptive field
+    cannot see it either: a low tone and a high one would look the same."""
+
+    def __init__(self, num_classes: int, in_chans: int = 1, bins: int = 64, depth: int = 3, width: int = 32,
+                 widths: list[int] | None = None, convs_per_stage: int = 2, activation: str = "relu",
+                 batch_norm: bool = True, drop_rate: float = 0.0) -> None:
+        super().__init__(num_classes, in_chans, depth, width, widths, convs_per_stage, activation, batch_norm, drop_rate)
+        pools = (len(widths) if widths else depth) - 1
+        rows = bins // 2**pools
+        if rows < 1:
+            raise ConfigError(f"soundcnn: {pools} poolings halve {bins} frequency bins to nothing; use a smaller depth")
+        self.num_features = self.num_features * rows * 2
+        self.fc = nn.Linear(self.num_features, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, F, frames)
+        x = self.features(x)  # (B, C', F', frames')
+        return torch.cat([x.mean(3), x.amax(3)], dim=1).flatten(1)  # (B, 2 * C' * F')
+
+
 class CRNN(nn.Module):
     """Conv blocks (pooling frequency by 2 each, time by 2 in the first two), a bidirectional GRU or LSTM over the
     frames, the mean and max of its outputs over time, dropout, linear."""
@@ -122,7 +145,9 @@ class SoundClassifier(nn.Module):
         self.channels, self.body_chans = channels, body_chans
 
     def get_classifier(self) -> nn.Module:
-        return classifier_module(self.body)
+        """What transfer learning trains first: the body's classifier, and the per-bin normalisation, which is new too
+        (frozen, it would keep its initial statistics and hand the pretrained body unnormalised decibels)."""
+        return nn.ModuleList([self.norm, classifier_module(self.body)])
 
     def picture(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, C, T) samples -> (B, body_chans, bins, frames): what the body sees (before SpecAugment)."""
@@ -141,8 +166,8 @@ def build_body(name: str, num_classes: int, frontend: FrontEndConfig, channels: 
     """deepfit's own sound networks by name: (the body, the channels it takes)."""
     args = {k: v for k, v in model_args.items() if k not in ("in_chans", "bins")}  # the data's and the front end's
     if name == "soundcnn":
-        check_model_args(ConvNet, args, name)
-        return ConvNet(num_classes, in_chans=channels, drop_rate=drop_rate, **args), channels
+        check_model_args(SoundCNN, args, name)
+        return SoundCNN(num_classes, in_chans=channels, bins=frontend.bins, drop_rate=drop_rate, **args), channels
     if name == "crnn":
         check_model_args(CRNN, args, name)
         return CRNN(num_classes, in_chans=channels, bins=frontend.bins, drop_rate=drop_rate, **args), channels

@@ -18,12 +18,14 @@ from torch import nn
 
 from deepfit.config import TrainConfig
 from deepfit.data.formats.layout import holds_object_labels
+from deepfit.data.media import IMAGES
 from deepfit.data.sources import Catalog, discover
 from deepfit.data.split import load_split, resolve_splits, save_split
 from deepfit.engine.optim import param_groups
 from deepfit.errors import ConfigError, DataError
 from deepfit.log import logger
 from deepfit.modalities.image.augment import SMALL_IMAGE, BatchTransform
+from deepfit.modalities.sound import SOUND
 from deepfit.models.factory import Preprocessing, create_model, is_convolutional, list_models
 from deepfit.models.weights import classifier_module, freeze_folded_norms
 from deepfit.runs.folder import run_folder
@@ -39,6 +41,9 @@ from deepfit.tasks.classify.evaluate import Evaluation, check_known_classes, sco
 from deepfit.tasks.classify.model import TrainedModel, load_trained
 from deepfit.tasks.classify.objective import ClassificationTask
 from deepfit.tasks.classify.predict import Predictor, write_predictions
+from deepfit.tasks.classify.sound import SoundPredictor, sound_files
+from deepfit.tasks.classify.sound import prepare as prepare_sound
+from deepfit.tasks.classify.sound_model import OWN_SOUND_MODELS
 
 # A linear head on frozen features tolerates, and in the few steps of a short phase needs, a higher
 # learning rate than the whole network does.
@@ -90,11 +95,16 @@ class ClassifyTask(Task):
 
     # --- data ------------------------------------------------------------------------------------------
     def read(self, data: str | Path | Catalog, config: TrainConfig, **options: Any) -> Data:
-        """Class folders, split folders or a CSV; an already discovered `Catalog` (e.g. a subset) is taken as it is."""
+        """Class folders, split folders, a CSV or labelled file names, of images or sound files (`config.modality`, or
+        the files DATA holds); an already discovered `Catalog` (e.g. a subset) is taken as it is."""
         if isinstance(data, Catalog):
             return Data(data.root, data.classes, data, layout=data.layout, location=data.root)
-        catalog = discover(data, **options)
-        return Data(catalog.root, catalog.classes, catalog, layout=catalog.layout)
+        sound = config.modality == "sound" or (config.modality == "auto" and sound_files(data))
+        catalog = discover(data, **options, media=SOUND.media if sound else IMAGES)
+        if sound and config.modality == "auto":
+            logger.info(f"{data} holds sound files: sound classification with {config.model} on spectrograms"
+                        + ("" if config.model in OWN_SOUND_MODELS else " (--modality sound picks deepfit's soundcnn)"))
+        return Data(catalog.root, catalog.classes, catalog, layout=catalog.layout, record={"modality": "sound"} if sound else {})
 
     def split(self, data: Data, config: TrainConfig) -> dict[str, list]:
         return resolve_splits(data.source, config.val_fraction, config.test_fraction, config.seed)
@@ -104,15 +114,17 @@ class ClassifyTask(Task):
 
     def reread(self, saved: dict[str, Any], run_dir: Path) -> tuple[Data, dict[str, list]]:
         root = Path(saved["data_root"])
-        return Data(root, list(saved["classes"]), None, layout="resumed"), load_split(run_dir / "split.csv", root)
+        record = {"modality": "sound"} if saved.get("modality") == "sound" else {}
+        return Data(root, list(saved["classes"]), None, record=record, layout="resumed"), load_split(run_dir / "split.csv", root)
 
     def read_other(self, data: str | Path, trained: TrainedModel, **options: Any) -> tuple[Data, list]:
-        catalog = discover(data, **options)
+        catalog = discover(data, **options, media=SOUND.media if "sound" in trained.meta else IMAGES)
         check_known_classes(catalog, trained.classes, data)
         return Data(catalog.root, catalog.classes, catalog, layout=catalog.layout), catalog.files
 
     def describe(self, data: Data, splits: dict[str, list]) -> str:
-        return f"{len(data.classes)} classes, {', '.join(f'{len(v)} {k}' for k, v in splits.items())} images ({data.layout})"
+        noun = "clips" if data.record.get("modality") == "sound" else "images"
+        return f"{len(data.classes)} classes, {', '.join(f'{len(v)} {k}' for k, v in splits.items())} {noun} ({data.layout})"
 
     # --- training --------------------------------------------------------------------------------------
     def phases(self, config: TrainConfig) -> list[tuple[str, int]]:
@@ -124,6 +136,8 @@ class ClassifyTask(Task):
     def prepare(self, config: TrainConfig, data: Data, splits: dict[str, list], device: Any, *,
                 resumed: dict[str, Any] | None) -> Setup:
         classes, new = data.classes, resumed is None
+        if data.record.get("modality") == "sound":
+            return prepare_sound(config, classes, splits, resumed)
         created = create_model(
             config.model, len(classes), pretrained=config.pretrained and new, weights=config.weights if new else None,
             drop_rate=config.dropout, model_args=config.model_args, image_size=config.image_size,
@@ -169,6 +183,9 @@ class ClassifyTask(Task):
         )
 
     # --- using a trained model -------------------------------------------------------------------------
+    def predictor(self, trained: TrainedModel, device: str = "auto") -> Predictor | SoundPredictor:
+        return SoundPredictor(trained, device) if "sound" in trained.meta else Predictor(trained, device)
+
     def evaluate(self, run_dir: Path, predictor: Predictor, split: str, data: Data, items: list, *,
                  checkpoint: str, other: str | Path | None) -> Evaluation:
         return score_files(run_dir, predictor, split, items, data=other, checkpoint=checkpoint)
@@ -185,9 +202,11 @@ class ClassifyTask(Task):
         predictions, failed = predictor.predict_files(paths, top_k=top_k)
         if failed and not predictions:
             shown = ", ".join(str(path) for path, _ in failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
-            raise DataError(f"none of the {len(failed)} inputs could be read as an image: {shown}")
-        table = Table(title=f"{len(predictions)} images")
-        table.add_column("image", overflow="fold")
+            what = "sound" if predictor.modality == "sound" else "an image"
+            raise DataError(f"none of the {len(failed)} inputs could be read as {what}: {shown}")
+        one = "clip" if predictor.modality == "sound" else "image"
+        table = Table(title=f"{len(predictions)} {one}s")
+        table.add_column(one, overflow="fold")
         table.add_column("class")
         table.add_column("probability", justify="right")
         table.add_column(f"top {top_k}")

@@ -1,0 +1,261 @@
+"""Classification on the sound modality: what the classify task does differently when its inputs are recordings.
+
+The task (task.py) reads, splits, trains, evaluates and predicts as for images; here are the sound parts: choosing
+the sample rate and clip length from the data, decoding every split into clip stores (modalities/sound/store.py),
+building the network with its front end inside (sound_model.py), rebuilding it from a checkpoint, and predicting.
+A checkpoint's sidecar keeps `sound` (sample rate, clip length, channels, front end, network), so a trained model
+takes raw samples and needs nothing else.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepfit.config import TrainConfig
+from deepfit.data.sources import LabeledFile
+from deepfit.engine.device import autocast
+from deepfit.errors import DataError
+from deepfit.log import logger
+from deepfit.modalities.sound import SOUND
+from deepfit.modalities.sound.augment import SoundAugment, SoundBatchTransform, noise_bank
+from deepfit.modalities.sound.frontend import FrontEndConfig
+from deepfit.modalities.sound.io import audio_info, fit_length
+from deepfit.modalities.sound.store import SoundStore, check_unreadable, default_clip_seconds, durations
+from deepfit.models.factory import ModelSpec, build_model, create_model
+from deepfit.tasks.base import ModelPredictor, Setup
+from deepfit.tasks.classify.objective import ClassificationTask
+from deepfit.tasks.classify.predict import Prediction, to_prediction
+from deepfit.tasks.classify.sound_model import OWN_SOUND_MODELS, SoundClassifier, SpecAugment, build_body
+
+MAX_DEFAULT_RATE = 16000  # above this, speech and most environmental sounds gain little for their cost
+SHIFT_SHARE = 0.1  # a training clip may be shifted in time by up to this share of its length either way
+
+
+@dataclass(frozen=True)
+class SoundSpec:
+    """Everything needed to rebuild a sound classifier (weights come separately); the sidecar's `sound`."""
+
+    model: str  # soundcnn, crnn, or an image network's name
+    num_classes: int
+    sample_rate: int
+    samples: int  # clip length in samples
+    channels: int
+    frontend: dict[str, Any]
+    model_args: dict[str, Any]
+    drop_rate: float = 0.0
+
+    @property
+    def frontend_config(self) -> FrontEndConfig:
+        return FrontEndConfig(**{**self.frontend, "sample_rate": self.sample_rate})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def build_sound_model(spec: SoundSpec, *, pretrained: bool = False, weights: str | None = None,
+                      augment: bool = False) -> tuple[SoundClassifier, str | None, ModelSpec | None]:
+    """(the network, where its pretrained weights came from, the image network's spec when the body is one)."""
+    front = spec.frontend_config
+    spec_augment = SpecAugment() if augment else None
+    if spec.model in OWN_SOUND_MODELS:
+        body, chans = build_body(spec.model, spec.num_classes, front, spec.channels, model_args=spec.model_args,
+                                 drop_rate=spec.drop_rate)
+        return SoundClassifier(front, body, channels=spec.channels, body_chans=chans, spec_augment=spec_augment), None, None
+    created = create_model(spec.model, spec.num_classes, pretrained=pretrained, weights=weights, drop_rate=spec.drop_rate,
+                           model_args=spec.model_args)
+    model = SoundClassifier(front, created.model, channels=spec.channels, body_chans=3, spec_augment=spec_augment)
+    return model, created.pretrained_source, created.spec
+
+
+def rebuild(meta: dict[str, Any]) -> nn.Module:
+    """The network of a checkpoint's sidecar, with random weights (the caller loads them)."""
+    spec = SoundSpec(**meta["sound"])
+    if spec.model in OWN_SOUND_MODELS:
+        return build_sound_model(spec)[0]
+    body = build_model(ModelSpec(**meta["model"]))
+    return SoundClassifier(spec.frontend_config, body, channels=spec.channels, body_chans=3)
+
+
+def _rates(files: list[LabeledFile]) -> Counter:
+    rates: Counter = Counter()
+    for f in files[:2000]:  # headers only; a sample of this size settles the most common rate
+        try:
+            rates[audio_info(f.path).sample_rate] += 1
+        except DataError:
+            continue
+    return rates
+
+
+def plan(config: TrainConfig, train: list[LabeledFile]) -> tuple[int, float]:
+    """(sample rate, clip seconds): the config's, or chosen from the training clips and said in the log."""
+    rate = config.sample_rate
+    if rate is None:
+        rates = _rates(train)
+        if not rates:
+            raise DataError("none of the training files could be read as sound; check them with deepfit data check")
+        rate = min(MAX_DEFAULT_RATE, rates.most_common(1)[0][0])
+        logger.info(f"sample rate {rate} Hz (the clips' most common rate, at most {MAX_DEFAULT_RATE}; --sample-rate sets it)")
+    seconds = config.clip_seconds
+    if seconds is None:
+        seconds = default_clip_seconds(durations([f.path for f in train[:2000]]))
+        logger.info(f"clip length {seconds:g} s (9 in 10 training clips fit whole; --clip-seconds sets it)")
+    return rate, seconds
+
+
+def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[LabeledFile]], resumed: dict[str, Any] | None) -> Setup:
+    """Stores, transforms, network and objective of a sound classification run (new, or resumed from config.json)."""
+    if resumed is not None:
+        spec = SoundSpec(**resumed["sound"])
+    else:
+        rate, seconds = plan(config, splits["train"])
+        spec = SoundSpec(config.model or "soundcnn", len(classes), rate, max(1, round(rate * seconds)), config.channels,
+                         dict(config.frontend), dict(config.model_args), config.dropout)
+    spec.frontend_config  # noqa: B018 - checks the front-end settings before any decoding
+    index = {c: i for i, c in enumerate(classes)}
+    margin = round(spec.samples * SHIFT_SHARE) if config.augment != "none" else 0
+    stores, bad = {}, []
+    for name, files in splits.items():
+        if not files:
+            continue
+        stores[name], bad_here = SoundStore.load([f.path for f in files], [index[f.label] for f in files], spec.sample_rate,
+                                                 spec.samples, channels=spec.channels, margin=margin if name == "train" else 0,
+                                                 workers=config.workers or 2, what=f"{name} clips")
+        bad += bad_here
+    check_unreadable(bad, sum(len(f) for f in splits.values()))
+    noise = None
+    if config.noise:
+        paths = SOUND.expand([config.noise])
+        noise = noise_bank([SOUND.load(p, spec.sample_rate) for p in paths], spec.samples)
+        logger.info(f"{len(noise)} background recordings from {config.noise} are mixed into a third of the training clips")
+    new = resumed is None
+    model, origin, image_spec = build_sound_model(spec, pretrained=config.pretrained and new,
+                                                  weights=config.weights if new else None, augment=config.augment != "none")
+    augment = SoundAugment(noise_probability=1 / 3 if noise is not None else 0.0) if config.augment != "none" else None
+    own = ModelSpec("deepfit", spec.model, spec.num_classes, spec.drop_rate, spec.model_args)
+    meta = {"sound": spec.to_dict(), "model": (image_spec or own).to_dict(), "modality": "sound"}
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    skipped = {b.path for b in bad}
+    return Setup(
+        model=model, objective=ClassificationTask(len(classes), config.label_smoothing), train=stores["train"],
+        val=stores.get("val"), transform=SoundBatchTransform(spec.samples, margin, augment, noise),
+        eval_transform=SoundBatchTransform(spec.samples, 0), meta=meta, record={"modality": "sound", "sound": spec.to_dict()},
+        summary=(f"model {spec.model} on {'MFCC' if spec.frontend.get('n_mfcc') else 'log-mel'} pictures "
+                 f"({params:.2f}M parameters), {spec.sample_rate} Hz, clips of {spec.samples / spec.sample_rate:g} s"),
+        pretrained_from=origin,
+        splits={n: [f for f in files if f.path not in skipped] for n, files in splits.items()} if bad else None,
+    )
+
+
+class SoundPredictor(ModelPredictor):
+    """A trained sound classifier ready for inference: paths, (samples, rate) pairs, arrays or tensors in."""
+
+    tta = False
+    modality = "sound"  # the files `predict` and `deepfit predict` look for in folders
+
+    def __init__(self, trained: Any, device: str = "auto") -> None:
+        super().__init__(trained, device)
+        self.classes = trained.classes
+        self.spec = SoundSpec(**trained.meta["sound"])
+
+    def clip(self, item: Any) -> torch.Tensor:
+        """One input -> (C, T) float clip of the model's length (its middle, or padded around)."""
+        wave = SOUND.load(item, self.spec.sample_rate, self.spec.channels).numpy()
+        return torch.from_numpy(np.ascontiguousarray(fit_length(wave, self.spec.samples)))
+
+    @torch.inference_mode()
+    def logits(self, clips: torch.Tensor) -> torch.Tensor:
+        """(B, C, T) float clips -> (B, classes) float32 logits on the CPU."""
+        with autocast(self.device, self.precision):
+            return self.model(clips.to(self.device)).float().cpu()
+
+    def predict_proba(self, inputs: Any, batch_size: int = 64) -> np.ndarray:
+        """(N, classes) probabilities, columns in the order of `self.classes`."""
+        items = _as_list(inputs)
+        chunks = [self.logits(torch.stack([self.clip(i) for i in items[s : s + batch_size]])).softmax(1)
+                  for s in range(0, len(items), batch_size)]
+        return torch.cat(chunks).numpy() if chunks else np.zeros((0, len(self.classes)), dtype=np.float32)
+
+    def predict(self, inputs: Any, top_k: int = 3, batch_size: int = 64) -> list[Prediction]:
+        items = _as_list(inputs)
+        probs = self.predict_proba(items, batch_size)
+        return [to_prediction(self.classes, str(it) if isinstance(it, str | Path) else f"<clip {i}>", p, top_k)
+                for i, (it, p) in enumerate(zip(items, probs, strict=True))]
+
+    def predict_files(self, paths: list[Path], top_k: int = 3, batch_size: int = 64) -> tuple[list[Prediction], list[tuple[Path, str]]]:
+        """Like predict, but an unreadable file is skipped with a warning and returned, not raised."""
+        results, failed = [], []
+        for start in range(0, len(paths), batch_size):
+            clips, kept = [], []
+            for path in paths[start : start + batch_size]:
+                try:
+                    clips.append(self.clip(path))
+                    kept.append(path)
+                except DataError as e:
+                    logger.warning(f"skipped unreadable sound file: {e}")
+                    failed.append((path, str(e)))
+            if clips:
+                probs = self.logits(torch.stack(clips)).softmax(1).numpy()
+                results += [to_prediction(self.classes, str(p), pr, top_k) for p, pr in zip(kept, probs, strict=True)]
+        return results, failed
+
+
+def score_clips(predictor: SoundPredictor, files: list[LabeledFile], split: str,
+                batch_size: int = 64) -> tuple[list[Path], np.ndarray, np.ndarray, list]:
+    """(paths scored, true class indices, probabilities, unreadable files) of labelled clips, decoded as in training."""
+    index = {c: i for i, c in enumerate(predictor.classes)}
+    spec = predictor.spec
+    store, bad = SoundStore.load([f.path for f in files], [index[f.label] for f in files], spec.sample_rate, spec.samples,
+                                 channels=spec.channels, what=f"{split} clips")
+    check_unreadable(bad, len(files))
+    transform = SoundBatchTransform(spec.samples, 0)
+    logits, targets = [], []
+    for clips, labels, _ in store.batches(batch_size):
+        logits.append(predictor.logits(transform(clips, None)))
+        targets.append(labels)
+    probs = torch.cat(logits).softmax(1).numpy() if logits else np.zeros((0, len(predictor.classes)), np.float32)
+    y_true = torch.cat(targets).numpy() if targets else np.zeros(0, np.int64)
+    return store.paths, y_true, probs, bad
+
+
+def _as_list(inputs: Any) -> list:
+    """One input (a path, a (samples, rate) pair, a (T,) or (C, T) array or tensor) or a list of them -> a list."""
+    if isinstance(inputs, str | Path) or _is_pair(inputs):
+        return [inputs]
+    if isinstance(inputs, np.ndarray | torch.Tensor):
+        return list(inputs) if inputs.ndim == 3 else [inputs]  # a (B, C, T) batch is B clips
+    return list(inputs)
+
+
+def _is_pair(inputs: Any) -> bool:
+    """(samples, sample rate): one input, not a list of two."""
+    return isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[1], int | np.integer)
+
+
+def sound_files(data: str | Path) -> bool:
+    """Whether DATA (a folder, a CSV or a file) holds sound files rather than images: the first file of either kind
+    found decides."""
+    from deepfit.data.media import IMAGE_EXTENSIONS
+    from deepfit.modalities.sound.io import SOUND_EXTENSIONS
+
+    path = Path(data).expanduser()
+    if path.is_file():
+        if path.suffix.lower() in SOUND_EXTENSIONS:
+            return True
+        try:
+            text = path.read_text(errors="replace")[:65536]
+        except OSError:
+            return False
+        suffixes = [Path(w.strip().strip('"')).suffix.lower() for line in text.splitlines()[1:50] for w in line.replace("\t", ",").split(",")]
+        return any(s in SOUND_EXTENSIONS for s in suffixes) and not any(s in IMAGE_EXTENSIONS for s in suffixes)
+    for file in path.rglob("*") if path.is_dir() else []:
+        suffix = file.suffix.lower()
+        if suffix in SOUND_EXTENSIONS or suffix in IMAGE_EXTENSIONS:
+            return suffix in SOUND_EXTENSIONS
+    return False

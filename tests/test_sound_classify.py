@@ -1,0 +1,90 @@
+"""Sound classification end to end on recordings the test makes: the classify task on the sound modality, from the
+CLI and from Python; labels and speakers from file names, a split by speaker, evaluate, predict, load."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+import deepfit
+from deepfit.cli import main
+
+RATE = 8000
+PATTERN = r"(?P<label>[a-z]+)_(?P<group>s\d)_\d+\.wav"
+TONES = {"low": 300.0, "mid": 900.0, "high": 2400.0}
+SOUND_CLI = ["--model-args", "depth=2,width=8", "--epochs", "3", "--batch-size", "16", "--lr", "0.003", "--workers", "0"]
+
+
+def make_recordings(root: Path, speakers: int = 3, takes: int = 6, seed: int = 0) -> Path:
+    """LABEL_sN_I.wav: a tone per class, its pitch, length and loudness varying by speaker and take, over noise."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    for label, hz in TONES.items():
+        for s in range(speakers):
+            for i in range(takes):
+                seconds = rng.uniform(0.3, 0.6)
+                t = np.arange(int(RATE * seconds)) / RATE
+                wave = rng.uniform(0.2, 0.6) * np.sin(2 * np.pi * hz * (1 + 0.05 * s) * t) + 0.02 * rng.standard_normal(len(t))
+                soundfile.write(root / f"{label}_s{s}_{i}.wav", wave.astype(np.float32), RATE, subtype="PCM_16")
+    return root
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_recordings(tmp_path_factory.mktemp("sound") / "recordings")
+
+
+def test_train_evaluate_and_predict_sound_from_the_cli(recordings: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = tmp_path / "runs"
+    assert main(["train", str(recordings), "--label-pattern", PATTERN, "--modality", "sound", *SOUND_CLI,
+                 "--output", str(runs), "--name", "tones", "--val-fraction", "0.3", "--test-fraction", "0.3", "--no-evaluate"]) == 0
+    run = runs / "tones"
+    config = json.loads((run / "config.json").read_text())
+    assert config["modality"] == "sound" and config["model"] == "soundcnn"
+    assert config["sound"]["sample_rate"] == RATE and config["sound"]["samples"] == round(0.6 * RATE)  # 9 in 10 fit whole
+    rows = list(csv.DictReader((run / "split.csv").open()))
+    speakers = {s: {Path(r["path"]).name.split("_")[1] for r in rows if r["split"] == s} for s in ("train", "val", "test")}
+    assert all(len(v) == 1 for v in speakers.values())  # one speaker each: the test speaker is never heard in training
+
+    assert main(["evaluate", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "on 18 clips" not in out and (run / "report.html").is_file()
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert metrics["accuracy"] > 0.5  # three tones an octave or more apart: a few epochs separate them
+
+    assert main(["predict", str(run), str(recordings), "--output", str(tmp_path / "p.csv")]) == 0
+    predicted = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert len(predicted) == 54 and {p["label"] for p in predicted} <= set(TONES)
+
+
+def test_the_python_front_end_takes_files_samples_with_their_rate_and_reloads(recordings: Path, tmp_path: Path) -> None:
+    clf = deepfit.SoundClassifier(output=str(tmp_path), model_args={"depth": 2, "width": 8}, epochs=3, batch_size=16,
+                                  lr=0.003, workers=0, clip_seconds=0.5)
+    clf.fit(recordings, label_pattern=PATTERN)
+    assert clf.classes == ["high", "low", "mid"]
+    one = clf.predict(recordings / "high_s0_0.wav")
+    assert one.label in TONES and 0 < one.probability <= 1
+    samples, rate = soundfile.read(recordings / "low_s1_2.wav", dtype="float32")
+    from_samples = clf.predict((samples, rate))
+    assert from_samples.top == clf.predict(recordings / "low_s1_2.wav").top  # the same clip, as samples or as a file
+    resampled = clf.predict((np.interp(np.arange(0, len(samples), 0.5), np.arange(len(samples)), samples), 2 * rate))
+    assert resampled.label in TONES  # another rate is resampled to the model's
+    assert len(clf.predict(str(recordings))) == 54
+    again = deepfit.load(clf.run_dir)
+    assert type(again) is deepfit.SoundClassifier
+    reloaded = again.predict(recordings / "high_s0_0.wav")
+    assert reloaded.label == one.label and reloaded.probability == pytest.approx(one.probability, abs=1e-5)
+
+
+def test_sound_data_is_recognised_and_the_image_default_network_is_named(recordings: Path, tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    clf = deepfit.ImageClassifier("crnn", output=str(tmp_path), model_args={"depth": 2, "width": 8, "hidden": 8}, epochs=1,
+                                  batch_size=16, workers=0)
+    clf.fit(recordings, label_pattern=PATTERN)  # modality auto: the folder holds sound files
+    assert json.loads((clf.run_dir / "config.json").read_text())["modality"] == "sound"
+    assert "holds sound files: sound classification with crnn" in caplog.text
