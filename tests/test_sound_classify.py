@@ -88,3 +88,13 @@ def test_sound_data_is_recognised_and_the_image_default_network_is_named(recordi
     clf.fit(recordings, label_pattern=PATTERN)  # modality auto: the folder holds sound files
     assert json.loads((clf.run_dir / "config.json").read_text())["modality"] == "sound"
     assert "holds sound files: sound classification with crnn" in caplog.text
+
+
+def test_a_misspelt_front_end_setting_is_named_before_anything_is_decoded(recordings: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", str(recordings), "--label-pattern", PATTERN, "--modality", "sound", "--frontend", "n_mel=40",
+                 "--output", str(tmp_path)])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "--frontend has no setting 'n_mel' (did you mean 'n_mels'?)" in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # no run folder was made

@@ -44,7 +44,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type = TrainConfig,
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f.metadata["help"] + default_text(f.name, default if default != {} else None, cls is TrainConfig)
         kind = field_type(f, cls)
-        if f.name == "model_args":
+        if kind is dict:  # model_args, frontend: key=value,...
             group.add_argument(flag, type=model_args_type, default=argparse.SUPPRESS, help=help_text, metavar="K=V,...")
         elif kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)

@@ -9,8 +9,9 @@ takes raw samples and needs nothing else.
 
 from __future__ import annotations
 
+import difflib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from torch import nn
 from deepfit.config import TrainConfig
 from deepfit.data.sources import LabeledFile
 from deepfit.engine.device import autocast
-from deepfit.errors import DataError
+from deepfit.errors import ConfigError, DataError
 from deepfit.log import logger
 from deepfit.modalities.sound import SOUND
 from deepfit.modalities.sound.augment import SoundAugment, SoundBatchTransform, noise_bank
@@ -53,6 +54,13 @@ class SoundSpec:
 
     @property
     def frontend_config(self) -> FrontEndConfig:
+        known = [f.name for f in fields(FrontEndConfig) if f.name != "sample_rate"]
+        for key in self.frontend:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"--frontend has no setting {key!r}{hint}; settings: {', '.join(known)} "
+                                  "(the sample rate is --sample-rate)")
         return FrontEndConfig(**{**self.frontend, "sample_rate": self.sample_rate})
 
     def to_dict(self) -> dict[str, Any]:
