@@ -98,3 +98,14 @@ def test_a_misspelt_front_end_setting_is_named_before_anything_is_decoded(record
     err = capsys.readouterr().err
     assert "--frontend has no setting 'n_mel' (did you mean 'n_mels'?)" in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())  # no run folder was made
+
+
+def test_data_check_shows_clips_per_class_durations_rates_groups_and_bad_files(tmp_path: Path,
+                                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_recordings(tmp_path / "rec", speakers=2, takes=2)
+    (data / "low_s9_0.wav").write_text("not a recording")
+    assert main(["data", "check", str(data), "--label-pattern", PATTERN]) == 0
+    out = capsys.readouterr().out
+    assert "task: classify" in out and "13 clips in 3 classes" in out
+    assert "durations (12 clips): shortest" in out and "sample rates: 8000 Hz (12)" in out and "channels: 1 (12)" in out
+    assert "groups: 3" in out and "unreadable clips: 1" in out and "low_s9_0.wav" in out

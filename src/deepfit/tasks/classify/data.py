@@ -15,7 +15,7 @@ from PIL import Image
 
 from deepfit.config import TrainConfig
 from deepfit.data.sources import Catalog, LabeledFile
-from deepfit.data.split import cross_split_duplicates, label_conflicts
+from deepfit.data.split import cross_split_duplicates, label_conflicts, leaked_groups
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
 from deepfit.modalities.image.store import BadFile, ImageStore, check_unreadable
@@ -111,25 +111,34 @@ def write_skipped(bad: list[BadFile], run_dir: Path) -> None:
     logger.warning(f"{len(bad)} unreadable images were skipped; listed in {run_dir / 'skipped_files.csv'}")
 
 
-def summarize_catalog(catalog: Catalog, size_sample: int = 2000) -> list[Any]:
-    """`deepfit data check` for class folders or a CSV: the classes with their images per split, image sizes (read
-    from the headers of up to `size_sample` files), unreadable files, and files that would make scores optimistic
-    (byte-identical in two splits, or under two labels)."""
+def summarize_catalog(catalog: Catalog, size_sample: int = 2000, sound: bool = False) -> list[Any]:
+    """`deepfit data check` for class folders, a CSV or labelled file names: the classes with their files per split,
+    image sizes (or, for sound, durations, sample rates and channels), read from the headers of up to `size_sample`
+    files, unreadable files, and files that would make scores optimistic (byte-identical in two splits, or under two
+    labels; for sound, groups in two splits)."""
     from rich.table import Table
+
+    noun = "clips" if sound else "images"
 
     splits = sorted({f.split or "unsplit" for f in catalog.files}, key=["train", "val", "test", "unsplit"].index)
     counts = Counter((f.label, f.split or "unsplit") for f in catalog.files)
-    lines: list[Any] = [f"{catalog.layout} in {catalog.root}: {len(catalog.files)} images in {len(catalog.classes)} classes"
+    lines: list[Any] = [f"{catalog.layout} in {catalog.root}: {len(catalog.files)} {noun} in {len(catalog.classes)} classes"
                         + ("" if catalog.has_splits else " (no split given: deepfit train makes a stratified, seeded one)")]
-    table = Table(title="images per class")
+    table = Table(title=f"{noun} per class")
     table.add_column("class")
     for split in splits:
         table.add_column(split, justify="right")
     for label in catalog.classes:
         table.add_row(label, *(str(counts[label, split]) for split in splits))
     lines.append(table)
-    sizes, unreadable = [], []
-    for i, f in enumerate(catalog.files):
+    unreadable: list[str] = []
+    if sound:
+        from deepfit.tasks.classify.sound import describe_clips
+
+        info, unreadable = describe_clips([f.path for f in catalog.files], size_sample)
+        lines += info
+    sizes = []
+    for i, f in enumerate([] if sound else catalog.files):
         try:
             with Image.open(f.path) as img:  # the header only: no pixels are decoded
                 if i < size_sample:
@@ -144,10 +153,14 @@ def summarize_catalog(catalog: Catalog, size_sample: int = 2000) -> list[Any]:
     for f in catalog.files:
         by_split.setdefault(f.split or "unsplit", []).append(f)
     problems = {
-        "unreadable images": unreadable,
-        "byte-identical images in two splits": [" = ".join(str(f.path) for f in g) for g in cross_split_duplicates(by_split)],
-        "byte-identical images under two labels": [" = ".join(f"{f.label}:{f.path}" for f in g) for g in label_conflicts(by_split)],
+        f"unreadable {noun}": unreadable,
+        f"byte-identical {noun} in two splits": [" = ".join(str(f.path) for f in g) for g in cross_split_duplicates(by_split)],
+        f"byte-identical {noun} under two labels": [" = ".join(f"{f.label}:{f.path}" for f in g) for g in label_conflicts(by_split)],
     }
+    if any(f.group is not None for f in catalog.files):
+        leaked = leaked_groups([f.split or "unsplit" for f in catalog.files], [f.group for f in catalog.files])
+        problems["groups in two splits"] = [f"{g}: {', '.join(s)}" for g, s in leaked.items()]
+        lines.append(f"groups: {len({f.group for f in catalog.files})} (a group is kept in one split)")
     for kind, found in problems.items():
         lines.append(f"{kind}: {len(found)}")
         lines += [f"  {entry}" for entry in found[:50]] + ([f"  ... and {len(found) - 50} more"] if len(found) > 50 else [])

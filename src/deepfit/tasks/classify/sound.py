@@ -267,3 +267,26 @@ def sound_files(data: str | Path) -> bool:
         if suffix in SOUND_EXTENSIONS or suffix in IMAGE_EXTENSIONS:
             return suffix in SOUND_EXTENSIONS
     return False
+
+
+def describe_clips(paths: list[Path], sample: int = 2000) -> tuple[list[str], list[str]]:
+    """`deepfit data check` lines about recordings (durations, sample rates, channels, from the headers of up to
+    `sample` files), and the unreadable ones among them."""
+    seconds, rates, channels, unreadable = [], Counter(), Counter(), []
+    for path in paths[:sample]:
+        try:
+            info = audio_info(path)
+        except DataError as e:
+            unreadable.append(str(e))
+            continue
+        seconds.append(info.seconds)
+        rates[info.sample_rate] += 1
+        channels[info.channels] += 1
+    lines = []
+    if seconds:
+        q = np.percentile(seconds, [0, 50, 90, 100])
+        lines.append(f"durations ({len(seconds)} clips): shortest {q[0]:.2f} s, median {q[1]:.2f} s, 90% within {q[2]:.2f} s, "
+                     f"longest {q[3]:.2f} s; the default clip length would be {default_clip_seconds(seconds):g} s")
+        lines.append("sample rates: " + ", ".join(f"{r} Hz ({n})" for r, n in rates.most_common()))
+        lines.append("channels: " + ", ".join(f"{c} ({n})" for c, n in channels.most_common()))
+    return lines, unreadable

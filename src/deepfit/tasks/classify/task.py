@@ -227,14 +227,18 @@ class ClassifyTask(Task):
         if holds_object_labels(data) and not options.get("label_pattern"):
             return False
         try:
-            discover(data, **{k: v for k, v in options.items() if k in ("path_column", "label_column", "label_pattern")})
+            discover(data, **{k: v for k, v in options.items() if k in ("path_column", "label_column", "label_pattern")},
+                     media=SOUND.media if sound_files(data) else IMAGES)
         except DataError:
             return False
         return True
 
     def check_data(self, data: str | Path, *, path_column: str | None = None, label_column: str | None = None,
                    label_pattern: str | None = None) -> list[Any]:
-        return summarize_catalog(discover(data, path_column=path_column, label_column=label_column, label_pattern=label_pattern))
+        sound = sound_files(data)
+        catalog = discover(data, path_column=path_column, label_column=label_column, label_pattern=label_pattern,
+                           media=SOUND.media if sound else IMAGES)
+        return summarize_catalog(catalog, sound=sound)
 
     def model_names(self, pattern: str) -> dict[str, list[str]]:
         return list_models(pattern)
