@@ -167,7 +167,7 @@ def resolve_splits(
             carved = stratified_split(out["train"], val_fraction, 0.0, seed)
             out["train"], out["val"] = carved["train"], carved["val"]
         logger.info(
-            "the data defines no validation split: holding out %d of %d training images (val_fraction=%s)",
+            "the data defines no validation split: holding out %d of %d training files (val_fraction=%s)",
             len(out["val"]), len(out["train"]) + len(out["val"]), val_fraction,
         )
     return {s: _sorted(out[s]) for s in SPLITS}
