@@ -109,3 +109,40 @@ def test_data_check_shows_clips_per_class_durations_rates_groups_and_bad_files(t
     assert "task: classify" in out and "13 clips in 3 classes" in out
     assert "durations (12 clips): shortest" in out and "sample rates: 8000 Hz (12)" in out and "channels: 1 (12)" in out
     assert "groups: 3" in out and "unreadable clips: 1" in out and "low_s9_0.wav" in out
+
+
+def test_windows_cover_a_long_recording_read_in_pieces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepfit.tasks.classify import timeline
+
+    monkeypatch.setattr(timeline, "PIECE_SECONDS", 0.7)  # several pieces, so windows straddle their joints
+    wave = (np.arange(int(5.3 * RATE)) % 1000 / 1000).astype(np.float32)
+    path = tmp_path / "long.wav"
+    soundfile.write(path, wave, RATE, subtype="FLOAT")
+    got = list(timeline.windows(path, RATE, RATE, RATE // 2, 1))
+    assert [s for s, _ in got] == [0, 4000, 8000, 12000, 16000, 20000, 24000, 28000, 32000, 34400]  # the last ends at 5.3 s
+    for start, window in got:
+        assert np.array_equal(window[0], wave[start : start + RATE])
+    short = tmp_path / "short.wav"
+    soundfile.write(short, wave[:3000], RATE, subtype="FLOAT")
+    [(start, window)] = list(timeline.windows(short, RATE, RATE, RATE // 2, 1))
+    assert start == 0 and window.shape == (1, RATE) and np.array_equal(window[0, :3000], wave[:3000])
+
+
+def test_a_long_recording_is_labelled_window_by_window(recordings: Path, tmp_path: Path) -> None:
+    clf = deepfit.SoundClassifier(output=str(tmp_path), model_args={"depth": 2, "width": 8}, epochs=6, batch_size=16,
+                                  lr=0.003, workers=0, clip_seconds=0.5)
+    clf.fit(recordings, label_pattern=PATTERN)
+    t = np.arange(2 * RATE) / RATE
+    long = tmp_path / "long" / "low_then_high.wav"
+    long.parent.mkdir()
+    soundfile.write(long, np.concatenate([0.4 * np.sin(2 * np.pi * 300 * t), 0.4 * np.sin(2 * np.pi * 2400 * t)]), RATE)
+    assert main(["predict", str(clf.run_dir), str(long.parent), "--hop", "0.25", "--output", str(tmp_path / "p.csv")]) == 0
+    rows = list(csv.DictReader((tmp_path / "p_windows.csv").open()))
+    assert len(rows) == 15 and rows[0]["start_s"] == "0.000" and rows[-1]["end_s"] == "4.000"
+    assert rows[0]["label"] == "low" and rows[-1]["label"] == "high"  # what is heard changes half-way
+    assert (tmp_path / "p_timeline_low_then_high.png").stat().st_size > 1000
+    assert clf.predict(long, hop=0.25).label in ("low", "high") and len(clf.predictor.timelines) == 1
+    with pytest.raises(deepfit.ConfigError, match="already exists"):
+        from deepfit.workflows.predict import predict_files
+        predict_files(clf.run_dir, [long], tmp_path / "p2.csv", hop=0.25)
+        predict_files(clf.run_dir, [long], tmp_path / "p2.csv", hop=0.25)

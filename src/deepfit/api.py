@@ -203,9 +203,12 @@ class SoundClassifier(Learner):
 
     tasks = ("classify",)
 
-    @with_options(TrainConfig, skip=("task", "model", "modality"))
-    def __init__(self, model: str | None = None, *, preset: str | None = None, **options: Unpack[TrainOptions]) -> None:
-        super().__init__(model, preset=preset, **{**options, "modality": "sound"})
+    @with_options(TrainConfig, skip=("task", "model"))
+    def __init__(self, model: str | None = None, *, task: str | None = None, preset: str | None = None,
+                 modality: str = "sound", **options: Unpack[TrainOptions]) -> None:
+        if modality != "sound":
+            raise DeepfitError(f"modality={modality!r}: SoundClassifier is for sound; use ImageClassifier for images")
+        super().__init__(model, task=task, preset=preset, **{**options, "modality": "sound"})
 
     @with_options(TrainConfig, skip=("task", "modality"))
     def fit(self, data: str | Path, *, path_column: str | None = None, label_column: str | None = None,
@@ -222,11 +225,13 @@ class SoundClassifier(Learner):
         given = _given(path_column=path_column, label_column=label_column, label_pattern=label_pattern)
         return super().evaluate(data, checkpoint, data_root=data_root, **given)
 
-    def predict(self, inputs: Any, top_k: int = 3) -> Prediction | list[Prediction]:
+    def predict(self, inputs: Any, top_k: int = 3, hop: float | None = None) -> Prediction | list[Prediction]:
         """One input (a sound file, a (samples, sample rate) pair, or a (T,) / (C, T) array or tensor at the model's
-        rate) -> one Prediction; a list, a folder or a glob -> a list of them."""
+        rate) -> one Prediction; a list, a folder or a glob -> a list of them. A file longer than 1.5 clips is labelled
+        in windows starting every `hop` seconds (default: half a clip): its prediction is their mean, and the windows
+        are in `clf.predictor.timelines`."""
         items = get_modality("sound").expand([inputs] if isinstance(inputs, str | Path) else inputs) if is_path_list(inputs) else inputs
-        predictions = self.predictor.predict(items, top_k=top_k)
+        predictions = self.predictor.predict(items, top_k=top_k, hop=hop)
         one = (isinstance(inputs, str | Path) and not names_many(inputs)) or (isinstance(inputs, tuple) and len(inputs) == 2
                and isinstance(inputs[1], int)) or (isinstance(inputs, np.ndarray | torch.Tensor) and inputs.ndim <= 2)
         return predictions[0] if one else predictions

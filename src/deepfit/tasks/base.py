@@ -37,6 +37,7 @@ class Option:
     help: str
     type: type = str  # str, int, float, bool (a switch), or list (one or more values)
     default: Any = None
+    modality: str | None = None  # the one modality the option is for (e.g. "sound"), None: every one
 
     @property
     def flag(self) -> str:

@@ -34,6 +34,7 @@ from deepfit.tasks.base import ModelPredictor, Setup
 from deepfit.tasks.classify.objective import ClassificationTask
 from deepfit.tasks.classify.predict import Prediction, to_prediction
 from deepfit.tasks.classify.sound_model import OWN_SOUND_MODELS, SoundClassifier, SpecAugment, build_body
+from deepfit.tasks.classify.timeline import Timeline, label_recording, plot_timeline, write_windows_csv
 
 MAX_DEFAULT_RATE = 16000  # above this, speech and most environmental sounds gain little for their cost
 SHIFT_SHARE = 0.1  # a training clip may be shifted in time by up to this share of its length either way
@@ -190,19 +191,35 @@ class SoundPredictor(ModelPredictor):
                   for s in range(0, len(items), batch_size)]
         return torch.cat(chunks).numpy() if chunks else np.zeros((0, len(self.classes)), dtype=np.float32)
 
-    def predict(self, inputs: Any, top_k: int = 3, batch_size: int = 64) -> list[Prediction]:
+    def predict(self, inputs: Any, top_k: int = 3, batch_size: int = 64, hop: float | None = None) -> list[Prediction]:
         items = _as_list(inputs)
+        if items and all(isinstance(i, str | Path) for i in items):  # files: long recordings in windows, errors raised
+            predictions, failed = self.predict_files([Path(i) for i in items], top_k, batch_size, hop)
+            if failed:
+                raise DataError(failed[0][1])
+            return predictions
         probs = self.predict_proba(items, batch_size)
         return [to_prediction(self.classes, str(it) if isinstance(it, str | Path) else f"<clip {i}>", p, top_k)
                 for i, (it, p) in enumerate(zip(items, probs, strict=True))]
 
-    def predict_files(self, paths: list[Path], top_k: int = 3, batch_size: int = 64) -> tuple[list[Prediction], list[tuple[Path, str]]]:
-        """Like predict, but an unreadable file is skipped with a warning and returned, not raised."""
+    def predict_files(self, paths: list[Path], top_k: int = 3, batch_size: int = 64,
+                      hop: float | None = None) -> tuple[list[Prediction], list[tuple[Path, str]]]:
+        """Like predict, but an unreadable file is skipped with a warning and returned, not raised. A recording longer
+        than 1.5 clips is labelled in windows starting every `hop` seconds (default: half a clip), read in pieces; its
+        prediction is the mean over its windows, which are kept in `self.timelines`."""
         results, failed = [], []
+        self.timelines: list[Timeline] = []
+        clip_seconds = self.spec.samples / self.spec.sample_rate
         for start in range(0, len(paths), batch_size):
             clips, kept = [], []
             for path in paths[start : start + batch_size]:
                 try:
+                    if audio_info(path).seconds > 1.5 * clip_seconds:
+                        timeline = label_recording(path, lambda x: self.logits(x).softmax(1).numpy(), self.spec.sample_rate,
+                                                   self.spec.samples, hop or clip_seconds / 2, self.spec.channels, batch_size)
+                        self.timelines.append(timeline)
+                        results.append(to_prediction(self.classes, str(path), timeline.mean, top_k))
+                        continue
                     clips.append(self.clip(path))
                     kept.append(path)
                 except DataError as e:
@@ -290,3 +307,18 @@ def describe_clips(paths: list[Path], sample: int = 2000) -> tuple[list[str], li
         lines.append("sample rates: " + ", ".join(f"{r} Hz ({n})" for r, n in rates.most_common()))
         lines.append("channels: " + ", ".join(f"{c} ({n})" for c, n in channels.most_common()))
     return lines, unreadable
+
+
+def write_timelines(timelines: list[Timeline], classes: list[str], target: Path) -> str:
+    """Beside the predictions file: every window's probabilities (NAME_windows.csv) and a timeline picture per long
+    recording (NAME_timeline_RECORDING.png), never overwriting; returns the line to show."""
+    csv_path = target.with_name(f"{target.stem}_windows.csv")
+    pictures = [target.with_name(f"{target.stem}_timeline_{t.source.stem}.png") for t in timelines]
+    existing = [p for p in [csv_path, *pictures] if p.exists()]
+    if existing:
+        raise ConfigError(f"{existing[0]} already exists: deepfit does not overwrite; pass another --output")
+    write_windows_csv(timelines, classes, csv_path)
+    for timeline, picture in zip(timelines, pictures, strict=True):
+        plot_timeline(timeline, classes, picture)
+    windows = sum(len(t.starts) for t in timelines)
+    return f"{len(timelines)} long recordings labelled in {windows} windows: {csv_path} and timeline pictures beside it"

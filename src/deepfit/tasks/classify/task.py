@@ -41,7 +41,7 @@ from deepfit.tasks.classify.evaluate import Evaluation, check_known_classes, sco
 from deepfit.tasks.classify.model import TrainedModel, load_trained
 from deepfit.tasks.classify.objective import ClassificationTask
 from deepfit.tasks.classify.predict import Predictor, write_predictions
-from deepfit.tasks.classify.sound import SoundPredictor, sound_files
+from deepfit.tasks.classify.sound import SoundPredictor, sound_files, write_timelines
 from deepfit.tasks.classify.sound import prepare as prepare_sound
 from deepfit.tasks.classify.sound_model import OWN_SOUND_MODELS
 
@@ -91,7 +91,11 @@ class ClassifyTask(Task):
                "label, group (kept in one split), split, e.g. '(?P<label>[A-Za-z_]+)_\\d+\\.jpg'"),
     )
     evaluate_options = ("path_column", "label_column", "label_pattern")
-    predict_options = (Option("top_k", "classes to list per image (default: 3)", int, 3),)
+    predict_options = (
+        Option("top_k", "classes to list per image (default: 3)", int, 3),
+        Option("hop", "sound: a recording longer than 1.5 clips is labelled in windows of the clip's length starting every "
+               "HOP seconds (default: half a clip), written to *_windows.csv with a timeline picture", float, None, "sound"),
+    )
 
     # --- data ------------------------------------------------------------------------------------------
     def read(self, data: str | Path | Catalog, config: TrainConfig, **options: Any) -> Data:
@@ -193,13 +197,15 @@ class ClassifyTask(Task):
     def headline(self, evaluation: Evaluation) -> str:
         return f"{evaluation.split} accuracy {evaluation.metrics['accuracy']:.2%}; report: {evaluation.report}"
 
-    def predict_files(self, predictor: Predictor, paths: list[Path], output: Path | None, run_dir: Path, *,
-                      top_k: int = 3) -> list[Any]:
+    def predict_files(self, predictor: Predictor | SoundPredictor, paths: list[Path], output: Path | None, run_dir: Path, *,
+                      top_k: int = 3, hop: float | None = None) -> list[Any]:
         """A table of the predictions, and predictions.csv (or .json) in the run folder or at `output`."""
         target = output or run_folder(run_dir) / "predictions.csv"
         if target.exists():
             raise ConfigError(f"{target} already exists: deepfit does not overwrite; pass another --output")
-        predictions, failed = predictor.predict_files(paths, top_k=top_k)
+        if hop is not None and not isinstance(predictor, SoundPredictor):
+            raise ConfigError("--hop is for sound classifiers: images are classified whole")
+        predictions, failed = predictor.predict_files(paths, top_k=top_k, **({"hop": hop} if hop is not None else {}))
         if failed and not predictions:
             shown = ", ".join(str(path) for path, _ in failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
             what = "sound" if predictor.modality == "sound" else "an image"
@@ -214,7 +220,10 @@ class ClassifyTask(Task):
             others = ", ".join(f"{label} {prob:.1%}" for label, prob in p.top[1:])
             table.add_row(p.source, p.label, f"{p.probability:.1%}", others)
         out = write_predictions(predictions, target)
-        return [table, f"predictions written to {out}" + (f"; {len(failed)} unreadable files skipped" if failed else "")]
+        shown: list[Any] = [table, f"predictions written to {out}" + (f"; {len(failed)} unreadable files skipped" if failed else "")]
+        if getattr(predictor, "timelines", None):
+            shown.append(write_timelines(predictor.timelines, predictor.classes, target))
+        return shown
 
     # --- deepfit data check ----------------------------------------------------------------------------
     claim_order = 1  # after semantic masks (an images/ + masks/ pair would read as two classes), before object labels
