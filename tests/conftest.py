@@ -46,6 +46,36 @@ CLASS_LOOKS = [((220, 40, 40), "square"), ((40, 200, 60), "circle"), ((50, 80, 2
                ((230, 200, 40), "cross")]
 
 
+# --- Ctrl-C in the middle of training ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def ctrl_c_after(steps: int) -> Iterator[None]:
+    """Every Trainer made inside sends its process SIGINT (what the terminal sends on Ctrl-C) after `steps` training
+    steps, counted over the process, as a user pressing Ctrl-C would."""
+    import signal
+
+    from deepfit.engine import trainer as trainer_module
+
+    done = [0]
+
+    class CtrlC(trainer_module.Callback):
+        def on_batch_end(self, trainer: object, step: int, batch_size: int) -> None:
+            done[0] += 1
+            if done[0] == steps:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    original_init = trainer_module.Trainer.__init__
+
+    def init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        original_init(self, *args, **kwargs)
+        self.callbacks.insert(0, CtrlC())
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_module.Trainer, "__init__", init)
+        yield
+
+
 # --- logging -------------------------------------------------------------------------------------
 
 

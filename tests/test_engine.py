@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import deepfit
-from conftest import TINY
+from conftest import TINY, ctrl_c_after
 from deepfit.cli import main
 from deepfit.engine.checkpoint import RESUME_FILE, load_training_state
 from deepfit.errors import ConfigError, TrainingError, TrainingInterrupted, WeightsError
@@ -110,29 +110,8 @@ def test_resume_after_sigkill_ends_as_if_never_stopped(when: str, shapes_data: P
 
 
 def test_ctrl_c_saves_a_resumable_state_and_resume_matches(shapes_data: Path, reference: Path, tmp_path: Path) -> None:
-    from deepfit.engine.trainer import Callback
-
-    class CtrlC(Callback):
-        def __init__(self) -> None:
-            self.steps = 0
-
-        def on_batch_end(self, trainer: object, step: int, batch_size: int) -> None:
-            self.steps += 1
-            if self.steps == 7:
-                os.kill(os.getpid(), signal.SIGINT)  # what the terminal sends on Ctrl-C
-
-    from deepfit.engine import trainer as trainer_module
-
-    original_init = trainer_module.Trainer.__init__
-
-    def init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        original_init(self, *args, **kwargs)
-        self.callbacks.insert(0, CtrlC())
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer_module.Trainer, "__init__", init)
-        with pytest.raises(TrainingInterrupted):
-            _fit(shapes_data, tmp_path, "interrupted")
+    with ctrl_c_after(7), pytest.raises(TrainingInterrupted):
+        _fit(shapes_data, tmp_path, "interrupted")
     run = tmp_path / "interrupted"
     assert load_training_state(run / RESUME_FILE)["position"]["step"] == 1  # stopped cleanly after step 7 = epoch 3, step 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is removed again

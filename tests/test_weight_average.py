@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,9 +11,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 import deepfit
-from conftest import TINY
+from conftest import TINY, ctrl_c_after
 from deepfit.engine.average import WeightAverage
-from deepfit.engine.trainer import Callback, Position
+from deepfit.engine.trainer import Position
 from deepfit.errors import TrainingInterrupted
 
 
@@ -80,26 +78,8 @@ def test_averaged_training_differs_and_resumes_mid_epoch_to_the_same_weights(sha
     assert any(not torch.equal(plain[k], averaged[k]) for k in plain)
     assert '"ema": 0.9' in (averaged_run / "config.json").read_text()
 
-    class CtrlC(Callback):
-        steps = 0
-
-        def on_batch_end(self, trainer: object, step: int, batch_size: int) -> None:
-            CtrlC.steps += 1
-            if CtrlC.steps == 5:  # epoch 2, step 2 of 3: between two averaging updates
-                os.kill(os.getpid(), signal.SIGINT)
-
-    from deepfit.engine import trainer as trainer_module
-
-    original_init = trainer_module.Trainer.__init__
-
-    def init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        original_init(self, *args, **kwargs)
-        self.callbacks.insert(0, CtrlC())
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer_module.Trainer, "__init__", init)
-        with pytest.raises(TrainingInterrupted):
-            _fit(shapes_data, tmp_path, "interrupted", ema=0.9)
+    with ctrl_c_after(5), pytest.raises(TrainingInterrupted):  # epoch 2, step 2 of 3: between two averaging updates
+        _fit(shapes_data, tmp_path, "interrupted", ema=0.9)
     run = tmp_path / "interrupted"
     deepfit.resume(run)
     resumed = _weights(run)
