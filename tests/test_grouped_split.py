@@ -88,3 +88,19 @@ def test_splits_named_in_file_names_are_used_and_a_speaker_in_two_is_named(tmp_p
     (data / "holdout_a_0_x.wav").touch()
     with pytest.raises(DataError, match=r"holdout_a_0_x\.wav: --label-pattern reads the split 'holdout'"):
         discover(data, media=SOUNDS, label_pattern=pattern)
+
+
+def test_a_group_column_of_a_csv_keeps_each_group_in_one_split(tmp_path: Path) -> None:
+    rows = ["path,label,group"]
+    for speaker in SPEAKERS:
+        for digit in range(3):
+            for take in range(4):
+                name = f"{digit}_{speaker}_{take}.wav"
+                (tmp_path / name).touch()
+                rows.append(f"{name},{digit},{speaker}")
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    catalog = discover(tmp_path / "list.csv", media=SOUNDS)
+    assert {f.group for f in catalog.files} == set(SPEAKERS)
+    splits = resolve_splits(catalog, 0.15, 0.15, seed=0)
+    assert not leaked_groups([f.split for fs in splits.values() for f in fs], [f.group for fs in splits.values() for f in fs])
+    assert all(len({f.group for f in fs}) == 1 for name, fs in splits.items() if name != "train")
