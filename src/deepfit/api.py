@@ -42,6 +42,7 @@ from deepfit.runs.folder import read_run_config, run_folder, run_task
 from deepfit.tasks.base import Task, option_values
 from deepfit.tasks.classify.predict import ImageInput, Prediction
 from deepfit.tasks.detect.predict import DEFAULT_CONF, DEFAULT_IOU, Detections
+from deepfit.workflows.crossval import CVResult, cross_validate
 from deepfit.workflows.evaluate import evaluate as evaluate_run
 from deepfit.workflows.extraction import FeatureSet
 from deepfit.workflows.features import FeaturesResult
@@ -75,6 +76,7 @@ class Learner:
         self.config: TrainConfig = apply_preset(preset, {"task": task, **options, **({"model": model} if model else {})})
         self.run_dir: Path | None = None
         self.result: TrainResult | None = None
+        self.cv_result: CVResult | None = None  # after a fit with cv=N: the folds' runs and scores
         self._predictor: Any = None
 
     @property
@@ -87,7 +89,11 @@ class Learner:
         # a data option of any task goes to the workflow, which names the task it belongs to if it is not this one's
         data_names = {o.name for task in all_tasks() for o in task.data_options}
         config = self.config.replace(**{k: v for k, v in options.items() if k not in data_names})
-        self.result = train(data, config, **{k: v for k, v in options.items() if k in data_names})
+        data_options = {k: v for k, v in options.items() if k in data_names}
+        if config.cv:  # one model per fold: no single run to predict with; each fold's run loads with deepfit.load
+            self.cv_result, self.config, self.run_dir, self._predictor = cross_validate(data, config, **data_options), config, None, None
+            return self
+        self.result = train(data, config, **data_options)
         self.config, self.run_dir, self._predictor = config, self.result.run_dir, None
         return self
 
@@ -127,6 +133,9 @@ class Learner:
 
     def _require_run(self) -> Path:
         if self.run_dir is None:
+            if self.cv_result is not None:
+                raise DeepfitError(f"cross-validation trained one model per fold: load one with deepfit.load(RUN), RUN one "
+                                   f"of {', '.join(str(r) for r in self.cv_result.runs)}")
             raise DeepfitError(f"this {type(self).__name__} has not been trained yet: call fit(data) or deepfit.load(run_dir)")
         return self.run_dir
 

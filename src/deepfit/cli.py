@@ -183,6 +183,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
         learner.fit(args.data, **data_options)
     if not from_environment().main:  # under torchrun, rank 0 reports and evaluates
         return
+    if learner.cv_result is not None:  # every fold was tested on its own fold already
+        _print(learner.cv_result.headline())
+        return
     print(f"run folder: {learner.run_dir}")
     if not args.no_evaluate:
         _print(learner.task.headline(learner.evaluate()))

@@ -81,6 +81,9 @@ class TrainConfig:
                              "binary 0/255 masks keep 255 as foreground)")
     tile_size: int = _opt(1024, "segmentation: images larger than this (either side) are predicted in overlapping tiles of "
                           "this size, so memory stays bounded for images of any size")
+    cv: int = _opt(0, "cross-validation (classification): train one model per fold, each tested on its fold, and report "
+                   "every fold's test accuracy and their mean and std; N folds (the data's own fold column or --label-pattern "
+                   "fold when it has one, else by group, else stratified); 0: off")
     early_stopping: int = _opt(0, "stop when the validation score (accuracy; mAP for detection, mIoU for segmentation) has not "
                                "improved for this many epochs (0: off)")
     ema: float = _opt(0.0, "weight averaging: every 5 steps the weights are pulled back to their exponential moving average "
@@ -120,6 +123,8 @@ class TrainConfig:
         check_values(self, TRAIN_LIMITS)
         if self.pretrained and self.weights:
             raise ConfigError("give either --pretrained (official weights by name) or --weights FILE, not both")
+        if self.cv == 1:
+            raise ConfigError("--cv 1 leaves nothing to test on: use --cv 2 or more folds (5 is usual), or 0 for one run")
 
     @property
     def transfer(self) -> bool:
@@ -197,7 +202,7 @@ TRAIN_LIMITS: dict[str, _Limit] = {
     "tile_size": (32, True, None, False), "early_stopping": _AT_LEAST_0, "head_epochs": _AT_LEAST_0,
     "backbone_lr_scale": _AT_LEAST_0, "accumulate": _AT_LEAST_1, "save_every_steps": _AT_LEAST_0,
     "time_budget": (0, False, None, False),
-    "sample_rate": (1000, True, None, False), "clip_seconds": (0, False, None, False), "channels": _AT_LEAST_1,
+    "cv": _AT_LEAST_0, "sample_rate": (1000, True, None, False), "clip_seconds": (0, False, None, False), "channels": _AT_LEAST_1,
 }
 FEATURES_LIMITS: dict[str, _Limit] = {**_COMMON_LIMITS, "cv_folds": (2, True, None, False)}
 _TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text", dict: "a dict"}
@@ -278,6 +283,8 @@ class FeaturesConfig:
         check_values(self, FEATURES_LIMITS)
         if self.pretrained and self.weights:
             raise ConfigError("give either --pretrained (official weights by name) or --weights FILE, not both")
+        if self.cv == 1:
+            raise ConfigError("--cv 1 leaves nothing to test on: use --cv 2 or more folds (5 is usual), or 0 for one run")
         if self.export and Path(self.export).suffix.lower() not in (".npz", ".parquet"):
             raise ConfigError(f"--export must end in .npz or .parquet, got {self.export!r}")
 

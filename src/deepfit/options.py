@@ -56,6 +56,7 @@ class TrainOptions(TypedDict, total=False):
     class_weights: str
     ignore_index: int
     tile_size: int
+    cv: int
     early_stopping: int
     ema: float
     head_epochs: int

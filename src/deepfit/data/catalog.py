@@ -31,6 +31,7 @@ class LabeledFile:
     label: str
     split: str | None = None  # "train" | "val" | "test" when the source defines it
     group: str | None = None  # a speaker, a source recording: kept in one split (see split.grouped_split)
+    fold: str | None = None  # the data's own cross-validation fold (see workflows/crossval.py)
 
     def sort_key(self) -> tuple:
         """(split, label, path) in natural order; unsplit files first."""

@@ -1,4 +1,4 @@
-"""CSV and TSV lists of labelled files: path and label columns found by name or chosen, optional split and group
+"""CSV and TSV lists of labelled files: path and label columns found by name or chosen, optional split, group and fold
 columns."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def read_csv_list(csv_path: Path, path_column: str | None, label_column: str | N
     reader = csv.reader(lines, delimiter=_delimiter(csv_path, lines[0]))
     header = [h.strip() for h in next(reader)]
     lowered = [h.lower() for h in header]
-    known = set(_PATH_COLUMNS) | set(_LABEL_COLUMNS) | {"split", "group"}
+    known = set(_PATH_COLUMNS) | set(_LABEL_COLUMNS) | {"split", "group", "fold"}
     if path_column is None and label_column is None and not known & set(lowered):
         first = (base / header[0]).expanduser() if header[0] else None
         if media.holds(header[0]) or (first is not None and first.is_file()):
@@ -78,8 +78,8 @@ def read_csv_list(csv_path: Path, path_column: str | None, label_column: str | N
     if split_i in (path_i, label_i):
         split_i = None
     # a speaker, a patient, a source recording: its files stay in one split (see split.grouped_split)
-    group_i = lowered.index("group") if "group" in lowered and lowered.index("group") not in (path_i, label_i) else None
-    groups: dict[Path, str] = {}
+    extra = {c: lowered.index(c) for c in ("group", "fold") if c in lowered and lowered.index(c) not in (path_i, label_i)}
+    groups: dict[str, dict[Path, str]] = {c: {} for c in extra}  # column -> path -> value
 
     rows: list[tuple[int, Path, str, str | None]] = []
     missing: list[tuple[int, Path]] = []
@@ -112,8 +112,9 @@ def read_csv_list(csv_path: Path, path_column: str | None, label_column: str | N
             )
         first_line[path] = line
         rows.append((line, path, label, split))
-        if group_i is not None and _cell(row, group_i):
-            groups[path] = _cell(row, group_i)
+        for column, i in extra.items():
+            if _cell(row, i):
+                groups[column][path] = _cell(row, i)
     if missing:
         line, path = missing[0]
         more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
@@ -132,7 +133,7 @@ def read_csv_list(csv_path: Path, path_column: str | None, label_column: str | N
             raise DataError(f"{csv_path} line {line}: empty split: give every row train, val or test, or none")
         else:
             _check_csv_splits(csv_path, rows)
-    files = [LabeledFile(p, label, split, groups.get(p)) for _, p, label, split in rows]
+    files = [LabeledFile(p, label, split, groups.get("group", {}).get(p), groups.get("fold", {}).get(p)) for _, p, label, split in rows]
     return make_catalog(files, base, "csv", csv_path)
 
 

@@ -217,5 +217,5 @@ def _from_names(root: Path, pattern: str, media: Media) -> Catalog:
             split = SPLIT_ALIASES.get(named.split.lower())
             if split is None:
                 raise DataError(f"{named.path}: --label-pattern reads the split {named.split!r}; use train, val or test")
-        files.append(LabeledFile(named.path, named.label, split, named.group))
+        files.append(LabeledFile(named.path, named.label, split, named.group, named.fold))
     return make_catalog(files, root, "file-names", root)

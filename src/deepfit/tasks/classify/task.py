@@ -102,7 +102,10 @@ class ClassifyTask(Task):
         """Class folders, split folders, a CSV or labelled file names, of images or sound files (`config.modality`, or
         the files DATA holds); an already discovered `Catalog` (e.g. a subset) is taken as it is."""
         if isinstance(data, Catalog):
-            return Data(data.root, data.classes, data, layout=data.layout, location=data.root)
+            sound = config.modality == "sound" or (config.modality == "auto" and bool(data.files)
+                                                    and data.files[0].path.suffix.lower() in SOUND.extensions)
+            return Data(data.root, data.classes, data, layout=data.layout, location=data.root,
+                        record={"modality": "sound"} if sound else {})
         sound = config.modality == "sound" or (config.modality == "auto" and sound_files(data))
         catalog = discover(data, **options, media=SOUND.media if sound else IMAGES)
         if sound and config.modality == "auto":
