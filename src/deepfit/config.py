@@ -200,8 +200,7 @@ TRAIN_LIMITS: dict[str, _Limit] = {
     **_COMMON_LIMITS, "epochs": _AT_LEAST_1, "lr": (0, False, None, False), "momentum": _SHARE, "weight_decay": _AT_LEAST_0,
     "warmup_epochs": _AT_LEAST_0, "label_smoothing": _SHARE, "ema": _SHARE, "dropout": _SHARE, "ignore_index": (-1, True, None, False),
     "tile_size": (32, True, None, False), "early_stopping": _AT_LEAST_0, "head_epochs": _AT_LEAST_0,
-    "backbone_lr_scale": _AT_LEAST_0, "accumulate": _AT_LEAST_1, "save_every_steps": _AT_LEAST_0,
-    "time_budget": (0, False, None, False),
+    "backbone_lr_scale": _AT_LEAST_0, "accumulate": _AT_LEAST_1, "save_every_steps": _AT_LEAST_0, "time_budget": (0, False, None, False),
     "cv": _AT_LEAST_0, "sample_rate": (1000, True, None, False), "clip_seconds": (0, False, None, False), "channels": _AT_LEAST_1,
 }
 FEATURES_LIMITS: dict[str, _Limit] = {**_COMMON_LIMITS, "cv_folds": (2, True, None, False)}
@@ -366,9 +365,7 @@ def parse_model_args(text: str) -> dict[str, Any]:
     return result
 
 
-# Sound classification's defaults where the image ones do not fit (see tasks/classify/sound.py).
-SOUND_DEFAULTS: dict[str, Any] = {"model": "soundcnn", "batch_size": 32}
-
+SOUND_DEFAULTS: dict[str, Any] = {"model": "soundcnn", "batch_size": 32}  # where the image ones do not fit (--modality sound)
 PRESETS: dict[str, dict[str, Any]] = {
     # Small, fast net for the embedded digits: 8x8 images upscaled to 16 px; flips would turn a 2 into a 5-like shape.
     "quickstart": dict(
