@@ -74,6 +74,7 @@ class TrainConfig:
     schedule: str = _opt("cosine", "learning-rate schedule after warm-up", ("cosine", "onecycle", "constant"))
     warmup_epochs: float = _opt(1.0, "linear warm-up length in epochs (may be fractional)")
     label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy loss (classification)")
+    mixup: float = _opt(0.0, "mixup (classification): train on blends of two examples and their labels, Beta(MIXUP, MIXUP)")
     loss: str = _opt("ce", "segmentation loss: ce, dice, focal or a sum such as ce+dice")
     class_weights: str = _opt("none", "segmentation: weight the loss per class, 'balanced' = median-frequency weights from "
                               "the training split's pixel counts", ("none", "balanced"))
@@ -198,7 +199,7 @@ _COMMON_LIMITS: dict[str, _Limit] = {
 }
 TRAIN_LIMITS: dict[str, _Limit] = {
     **_COMMON_LIMITS, "epochs": _AT_LEAST_1, "lr": (0, False, None, False), "momentum": _SHARE, "weight_decay": _AT_LEAST_0,
-    "warmup_epochs": _AT_LEAST_0, "label_smoothing": _SHARE, "ema": _SHARE, "dropout": _SHARE, "ignore_index": (-1, True, None, False),
+    "warmup_epochs": _AT_LEAST_0, "label_smoothing": _SHARE, "ema": _SHARE, "mixup": _AT_LEAST_0, "dropout": _SHARE, "ignore_index": (-1, True, None, False),
     "tile_size": (32, True, None, False), "early_stopping": _AT_LEAST_0, "head_epochs": _AT_LEAST_0,
     "backbone_lr_scale": _AT_LEAST_0, "accumulate": _AT_LEAST_1, "save_every_steps": _AT_LEAST_0, "time_budget": (0, False, None, False),
     "cv": _AT_LEAST_0, "sample_rate": (1000, True, None, False), "clip_seconds": (0, False, None, False), "channels": _AT_LEAST_1,

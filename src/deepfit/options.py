@@ -52,6 +52,7 @@ class TrainOptions(TypedDict, total=False):
     schedule: str
     warmup_epochs: float
     label_smoothing: float
+    mixup: float
     loss: str
     class_weights: str
     ignore_index: int

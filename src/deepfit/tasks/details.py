@@ -20,7 +20,7 @@ from deepfit.report.plots import ACCURACY_COLUMNS, plot_training_curves
 _COMMON = ("model", "model_args", "weights", "pretrained", "epochs", "batch_size", "accumulate", "image_size", "optimizer",
            "lr", "schedule", "warmup_epochs", "weight_decay", "augment", "hflip", "early_stopping", "precision", "seed")
 TASK_OPTIONS = {
-    "classify": ("head_epochs", "backbone_lr_scale", "label_smoothing", "dropout", "tta"),
+    "classify": ("head_epochs", "backbone_lr_scale", "label_smoothing", "mixup", "dropout", "tta"),
     "detect": ("freeze_backbone", "backbone_lr_scale"),
     "segment-instances": ("freeze_backbone", "backbone_lr_scale"),
     "segment": ("freeze_backbone", "backbone_lr_scale", "loss", "class_weights", "ignore_index", "tile_size"),

@@ -16,16 +16,30 @@ class ClassificationTask:
     monitor = "val_acc"
     columns = ("train_acc", "val_loss", "val_acc")  # the epoch values metrics.csv keeps
 
-    def __init__(self, num_classes: int, label_smoothing: float = 0.0) -> None:
+    def __init__(self, num_classes: int, label_smoothing: float = 0.0, mixup: float = 0.0) -> None:
         self.num_classes = num_classes
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.mixup = mixup  # Beta(alpha, alpha) of the blend; 0: off
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.criterion(logits.float(), targets)  # fp32 loss even under autocast: stable softmax
 
     def training_loss(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mixup and len(targets) > 1:
+            return self._mixup_loss(model, x, targets)
         logits = model(x)  # (B, num_classes)
         return self.loss(logits, targets), (logits.detach().argmax(1) == targets).sum()
+
+    def _mixup_loss(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixup (Zhang et al., 2018): each input blended with another of the batch, the loss with both labels in the
+        same proportion. Drawn from torch's global generator, which the trainer seeds and keeps in its resumable state.
+        Accuracy counts the label that dominates the blend."""
+        blend = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
+        other = torch.randperm(len(targets)).to(targets.device)
+        logits = model(blend * x + (1 - blend) * x[other])  # (B, num_classes)
+        loss = blend * self.loss(logits, targets) + (1 - blend) * self.loss(logits, targets[other])
+        dominant = targets if blend >= 0.5 else targets[other]
+        return loss, (logits.detach().argmax(1) == dominant).sum()
 
     def validation_batch(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> tuple[float, int, int]:
         """(summed loss, correct, images) of one batch."""

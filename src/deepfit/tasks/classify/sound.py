@@ -152,7 +152,7 @@ def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[Labe
     params = sum(p.numel() for p in model.parameters()) / 1e6
     skipped = {b.path for b in bad}
     return Setup(
-        model=model, objective=ClassificationTask(len(classes), config.label_smoothing), train=stores["train"],
+        model=model, objective=ClassificationTask(len(classes), config.label_smoothing, config.mixup), train=stores["train"],
         val=stores.get("val"), transform=SoundBatchTransform(spec.samples, margin, augment, noise),
         eval_transform=SoundBatchTransform(spec.samples, 0), meta=meta, record={"modality": "sound", "sound": spec.to_dict()},
         summary=(f"model {spec.model} on {'MFCC' if spec.frontend.get('n_mfcc') else 'log-mel'} pictures "

@@ -176,7 +176,7 @@ class ClassifyTask(Task):
 
         params = sum(p.numel() for p in model.parameters()) / 1e6
         return Setup(
-            model=model, objective=ClassificationTask(len(classes), config.label_smoothing), train=train_store, val=val_store,
+            model=model, objective=ClassificationTask(len(classes), config.label_smoothing, config.mixup), train=train_store, val=val_store,
             transform=BatchTransform(prep.image_size, prep.mean, prep.std, config.augment, config.hflip, channels_last),
             eval_transform=BatchTransform(prep.image_size, prep.mean, prep.std, "none", channels_last=channels_last),
             meta={"model": created.spec.to_dict(), "preprocessing": prep.to_dict()},
