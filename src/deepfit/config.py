@@ -124,7 +124,7 @@ class TrainConfig:
         check_values(self, TRAIN_LIMITS)
         if self.pretrained and self.weights:
             raise ConfigError("give either --pretrained (official weights by name) or --weights FILE, not both")
-        if self.cv == 1:
+        if getattr(self, "cv", 0) == 1:  # FeaturesConfig shares this check and has no cv
             raise ConfigError("--cv 1 leaves nothing to test on: use --cv 2 or more folds (5 is usual), or 0 for one run")
 
     @property
@@ -283,7 +283,7 @@ class FeaturesConfig:
         check_values(self, FEATURES_LIMITS)
         if self.pretrained and self.weights:
             raise ConfigError("give either --pretrained (official weights by name) or --weights FILE, not both")
-        if self.cv == 1:
+        if getattr(self, "cv", 0) == 1:  # FeaturesConfig shares this check and has no cv
             raise ConfigError("--cv 1 leaves nothing to test on: use --cv 2 or more folds (5 is usual), or 0 for one run")
         if self.export and Path(self.export).suffix.lower() not in (".npz", ".parquet"):
             raise ConfigError(f"--export must end in .npz or .parquet, got {self.export!r}")
