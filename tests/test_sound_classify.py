@@ -3,13 +3,16 @@ CLI and from Python; labels and speakers from file names, a split by speaker, ev
 
 from __future__ import annotations
 
+import base64
 import csv
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
+import torch
 
 import deepfit
 from deepfit.cli import main
@@ -56,6 +59,11 @@ def test_train_evaluate_and_predict_sound_from_the_cli(recordings: Path, tmp_pat
     assert "test accuracy" in out and "on 18 clips" not in out and (run / "report.html").is_file()
     metrics = json.loads((run / "test_metrics.json").read_text())
     assert metrics["accuracy"] > 0.5  # three tones an octave or more apart: a few epochs separate them
+    report = (run / "report.html").read_text()
+    assert "spectrogram of " in report and "on 18 clips" not in report
+    audio = report.split('src="data:audio/wav;base64,', 1)[1].split('"', 1)[0]  # the first worst clip, as it is heard
+    samples, rate = soundfile.read(io.BytesIO(base64.b64decode(audio)))
+    assert rate == RATE and len(samples) == config["sound"]["samples"]
 
     assert main(["predict", str(run), str(recordings), "--output", str(tmp_path / "p.csv")]) == 0
     predicted = list(csv.DictReader((tmp_path / "p.csv").open()))
@@ -146,3 +154,34 @@ def test_a_long_recording_is_labelled_window_by_window(recordings: Path, tmp_pat
         from deepfit.workflows.predict import predict_files
         predict_files(clf.run_dir, [long], tmp_path / "p2.csv", hop=0.25)
         predict_files(clf.run_dir, [long], tmp_path / "p2.csv", hop=0.25)
+
+
+def test_a_stopped_sound_run_resumes_to_the_weights_of_one_never_stopped(recordings: Path, tmp_path: Path) -> None:
+    """Time shifts, gains (the trainer's generator), SpecAugment and mixup (torch's): all in the resumable state."""
+    from safetensors.torch import load_file
+
+    from conftest import ctrl_c_after
+    from deepfit.errors import TrainingInterrupted
+
+    options = dict(output=str(tmp_path), model_args={"depth": 2, "width": 8}, epochs=3, batch_size=8, workers=0,
+                   clip_seconds=0.5, mixup=0.2, save_every_steps=1)
+    whole = deepfit.SoundClassifier(name="whole", **options).fit(recordings, label_pattern=PATTERN)
+    with ctrl_c_after(4), pytest.raises(TrainingInterrupted):  # epoch 2, step 1 of 3
+        deepfit.SoundClassifier(name="stopped", **options).fit(recordings, label_pattern=PATTERN)
+    deepfit.resume(tmp_path / "stopped")
+    a, b = load_file(str(whole.run_dir / "last.safetensors")), load_file(str(tmp_path / "stopped" / "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_imagenet_network_is_fine_tuned_on_spectrograms(recordings: Path, tmp_path: Path, weights_dir: Path) -> None:
+    """Transfer learning offline: the shared ImageNet lite0 on the spectrogram (repeated to three channels), the new
+    head (and the per-bin normalisation) first, then the whole network at a lower rate."""
+    clf = deepfit.SoundClassifier("tf_efficientnet_lite0", weights=str(weights_dir / "tf_efficientnet_lite0.safetensors"),
+                                  output=str(tmp_path), epochs=2, head_epochs=1, batch_size=16, workers=0, clip_seconds=0.5)
+    clf.fit(recordings, label_pattern=PATTERN)
+    rows = list(csv.DictReader((clf.run_dir / "metrics.csv").open()))
+    assert [r["phase"] for r in rows] == ["head", "full"]
+    meta = json.loads((clf.run_dir / "best.json").read_text())
+    assert meta["model"]["name"] == "tf_efficientnet_lite0" and meta["pretrained_from"].endswith("tf_efficientnet_lite0.safetensors")
+    again = deepfit.load(clf.run_dir)  # rebuilt from the sidecar: the image network inside the sound classifier
+    assert again.predict(recordings / "mid_s2_1.wav").label in TONES

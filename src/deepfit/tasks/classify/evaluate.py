@@ -168,11 +168,19 @@ def report_evaluation(
     }
     if bad:
         notes.append(f"{len(bad)} unreadable {noun} were left out: " + ", ".join(str(b.path) for b in bad[:5]))
-    details = run_details(run_dir, folder, meta, notes=notes, examples=_examples(paths, y_true, probs, classes),
+    picture = None
+    if "sound" in meta:  # each worst clip's card: its spectrogram and a player (the class examples are pictures only)
+        from deepfit.tasks.classify.sound import SoundSpec
+        from deepfit.tasks.classify.sound_report import clip_media
+
+        spec = SoundSpec(**meta["sound"])
+        picture = clip_media(spec.frontend_config, spec.samples, spec.channels)
+    details = run_details(run_dir, folder, meta, notes=notes,
+                          examples=[] if picture else _examples(paths, y_true, probs, classes),
                           image_size=(meta.get("preprocessing") or {}).get("image_size"))
     report = write_html_report(
         folder / "report.html", title=f"deepfit evaluation: {run_dir.name}", summary=summary, metrics=metrics,
-        class_names=classes, images=images, worst=_worst(paths, y_true, probs, classes), details=details,
+        class_names=classes, images=images, worst=_worst(paths, y_true, probs, classes), details=details, picture=picture,
     )
     logger.info(
         f"{split} accuracy {metrics['accuracy']:.2%}, balanced accuracy {metrics['balanced_accuracy']:.2%} "

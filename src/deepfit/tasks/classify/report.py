@@ -9,7 +9,7 @@ come from the shared report kit, :mod:`deepfit.report`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -109,15 +109,17 @@ def _per_class_html(per_class: Sequence[Mapping[str, Any]]) -> str:
     return data_table(columns, rows, empty_html="No per-class measures were given.")
 
 
-def _worst_html(worst: Sequence[WorstPrediction]) -> str:
+def _worst_html(worst: Sequence[WorstPrediction], picture: Callable[[str], str | None] | None = None) -> str:
+    """The cards of the worst predictions; `picture` draws a card's picture from its path (default: the image's
+    thumbnail; a sound classifier's report gives the clip's spectrogram and a player)."""
     cards = []
     for item in worst:
-        uri = thumbnail_data_uri(item.path)
-        thumb = (
-            f'<img src="{uri}" alt="{esc(item.path)}">'
-            if uri
-            else '<div class="placeholder">image not<br>available</div>'
-        )
+        if picture is None:
+            uri = thumbnail_data_uri(item.path)
+            thumb = f'<img src="{uri}" alt="{esc(item.path)}">' if uri else None
+        else:
+            thumb = picture(item.path)
+        thumb = thumb or '<div class="placeholder">not<br>available</div>'
         wrong = item.predicted_label != item.true_label
         rows = (
             f'<div class="row">true: <b>{esc(item.true_label)}</b> ({percent(item.true_prob)})</div>'
@@ -149,6 +151,7 @@ def write_html_report(
     worst: list[WorstPrediction],
     notes: Sequence[str] = (),
     details: RunDetails | None = None,
+    picture: Callable[[str], str | None] | None = None,
 ) -> Path:
     """Write the evaluation report as a single self-contained HTML file and return its path.
 
@@ -164,7 +167,7 @@ def write_html_report(
     return write_results_page(
         path, title, summary=summary, class_names=class_names, cards_html=_cards_html(metrics, class_names),
         per_class_html=_per_class_html(metrics.get("per_class") or []), images=images,
-        gallery_title=gallery_title, gallery_html=[empty_note(intro), _worst_html(worst)], details=details,
+        gallery_title=gallery_title, gallery_html=[empty_note(intro), _worst_html(worst, picture)], details=details,
     )
 
 

@@ -30,6 +30,7 @@ from deepfit.modalities.sound.frontend import FrontEndConfig
 from deepfit.modalities.sound.io import audio_info, fit_length
 from deepfit.modalities.sound.store import SoundStore, check_unreadable, default_clip_seconds, durations
 from deepfit.models.factory import ModelSpec, build_model, create_model
+from deepfit.models.weights import freeze_folded_norms
 from deepfit.tasks.base import ModelPredictor, Setup
 from deepfit.tasks.classify.objective import ClassificationTask
 from deepfit.tasks.classify.predict import Prediction, to_prediction
@@ -158,6 +159,8 @@ def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[Labe
         summary=(f"model {spec.model} on {'MFCC' if spec.frontend.get('n_mfcc') else 'log-mel'} pictures "
                  f"({params:.2f}M parameters), {spec.sample_rate} Hz, clips of {spec.samples / spec.sample_rate:g} s"),
         pretrained_from=origin,
+        # batch norms whose statistics were folded into pretrained weights stay frozen on resume, as in the first run
+        on_resume=(lambda: freeze_folded_norms(model)) if config.transfer else None,
         splits={n: [f for f in files if f.path not in skipped] for n, files in splits.items()} if bad else None,
     )
 
