@@ -10,13 +10,15 @@ it held out for validation) within a time budget, then scores the test set once.
 
 `--by-speaker MINUTES` adds the figure that says how well a model hears a new voice: 6-fold cross-validation by
 speaker (`--cv 6` with the speaker as the group: each fold trains on five speakers, `MINUTES` each, and is tested on
-the sixth), the first network of `--models`.
+the sixth), with soundcnn. Rows are kept in bench/results/sound_fsdd.json, so `--models --by-speaker 1` adds that
+row to those measured before.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import re
 import tempfile
 import time
@@ -31,7 +33,9 @@ from deepfit.modalities.sound.io import fit_length, read_audio
 from deepfit.workflows.evaluate import evaluate
 from deepfit.workflows.train import train
 
-from common import record, unpack
+from common import REPO, commit, record, unpack
+
+RESULTS = REPO / "bench" / "results" / "sound_fsdd.json"
 
 NAME = re.compile(r"(\d)_([a-z]+)_(\d+)\.wav")
 
@@ -81,12 +85,14 @@ def mfcc_svm(split_csv: Path) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=3.0, help="training budget per network (default 3)")
-    parser.add_argument("--models", nargs="+", default=["soundcnn", "crnn"])
+    parser.add_argument("--models", nargs="*", default=["soundcnn", "crnn"], help="networks on the usual split (none: skip it)")
     parser.add_argument("--by-speaker", type=float, default=None, metavar="MINUTES", help="also 6-fold CV by speaker")
     args = parser.parse_args()
     root = unpack("fsdd.tar.gz", "fsdd")
     split_csv = usual_split(root)
-    rows = []
+    # rows are kept in bench/results/sound_fsdd.json by what they measure, so a run of some of them keeps the others
+    kept = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    rows: dict[str, str] = {}
     for model in args.models:
         with tempfile.TemporaryDirectory() as tmp:
             config = TrainConfig(task="classify", modality="sound", model=model, time_budget=args.minutes, output=tmp)
@@ -95,21 +101,24 @@ def main() -> None:
             wall = time.perf_counter() - started
             accuracy = evaluate(result.run_dir).metrics["accuracy"]
         print(f"{model}: test accuracy {accuracy:.2%}, {wall:.0f} s", flush=True)
-        rows.append(f"| deepfit `{model}`, `--time-budget {args.minutes:g}` | **{accuracy:.2%}** | {wall:.0f} s |")
+        rows[f"usual {model} {args.minutes:g}"] = f"| deepfit `{model}`, `--time-budget {args.minutes:g}` | **{accuracy:.2%}** | {wall:.0f} s |"
     if args.by_speaker:
         from deepfit.workflows.crossval import cross_validate
 
         with tempfile.TemporaryDirectory() as tmp:
-            config = TrainConfig(task="classify", modality="sound", model=args.models[0], time_budget=args.by_speaker,
+            config = TrainConfig(task="classify", modality="sound", model="soundcnn", time_budget=args.by_speaker,
                                  cv=6, output=tmp)
             started = time.perf_counter()
             cv = cross_validate(by_speaker_list(root), config)
             wall = time.perf_counter() - started
         folds = ", ".join(f"{a:.1%}" for a in cv.accuracy)
-        rows.append(f"| deepfit `{args.models[0]}`, by speaker: 6 folds, `--time-budget {args.by_speaker:g}` each (test "
-                    f"speaker never heard; folds {folds}) | **{cv.mean:.2%} ± {cv.std:.2%}** | {wall:.0f} s |")
+        rows[f"by-speaker soundcnn {args.by_speaker:g}"] = (
+            f"| deepfit `soundcnn`, by speaker: 6 folds, `--time-budget {args.by_speaker:g}` each (the test speaker never "
+            f"heard; folds {folds}) | **{cv.mean:.2%} ± {cv.std:.2%}** | {wall:.0f} s |")
     svm_accuracy, svm_seconds = mfcc_svm(split_csv)
-    rows.append(f"| MFCC mean and std + RBF SVM (scikit-learn), the classical reference | {svm_accuracy:.2%} | {svm_seconds:.0f} s |")
+    rows["usual mfcc-svm"] = f"| MFCC mean and std + RBF SVM (scikit-learn), the classical reference | {svm_accuracy:.2%} | {svm_seconds:.0f} s |"
+    kept |= {key: {"row": row, "commit": commit(), "date": time.strftime("%Y-%m-%d")} for key, row in rows.items()}
+    RESULTS.write_text(json.dumps(kept, indent=2) + "\n")
     record(
         "sound-fsdd", "Sound classification: FSDD spoken digits, the usual split (CPU)",
         f"""
@@ -121,7 +130,7 @@ measured, tests each speaker after training on the five others.
 
 | model | test accuracy | wall time |
 |---|---|---|
-{chr(10).join(rows)}
+{chr(10).join(v["row"] for _, v in sorted(kept.items()))}
 """,
     )
 
