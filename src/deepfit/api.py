@@ -239,10 +239,13 @@ class SoundClassifier(Learner):
         rate) -> one Prediction; a list, a folder or a glob -> a list of them. A file longer than 1.5 clips is labelled
         in windows starting every `hop` seconds (default: half a clip): its prediction is their mean, and the windows
         are in `clf.predictor.timelines`."""
+        # imported here: the sound decoders load only when sound is used
+        from deepfit.modalities.sound import is_samples_with_rate
+
         items = get_modality("sound").expand([inputs] if isinstance(inputs, str | Path) else inputs) if is_path_list(inputs) else inputs
         predictions = self.predictor.predict(items, top_k=top_k, hop=hop)
-        one = (isinstance(inputs, str | Path) and not names_many(inputs)) or (isinstance(inputs, tuple) and len(inputs) == 2
-               and isinstance(inputs[1], int)) or (isinstance(inputs, np.ndarray | torch.Tensor) and inputs.ndim <= 2)
+        one = (isinstance(inputs, str | Path) and not names_many(inputs)) or is_samples_with_rate(inputs) or (
+            isinstance(inputs, np.ndarray | torch.Tensor) and inputs.ndim <= 2)
         return predictions[0] if one else predictions
 
 

@@ -18,6 +18,11 @@ from deepfit.modalities.base import expand_paths
 from deepfit.modalities.sound.io import SOUND_EXTENSIONS, convert, read_audio
 
 
+def is_samples_with_rate(item: Any) -> bool:
+    """Whether `item` is one (samples, sample rate) pair, as opposed to a list of two inputs."""
+    return isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], int | np.integer)
+
+
 @dataclass(frozen=True)
 class SoundModality:
     name: str = "sound"
@@ -30,7 +35,7 @@ class SoundModality:
         if isinstance(item, str | Path):
             return torch.from_numpy(read_audio(item, sample_rate, channels=channels))
         rate = sample_rate
-        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], int | np.integer):
+        if is_samples_with_rate(item):
             item, rate = item
         wave = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
         if wave.ndim not in (1, 2) or wave.size == 0 or not np.issubdtype(wave.dtype, np.number):

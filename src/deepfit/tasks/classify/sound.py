@@ -24,7 +24,7 @@ from deepfit.data.sources import LabeledFile
 from deepfit.engine.device import autocast
 from deepfit.errors import ConfigError, DataError
 from deepfit.log import logger
-from deepfit.modalities.sound import SOUND
+from deepfit.modalities.sound import SOUND, is_samples_with_rate
 from deepfit.modalities.sound.augment import SoundAugment, SoundBatchTransform, noise_bank
 from deepfit.modalities.sound.frontend import FrontEndConfig
 from deepfit.modalities.sound.io import audio_info, fit_length
@@ -254,16 +254,11 @@ def score_clips(predictor: SoundPredictor, files: list[LabeledFile], split: str,
 
 def _as_list(inputs: Any) -> list:
     """One input (a path, a (samples, rate) pair, a (T,) or (C, T) array or tensor) or a list of them -> a list."""
-    if isinstance(inputs, str | Path) or _is_pair(inputs):
+    if isinstance(inputs, str | Path) or is_samples_with_rate(inputs):
         return [inputs]
     if isinstance(inputs, np.ndarray | torch.Tensor):
         return list(inputs) if inputs.ndim == 3 else [inputs]  # a (B, C, T) batch is B clips
     return list(inputs)
-
-
-def _is_pair(inputs: Any) -> bool:
-    """(samples, sample rate): one input, not a list of two."""
-    return isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[1], int | np.integer)
 
 
 def sound_files(data: str | Path) -> bool:
