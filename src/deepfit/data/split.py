@@ -125,6 +125,17 @@ def leaked_groups(splits: Sequence[str | None], groups: Sequence[str | None]) ->
             if len(s) > 1}
 
 
+def group_key(f: LabeledFile) -> str:
+    """The group a file is split with: its own, or, with none, a group of its own."""
+    return f.group if f.group is not None else f"\0{f.path}"
+
+
+def split_files_by_group(files: list[LabeledFile], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[LabeledFile]]:
+    """`grouped_split` of labelled files, as split -> its files (each marked with its split)."""
+    names = grouped_split([f.label for f in files], [group_key(f) for f in files], val_fraction, test_fraction, seed)
+    return {s: _sorted([replace(f, split=n) for f, n in zip(files, names, strict=True) if n == s]) for s in SPLITS}
+
+
 def warn_leaked_groups(splits: Sequence[str | None], groups: Sequence[str | None]) -> dict[str, list[str]]:
     """Warn, naming them, about groups heard in more than one of the splits the data gave; returns them."""
     leaked = leaked_groups(splits, groups)
@@ -148,24 +159,16 @@ def resolve_splits(
     if not catalog.has_splits:
         if not grouped:
             return stratified_split(catalog.files, val_fraction, test_fraction, seed)
-        files = catalog.files  # a file with no group is a group of its own
-        names = grouped_split([f.label for f in files], [f.group or f"\0{f.path}" for f in files], val_fraction,
-                              test_fraction, seed)
-        return {s: _sorted([replace(f, split=n) for f, n in zip(files, names, strict=True) if n == s]) for s in SPLITS}
+        return split_files_by_group(catalog.files, val_fraction, test_fraction, seed)
     if grouped:
         warn_leaked_groups([f.split or "train" for f in catalog.files], [f.group for f in catalog.files])
     out: dict[str, list[LabeledFile]] = {s: [] for s in SPLITS}
     for f in catalog.files:
         out[f.split or "train"].append(f)
     if not out["val"] and out["train"] and val_fraction > 0:
-        if grouped:  # whole groups of the training split
-            train = out["train"]
-            names = grouped_split([f.label for f in train], [f.group or f"\0{f.path}" for f in train], val_fraction, 0.0, seed)
-            out["train"] = [f for f, n in zip(train, names, strict=True) if n == "train"]
-            out["val"] = [replace(f, split="val") for f, n in zip(train, names, strict=True) if n == "val"]
-        else:
-            carved = stratified_split(out["train"], val_fraction, 0.0, seed)
-            out["train"], out["val"] = carved["train"], carved["val"]
+        carve = split_files_by_group if grouped else stratified_split  # grouped: whole groups of the training split
+        carved = carve(out["train"], val_fraction, 0.0, seed)
+        out["train"], out["val"] = carved["train"], carved["val"]
         logger.info(
             "the data defines no validation split: holding out %d of %d training files (val_fraction=%s)",
             len(out["val"]), len(out["train"]) + len(out["val"]), val_fraction,

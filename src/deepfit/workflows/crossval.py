@@ -24,6 +24,7 @@ import numpy as np
 
 from deepfit.config import TrainConfig
 from deepfit.data.catalog import Catalog, LabeledFile, natural_key
+from deepfit.data.split import group_key
 from deepfit.errors import ConfigError
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger, setup_logging
@@ -71,7 +72,7 @@ def assign_folds(files: list[LabeledFile], folds: int, seed: int) -> tuple[list[
     labels = [f.label for f in files]
     grouped = any(f.group is not None for f in files)
     if grouped:
-        groups = [f.group or f"\0{f.path}" for f in files]
+        groups = [group_key(f) for f in files]
         if len(set(groups)) < folds:
             raise ConfigError(f"--cv {folds} needs at least {folds} groups; the data has {len(set(groups))}")
         splitter: Any = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
