@@ -19,7 +19,7 @@ import torch
 
 from deepfit.errors import DataError
 from deepfit.log import logger
-from deepfit.modalities.sound.io import audio_info, fit_length, is_silent, read_audio
+from deepfit.modalities.sound.io import AudioInfo, audio_info, fit_length, is_silent, read_audio
 
 PCM_SCALE = 32767.0  # stored int16 sample = round(float sample * PCM_SCALE)
 MAX_BAD_FRACTION = 0.05  # as for images: more unreadable files than this stops the run
@@ -118,12 +118,17 @@ def check_unreadable(bad: list[BadClip], total: int, max_fraction: float = MAX_B
         logger.warning(f"skipped unreadable sound file {b.path}: {b.reason}")
 
 
-def durations(paths: Sequence[Path]) -> list[float]:
-    """Seconds of each readable file, from its header (unreadable ones are left out here and reported when decoded)."""
+def headers(paths: Sequence[Path]) -> list[AudioInfo]:
+    """The header of each readable file (unreadable ones are left out here and reported when decoded)."""
     out = []
     for path in paths:
         try:
-            out.append(audio_info(path).seconds)
+            out.append(audio_info(path))
         except DataError:
             continue
     return out
+
+
+def durations(paths: Sequence[Path]) -> list[float]:
+    """Seconds of each readable file, from its header."""
+    return [info.seconds for info in headers(paths)]

@@ -28,7 +28,7 @@ from deepfit.modalities.sound import SOUND, is_samples_with_rate
 from deepfit.modalities.sound.augment import SoundAugment, SoundBatchTransform, noise_bank
 from deepfit.modalities.sound.frontend import FrontEndConfig
 from deepfit.modalities.sound.io import audio_info, fit_length
-from deepfit.modalities.sound.store import SoundStore, check_unreadable, default_clip_seconds, durations
+from deepfit.modalities.sound.store import SoundStore, check_unreadable, default_clip_seconds, headers
 from deepfit.models.factory import ModelSpec, build_model, create_model
 from deepfit.models.weights import freeze_folded_norms
 from deepfit.tasks.base import ModelPredictor, Setup
@@ -93,28 +93,19 @@ def rebuild(meta: dict[str, Any]) -> nn.Module:
     return SoundClassifier(spec.frontend_config, body, channels=spec.channels, body_chans=3)
 
 
-def _rates(files: list[LabeledFile]) -> Counter:
-    rates: Counter = Counter()
-    for f in files[:2000]:  # headers only; a sample of this size settles the most common rate
-        try:
-            rates[audio_info(f.path).sample_rate] += 1
-        except DataError:
-            continue
-    return rates
-
-
 def plan(config: TrainConfig, train: list[LabeledFile]) -> tuple[int, float]:
     """(sample rate, clip seconds): the config's, or chosen from the training clips and said in the log."""
-    rate = config.sample_rate
+    rate, seconds = config.sample_rate, config.clip_seconds
+    # each header read once, when either is to be chosen; a sample of this size settles both
+    infos = headers([f.path for f in train[:2000]]) if rate is None or seconds is None else []
     if rate is None:
-        rates = _rates(train)
+        rates = Counter(info.sample_rate for info in infos)
         if not rates:
             raise DataError("none of the training files could be read as sound; check them with deepfit data check")
         rate = min(MAX_DEFAULT_RATE, rates.most_common(1)[0][0])
         logger.info(f"sample rate {rate} Hz (the clips' most common rate, at most {MAX_DEFAULT_RATE}; --sample-rate sets it)")
-    seconds = config.clip_seconds
     if seconds is None:
-        seconds = default_clip_seconds(durations([f.path for f in train[:2000]]))
+        seconds = default_clip_seconds([info.seconds for info in infos])
         logger.info(f"clip length {seconds:g} s (9 in 10 training clips fit whole; --clip-seconds sets it)")
     return rate, seconds
 
