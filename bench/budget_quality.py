@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deepfit.config import apply_preset
+from deepfit.presets import apply_preset
 from deepfit.workflows.train import train
 
 from common import REPO, SHARED, machine, record, unpack

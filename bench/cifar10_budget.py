@@ -16,7 +16,7 @@ import json
 import tempfile
 import time
 
-from deepfit.config import apply_preset
+from deepfit.presets import apply_preset
 from deepfit.workflows.evaluate import evaluate
 from deepfit.workflows.train import train
 

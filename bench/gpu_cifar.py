@@ -27,9 +27,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from deepfit.config import apply_preset
 from deepfit.modalities.image.store import ImageStore
 from deepfit.models.small import FastNet
+from deepfit.presets import apply_preset
 from deepfit.workflows.evaluate import evaluate
 from deepfit.workflows.train import train
 from gpu_common import Context, rounded

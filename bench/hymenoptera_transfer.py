@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 import time
 
-from deepfit.config import apply_preset
+from deepfit.presets import apply_preset
 from deepfit.workflows.train import train
 
 from common import SHARED, record, unpack

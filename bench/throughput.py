@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deepfit.config import apply_preset
 from deepfit.models.small import FastNet
+from deepfit.presets import apply_preset
 from deepfit.workflows.train import train
 
 from common import record, unpack

@@ -9,9 +9,10 @@ import pytest
 
 import deepfit
 from deepfit.cli import main
-from deepfit.config import TrainConfig, apply_preset, parse_model_args
+from deepfit.config import TrainConfig, parse_model_args
 from deepfit.errors import ConfigError
 from deepfit.models.factory import create_model
+from deepfit.presets import apply_preset
 
 
 def test_unknown_api_option_is_an_error() -> None:

@@ -32,11 +32,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from deepfit.config import FeaturesConfig, TrainConfig, apply_preset
+from deepfit.config import FeaturesConfig, TrainConfig
 from deepfit.data.sources import discover
 from deepfit.errors import DeepfitError
 from deepfit.modalities.base import is_path_list, names_many
 from deepfit.options import FeaturesOptions, TrainOptions, with_options
+from deepfit.presets import apply_preset
 from deepfit.registry import all_tasks, get_modality, get_task
 from deepfit.runs.folder import read_run_config, run_folder, run_task
 from deepfit.tasks.base import Task, option_values

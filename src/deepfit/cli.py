@@ -15,9 +15,10 @@ import sys
 from typing import Any, NoReturn
 
 from deepfit.cli_options import add_config_options, add_task_options, add_verbosity, task_option_names
-from deepfit.config import ALIASES, PRESETS, FeaturesConfig, OptionError
+from deepfit.config import ALIASES, FeaturesConfig, OptionError
 from deepfit.errors import ConfigError, DeepfitError, TrainingInterrupted
 from deepfit.log import output_console, setup_logging, table_lines
+from deepfit.presets import PRESETS
 
 
 class _Parser(argparse.ArgumentParser):

@@ -32,13 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepfit.config import CLASSIFIERS, FeaturesConfig, apply_preset
+from deepfit.config import CLASSIFIERS, FeaturesConfig
 from deepfit.data.sources import Catalog, LabeledFile, discover
 from deepfit.data.split import stratified_split
 from deepfit.engine.device import resolve_device, resolve_precision
 from deepfit.errors import ConfigError, DataError
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger, setup_logging
+from deepfit.presets import apply_preset
 from deepfit.report.stats import standard_error
 from deepfit.runs.folder import check_output_outside_data, new_run_dir
 from deepfit.tasks.classify.objective import classification_metrics

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from deepfit.config import apply_preset
 from deepfit.fileio import cache_dir
+from deepfit.presets import apply_preset
 
 
 def digits_folder(root: Path | None = None) -> Path:
