@@ -13,11 +13,10 @@ import soundfile
 import torch
 
 from deepfit.errors import DataError
+from deepfit.modalities.base import BadFile, check_unreadable
 from deepfit.modalities.sound.augment import SoundAugment, SoundBatchTransform, noise_bank
 from deepfit.modalities.sound.store import (
-    BadClip,
     SoundStore,
-    check_unreadable,
     default_clip_seconds,
     durations,
 )
@@ -51,10 +50,10 @@ def test_clips_are_stored_centred_and_bad_silent_and_short_ones_named(tmp_path: 
 
 
 def test_too_many_unreadable_files_stop_the_run_with_their_names() -> None:
-    bad = [BadClip(Path(f"b{i}.wav"), "not a readable sound file") for i in range(2)]
+    bad = [BadFile(Path(f"b{i}.wav"), "not a readable sound file") for i in range(2)]
     with pytest.raises(DataError, match=r"2 of 10 sound files \(20%\) cannot be read.*b0\.wav"):
-        check_unreadable(bad, 10)
-    check_unreadable(bad[:1], 100)  # 1%: warned, not fatal
+        check_unreadable(bad, 10, "sound files")
+    check_unreadable(bad[:1], 100, "sound files", "sound file")  # 1%: warned, not fatal
 
 
 def test_default_clip_length_holds_nine_clips_in_ten() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +19,9 @@ import torch
 from deepfit.data.media import Media
 from deepfit.data.sources import natural_key
 from deepfit.errors import DataError
+from deepfit.log import logger
+
+MAX_BAD_FRACTION = 0.05  # more unreadable files than this stops a run, for every modality
 
 
 class Modality(Protocol):
@@ -74,3 +78,28 @@ def is_path_list(inputs: Any) -> bool:
 def names_many(inputs: Any) -> bool:
     """Whether a single path stands for several inputs: a folder or a glob pattern."""
     return isinstance(inputs, str | Path) and (Path(inputs).is_dir() or any(c in str(inputs) for c in "*?["))
+
+
+@dataclass(frozen=True)
+class BadFile:
+    """A file that could not be decoded, and why (for the warning and the run's skipped.csv)."""
+
+    path: Path
+    reason: str
+
+
+def check_unreadable(bad: list[BadFile], total: int, what: str, one: str = "file",
+                     max_fraction: float = MAX_BAD_FRACTION) -> None:
+    """Warn about each unreadable file (`one`: "image", "sound file"); more than `max_fraction` of the `total` files
+    (`what`: "images", "train clips") is an error that lists them."""
+    if not bad:
+        return
+    if len(bad) > max_fraction * total:
+        listing = "; ".join(f"{b.path} ({b.reason})" for b in bad[:20])
+        more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise DataError(
+            f"{len(bad)} of {total} {what} ({len(bad) / total:.0%}) cannot be read, more than {max_fraction:.0%}: "
+            f"{listing}{more}. Fix or remove them and run again"
+        )
+    for b in bad:
+        logger.warning(f"skipped unreadable {one} {b.path}: {b.reason}")

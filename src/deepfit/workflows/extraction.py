@@ -30,8 +30,9 @@ from deepfit.engine.device import autocast, resolve_precision
 from deepfit.errors import ConfigError, DataError
 from deepfit.fileio import atomic_write, atomic_write_text, cache_dir
 from deepfit.log import logger
+from deepfit.modalities.base import BadFile, check_unreadable
 from deepfit.modalities.image.augment import BatchTransform
-from deepfit.modalities.image.store import BadFile, check_unreadable, decode_batches, default_workers
+from deepfit.modalities.image.store import decode_batches, default_workers
 from deepfit.models.factory import Preprocessing, create_model, is_convolutional
 from deepfit.models.features import PRE_LOGITS, FeatureExtractor
 from deepfit.models.handmade import HANDMADE_IMAGE_SIZE, HandmadeFeatures
@@ -290,7 +291,7 @@ def feature_set(
         backbone, [f.path for f in files], device=device, precision=precision, batch_size=config.batch_size,
         workers=config.workers, cache=cache,
     )
-    check_unreadable(result.bad, len(files), "images")
+    check_unreadable(result.bad, len(files), "images", "image")
     index = {c: i for i, c in enumerate(classes)}
     kept = [files[i] for i in result.kept]
     return FeatureSet(

@@ -22,9 +22,9 @@ from PIL import Image, ImageFile
 
 from deepfit.errors import DataError
 from deepfit.log import logger
+from deepfit.modalities.base import MAX_BAD_FRACTION, BadFile, check_unreadable
 
 # Share of unreadable files above which a data set is considered broken rather than a bit dirty.
-MAX_BAD_FRACTION = 0.05
 
 
 def open_rgb(path: str | Path) -> Image.Image:
@@ -96,12 +96,6 @@ def upright_like(img: Image.Image, source: Image.Image) -> Image.Image:
 _T = Image.Transpose
 _TURNS = {2: _T.FLIP_LEFT_RIGHT, 3: _T.ROTATE_180, 4: _T.FLIP_TOP_BOTTOM, 5: _T.TRANSPOSE, 6: _T.ROTATE_270,
           7: _T.TRANSVERSE, 8: _T.ROTATE_90}
-
-
-@dataclass
-class BadFile:
-    path: Path
-    reason: str
 
 
 class _DecodeDataset(torch.utils.data.Dataset):
@@ -256,7 +250,7 @@ class ImageStore:
         else:
             bad = [BadFile(p, reason) for p in paths if (reason := _verify(p))]
         if max_bad_fraction < 1.0:  # 1.0: the caller checks (and warns) once over everything it loads
-            check_unreadable(bad, len(paths), what, max_bad_fraction)
+            check_unreadable(bad, len(paths), what, "image", max_bad_fraction)
         if bad:
             skipped = {b.path for b in bad}
             keep = [i for i, p in enumerate(paths) if p not in skipped]
@@ -308,21 +302,6 @@ def _verify(path: Path) -> str:
         return ""
     except Exception as e:  # noqa: BLE001
         return f"{type(e).__name__}: {e}"
-
-
-def check_unreadable(bad: list[BadFile], total: int, what: str, max_fraction: float = MAX_BAD_FRACTION) -> None:
-    """Warn about each unreadable file; more than `max_fraction` of them is an error that lists them."""
-    if not bad:
-        return
-    if len(bad) > max_fraction * total:
-        listing = "; ".join(f"{b.path} ({b.reason})" for b in bad[:20])
-        more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
-        raise DataError(
-            f"{len(bad)} of {total} {what} ({len(bad) / total:.0%}) cannot be read, more than {max_fraction:.0%}: "
-            f"{listing}{more}. Fix or remove them and run again"
-        )
-    for b in bad:
-        logger.warning(f"skipped unreadable image {b.path}: {b.reason}")
 
 
 # --- whole images at their own size (detection, segmentation) ---------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +18,10 @@ import torch
 
 from deepfit.errors import DataError
 from deepfit.log import logger
+from deepfit.modalities.base import BadFile
 from deepfit.modalities.sound.io import AudioInfo, audio_info, fit_length, is_silent, read_audio
 
 PCM_SCALE = 32767.0  # stored int16 sample = round(float sample * PCM_SCALE)
-MAX_BAD_FRACTION = 0.05  # as for images: more unreadable files than this stops the run
-
-
-@dataclass(frozen=True)
-class BadClip:
-    path: Path
-    reason: str
 
 
 def default_clip_seconds(durations: Sequence[float]) -> float:
@@ -68,22 +61,22 @@ class SoundStore:
 
     @classmethod
     def load(cls, paths: Sequence[Path], labels: Sequence[int], sample_rate: int, samples: int, *, channels: int = 1,
-             margin: int = 0, workers: int = 2, what: str = "clips") -> tuple[SoundStore, list[BadClip]]:
+             margin: int = 0, workers: int = 2, what: str = "clips") -> tuple[SoundStore, list[BadFile]]:
         """Decode every file (unreadable ones are returned, not stored); warn, naming them, about silent clips and
         clips shorter than `samples`, which are padded with silence."""
         length = samples + 2 * margin
 
-        def one(path: Path) -> np.ndarray | BadClip:
+        def one(path: Path) -> np.ndarray | BadFile:
             try:
                 wave = read_audio(path, sample_rate, channels=channels)  # (C, T)
             except DataError as e:
-                return BadClip(path, str(e).removeprefix(f"{path}: "))
+                return BadFile(path, str(e).removeprefix(f"{path}: "))
             return wave
 
         with ThreadPoolExecutor(max(1, workers)) as pool:
             decoded = list(pool.map(one, paths))
-        good = [i for i, d in enumerate(decoded) if not isinstance(d, BadClip)]
-        bad = [d for d in decoded if isinstance(d, BadClip)]
+        good = [i for i, d in enumerate(decoded) if not isinstance(d, BadFile)]
+        bad = [d for d in decoded if isinstance(d, BadFile)]
         clips = torch.zeros(len(good), channels, length, dtype=torch.int16)
         silent, short = [], []
         for row, i in enumerate(good):
@@ -106,16 +99,6 @@ def _warn_some(paths: list[Path], text: str) -> None:
     if paths:
         shown = ", ".join(str(p) for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         logger.warning(f"{len(paths)} {text}: {shown}")
-
-
-def check_unreadable(bad: list[BadClip], total: int, max_fraction: float = MAX_BAD_FRACTION) -> None:
-    """Warn about each unreadable clip; more than `max_fraction` of them is an error that lists them."""
-    if bad and len(bad) > max_fraction * total:
-        listing = "; ".join(f"{b.path} ({b.reason})" for b in bad[:20]) + (f" and {len(bad) - 20} more" if len(bad) > 20 else "")
-        raise DataError(f"{len(bad)} of {total} sound files ({len(bad) / total:.0%}) cannot be read, more than "
-                        f"{max_fraction:.0%}: {listing}. Fix or remove them and run again")
-    for b in bad:
-        logger.warning(f"skipped unreadable sound file {b.path}: {b.reason}")
 
 
 def headers(paths: Sequence[Path]) -> list[AudioInfo]:

@@ -18,7 +18,8 @@ from deepfit.data.sources import Catalog, LabeledFile
 from deepfit.data.split import cross_split_duplicates, label_conflicts, leaked_groups
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
-from deepfit.modalities.image.store import BadFile, ImageStore, check_unreadable
+from deepfit.modalities.base import BadFile, check_unreadable
+from deepfit.modalities.image.store import ImageStore
 
 
 def load_split_stores(
@@ -34,7 +35,7 @@ def load_split_stores(
         )
         stores[name] = store
         bad += bad_here
-    check_unreadable(bad, sum(len(f) for f in splits.values()), "images")
+    check_unreadable(bad, sum(len(f) for f in splits.values()), "images", "image")
     warn_tiny_images([f.path for files in splits.values() for f in files])
     return stores, bad
 

@@ -22,7 +22,8 @@ from deepfit.data.sources import Catalog, LabeledFile
 from deepfit.errors import DataError
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
-from deepfit.modalities.image.store import BadFile, ImageStore, check_unreadable
+from deepfit.modalities.base import BadFile, check_unreadable
+from deepfit.modalities.image.store import ImageStore
 from deepfit.report.confusion import plot_confusion_matrix, write_confusion_csv
 from deepfit.report.gallery import EXAMPLES_PER_CLASS, ClassExamples
 from deepfit.report.trust import one_class_note, worst_first
@@ -94,7 +95,7 @@ def score_files(
         [f.path for f in files], [index[f.label] for f in files], predictor.trained.preprocessing.resize_size,
         what=f"{split} images", max_bad_fraction=1.0,
     )
-    check_unreadable(bad, len(files), f"{split} images")
+    check_unreadable(bad, len(files), f"{split} images", "image")
 
     logits, targets = [], []
     for images, labels, _ in store.batches(batch_size, shuffle=False):

@@ -24,11 +24,12 @@ from deepfit.data.sources import LabeledFile
 from deepfit.engine.device import autocast
 from deepfit.errors import ConfigError, DataError
 from deepfit.log import logger
+from deepfit.modalities.base import check_unreadable
 from deepfit.modalities.sound import SOUND, is_samples_with_rate
 from deepfit.modalities.sound.augment import SoundAugment, SoundBatchTransform, noise_bank
 from deepfit.modalities.sound.frontend import FrontEndConfig
 from deepfit.modalities.sound.io import audio_info, fit_length
-from deepfit.modalities.sound.store import SoundStore, check_unreadable, default_clip_seconds, headers
+from deepfit.modalities.sound.store import SoundStore, default_clip_seconds, headers
 from deepfit.models.factory import ModelSpec, build_model, create_model
 from deepfit.models.weights import freeze_folded_norms
 from deepfit.tasks.base import ModelPredictor, Setup
@@ -129,7 +130,7 @@ def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[Labe
                                                  spec.samples, channels=spec.channels, margin=margin if name == "train" else 0,
                                                  workers=config.workers or 2, what=f"{name} clips")
         bad += bad_here
-    check_unreadable(bad, sum(len(f) for f in splits.values()))
+    check_unreadable(bad, sum(len(f) for f in splits.values()), "sound files", "sound file")
     noise = None
     if config.noise:
         paths = SOUND.expand([config.noise])
@@ -232,7 +233,7 @@ def score_clips(predictor: SoundPredictor, files: list[LabeledFile], split: str,
     spec = predictor.spec
     store, bad = SoundStore.load([f.path for f in files], [index[f.label] for f in files], spec.sample_rate, spec.samples,
                                  channels=spec.channels, what=f"{split} clips")
-    check_unreadable(bad, len(files))
+    check_unreadable(bad, len(files), f"{split} sound files", "sound file")
     transform = SoundBatchTransform(spec.samples, 0)
     logits, targets = [], []
     for clips, labels, _ in store.batches(batch_size):
