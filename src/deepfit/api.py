@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 from deepfit.config import FeaturesConfig, TrainConfig
-from deepfit.data.sources import discover
 from deepfit.errors import DeepfitError
 from deepfit.modalities.base import is_path_list, names_many
 from deepfit.options import FeaturesOptions, TrainOptions, with_options
@@ -353,7 +352,7 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") ->
 @with_options(FeaturesConfig)
 def extract_features(
     data: str | Path, model: str | None = None, *, path_column: str | None = None, label_column: str | None = None,
-    **options: Unpack[FeaturesOptions],
+    label_pattern: str | None = None, **options: Unpack[FeaturesOptions],
 ) -> FeatureSet:
     """The feature matrix of a labelled data set, as `deepfit features --export` writes it.
 
@@ -363,24 +362,30 @@ def extract_features(
     """
     from deepfit.workflows.features import extract_features as extract
 
-    return _with_features_config(extract, data, model, path_column, label_column, options)
+    return _with_features_config(extract, data, model, dict(path_column=path_column, label_column=label_column,
+                                                           label_pattern=label_pattern), options)
 
 
 @with_options(FeaturesConfig)
 def fit_features(
     data: str | Path, model: str | None = None, *, path_column: str | None = None, label_column: str | None = None,
-    **options: Unpack[FeaturesOptions],
+    label_pattern: str | None = None, **options: Unpack[FeaturesOptions],
 ) -> FeaturesResult:
     """Features + a classical model (svm, logreg, knn, ridge), scored on the test split: a run folder that
-    `deepfit.load()` and `deepfit predict` use like any other."""
+    `deepfit.load()` and `deepfit predict` use like any other. Images or sound (`modality`, found from the files by
+    default); `label_pattern` reads labels from file names as `deepfit train --label-pattern` does."""
     from deepfit.workflows.features import fit_features as fit
 
-    return _with_features_config(fit, data, model, path_column, label_column, options)
+    return _with_features_config(fit, data, model, dict(path_column=path_column, label_column=label_column,
+                                                       label_pattern=label_pattern), options)
 
 
 def _with_features_config(
-    workflow: Any, data: str | Path, model: str | None, path_column: str | None, label_column: str | None, options: dict[str, Any]
+    workflow: Any, data: str | Path, model: str | None, discovery: dict[str, str | None], options: dict[str, Any]
 ) -> Any:
-    """Validate the options as a FeaturesConfig (a typo suggests the right name) and run the workflow."""
+    """Validate the options as a FeaturesConfig (a typo suggests the right name), read the data (images or sound, as
+    `modality` says) and run the workflow."""
+    from deepfit.tasks.classify.sound import discover_labelled
+
     config = FeaturesConfig.from_dict({"model": model, **options} if model else options)
-    return workflow(data, config, catalog=discover(data, path_column=path_column, label_column=label_column))
+    return workflow(data, config, catalog=discover_labelled(data, config.modality, **discovery)[0])

@@ -95,8 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
         "features", help="fit a classical model (svm, logreg, knn, ridge) on a pretrained network's features, or export them",
     )
     f.add_argument("data", help="folder of class folders, folder with train/ val/ test/, or a CSV/TSV of path,label")
-    f.add_argument("--path-column", help="CSV data: the column holding image paths")
+    f.add_argument("--path-column", help="CSV data: the column holding image (or sound file) paths")
     f.add_argument("--label-column", help="CSV data: the column holding labels")
+    f.add_argument("--label-pattern", help="labels (and groups, splits) from file names: a regular expression with named "
+                   "groups, e.g. '(?P<label>\\d)_(?P<group>[a-z]+)_\\d+\\.wav'")
     add_config_options(f, FeaturesConfig, "feature-extraction options")
 
     c = sub.add_parser(
@@ -104,15 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("data", help="folder of class folders, folder with train/ val/ test/, or a CSV/TSV of path,label")
     c.add_argument(
-        "--models", nargs="+", default=["resnet18"], metavar="NAME[=WEIGHTS]",
-        help="pretrained networks to compare, each with its weights file after '=' (or use --pretrained) (default: resnet18)",
+        "--models", nargs="*", default=["resnet18"], metavar="NAME[=WEIGHTS]",
+        help="pretrained networks to compare, each with its weights file after '=' (or use --pretrained); on sound also "
+             "a trained sound run's folder; none: only the baseline (and --scratch) (default: resnet18)",
     )
     c.add_argument("--pretrained", action="store_true", help="download the official weights of models given without a file")
     c.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.25, 0.5, 1.0], help="shares of the training split (default: 0.1 0.25 0.5 1)")
     c.add_argument("--classifier", default="svm", help="classical model on the features: svm, logreg, knn, ridge (default: svm)")
     c.add_argument("--no-finetune", dest="finetune", action="store_false", help="leave out fine-tuning (the slowest approach)")
     c.add_argument("--finetune-epochs", type=int, help="epochs of each fine-tuning run (default: the finetune preset's)")
-    c.add_argument("--scratch", action="store_true", help="also train a small cnn from scratch")
+    c.add_argument("--scratch", action="store_true", help="also train a small cnn (soundcnn on sound) from scratch")
     c.add_argument("--scratch-epochs", type=int, default=15, help="epochs of each from-scratch run (default: 15)")
     c.add_argument("--test-fraction", type=float, default=0.2, help="test share of each class when the data has no split (default: 0.2)")
     c.add_argument("--seed", type=int, default=0)
@@ -120,8 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name", help="comparison folder name (default: compare-<date>-<time>)")
     c.add_argument("--device", default="auto")
     c.add_argument("--workers", type=int, help="image-decoding processes (default: chosen for the machine)")
-    c.add_argument("--path-column", help="CSV data: the column holding image paths")
+    c.add_argument("--path-column", help="CSV data: the column holding image (or sound file) paths")
     c.add_argument("--label-column", help="CSV data: the column holding labels")
+    c.add_argument("--label-pattern", help="labels (and groups, splits) from file names: a regular expression with named groups")
+    c.add_argument("--modality", choices=("auto", "image", "sound"), default="auto",
+                   help="what the inputs are (default: found from DATA's files)")
 
     d = sub.add_parser("data", help="look at a data set before training on it")
     d_sub = d.add_subparsers(dest="data_command", parser_class=_Parser, required=True)
@@ -210,11 +216,13 @@ def _print(*items: Any) -> None:
 def _cmd_features(args: argparse.Namespace) -> None:
     from deepfit.api import fit_features
 
-    fixed = {"command", "data", "path_column", "label_column", "version"}
+    fixed = {"command", "data", "path_column", "label_column", "label_pattern", "version"}
     options = {k: v for k, v in vars(args).items() if k not in fixed}
-    result = fit_features(args.data, path_column=args.path_column, label_column=args.label_column, **options)
+    result = fit_features(args.data, path_column=args.path_column, label_column=args.label_column,
+                          label_pattern=args.label_pattern, **options)
     n, d = result.features.features.shape
-    print(f"features: {n} images x {d} dimensions ({result.features.reused} reused from the cache)")
+    noun = "clips" if result.features.sound else "images"
+    print(f"features: {n} {noun} x {d} dimensions ({result.features.reused} reused from the cache)")
     if result.run_dir is not None:
         print(f"run folder: {result.run_dir}")
         print(f"classifier: {result.classifier.describe()}")
@@ -225,14 +233,16 @@ def _cmd_features(args: argparse.Namespace) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
-    from deepfit.data.sources import discover
+    from deepfit.tasks.classify.sound import discover_labelled
     from deepfit.workflows.compare import compare
 
     result = compare(
         args.data, models=args.models, pretrained=args.pretrained, fractions=args.fractions, classifier=args.classifier,
         finetune=args.finetune, finetune_epochs=args.finetune_epochs, scratch=args.scratch, scratch_epochs=args.scratch_epochs,
         test_fraction=args.test_fraction, seed=args.seed, output=args.output, name=args.name, device=args.device,
-        workers=args.workers, catalog=discover(args.data, path_column=args.path_column, label_column=args.label_column),
+        workers=args.workers, modality=args.modality,
+        catalog=discover_labelled(args.data, args.modality, path_column=args.path_column, label_column=args.label_column,
+                                  label_pattern=args.label_pattern)[0],
     )
     print("\n".join(result.verdict))
     print(f"table: {result.folder / 'results.csv'}; report: {result.report}")

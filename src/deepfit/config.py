@@ -197,14 +197,16 @@ _COMMON_LIMITS: dict[str, _Limit] = {
     "image_size": (MIN_IMAGE_SIZE, True, None, False), "val_fraction": _SHARE, "test_fraction": _SHARE,
     "workers": _AT_LEAST_0, "batch_size": _AT_LEAST_1, "seed": _AT_LEAST_0,
 }
+_SOUND_LIMITS: dict[str, _Limit] = {"sample_rate": (1000, True, None, False), "clip_seconds": (0, False, None, False),
+                                    "channels": _AT_LEAST_1}
 TRAIN_LIMITS: dict[str, _Limit] = {
     **_COMMON_LIMITS, "epochs": _AT_LEAST_1, "lr": (0, False, None, False), "momentum": _SHARE, "weight_decay": _AT_LEAST_0,
     "warmup_epochs": _AT_LEAST_0, "label_smoothing": _SHARE, "ema": _SHARE, "mixup": _AT_LEAST_0, "dropout": _SHARE, "ignore_index": (-1, True, None, False),
     "tile_size": (32, True, None, False), "early_stopping": _AT_LEAST_0, "head_epochs": _AT_LEAST_0,
     "backbone_lr_scale": _AT_LEAST_0, "accumulate": _AT_LEAST_1, "save_every_steps": _AT_LEAST_0, "time_budget": (0, False, None, False),
-    "cv": _AT_LEAST_0, "sample_rate": (1000, True, None, False), "clip_seconds": (0, False, None, False), "channels": _AT_LEAST_1,
+    "cv": _AT_LEAST_0, **_SOUND_LIMITS,
 }
-FEATURES_LIMITS: dict[str, _Limit] = {**_COMMON_LIMITS, "cv_folds": (2, True, None, False)}
+FEATURES_LIMITS: dict[str, _Limit] = {**_COMMON_LIMITS, **_SOUND_LIMITS, "cv_folds": (2, True, None, False)}
 _TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text", dict: "a dict"}
 
 
@@ -253,13 +255,23 @@ class FeaturesConfig:
     """Options of the feature-extraction workflow (`deepfit features`, `deepfit.fit_features`)."""
 
     # --- feature extractor -----------------------------------------------------------------------
-    model: str = _opt("resnet18", "network to take features from (any timm / torchvision name), or 'handmade' "
-                      "for colour histograms + gradient histograms (the classical baseline)")
+    model: str = _opt("resnet18", "network to take features from: any timm / torchvision name (on sound: an image network on "
+                      "spectrograms), a trained deepfit run's folder, or 'handmade' for the classical baseline (images: "
+                      "colour and gradient histograms; sound: MFCC statistics, also called 'mfcc')")
     pretrained: bool = _opt(False, "use the architecture's official pretrained weights by name (needs internet once)")
     weights: str | None = _opt(None, "local .safetensors/.pth weights of the network (offline)")
     model_args: dict = _opt({}, "architecture options as key=value,...")
     layer: str | None = _opt(None, "layer whose output (pooled) is the feature; default: the pre-logits embedding")
     image_size: int | None = _opt(None, "input size in pixels; default: the weights' own preprocessing")
+    modality: str = _opt("auto", "what the inputs are: auto (found from DATA's files), image or sound", ("auto", "image", "sound"))
+    sample_rate: int | None = _opt(None, "sound: samples per second; default: a trained run's own, else the training clips' "
+                                   "most common rate (at most 16 kHz)")
+    clip_seconds: float | None = _opt(None, "sound: every clip is cut (from its middle) or padded to this length; default: a "
+                                      "trained run's own, else 9 in 10 training clips fit whole")
+    channels: int | None = _opt(None, "sound: 1 mixes every recording to mono, N keeps N channels; default: a trained "
+                                "run's own, else 1")
+    frontend: dict = _opt({}, "sound: front-end settings (n_mels, n_mfcc, window_ms, hop_ms, fmin, fmax); 'handmade' "
+                          "uses n_mels=40, n_mfcc=20")
     # --- classical model -------------------------------------------------------------------------
     classifier: str | None = _opt(
         None, "classical model fitted on the features, its regularisation chosen by cross-validation on the "

@@ -83,6 +83,11 @@ class FeaturesOptions(TypedDict, total=False):
     model_args: dict
     layer: str | None
     image_size: int | None
+    modality: str
+    sample_rate: int | None
+    clip_seconds: float | None
+    channels: int | None
+    frontend: dict
     classifier: str | None
     cv_folds: int
     export: str | None

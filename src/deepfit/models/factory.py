@@ -107,7 +107,7 @@ def _suggest(name: str, names: list[str]) -> str:
 def build_model(spec: ModelSpec) -> nn.Module:
     """The architecture with random weights: used for scratch training and to reload a checkpoint."""
     if spec.source == "features":
-        return _build_feature_classifier(spec)
+        return build_feature_classifier(spec)
     if spec.source == "deepfit":
         cls, _ = OWN_MODELS[spec.name]
         check_model_args(cls, spec.model_args, spec.name)
@@ -148,10 +148,11 @@ def feature_module(backbone: dict[str, Any], layer: str | None) -> nn.Module:
     return FeatureExtractor(build_model(ModelSpec(**backbone)), layer)
 
 
-def _build_feature_classifier(spec: ModelSpec) -> nn.Module:
-    """A `deepfit features` model: spec.model_args holds the backbone spec, the layer and the head's shape."""
+def build_feature_classifier(spec: ModelSpec, features: nn.Module | None = None) -> nn.Module:
+    """A `deepfit features` model: spec.model_args holds the backbone spec, the layer and the head's shape. `features`:
+    the feature extractor when the caller builds it (a sound network, which this layer does not know)."""
     args = spec.model_args
-    features = feature_module(args["backbone"], args.get("layer"))
+    features = features if features is not None else feature_module(args["backbone"], args.get("layer"))
     if args["head"] == "knn":
         head: nn.Module = KNNHead(args["dim"], spec.num_classes, args["bank_size"], args["k"])
     else:

@@ -4,10 +4,14 @@ Every approach is trained on the same growing, nested fractions of the training 
 50%, 100% by default: each subset contains the smaller ones, and every class keeps at least one
 image) and scored on the same test split:
 
-    hand-made features + classifier     colour and gradient histograms, the classical baseline
-    <model> features + classifier       a pretrained network as a fixed feature extractor
+    hand-made features + classifier     the classical baseline: colour and gradient histograms for images,
+                                        MFCC statistics for sound
+    <model> features + classifier       a pretrained network as a fixed feature extractor (on sound: an image
+                                        network on spectrograms, or a trained sound run's folder)
     <model> fine-tuned                  the `finetune` preset (head first, then the whole network)
-    cnn from scratch                    optional (--scratch): a small network with no pretraining
+    cnn from scratch                    optional (--scratch): a small network with no pretraining (soundcnn on sound)
+
+Sound clips are all read at one sample rate and clip length, chosen once from the whole training split.
 
 Wall time is what producing the model took on this machine: for feature approaches, extracting the
 training images' features (measured incrementally, fraction by fraction, with no cache) plus fitting
@@ -33,7 +37,7 @@ import numpy as np
 import torch
 
 from deepfit.config import CLASSIFIERS, FeaturesConfig
-from deepfit.data.sources import Catalog, LabeledFile, discover
+from deepfit.data.sources import Catalog, LabeledFile
 from deepfit.data.split import stratified_split
 from deepfit.engine.device import resolve_device, resolve_precision
 from deepfit.errors import ConfigError, DataError
@@ -44,9 +48,11 @@ from deepfit.report.stats import standard_error
 from deepfit.runs.folder import check_output_outside_data, new_run_dir
 from deepfit.tasks.classify.objective import classification_metrics
 from deepfit.tasks.classify.report import plot_learning_curves, write_comparison_report
+from deepfit.tasks.classify.sound import discover_labelled, plan
 from deepfit.workflows.classical import fit_classifier
 from deepfit.workflows.evaluate import evaluate
 from deepfit.workflows.extraction import HANDMADE, Backbone, extract, load_backbone
+from deepfit.workflows.sound_features import sound_backbone
 from deepfit.workflows.train import train
 
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
@@ -94,7 +100,7 @@ def nested_fractions(files: list[LabeledFile], fractions: Sequence[float], seed:
     }
 
 
-def _split_for_comparison(catalog: Catalog, test_fraction: float, seed: int) -> _Data:
+def _split_for_comparison(catalog: Catalog, test_fraction: float, seed: int, noun: str) -> _Data:
     notes = []
     if catalog.has_splits:
         by_split: dict[str, list[LabeledFile]] = defaultdict(list)
@@ -109,9 +115,9 @@ def _split_for_comparison(catalog: Catalog, test_fraction: float, seed: int) -> 
         train_files, test = parts["train"], parts["test"]
         notes.append(f"the data has no splits: a stratified {test_fraction:.0%} of each class is the test set")
     if not test:
-        raise DataError("nothing to compare on: the data has no test (or validation) images; add a test/ folder")
+        raise DataError(f"nothing to compare on: the data has no test (or validation) {noun}; add a test/ folder")
     if not train_files:
-        raise DataError("the data has no training images")
+        raise DataError(f"the data has no training {noun}")
     return _Data(catalog.classes, catalog.root, train_files, test, notes)
 
 
@@ -202,9 +208,11 @@ def compare(
     device: str = "auto",
     batch_size: int = 32,
     workers: int | None = None,
+    modality: str = "auto",
     catalog: Catalog | None = None,
 ) -> CompareResult:
-    """Learning curves of every approach on the same test split, plots, a table and a plain-words verdict."""
+    """Learning curves of every approach on the same test split, plots, a table and a plain-words verdict. `models`
+    may be empty (the baseline, and --scratch); on sound, a model may be a trained sound run's folder (features only)."""
     setup_logging()
     if classifier not in CLASSIFIERS:
         raise ConfigError(f"--classifier must be one of {', '.join(CLASSIFIERS)}, not {classifier!r}")
@@ -213,47 +221,60 @@ def compare(
         raise ConfigError(f"--fractions must lie in (0, 1], got {fractions}")
     parsed = [parse_model(m) for m in models]
     for model, weights in parsed:
-        if not weights and not pretrained:
+        if not weights and not pretrained and not Path(model).is_dir():
             raise ConfigError(f"--models {model}: give its weights as {model}=FILE, or pass --pretrained to download them")
         if weights and not Path(weights).is_file():
             raise ConfigError(f"weights file not found: {weights}")
-    catalog = catalog or discover(data)
-    data_split = _split_for_comparison(catalog, test_fraction, seed)
+    catalog, sound = discover_labelled(catalog or data, modality)
+    noun = "clips" if sound else "images"
+    data_split = _split_for_comparison(catalog, test_fraction, seed, noun)
     check_output_outside_data(output, catalog.root)
     subsets = nested_fractions(data_split.train, fractions, seed)
     folder = new_run_dir(output, name or f"compare-{time.strftime('%Y%m%d-%H%M%S')}", "compare")
     logger.info(
-        f"comparing on {len(data_split.test)} test images; training fractions "
-        + ", ".join(f"{f:.0%} = {len(s)} images" for f, s in subsets.items()) + f"; results in {folder}"
+        f"comparing on {len(data_split.test)} test {noun}; training fractions "
+        + ", ".join(f"{f:.0%} = {len(s)} {noun}" for f, s in subsets.items()) + f"; results in {folder}"
     )
     torch_device = resolve_device(device)
+    # sound: one sample rate and clip length for every approach, chosen from the whole training split
+    heard = dict(zip(("sample_rate", "clip_seconds"), plan(None, None, data_split.train), strict=True)) if sound else {}
+
+    def backbone_of(config: FeaturesConfig) -> Backbone:
+        n = len(data_split.classes)
+        return sound_backbone(config, n, data_split.train) if sound else load_backbone(config, n)
+
     rows: list[dict[str, Any]] = []
-    baseline = load_backbone(FeaturesConfig(model=HANDMADE), len(data_split.classes))
-    rows += _feature_rows(baseline, f"hand-made features + {classifier}", "classical", data_split, subsets, classifier,
-                          cv_folds, seed, torch_device, batch_size, workers)
+    baseline = backbone_of(FeaturesConfig(model=HANDMADE, **heard))
+    rows += _feature_rows(baseline, f"{'MFCC statistics' if sound else 'hand-made features'} + {classifier}", "classical",
+                          data_split, subsets, classifier, cv_folds, seed, torch_device, batch_size, workers)
+    sound_options = {"modality": "sound", **heard} if sound else {}
     for model, weights in parsed:
-        config = FeaturesConfig(model=model, weights=weights, pretrained=pretrained and not weights)
-        backbone = load_backbone(config, len(data_split.classes))
-        rows += _feature_rows(backbone, f"{model} features + {classifier}", "features", data_split, subsets, classifier,
-                              cv_folds, seed, torch_device, batch_size, workers)
-        if finetune:
-            options: dict[str, Any] = {"model": model, "weights": weights, "pretrained": pretrained and not weights, "workers": workers}
+        run = Path(model).is_dir()  # a trained sound run: its features only (it is already trained)
+        config = FeaturesConfig(model=model, weights=weights, pretrained=pretrained and not weights,
+                                **({} if run else heard))
+        label = Path(model).name if run else model
+        rows += _feature_rows(backbone_of(config), f"{label} features + {classifier}", "features", data_split, subsets,
+                              classifier, cv_folds, seed, torch_device, batch_size, workers)
+        if finetune and not run:
+            options: dict[str, Any] = {"model": model, "weights": weights, "pretrained": pretrained and not weights,
+                                       "workers": workers, **sound_options}
             if finetune_epochs:
                 options["epochs"] = finetune_epochs
             rows += _trained_rows(f"{model} fine-tuned", "finetune", options, "finetune", data_split, subsets, folder / "runs", device)
     if scratch:
-        options = {"model": "cnn", "image_size": 64, "epochs": scratch_epochs, "workers": workers, "seed": seed}
-        rows += _trained_rows("cnn from scratch", "scratch", options, None, data_split, subsets, folder / "runs", device)
+        own = {"model": "soundcnn", **sound_options} if sound else {"model": "cnn", "image_size": 64}
+        options = {**own, "epochs": scratch_epochs, "workers": workers, "seed": seed}
+        rows += _trained_rows(f"{own['model']} from scratch", "scratch", options, None, data_split, subsets, folder / "runs", device)
 
     n_test = len(data_split.test)
-    lines = verdict(rows, n_test)
+    lines = verdict(rows, n_test, noun)
     _write_rows(rows, folder / "results.csv")
     size_png, time_png = plot_learning_curves(rows, n_test, folder / "accuracy_vs_size.png", folder / "accuracy_vs_time.png")
     report = write_comparison_report(
         folder / "report.html", title=f"deepfit compare: {Path(data).name}", verdict=lines, rows=rows,
         images={"Test accuracy against training-set size": size_png, "Test accuracy against wall time": time_png},
         notes=data_split.notes + [
-            f"All approaches are scored on the same {n_test} test images; the error bars are one binomial standard error.",
+            f"All approaches are scored on the same {n_test} test {noun}; the error bars are one binomial standard error.",
             "Choosing an approach by these test scores makes its own test figure slightly optimistic: confirm the "
             "winner on data none of them has seen.",
         ],
@@ -286,7 +307,7 @@ def significance(a: float, b: float, n: int) -> int:
     return 1 if gap > noise else -1 if gap < -noise else 0
 
 
-def verdict(rows: list[dict[str, Any]], n_test: int) -> list[str]:
+def verdict(rows: list[dict[str, Any]], n_test: int, noun: str = "images") -> list[str]:
     """Plain words: who wins at the full size, is a cheaper one as good, does deep learning pay, would more data help."""
     if not rows:
         return ["nothing was compared"]
@@ -295,8 +316,8 @@ def verdict(rows: list[dict[str, Any]], n_test: int) -> list[str]:
     best = full[0]
     n_train = best["train_images"]
     lines = [
-        f"With all {n_train} training images, {best['approach']} is the most accurate: {best['accuracy']:.1%} on "
-        f"{n_test} test images (± {standard_error(best['accuracy'], n_test):.1%})."
+        f"With all {n_train} training {noun}, {best['approach']} is the most accurate: {best['accuracy']:.1%} on "
+        f"{n_test} test {noun} (± {standard_error(best['accuracy'], n_test):.1%})."
     ]
     cheaper = [r for r in full[1:] if r["seconds"] < best["seconds"] and significance(best["accuracy"], r["accuracy"], n_test) == 0]
     if cheaper:
@@ -330,7 +351,7 @@ def verdict(rows: list[dict[str, Any]], n_test: int) -> list[str]:
     if len(curve) >= 2:
         before, after = curve[-2], curve[-1]
         gain, sign = after["accuracy"] - before["accuracy"], significance(after["accuracy"], before["accuracy"], n_test)
-        step = f"from {before['train_images']} to {after['train_images']} training images"
+        step = f"from {before['train_images']} to {after['train_images']} training {noun}"
         if sign > 0:
             lines.append(
                 f"More data would likely help: {best['approach']} gained {100 * gain:.1f} points {step} and the curve "
@@ -339,7 +360,7 @@ def verdict(rows: list[dict[str, Any]], n_test: int) -> list[str]:
         elif sign == 0:
             lines.append(
                 f"The curve of {best['approach']} has flattened ({100 * gain:+.1f} points {step}, within noise): more "
-                "images of the same kind are unlikely to help much; better labels, harder examples or a stronger "
+                f"{noun} of the same kind are unlikely to help much; better labels, harder examples or a stronger "
                 "model are the next levers."
             )
         else:

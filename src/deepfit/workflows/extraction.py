@@ -1,4 +1,4 @@
-"""Feature extraction: a pretrained network (or hand-made features) turns each image into a vector.
+"""Feature extraction: a pretrained network (or hand-made features) turns each image, or each sound clip, into a vector.
 
 Features are cached on disk under a key made of the model, its weights, the layer, the
 preprocessing and the precision, one vector per file *content* (a blake2b digest): a second
@@ -14,7 +14,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from deepfit.log import logger
 from deepfit.modalities.base import BadFile, check_unreadable
 from deepfit.modalities.image.augment import BatchTransform
 from deepfit.modalities.image.store import decode_batches, default_workers
+from deepfit.modalities.sound.store import clip_batches
 from deepfit.models.factory import Preprocessing, create_model, is_convolutional
 from deepfit.models.features import PRE_LOGITS, FeatureExtractor
 from deepfit.models.handmade import HANDMADE_IMAGE_SIZE, HandmadeFeatures
@@ -48,26 +49,47 @@ HANDMADE_VERSION = 1
 
 @dataclass
 class Backbone:
-    """What turns images into vectors, with what it needs: preprocessing, and an identity for the cache."""
+    """What turns images (or sound) into vectors, with what it needs: preprocessing, and an identity for the cache."""
 
-    module: nn.Module  # (B, 3, H, W) normalised images -> (B, D) float
+    module: nn.Module  # (B, 3, H, W) normalised images, or (B, C, T) samples -> (B, D) float
     spec: dict[str, Any]  # how to rebuild it (the "backbone" entry of a FeatureClassifier's ModelSpec)
     layer: str
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing | None  # images: resize, crop, normalisation; None for sound
     pretrained_from: str | None
-    identity: dict[str, Any]  # everything the features depend on, except the image
+    identity: dict[str, Any]  # everything the features depend on, except the input
+    sound: dict[str, Any] | None = None  # sound: the SoundSpec its clips are decoded by (rate, length, channels)
 
     @property
     def name(self) -> str:
-        return self.spec.get("name", HANDMADE)
+        return self.spec.get("name") or self.spec.get("model", {}).get("name") or HANDMADE
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """How inputs are prepared for it (for the cache key and the run's config)."""
+        return {"sound": self.sound} if self.sound is not None else self.preprocessing.to_dict()
+
+
+def check_handmade_options(config: FeaturesConfig) -> None:
+    """Hand-made features have no layers, weights or options: any given is an error, not silently unused."""
+    given = [flag for flag, value in (("--layer", config.layer not in (None, PRE_LOGITS)), ("--weights", config.weights),
+                                       ("--pretrained", config.pretrained), ("--model-args", config.model_args)) if value]
+    if given:
+        raise ConfigError(f"the hand-made features have no layers, weights or options: leave out {', '.join(given)}")
+
+
+def weights_identity(weights: str | None, source: str, name: str) -> str:
+    """What the cache knows of a network's weights: a local file by its content, official weights by library version."""
+    if weights:
+        return "file:" + file_digest(Path(weights))
+    import timm
+    import torchvision
+
+    return f"official:{source}:{name}:{timm.__version__ if source == 'timm' else torchvision.__version__}"
 
 
 def load_backbone(config: FeaturesConfig, num_classes: int) -> Backbone:
     if config.model == HANDMADE:
-        given = [flag for flag, value in (("--layer", config.layer not in (None, PRE_LOGITS)), ("--weights", config.weights),
-                                           ("--pretrained", config.pretrained), ("--model-args", config.model_args)) if value]
-        if given:
-            raise ConfigError(f"the hand-made features have no layers, weights or options: leave out {', '.join(given)}")
+        check_handmade_options(config)
         size = config.image_size or HANDMADE_IMAGE_SIZE
         prep = Preprocessing(image_size=size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), crop_pct=1.0)
         spec = {"source": HANDMADE, "args": {}}
@@ -83,20 +105,10 @@ def load_backbone(config: FeaturesConfig, num_classes: int) -> Backbone:
     )
     extractor = FeatureExtractor(created.model, config.layer)  # an unknown layer fails here, listing the names
     spec = created.spec.to_dict()
-    if config.weights:
-        weights_id = "file:" + file_digest(Path(config.weights))
-    else:
-        weights_id = f"official:{created.spec.source}:{created.spec.name}:{_library_version(created.spec.source)}"
+    weights_id = weights_identity(config.weights, created.spec.source, created.spec.name)
     # num_classes only sizes the (unused) classifier: features of the same network agree across data sets
     identity = {"backbone": {k: v for k, v in spec.items() if k != "num_classes"}, "weights": weights_id, "layer": extractor.layer}
     return Backbone(extractor, spec, extractor.layer, created.preprocessing, created.pretrained_source, identity)
-
-
-def _library_version(source: str) -> str:
-    import timm
-    import torchvision
-
-    return timm.__version__ if source == "timm" else torchvision.__version__
 
 
 # --- the cache -----------------------------------------------------------------------------------
@@ -183,17 +195,13 @@ def extract(
         module = backbone.module.to(device).eval()
         if channels_last:
             module = module.to(memory_format=torch.channels_last)
-        prep = backbone.preprocessing
-        transform = BatchTransform(prep.image_size, prep.mean, prep.std, "none", channels_last=channels_last)
         chunks = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
         workers = default_workers() if workers is None else workers
         with _progress(len(todo), f"extracting features ({backbone.name}, {backbone.layer})") as advance:
-            for batch in decode_batches(paths, prep.resize_size, chunks, workers):
-                bad += [BadFile(paths[i], reason) for i, reason in batch.errors]
-                if batch.indices:
-                    out = extract_batch(module, transform, batch.images, device, precision)
-                    vectors.update(zip(batch.indices, out, strict=True))
-                advance(len(batch.indices) + len(batch.errors))
+            for indices, errors, out in _batches(backbone, module, paths, chunks, workers, device, precision, channels_last):
+                bad += [BadFile(paths[i], reason) for i, reason in errors]
+                vectors.update(zip(indices, out, strict=True))
+                advance(len(indices) + len(errors))
         if cache is not None:
             new = [i for i in todo if i in vectors]
             cache.add([digests[i] for i in new], np.stack([vectors[i] for i in new]) if new else np.zeros((0, 0)))
@@ -201,25 +209,48 @@ def extract(
     kept = sorted(vectors)
     features = np.stack([vectors[i] for i in kept]).astype(np.float32, copy=False) if kept else np.zeros((0, 0), np.float32)
     reused = len(paths) - len(todo)
+    noun = "clips" if backbone.sound is not None else "images"
     if todo:
         rate = (len(todo) - len(bad)) / max(seconds, 1e-9)
         logger.info(
-            f"features of {len(paths)} images: {reused} reused from the cache, {len(todo) - len(bad)} extracted "
-            f"in {seconds:.1f} s ({rate:.0f} images/s)"
+            f"features of {len(paths)} {noun}: {reused} reused from the cache, {len(todo) - len(bad)} extracted "
+            f"in {seconds:.1f} s ({rate:.0f} {noun}/s)"
         )
     else:
-        logger.info(f"features of {len(paths)} images: all reused from the cache, none extracted")
+        logger.info(f"features of {len(paths)} {noun}: all reused from the cache, none extracted")
     return Extraction(features, kept, bad, reused, seconds)
 
 
+def _batches(backbone: Backbone, module: nn.Module, paths: list[Path], chunks: list[list[int]], workers: int,
+             device: torch.device, precision: str, channels_last: bool) -> Iterator[tuple[list[int], list[tuple[int, str]], np.ndarray]]:
+    """(indices, (index, reason) of unreadable files, their features) per chunk: images decoded in worker processes,
+    sound on threads, each as its training decodes it."""
+    if backbone.sound is not None:
+        spec = backbone.sound
+        for indices, errors, clips in clip_batches(paths, chunks, spec["sample_rate"], spec["samples"],
+                                                   channels=spec["channels"], workers=workers):
+            yield indices, errors, _forward(module, clips.to(device), device, precision) if indices else np.zeros((0, 0))
+        return
+    prep = backbone.preprocessing
+    transform = BatchTransform(prep.image_size, prep.mean, prep.std, "none", channels_last=channels_last)
+    for batch in decode_batches(paths, prep.resize_size, chunks, workers):
+        out = extract_batch(module, transform, batch.images, device, precision) if batch.indices else np.zeros((0, 0))
+        yield batch.indices, batch.errors, out
+
+
 @torch.inference_mode()
+def _forward(module: nn.Module, x: torch.Tensor, device: torch.device, precision: str) -> np.ndarray:
+    with autocast(device, precision):
+        return module(x).float().cpu().numpy()
+
+
 def extract_batch(
     module: nn.Module, transform: BatchTransform, images: torch.Tensor, device: torch.device, precision: str
 ) -> np.ndarray:
     """(B, 3, S, S) uint8 storage batch -> (B, D) float32 features, in the device's preferred precision."""
-    x = transform(images.to(device, non_blocking=True))
-    with autocast(device, precision):
-        return module(x).float().cpu().numpy()
+    with torch.inference_mode():
+        x = transform(images.to(device, non_blocking=True))
+    return _forward(module, x, device, precision)
 
 
 class _progress:  # noqa: N801 - used as a context manager like a function
@@ -257,10 +288,11 @@ class FeatureSet:
     classes: list[str]
     model: str
     layer: str
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing | None  # images; None for sound (see `sound`)
     skipped: list[BadFile] = field(default_factory=list)
     reused: int = 0
     seconds: float = 0.0
+    sound: dict[str, Any] | None = None  # sound: sample rate, clip length, channels, front end the clips were read with
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         if copy:  # np.array(features) asks for a copy: changing it must not change this set
@@ -286,18 +318,19 @@ def feature_set(
 ) -> FeatureSet:
     """Extract (or reuse) the features of labelled files; unreadable ones are left out, too many is an error."""
     precision = resolve_precision("auto", device)
-    cache = FeatureCache({**backbone.identity, "preprocessing": backbone.preprocessing.to_dict(), "precision": precision}) if config.cache else None
+    cache = FeatureCache({**backbone.identity, "preprocessing": backbone.inputs, "precision": precision}) if config.cache else None
     result = extract(
         backbone, [f.path for f in files], device=device, precision=precision, batch_size=config.batch_size,
         workers=config.workers, cache=cache,
     )
-    check_unreadable(result.bad, len(files), "images", "image")
+    noun = ("sound files", "sound file") if backbone.sound is not None else ("images", "image")
+    check_unreadable(result.bad, len(files), *noun)
     index = {c: i for i, c in enumerate(classes)}
     kept = [files[i] for i in result.kept]
     return FeatureSet(
         result.features, [f.path for f in kept], np.array([index[f.label] for f in kept], dtype=np.int64),
         [f.split or "train" for f in kept], classes, backbone.name, backbone.layer, backbone.preprocessing,
-        result.bad, result.reused, result.seconds,
+        result.bad, result.reused, result.seconds, backbone.sound,
     )
 
 
@@ -315,7 +348,7 @@ def export_features(features: FeatureSet, path: Path, data_root: Path | None = N
     check_export_path(path, data_root)
     meta = {
         "model": features.model, "layer": features.layer, "classes": features.classes,
-        "preprocessing": features.preprocessing.to_dict(),
+        "preprocessing": features.preprocessing.to_dict() if features.preprocessing else None, "sound": features.sound,
     }
     paths = [str(p) for p in features.paths]
     labels = [features.classes[i] for i in features.labels]

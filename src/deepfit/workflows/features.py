@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from deepfit.config import FeaturesConfig
-from deepfit.data.sources import Catalog, LabeledFile, discover
+from deepfit.data.sources import Catalog, LabeledFile
 from deepfit.data.split import resolve_splits, save_split
 from deepfit.engine.checkpoint import save_checkpoint
 from deepfit.engine.device import resolve_device
@@ -38,6 +38,7 @@ from deepfit.runs.folder import CHECKPOINT_FORMAT, check_output_outside_data, ne
 from deepfit.runs.session import seed_everything
 from deepfit.tasks.classify.data import report_duplicates, write_skipped
 from deepfit.tasks.classify.evaluate import Evaluation, report_evaluation
+from deepfit.tasks.classify.sound import discover_labelled
 from deepfit.workflows.classical import FittedClassifier, fit_classifier
 from deepfit.workflows.extraction import (
     Backbone,
@@ -47,6 +48,7 @@ from deepfit.workflows.extraction import (
     feature_set,
     load_backbone,
 )
+from deepfit.workflows.sound_features import sound_backbone
 
 
 @dataclass
@@ -60,14 +62,18 @@ class _Extracted:
 def _extract_all(data: str | Path, config: FeaturesConfig, catalog: Catalog | None, output: str | None = None) -> _Extracted:
     """Split as `deepfit train` would (same seed, same split), check where files will go before any work,
     then extract (or reuse) the features of every split and export them when asked."""
-    catalog = catalog or discover(data)
+    catalog, sound = discover_labelled(catalog or data, config.modality)
     splits = resolve_splits(catalog, config.val_fraction, config.test_fraction, config.seed)
     if output is not None:
         check_output_outside_data(output, catalog.root)
     if config.export:
         check_export_path(Path(config.export), catalog.root)
-    logger.info(f"{len(catalog.classes)} classes, {', '.join(f'{len(v)} {k}' for k, v in splits.items())} images ({catalog.layout})")
-    backbone = load_backbone(config, len(catalog.classes))
+    noun = "clips" if sound else "images"
+    logger.info(f"{len(catalog.classes)} classes, {', '.join(f'{len(v)} {k}' for k, v in splits.items())} {noun} ({catalog.layout})")
+    if sound:
+        backbone = sound_backbone(config, len(catalog.classes), splits["train"])
+    else:
+        backbone = load_backbone(config, len(catalog.classes))
     files = [f for name in ("train", "val", "test") for f in splits[name]]
     features = feature_set(backbone, files, catalog.classes, config, resolve_device(config.device))
     if config.export:
@@ -100,6 +106,7 @@ def fit_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog |
     extracted = _extract_all(data, config, catalog, output=config.output)
     catalog, splits, backbone, features = extracted.catalog, extracted.splits, extracted.backbone, extracted.features
     classes = catalog.classes
+    noun = "clips" if backbone.sound else "images"
     kind = config.fit_classifier
     if kind is None:
         return FeaturesResult(None, features, None, None, None)
@@ -119,8 +126,8 @@ def fit_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog |
     save_split(readable, run_dir / "split.csv", catalog.root)
     resolved = {
         **config.to_dict(), "classifier": kind, "data": str(Path(data).resolve()), "data_root": str(catalog.root),
-        "classes": classes, "preprocessing": backbone.preprocessing.to_dict(), "device": str(resolve_device(config.device)),
-        "command": sys.argv,
+        "classes": classes, "preprocessing": backbone.inputs, "device": str(resolve_device(config.device)),
+        "command": sys.argv, **({"modality": "sound"} if backbone.sound else {}),
     }
     atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
     report_duplicates(readable, run_dir)
@@ -134,10 +141,10 @@ def fit_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog |
             "dim": int(x_train.shape[1]), "bank_size": int(x_train.shape[0]), "k": int(fitted.params.get("k", 0)),
         },
     )
+    inputs = {"sound": backbone.sound, "modality": "sound"} if backbone.sound else {"preprocessing": backbone.preprocessing.to_dict()}
     meta = {
-        "format": CHECKPOINT_FORMAT, "task": "classify", "model": spec.to_dict(), "classes": classes,
-        "preprocessing": backbone.preprocessing.to_dict(), "pretrained_from": backbone.pretrained_from,
-        "config": _train_config_view(config), "epoch": None, "val_acc": val_acc,
+        "format": CHECKPOINT_FORMAT, "task": "classify", "model": spec.to_dict(), "classes": classes, **inputs,
+        "pretrained_from": backbone.pretrained_from, "config": _train_config_view(config, sound=bool(backbone.sound)), "epoch": None, "val_acc": val_acc,
         "features": {
             "layer": backbone.layer, "classifier": kind, "params": fitted.params, "cv_accuracy": fitted.cv_accuracy,
             "cv_folds": fitted.folds, "description": fitted.describe(), "selection": "cross-validation on the training split",
@@ -149,7 +156,7 @@ def fit_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog |
     x_eval, y_eval = features.split(split)
     if not len(y_eval):
         logger.warning(
-            f"no test or validation images to score the classifier on: {run_dir} holds no report; give the data a "
+            f"no test or validation {noun} to score the classifier on: {run_dir} holds no report; give the data a "
             "test/ folder or keep --test-fraction / --val-fraction above 0 to measure it"
         )
         return FeaturesResult(run_dir, features, fitted, None, val_acc)
@@ -169,14 +176,18 @@ def _accuracy(head: nn.Module, x: np.ndarray, y: np.ndarray) -> float | None:
         return float((head(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
 
 
-def _train_config_view(config: FeaturesConfig) -> dict[str, Any]:
+def _train_config_view(config: FeaturesConfig, sound: bool) -> dict[str, Any]:
     """The TrainConfig-shaped part of the options, so `deepfit.load()` treats the run like any other."""
     from deepfit.config import TrainConfig
 
+    given = {
+        "modality": "sound", "sample_rate": config.sample_rate, "clip_seconds": config.clip_seconds,
+        "channels": config.channels or 1, "frontend": dict(config.frontend),
+    } if sound else {}
     return TrainConfig(
         model=config.model, pretrained=config.pretrained, weights=config.weights, model_args=dict(config.model_args),
         image_size=config.image_size, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
-        batch_size=config.batch_size, device=config.device, seed=config.seed, output=config.output, name=config.name,
+        batch_size=config.batch_size, device=config.device, seed=config.seed, output=config.output, name=config.name, **given,
     ).to_dict()
 
 

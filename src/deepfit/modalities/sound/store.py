@@ -101,6 +101,19 @@ def _warn_some(paths: list[Path], text: str) -> None:
         logger.warning(f"{len(paths)} {text}: {shown}")
 
 
+def clip_batches(paths: Sequence[Path], chunks: Sequence[Sequence[int]], sample_rate: int, samples: int, *,
+                 channels: int = 1, workers: int = 2) -> Iterator[tuple[list[int], list[tuple[int, str]], torch.Tensor]]:
+    """For each chunk of indices into `paths`: (indices decoded, (index, reason) of the unreadable ones, their clips
+    (B, C, samples) float in [-1, 1]), decoded as training decodes them (through 16 bits, centred), a chunk at a time
+    so a long list is never held in memory at once."""
+    for chunk in chunks:
+        store, bad = SoundStore.load([paths[i] for i in chunk], [0] * len(chunk), sample_rate, samples, channels=channels,
+                                     workers=workers)
+        reasons = {b.path: b.reason for b in bad}
+        good = [i for i in chunk if paths[i] not in reasons]
+        yield good, [(i, reasons[paths[i]]) for i in chunk if paths[i] in reasons], store.clips.float() / PCM_SCALE
+
+
 def headers(paths: Sequence[Path]) -> list[AudioInfo]:
     """The header of each readable file (unreadable ones are left out here and reported when decoded)."""
     out = []

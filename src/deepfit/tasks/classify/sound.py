@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from deepfit.config import TrainConfig
-from deepfit.data.sources import LabeledFile
+from deepfit.data.media import IMAGE_EXTENSIONS, IMAGES
+from deepfit.data.sources import Catalog, LabeledFile, discover
 from deepfit.engine.device import autocast
 from deepfit.errors import ConfigError, DataError
 from deepfit.log import logger
@@ -28,14 +29,21 @@ from deepfit.modalities.base import check_unreadable
 from deepfit.modalities.sound import SOUND, is_samples_with_rate
 from deepfit.modalities.sound.augment import SoundAugment, SoundBatchTransform, noise_bank
 from deepfit.modalities.sound.frontend import FrontEndConfig
-from deepfit.modalities.sound.io import audio_info, fit_length
+from deepfit.modalities.sound.io import SOUND_EXTENSIONS, audio_info, fit_length
 from deepfit.modalities.sound.store import SoundStore, default_clip_seconds, headers
-from deepfit.models.factory import ModelSpec, build_model, create_model
+from deepfit.models.factory import ModelSpec, build_feature_classifier, build_model, create_model
+from deepfit.models.features import FeatureExtractor
 from deepfit.models.weights import freeze_folded_norms
 from deepfit.tasks.base import ModelPredictor, Setup
 from deepfit.tasks.classify.objective import ClassificationTask
 from deepfit.tasks.classify.predict import Prediction, to_prediction
-from deepfit.tasks.classify.sound_model import OWN_SOUND_MODELS, SoundClassifier, SpecAugment, build_body
+from deepfit.tasks.classify.sound_model import (
+    OWN_SOUND_MODELS,
+    MFCCStatistics,
+    SoundClassifier,
+    SpecAugment,
+    build_body,
+)
 from deepfit.tasks.classify.timeline import Timeline, label_recording, plot_timeline, write_windows_csv
 
 MAX_DEFAULT_RATE = 16000  # above this, speech and most environmental sounds gain little for their cost
@@ -88,15 +96,20 @@ def build_sound_model(spec: SoundSpec, *, pretrained: bool = False, weights: str
 def rebuild(meta: dict[str, Any]) -> nn.Module:
     """The network of a checkpoint's sidecar, with random weights (the caller loads them)."""
     spec = SoundSpec(**meta["sound"])
+    if meta["model"]["source"] == "features":  # `deepfit features` on sound: a feature extractor + a classical head
+        args = meta["model"]["model_args"]
+        inner = args["backbone"]  # {"source": "mfcc"}, or the network's own sidecar entries
+        features = (MFCCStatistics(spec.frontend_config) if inner["source"] == "mfcc"
+                    else FeatureExtractor(rebuild({"sound": inner["sound"], "model": inner["model"]}), args["layer"]))
+        return build_feature_classifier(ModelSpec(**meta["model"]), features)
     if spec.model in OWN_SOUND_MODELS:
         return build_sound_model(spec)[0]
     body = build_model(ModelSpec(**meta["model"]))
     return SoundClassifier(spec.frontend_config, body, channels=spec.channels, body_chans=3)
 
 
-def plan(config: TrainConfig, train: list[LabeledFile]) -> tuple[int, float]:
-    """(sample rate, clip seconds): the config's, or chosen from the training clips and said in the log."""
-    rate, seconds = config.sample_rate, config.clip_seconds
+def plan(rate: int | None, seconds: float | None, train: list[LabeledFile]) -> tuple[int, float]:
+    """(sample rate, clip seconds): those given, or chosen from the training clips and said in the log."""
     # each header read once, when either is to be chosen; a sample of this size settles both
     infos = headers([f.path for f in train[:2000]]) if rate is None or seconds is None else []
     if rate is None:
@@ -116,7 +129,7 @@ def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[Labe
     if resumed is not None:
         spec = SoundSpec(**resumed["sound"])
     else:
-        rate, seconds = plan(config, splits["train"])
+        rate, seconds = plan(config.sample_rate, config.clip_seconds, splits["train"])
         spec = SoundSpec(config.model or "soundcnn", len(classes), rate, max(1, round(rate * seconds)), config.channels,
                          dict(config.frontend), dict(config.model_args), config.dropout)
     spec.frontend_config  # noqa: B018 - checks the front-end settings before any decoding
@@ -256,9 +269,6 @@ def _as_list(inputs: Any) -> list:
 def sound_files(data: str | Path) -> bool:
     """Whether DATA (a folder, a CSV or a file) holds sound files rather than images: the first file of either kind
     found decides."""
-    from deepfit.data.media import IMAGE_EXTENSIONS
-    from deepfit.modalities.sound.io import SOUND_EXTENSIONS
-
     path = Path(data).expanduser()
     if path.is_file():
         if path.suffix.lower() in SOUND_EXTENSIONS:
@@ -274,6 +284,20 @@ def sound_files(data: str | Path) -> bool:
         if suffix in SOUND_EXTENSIONS or suffix in IMAGE_EXTENSIONS:
             return suffix in SOUND_EXTENSIONS
     return False
+
+
+def is_sound_catalog(catalog: Catalog) -> bool:
+    """Whether an already discovered catalog lists sound files (its first file decides)."""
+    return bool(catalog.files) and catalog.files[0].path.suffix.lower() in SOUND.extensions
+
+
+def discover_labelled(data: str | Path | Catalog, modality: str = "auto", **discovery: Any) -> tuple[Catalog, bool]:
+    """(the labelled files of DATA, whether they are sound): sound or images as `modality` says, or, for "auto",
+    as the files DATA holds say. `discovery`: path_column, label_column, label_pattern (data/sources.py)."""
+    if isinstance(data, Catalog):
+        return data, modality == "sound" or (modality == "auto" and is_sound_catalog(data))
+    sound = modality == "sound" or (modality == "auto" and sound_files(data))
+    return discover(data, **discovery, media=SOUND.media if sound else IMAGES), sound
 
 
 def describe_clips(paths: list[Path], sample: int = 2000) -> tuple[list[str], list[str]]:

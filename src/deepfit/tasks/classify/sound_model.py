@@ -161,6 +161,22 @@ class SoundClassifier(nn.Module):
         return self.body(self.augment(self.picture(wave)))  # (B, num_classes)
 
 
+class MFCCStatistics(nn.Module):
+    """The classical sound features (`deepfit features --model handmade` on sound): per channel, each MFCC's mean and
+    standard deviation over the clip's frames and the standard deviation of its change from frame to frame (how fast
+    the timbre moves): (B, C, T) samples -> (B, 3 * C * n_mfcc) features."""
+
+    def __init__(self, frontend: FrontEndConfig) -> None:
+        super().__init__()
+        if not frontend.n_mfcc:
+            raise ConfigError("MFCC statistics need MFCCs: set n_mfcc in --frontend (e.g. n_mfcc=20)")
+        self.mfcc = LogMel(frontend)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:  # (B, C, T)
+        m = self.mfcc(wave)  # (B, C, n_mfcc, frames)
+        return torch.cat([m.mean(3), m.std(3), m.diff(dim=3).std(3)], dim=2).flatten(1).float()
+
+
 def build_body(name: str, num_classes: int, frontend: FrontEndConfig, channels: int, *, model_args: dict[str, Any],
                drop_rate: float) -> tuple[nn.Module, int]:
     """deepfit's own sound networks by name: (the body, the channels it takes)."""

@@ -41,7 +41,7 @@ from deepfit.tasks.classify.evaluate import Evaluation, check_known_classes, sco
 from deepfit.tasks.classify.model import TrainedModel, load_trained
 from deepfit.tasks.classify.objective import ClassificationTask
 from deepfit.tasks.classify.predict import Predictor, write_predictions
-from deepfit.tasks.classify.sound import SoundPredictor, sound_files, write_timelines
+from deepfit.tasks.classify.sound import SoundPredictor, discover_labelled, write_timelines
 from deepfit.tasks.classify.sound import prepare as prepare_sound
 from deepfit.tasks.classify.sound_model import OWN_SOUND_MODELS
 
@@ -101,13 +101,10 @@ class ClassifyTask(Task):
     def read(self, data: str | Path | Catalog, config: TrainConfig, **options: Any) -> Data:
         """Class folders, split folders, a CSV or labelled file names, of images or sound files (`config.modality`, or
         the files DATA holds); an already discovered `Catalog` (e.g. a subset) is taken as it is."""
+        catalog, sound = discover_labelled(data, config.modality, **options)
         if isinstance(data, Catalog):
-            sound = config.modality == "sound" or (config.modality == "auto" and bool(data.files)
-                                                    and data.files[0].path.suffix.lower() in SOUND.extensions)
             return Data(data.root, data.classes, data, layout=data.layout, location=data.root,
                         record={"modality": "sound"} if sound else {})
-        sound = config.modality == "sound" or (config.modality == "auto" and sound_files(data))
-        catalog = discover(data, **options, media=SOUND.media if sound else IMAGES)
         if sound and config.modality == "auto":
             logger.info(f"{data} holds sound files: sound classification with {config.model} on spectrograms"
                         + ("" if config.model in OWN_SOUND_MODELS else " (--modality sound picks deepfit's soundcnn)"))
@@ -239,17 +236,14 @@ class ClassifyTask(Task):
         if holds_object_labels(data) and not options.get("label_pattern"):
             return False
         try:
-            discover(data, **{k: v for k, v in options.items() if k in ("path_column", "label_column", "label_pattern")},
-                     media=SOUND.media if sound_files(data) else IMAGES)
+            discover_labelled(data, **{k: v for k, v in options.items() if k in ("path_column", "label_column", "label_pattern")})
         except DataError:
             return False
         return True
 
     def check_data(self, data: str | Path, *, path_column: str | None = None, label_column: str | None = None,
                    label_pattern: str | None = None) -> list[Any]:
-        sound = sound_files(data)
-        catalog = discover(data, path_column=path_column, label_column=label_column, label_pattern=label_pattern,
-                           media=SOUND.media if sound else IMAGES)
+        catalog, sound = discover_labelled(data, path_column=path_column, label_column=label_column, label_pattern=label_pattern)
         return summarize_catalog(catalog, sound=sound)
 
     def model_names(self, pattern: str) -> dict[str, list[str]]:
