@@ -131,3 +131,12 @@ def test_best_linked_to_last_survives_the_next_last(tmp_path: Path) -> None:
     torch.testing.assert_close(load_file(tmp_path / "best.safetensors")["weight"], first["weight"])
     assert not torch.equal(load_file(tmp_path / "last.safetensors")["weight"], first["weight"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json", "best.safetensors", "last.json", "last.safetensors"]
+
+
+def test_weights_of_another_architecture_are_an_error_naming_the_keys(tmp_path: Path) -> None:
+    from deepfit.engine.checkpoint import load_weights, save_checkpoint
+
+    save_checkpoint(tmp_path / "small.safetensors", torch.nn.Linear(3, 2), {"format": CHECKPOINT_FORMAT})
+    with pytest.raises(WeightsError, match=r"does not match its architecture: missing \['0.bias', '0.weight'\], "
+                                           r"unexpected \['bias', 'weight'\]"):
+        load_weights(torch.nn.Sequential(torch.nn.Linear(3, 2)), tmp_path / "small.safetensors")

@@ -92,7 +92,9 @@ def load_weights(model: nn.Module, path: Path) -> None:
         raise WeightsError(f"checkpoint not found: {path}")
     missing, unexpected = load_model(model, str(path), strict=False)
     if missing or unexpected:
-        raise WeightsError(f"{path} does not match its architecture: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        # safetensors returns sets: sorted, so the message names the same keys every time
+        raise WeightsError(f"{path} does not match its architecture: missing {sorted(missing)[:3]}, "
+                           f"unexpected {sorted(unexpected)[:3]}")
 
 
 def save_training_state(path: Path, trainer: Trainer, config: Any) -> None:
