@@ -100,7 +100,7 @@ def test_compare_end_to_end(tmp_path: Path, small_weights: Path) -> None:
     assert result.folder == tmp_path / "out" / "cmp"
     with open(result.folder / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    approaches = ["hand-made features + svm", "cnn features + svm", "cnn fine-tuned", "cnn from scratch"]
+    approaches = ["hand-made features + rbf", "cnn features + svm", "cnn fine-tuned", "cnn from scratch"]
     assert [r["approach"] for r in rows] == [a for a in approaches for _ in range(2)]
     assert result.test_images == 6  # 20% of each class of 10, the rest trains
     assert [int(r["train_images"]) for r in rows[:2]] == [12, 24]

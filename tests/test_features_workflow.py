@@ -29,7 +29,7 @@ from deepfit.cli import main
 from deepfit.config import FeaturesConfig
 from deepfit.errors import ConfigError, DataError
 from deepfit.models.handmade import HandmadeFeatures
-from deepfit.workflows.classical import ALPHA_GRID, C_GRID, FittedClassifier, fit_classifier
+from deepfit.workflows.classical import ALPHA_GRID, C_GRID, RBF_C_GRID, FittedClassifier, fit_classifier
 from deepfit.workflows.extraction import FeatureSet
 from deepfit.workflows.features import FeaturesResult
 
@@ -130,7 +130,7 @@ def _blobs(num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 @pytest.mark.parametrize("num_classes", [2, 3])
-@pytest.mark.parametrize("kind", ["svm", "logreg", "knn", "ridge"])
+@pytest.mark.parametrize("kind", ["svm", "rbf", "logreg", "knn", "ridge"])
 def test_torch_head_decides_exactly_as_the_sklearn_estimator(kind: str, num_classes: int) -> None:
     x_train, y_train, x_test, _ = _blobs(num_classes, seed=num_classes)
     classes = [f"c{i}" for i in range(num_classes)]
@@ -138,7 +138,7 @@ def test_torch_head_decides_exactly_as_the_sklearn_estimator(kind: str, num_clas
     assert isinstance(fitted, FittedClassifier) and fitted.kind == kind and fitted.folds == 3
 
     # the hyper-parameter was chosen by cross-validation over the whole grid
-    grid = {"svm": len(C_GRID), "logreg": len(C_GRID), "ridge": len(ALPHA_GRID)}.get(kind)
+    grid = {"svm": len(C_GRID), "rbf": len(RBF_C_GRID), "logreg": len(C_GRID), "ridge": len(ALPHA_GRID)}.get(kind)
     if grid is not None:
         assert len(fitted.candidates) == grid
     assert fitted.cv_accuracy == max(c["mean_accuracy"] for c in fitted.candidates)

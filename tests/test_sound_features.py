@@ -67,6 +67,12 @@ def test_mfcc_baseline_is_a_sound_run_that_loads_predicts_and_evaluates(recordin
     assert model.predict((wave, RATE)).label == "low"  # samples with their rate, as a trained sound network takes
     assert main(["evaluate", str(run)]) == 0 and "test accuracy" in capsys.readouterr().out
 
+    kernel = deepfit.fit_features(recordings, "mfcc", classifier="rbf", label_pattern=PATTERN, output=str(runs),
+                                  name="rbf", workers=0)  # a kernel SVM: its support vectors travel in the checkpoint
+    rows = kernel.features
+    decided = deepfit.load(kernel.run_dir).predictor.predict_proba([str(p) for p in rows.paths]).argmax(1)
+    np.testing.assert_array_equal(decided, kernel.classifier.estimator.predict(rows.features))
+
     again = deepfit.extract_features(recordings, "handmade", label_pattern=PATTERN, workers=0)
     assert again.reused == len(again) == 54  # every clip's vector from the cache, keyed by its bytes
     assert again.sound["samples"] == config["preprocessing"]["sound"]["samples"]
@@ -119,7 +125,7 @@ def test_compare_on_sound_puts_mfcc_against_a_trained_run_and_soundcnn_from_scra
     result = compare(recordings, models=[str(sound_run)], fractions=[0.5, 1.0], scratch=True, scratch_epochs=2,
                      output=tmp_path, name="cmp", workers=0, catalog=catalog)
     approaches = {r["approach"] for r in result.rows}
-    assert approaches == {"MFCC statistics + svm", "cnn features + svm", "soundcnn from scratch"}
+    assert approaches == {"MFCC statistics + rbf", "cnn features + svm", "soundcnn from scratch"}
     assert all(r["fraction"] in (0.5, 1.0) for r in result.rows) and len(result.rows) == 6
     assert "test clips" in result.verdict[0] and result.report.is_file()
     scratch_run = json.loads((tmp_path / "cmp" / "runs" / "soundcnn-from-scratch-100pct" / "config.json").read_text())

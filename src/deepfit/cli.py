@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(t)
 
     f = sub.add_parser(
-        "features", help="fit a classical model (svm, logreg, knn, ridge) on a pretrained network's features, or export them",
+        "features", help="fit a classical model (svm, rbf, logreg, knn, ridge) on a network's or hand-made features, or export them",
     )
     f.add_argument("data", help="folder of class folders, folder with train/ val/ test/, or a CSV/TSV of path,label")
     f.add_argument("--path-column", help="CSV data: the column holding image (or sound file) paths")
@@ -112,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--pretrained", action="store_true", help="download the official weights of models given without a file")
     c.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.25, 0.5, 1.0], help="shares of the training split (default: 0.1 0.25 0.5 1)")
-    c.add_argument("--classifier", default="svm", help="classical model on the features: svm, logreg, knn, ridge (default: svm)")
+    c.add_argument("--classifier", default="svm", help="classical model on network features: svm (linear), rbf (kernel "
+                   "SVM), logreg, knn, ridge (default: svm)")
+    c.add_argument("--baseline-classifier", default="rbf", help="classical model on the hand-made features (MFCC "
+                   "statistics on sound), as --classifier (default: rbf, the kernel SVM of classical pipelines)")
     c.add_argument("--no-finetune", dest="finetune", action="store_false", help="leave out fine-tuning (the slowest approach)")
     c.add_argument("--finetune-epochs", type=int, help="epochs of each fine-tuning run (default: the finetune preset's)")
     c.add_argument("--scratch", action="store_true", help="also train a small cnn (soundcnn on sound) from scratch")
@@ -238,6 +241,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
     result = compare(
         args.data, models=args.models, pretrained=args.pretrained, fractions=args.fractions, classifier=args.classifier,
+        baseline_classifier=args.baseline_classifier,
         finetune=args.finetune, finetune_epochs=args.finetune_epochs, scratch=args.scratch, scratch_epochs=args.scratch_epochs,
         test_fraction=args.test_fraction, seed=args.seed, output=args.output, name=args.name, device=args.device,
         workers=args.workers, modality=args.modality,

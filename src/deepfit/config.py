@@ -247,7 +247,7 @@ def check_values(config: Any, limits: dict[str, _Limit]) -> None:
         raise ConfigError("--val-fraction and --test-fraction (val_fraction, test_fraction) must sum to less than 1")
 
 
-CLASSIFIERS = ("svm", "logreg", "knn", "ridge")
+CLASSIFIERS = ("svm", "rbf", "logreg", "knn", "ridge")
 
 
 @dataclass
@@ -275,7 +275,8 @@ class FeaturesConfig:
     # --- classical model -------------------------------------------------------------------------
     classifier: str | None = _opt(
         None, "classical model fitted on the features, its regularisation chosen by cross-validation on the "
-        "training split; default: svm (none when only --export is asked for)", CLASSIFIERS,
+        "training split: svm (linear), rbf (kernel SVM), logreg, knn, ridge; default: svm (none when only --export "
+        "is asked for)", CLASSIFIERS,
     )
     cv_folds: int = _opt(5, "cross-validation folds (fewer when a class has fewer training images)")
     export: str | None = _opt(None, "also write the feature matrix with paths, labels and splits to this .npz or .parquet")

@@ -20,7 +20,7 @@ from torch import nn
 
 from deepfit.errors import ConfigError, WeightsError
 from deepfit.log import logger
-from deepfit.models.features import FeatureClassifier, FeatureExtractor, KNNHead
+from deepfit.models.features import FeatureClassifier, FeatureExtractor, KNNHead, RBFHead
 from deepfit.models.handmade import HandmadeFeatures
 from deepfit.models.small import OWN_MODELS
 from deepfit.models.weights import check_official_weights_reachable, load_state_dict_into, read_weights_file
@@ -155,6 +155,8 @@ def build_feature_classifier(spec: ModelSpec, features: nn.Module | None = None)
     features = features if features is not None else feature_module(args["backbone"], args.get("layer"))
     if args["head"] == "knn":
         head: nn.Module = KNNHead(args["dim"], spec.num_classes, args["bank_size"], args["k"])
+    elif args["head"] == "rbf":
+        head = RBFHead(args["dim"], spec.num_classes, args["bank_size"])
     else:
         head = nn.Linear(args["dim"], spec.num_classes)
     return FeatureClassifier(features, head)

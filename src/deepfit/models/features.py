@@ -154,6 +154,26 @@ class KNNHead(nn.Module):
         return (votes / votes.sum(1, keepdim=True)).clamp_min(1e-4).log()
 
 
+class RBFHead(nn.Module):
+    """A support-vector machine with an RBF kernel, one-vs-rest, as logits: each class's decision is
+    sum_i coef[i, c] * exp(-gamma * |x - sv_i|^2) + intercept[c] over the support vectors of every class (a vector
+    that supports one class has coefficient 0 in the others), on features standardised by (x - mean) / scale."""
+
+    def __init__(self, dim: int, num_classes: int, bank_size: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+        self.register_buffer("support", torch.zeros(bank_size, dim))  # (N, D) standardised support vectors
+        self.register_buffer("coef", torch.zeros(bank_size, num_classes))  # (N, C) dual coefficients
+        self.register_buffer("intercept", torch.zeros(num_classes))  # (C,)
+        self.register_buffer("gamma", torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.float() - self.mean) / self.scale  # (B, D)
+        kernel = torch.exp(-self.gamma * torch.cdist(x, self.support).square())  # (B, N)
+        return kernel @ self.coef + self.intercept  # (B, C)
+
+
 class FeatureClassifier(nn.Module):
     """A feature extractor followed by a classical model turned into a torch head: images -> logits.
 

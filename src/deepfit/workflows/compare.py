@@ -4,8 +4,9 @@ Every approach is trained on the same growing, nested fractions of the training 
 50%, 100% by default: each subset contains the smaller ones, and every class keeps at least one
 image) and scored on the same test split:
 
-    hand-made features + classifier     the classical baseline: colour and gradient histograms for images,
-                                        MFCC statistics for sound
+    hand-made features + rbf            the classical baseline: colour and gradient histograms for images,
+                                        MFCC statistics for sound, with a kernel (RBF) SVM as classical
+                                        pipelines use them (`baseline_classifier`)
     <model> features + classifier       a pretrained network as a fixed feature extractor (on sound: an image
                                         network on spectrograms, or a trained sound run's folder)
     <model> fine-tuned                  the `finetune` preset (head first, then the whole network)
@@ -196,6 +197,7 @@ def compare(
     pretrained: bool = False,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     classifier: str = "svm",
+    baseline_classifier: str = "rbf",
     finetune: bool = True,
     finetune_epochs: int | None = None,
     scratch: bool = False,
@@ -214,8 +216,9 @@ def compare(
     """Learning curves of every approach on the same test split, plots, a table and a plain-words verdict. `models`
     may be empty (the baseline, and --scratch); on sound, a model may be a trained sound run's folder (features only)."""
     setup_logging()
-    if classifier not in CLASSIFIERS:
-        raise ConfigError(f"--classifier must be one of {', '.join(CLASSIFIERS)}, not {classifier!r}")
+    for flag, value in (("--classifier", classifier), ("--baseline-classifier", baseline_classifier)):
+        if value not in CLASSIFIERS:
+            raise ConfigError(f"{flag} must be one of {', '.join(CLASSIFIERS)}, not {value!r}")
     fractions = sorted({float(f) for f in fractions})
     if not fractions or fractions[0] <= 0 or fractions[-1] > 1:
         raise ConfigError(f"--fractions must lie in (0, 1], got {fractions}")
@@ -245,8 +248,8 @@ def compare(
 
     rows: list[dict[str, Any]] = []
     baseline = backbone_of(FeaturesConfig(model=HANDMADE, **heard))
-    rows += _feature_rows(baseline, f"{'MFCC statistics' if sound else 'hand-made features'} + {classifier}", "classical",
-                          data_split, subsets, classifier, cv_folds, seed, torch_device, batch_size, workers)
+    rows += _feature_rows(baseline, f"{'MFCC statistics' if sound else 'hand-made features'} + {baseline_classifier}",
+                          "classical", data_split, subsets, baseline_classifier, cv_folds, seed, torch_device, batch_size, workers)
     sound_options = {"modality": "sound", **heard} if sound else {}
     for model, weights in parsed:
         run = Path(model).is_dir()  # a trained sound run: its features only (it is already trained)

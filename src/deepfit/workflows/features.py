@@ -137,8 +137,9 @@ def fit_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog |
     spec = ModelSpec(
         source="features", name=backbone.name, num_classes=len(classes),
         model_args={
-            "backbone": backbone.spec, "layer": backbone.layer, "head": "knn" if kind == "knn" else "linear",
-            "dim": int(x_train.shape[1]), "bank_size": int(x_train.shape[0]), "k": int(fitted.params.get("k", 0)),
+            "backbone": backbone.spec, "layer": backbone.layer, "head": kind if kind in ("knn", "rbf") else "linear",
+            "dim": int(x_train.shape[1]), "k": int(fitted.params.get("k", 0)),
+            "bank_size": int(fitted.head.support.shape[0] if kind == "rbf" else x_train.shape[0]),  # vectors the head keeps
         },
     )
     inputs = {"sound": backbone.sound, "modality": "sound"} if backbone.sound else {"preprocessing": backbone.preprocessing.to_dict()}
