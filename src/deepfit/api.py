@@ -215,7 +215,7 @@ class SoundClassifier(Learner):
     @with_options(TrainConfig, skip=("task", "model"))
     def __init__(self, model: str | None = None, *, task: str | None = None, preset: str | None = None,
                  modality: str = "sound", **options: Unpack[TrainOptions]) -> None:
-        if modality != "sound":
+        if modality not in ("sound", "auto"):  # "auto": a run trained on files found to be sound, read back by load()
             raise DeepfitError(f"modality={modality!r}: SoundClassifier is for sound; use ImageClassifier for images")
         super().__init__(model, task=task, preset=preset, **{**options, "modality": "sound"})
 

@@ -129,8 +129,9 @@ class TrainConfig:
 
     @property
     def transfer(self) -> bool:
-        """True when training starts from pretrained weights (fine-tuning), False from scratch."""
-        return self.pretrained or bool(self.weights)
+        """True when training starts from pretrained weights (fine-tuning), False from scratch. A Hugging Face audio
+        network (`hf:NAME`, models/audio_encoders.py) always comes with its pretrained weights."""
+        return self.pretrained or bool(self.weights) or (self.model or "").startswith("hf:")
 
     @property
     def resolved_lr(self) -> float:

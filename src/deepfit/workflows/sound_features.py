@@ -23,10 +23,11 @@ from deepfit.data.sources import LabeledFile
 from deepfit.errors import ConfigError
 from deepfit.log import logger
 from deepfit.modalities.sound.store import PCM_SCALE, SoundStore
+from deepfit.models.audio_encoders import encoder_info, is_audio_encoder
 from deepfit.models.features import PRE_LOGITS, FeatureExtractor
 from deepfit.runs.folder import resolve_checkpoint
 from deepfit.tasks.classify.model import load_trained
-from deepfit.tasks.classify.sound import SoundSpec, build_sound_model, plan
+from deepfit.tasks.classify.sound import SoundSpec, build_sound_model, encoder_rate, plan
 from deepfit.tasks.classify.sound_model import OWN_SOUND_MODELS, MFCCStatistics, SoundClassifier
 from deepfit.workflows.extraction import HANDMADE, Backbone, check_handmade_options, weights_identity
 
@@ -47,6 +48,8 @@ def sound_backbone(config: FeaturesConfig, num_classes: int, train: list[Labeled
         return Backbone(MFCCStatistics(spec.frontend_config), backbone, PRE_LOGITS, None, None, identity, spec.to_dict())
     if Path(config.model).exists():
         return _run_backbone(config)
+    if is_audio_encoder(config.model):
+        return _encoder_backbone(config, num_classes, train)
     if config.model in OWN_SOUND_MODELS:
         raise ConfigError(f"features of an untrained {config.model} are random numbers: train one first (deepfit train DATA "
                           f"--model {config.model}) and pass its run folder as --model, or use --model handmade")
@@ -68,7 +71,7 @@ def sound_backbone(config: FeaturesConfig, num_classes: int, train: list[Labeled
 
 
 def _spec(config: FeaturesConfig, model: str, num_classes: int, train: list[LabeledFile], frontend: dict) -> SoundSpec:
-    rate, seconds = plan(config.sample_rate, config.clip_seconds, train)
+    rate, seconds = plan(encoder_rate(model, config.sample_rate), config.clip_seconds, train)
     spec = SoundSpec(model, num_classes, rate, max(1, round(rate * seconds)), config.channels or 1, frontend,
                      dict(config.model_args))
     spec.frontend_config  # noqa: B018 - checks the front-end settings before any decoding
@@ -78,6 +81,20 @@ def _spec(config: FeaturesConfig, model: str, num_classes: int, train: list[Labe
 def _without_classes(spec: SoundSpec) -> dict:
     """A spec as the cache sees it: features of one extractor agree whatever the data's classes."""
     return {k: v for k, v in spec.to_dict().items() if k != "num_classes"}
+
+
+def _encoder_backbone(config: FeaturesConfig, num_classes: int, train: list[LabeledFile]) -> Backbone:
+    """A pretrained Hugging Face audio encoder (`hf:NAME_OR_FOLDER`), its frames' mean (or a layer's output)."""
+    if config.weights or config.pretrained or config.frontend or config.model_args:
+        raise ConfigError(f"{config.model} brings its own weights and takes the waveform: leave out --weights, "
+                          "--pretrained, --frontend and --model-args")
+    spec = _spec(config, config.model, num_classes, train, {})
+    model, origin, encoder = build_sound_model(spec)
+    extractor = FeatureExtractor(model.eval(), config.layer)
+    backbone = {"source": "sound", "sound": spec.to_dict(), "model": encoder.to_dict()}
+    identity = {"backbone": {"sound": _without_classes(spec), "model": encoder.model_args},
+                "weights": encoder_info(config.model).identity, "layer": extractor.layer}
+    return Backbone(extractor, backbone, extractor.layer, None, origin, identity, spec.to_dict())
 
 
 def _run_backbone(config: FeaturesConfig) -> Backbone:

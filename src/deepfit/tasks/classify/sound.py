@@ -31,6 +31,14 @@ from deepfit.modalities.sound.augment import SoundAugment, SoundBatchTransform, 
 from deepfit.modalities.sound.frontend import FrontEndConfig
 from deepfit.modalities.sound.io import SOUND_EXTENSIONS, audio_info, fit_length
 from deepfit.modalities.sound.store import SoundStore, default_clip_seconds, headers
+from deepfit.models.audio_encoders import (
+    HF_PREFIX,
+    WaveformClassifier,
+    build_encoder,
+    encoder_info,
+    is_audio_encoder,
+    load_encoder,
+)
 from deepfit.models.factory import ModelSpec, build_feature_classifier, build_model, create_model
 from deepfit.models.features import FeatureExtractor
 from deepfit.models.weights import freeze_folded_norms
@@ -79,9 +87,18 @@ class SoundSpec:
 
 
 def build_sound_model(spec: SoundSpec, *, pretrained: bool = False, weights: str | None = None,
-                      augment: bool = False) -> tuple[SoundClassifier, str | None, ModelSpec | None]:
-    """(the network, where its pretrained weights came from, the image network's spec when the body is one)."""
+                      augment: bool = False) -> tuple[nn.Module, str | None, ModelSpec | None]:
+    """(the network, where its pretrained weights came from, the spec of the image network or audio encoder inside)."""
     front = spec.frontend_config
+    if is_audio_encoder(spec.model):  # a pretrained waveform encoder: no spectrogram, so no SpecAugment
+        if weights:
+            raise ConfigError(f"{spec.model} brings its own pretrained weights: leave out --weights")
+        info = encoder_info(spec.model)
+        model = WaveformClassifier(load_encoder(spec.model), spec.num_classes, normalize=info.normalize,
+                                   drop_rate=spec.drop_rate)
+        encoder = ModelSpec("transformers", spec.model, spec.num_classes, spec.drop_rate,
+                            {"config": info.config, "normalize": info.normalize})
+        return model, spec.model.removeprefix(HF_PREFIX), encoder
     spec_augment = SpecAugment() if augment else None
     if spec.model in OWN_SOUND_MODELS:
         body, chans = build_body(spec.model, spec.num_classes, front, spec.channels, model_args=spec.model_args,
@@ -104,8 +121,28 @@ def rebuild(meta: dict[str, Any]) -> nn.Module:
         return build_feature_classifier(ModelSpec(**meta["model"]), features)
     if spec.model in OWN_SOUND_MODELS:
         return build_sound_model(spec)[0]
+    if meta["model"]["source"] == "transformers":  # the encoder rebuilt from its stored configuration: no download
+        args = meta["model"]["model_args"]
+        return WaveformClassifier(build_encoder(args["config"]), spec.num_classes, normalize=args["normalize"],
+                                  drop_rate=spec.drop_rate)
     body = build_model(ModelSpec(**meta["model"]))
     return SoundClassifier(spec.frontend_config, body, channels=spec.channels, body_chans=3)
+
+
+def _heard(spec: SoundSpec) -> str:
+    if is_audio_encoder(spec.model):
+        return "the waveform"
+    return f"{'MFCC' if spec.frontend.get('n_mfcc') else 'log-mel'} pictures"
+
+
+def encoder_rate(model: str | None, rate: int | None) -> int | None:
+    """The sample rate a pretrained audio encoder was trained at (asking for another is an error), else `rate`."""
+    if not is_audio_encoder(model):
+        return rate
+    own = encoder_info(model).sample_rate
+    if rate is not None and rate != own:
+        raise ConfigError(f"{model} hears {own} Hz, as it was pretrained: leave out --sample-rate {rate}")
+    return own
 
 
 def plan(rate: int | None, seconds: float | None, train: list[LabeledFile]) -> tuple[int, float]:
@@ -129,7 +166,7 @@ def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[Labe
     if resumed is not None:
         spec = SoundSpec(**resumed["sound"])
     else:
-        rate, seconds = plan(config.sample_rate, config.clip_seconds, splits["train"])
+        rate, seconds = plan(encoder_rate(config.model, config.sample_rate), config.clip_seconds, splits["train"])
         spec = SoundSpec(config.model or "soundcnn", len(classes), rate, max(1, round(rate * seconds)), config.channels,
                          dict(config.frontend), dict(config.model_args), config.dropout)
     spec.frontend_config  # noqa: B018 - checks the front-end settings before any decoding
@@ -150,8 +187,12 @@ def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[Labe
         noise = noise_bank([SOUND.load(p, spec.sample_rate) for p in paths], spec.samples)
         logger.info(f"{len(noise)} background recordings from {config.noise} are mixed into a third of the training clips")
     new = resumed is None
-    model, origin, image_spec = build_sound_model(spec, pretrained=config.pretrained and new,
-                                                  weights=config.weights if new else None, augment=config.augment != "none")
+    if not new and "encoder" in resumed:  # a resumed audio encoder: rebuilt from its stored configuration, no download
+        model, origin = rebuild({"sound": resumed["sound"], "model": resumed["encoder"]}), None
+        image_spec = ModelSpec(**resumed["encoder"])
+    else:
+        model, origin, image_spec = build_sound_model(spec, pretrained=config.pretrained and new,
+                                                      weights=config.weights if new else None, augment=config.augment != "none")
     augment = SoundAugment(noise_probability=1 / 3 if noise is not None else 0.0) if config.augment != "none" else None
     own = ModelSpec("deepfit", spec.model, spec.num_classes, spec.drop_rate, spec.model_args)
     meta = {"sound": spec.to_dict(), "model": (image_spec or own).to_dict(), "modality": "sound"}
@@ -160,9 +201,10 @@ def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[Labe
     return Setup(
         model=model, objective=ClassificationTask(len(classes), config.label_smoothing, config.mixup), train=stores["train"],
         val=stores.get("val"), transform=SoundBatchTransform(spec.samples, margin, augment, noise),
-        eval_transform=SoundBatchTransform(spec.samples, 0), meta=meta, record={"modality": "sound", "sound": spec.to_dict()},
-        summary=(f"model {spec.model} on {'MFCC' if spec.frontend.get('n_mfcc') else 'log-mel'} pictures "
-                 f"({params:.2f}M parameters), {spec.sample_rate} Hz, clips of {spec.samples / spec.sample_rate:g} s"),
+        eval_transform=SoundBatchTransform(spec.samples, 0), meta=meta,
+        record={"modality": "sound", "sound": spec.to_dict(), **({"encoder": meta["model"]} if is_audio_encoder(spec.model) else {})},
+        summary=(f"model {spec.model} on {_heard(spec)} ({params:.2f}M parameters), {spec.sample_rate} Hz, clips of "
+                 f"{spec.samples / spec.sample_rate:g} s"),
         pretrained_from=origin,
         # batch norms whose statistics were folded into pretrained weights stay frozen on resume, as in the first run
         on_resume=(lambda: freeze_folded_norms(model)) if config.transfer else None,
