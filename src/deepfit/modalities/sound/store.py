@@ -61,9 +61,11 @@ class SoundStore:
 
     @classmethod
     def load(cls, paths: Sequence[Path], labels: Sequence[int], sample_rate: int, samples: int, *, channels: int = 1,
-             margin: int = 0, workers: int = 2, what: str = "clips") -> tuple[SoundStore, list[BadFile]]:
+             margin: int = 0, workers: int = 2, what: str = "clips",
+             noted: dict[str, list[Path]] | None = None) -> tuple[SoundStore, list[BadFile]]:
         """Decode every file (unreadable ones are returned, not stored); warn, naming them, about silent clips and
-        clips shorter than `samples`, which are padded with silence."""
+        clips shorter than `samples`, which are padded with silence (or, with `noted`, add them to its "silent" and
+        "short" lists for the caller to warn about once)."""
         length = samples + 2 * margin
 
         def one(path: Path) -> np.ndarray | BadFile:
@@ -89,10 +91,18 @@ class SoundStore:
             # centred in the stored length: the middle `samples` are the clip as evaluation and prediction see it
             kept = fit_length(wave, length)
             clips[row] = torch.from_numpy(np.clip(np.round(kept * PCM_SCALE), -32768, 32767).astype(np.int16))
-        _warn_some(silent, f"{what} are silent (peak below -80 dBFS) and teach nothing: check them")
-        _warn_some(short, f"{what} are shorter than the clip length of {samples / sample_rate:g} s and are padded with silence")
+        if noted is not None:
+            noted.setdefault("silent", []).extend(silent)
+            noted.setdefault("short", []).extend(short)
+        else:
+            warn_clips(silent, short, samples / sample_rate, what)
         store = cls(clips, torch.tensor([labels[i] for i in good], dtype=torch.long), [paths[i] for i in good], sample_rate, margin)
         return store, bad
+
+
+def warn_clips(silent: list[Path], short: list[Path], seconds: float, what: str = "clips") -> None:
+    _warn_some(silent, f"{what} are silent (peak below -80 dBFS) and teach nothing: check them")
+    _warn_some(short, f"{what} are shorter than the clip length of {seconds:g} s and are padded with silence")
 
 
 def _warn_some(paths: list[Path], text: str) -> None:
@@ -106,12 +116,14 @@ def clip_batches(paths: Sequence[Path], chunks: Sequence[Sequence[int]], sample_
     """For each chunk of indices into `paths`: (indices decoded, (index, reason) of the unreadable ones, their clips
     (B, C, samples) float in [-1, 1]), decoded as training decodes them (through 16 bits, centred), a chunk at a time
     so a long list is never held in memory at once."""
+    noted: dict[str, list[Path]] = {}
     for chunk in chunks:
         store, bad = SoundStore.load([paths[i] for i in chunk], [0] * len(chunk), sample_rate, samples, channels=channels,
-                                     workers=workers)
+                                     workers=workers, noted=noted)
         reasons = {b.path: b.reason for b in bad}
         good = [i for i in chunk if paths[i] not in reasons]
         yield good, [(i, reasons[paths[i]]) for i in chunk if paths[i] in reasons], store.clips.float() / PCM_SCALE
+    warn_clips(noted.get("silent", []), noted.get("short", []), samples / sample_rate)  # once, not once per chunk
 
 
 def headers(paths: Sequence[Path]) -> list[AudioInfo]:
