@@ -35,7 +35,7 @@ from sound_fsdd import NAME
 
 from common import record, unpack
 
-BATCH = 32  # deepfit's default batch for sound (config.SOUND_DEFAULTS)
+BATCH = 32  # deepfit's default batch for sound (config.MODALITY_DEFAULTS)
 PATTERN = r"(?P<label>\d)_(?P<group>[a-z]+)_\d+\.wav"  # FSDD: DIGIT_SPEAKER_TAKE.wav, the speaker as the group
 LR, WEIGHT_DECAY, LABEL_SMOOTHING, GAIN_DB = 1e-3, 0.05, 0.1, 6.0  # deepfit's defaults (config.py, augment.py)
 

@@ -14,13 +14,20 @@ from importlib import resources
 import numpy as np
 
 import deepfit
-from deepfit.api import ImageClassifier, Learner, ObjectDetector, SemanticSegmenter, SoundClassifier
+from deepfit.api import (
+    ImageClassifier,
+    Learner,
+    ObjectDetector,
+    SemanticSegmenter,
+    SoundClassifier,
+    TextClassifier,
+)
 from deepfit.config import FeaturesConfig, TrainConfig
 from deepfit.options import FeaturesOptions, TrainOptions
 from deepfit.registry import get_task
 from deepfit.tasks.detect.predict import Detections
 
-FRONT_ENDS = (ImageClassifier, SoundClassifier, ObjectDetector, SemanticSegmenter)
+FRONT_ENDS = (ImageClassifier, SoundClassifier, TextClassifier, ObjectDetector, SemanticSegmenter)
 
 
 def test_dir_lists_the_api_before_anything_is_imported() -> None:
@@ -53,7 +60,7 @@ def test_signatures_list_every_option_with_its_default() -> None:
         params = inspect.signature(cls).parameters
         for name, default in defaults.items():
             assert name in params, (cls, name)
-            if name not in ("task", "model") and not (cls is SoundClassifier and name == "modality"):  # its default: sound
+            if name not in ("task", "model") and not (cls in (SoundClassifier, TextClassifier) and name == "modality"):  # its own
                 assert params[name].default == default and params[name].kind is inspect.Parameter.KEYWORD_ONLY
         assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     features = inspect.signature(deepfit.fit_features).parameters
@@ -67,12 +74,15 @@ def test_each_front_end_names_its_tasks_data_and_predict_options() -> None:
         fit = inspect.signature(cls.fit).parameters
         predict = inspect.signature(cls.predict).parameters
         evaluate = inspect.signature(cls.evaluate).parameters
+        modality = {SoundClassifier: "sound", TextClassifier: "text"}.get(cls, "image")
         for task in map(get_task, cls.tasks):
-            assert {o.name for o in task.data_options} <= set(fit), (cls, task.name)
-            assert set(task.evaluate_options) <= set(evaluate), (cls, task.name)
-            modality = "sound" if cls is SoundClassifier else "image"
+            # --hop is for sound, --text-column for text: the front end of another modality need not take them
+            data = {o.name for o in task.data_options if o.applies_to(modality)}
+            assert data <= set(fit), (cls, task.name)
+            assert {name for name in task.evaluate_options if name in data or name not in {o.name for o in task.data_options}} \
+                <= set(evaluate), (cls, task.name)
             for option in task.predict_options:
-                if option.modality in (None, modality):  # --hop is for sound: ImageClassifier.predict need not take it
+                if option.applies_to(modality):
                     assert predict[option.name].default == option.default, (cls, option.name)
         assert "epochs" in fit and "lr" in fit  # training options override the learner's for a fit
 

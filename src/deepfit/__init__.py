@@ -10,6 +10,7 @@ Front-ends, one per kind of task (each a `Learner`; every option of `deepfit tra
 help(deepfit.ImageClassifier) and completed by editors):
     ImageClassifier     image classes (from scratch, transfer learning)
     SoundClassifier     sound classes (recordings in, the spectrogram front end inside the model)
+    TextClassifier      text classes (strings in, the tokenizer learned from the training texts inside the run)
     ObjectDetector      boxes (task="detect") or boxes and masks (task="segment-instances")
     SemanticSegmenter   a class for every pixel
     Learner             any task by name, including one registered from outside deepfit (register_task)
@@ -36,10 +37,11 @@ _EXPORTS = {
     "ObjectDetector": "deepfit.api",
     "SemanticSegmenter": "deepfit.api",
     "SoundClassifier": "deepfit.api",
+    "TextClassifier": "deepfit.api",
     "load": "deepfit.api",
     "resume": "deepfit.api",
-    "extract_features": "deepfit.api",
-    "fit_features": "deepfit.api",
+    "extract_features": "deepfit.api_features",
+    "fit_features": "deepfit.api_features",
     "FeaturesConfig": "deepfit.config",
     "TrainConfig": "deepfit.config",
     "Prediction": "deepfit.tasks.classify.predict",
@@ -56,7 +58,7 @@ _EXPORTS = {
 
 __all__ = [
     "ConfigError", "DataError", "DeepfitError", "Detections", "FeaturesConfig", "FeaturesOptions", "ImageClassifier", "Learner",
-    "ObjectDetector", "Prediction", "SemanticSegmenter", "SoundClassifier", "Task", "TrainConfig", "TrainOptions", "WeightsError", "__version__",
+    "ObjectDetector", "Prediction", "SemanticSegmenter", "SoundClassifier", "Task", "TextClassifier", "TrainConfig", "TrainOptions", "WeightsError", "__version__",
     "extract_features", "fit_features", "load", "register_task", "resume",
 ]
 
@@ -67,11 +69,11 @@ if TYPE_CHECKING:
         ObjectDetector,
         SemanticSegmenter,
         SoundClassifier,
-        extract_features,
-        fit_features,
+        TextClassifier,
         load,
         resume,
     )
+    from deepfit.api_features import extract_features, fit_features
     from deepfit.config import FeaturesConfig, TrainConfig
     from deepfit.errors import ConfigError, DataError, DeepfitError, WeightsError
     from deepfit.options import FeaturesOptions, TrainOptions

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from deepfit.config import FeaturesConfig, TrainConfig
+from deepfit.config import TrainConfig
 from deepfit.errors import DeepfitError
 from deepfit.modalities.base import is_path_list, names_many
-from deepfit.options import FeaturesOptions, TrainOptions, with_options
+from deepfit.options import TrainOptions, with_options
 from deepfit.presets import apply_preset
 from deepfit.registry import all_tasks, get_modality, get_task
 from deepfit.runs.folder import read_run_config, run_folder, run_task
@@ -44,8 +44,6 @@ from deepfit.tasks.classify.predict import ImageInput, Prediction
 from deepfit.tasks.detect.predict import DEFAULT_CONF, DEFAULT_IOU, Detections
 from deepfit.workflows.crossval import CVResult, cross_validate
 from deepfit.workflows.evaluate import evaluate as evaluate_run
-from deepfit.workflows.extraction import FeatureSet
-from deepfit.workflows.features import FeaturesResult
 from deepfit.workflows.predict import load_predictor
 from deepfit.workflows.train import TrainResult, train
 from deepfit.workflows.train import resume as resume_run
@@ -249,6 +247,45 @@ class SoundClassifier(Learner):
         return predictions[0] if one else predictions
 
 
+class TextClassifier(Learner):
+    r"""A text classifier to train (deepfit's `bag`, `rnn` or `transformer`, with a tokenizer learned from the training
+    texts), evaluate and use on strings.
+
+        clf = TextClassifier("bag").fit("sms_spam.tsv")        # a CSV/TSV/JSONL with text and label columns, or folders
+        clf.predict("WINNER!! Claim your prize now")           # Prediction(source, label, probability, top)
+        clf.predict(["first text", "second text"])             # a list -> a list
+    """
+
+    tasks = ("classify",)
+
+    @with_options(TrainConfig, skip=("task", "model"))
+    def __init__(self, model: str | None = None, *, task: str | None = None, preset: str | None = None,
+                 modality: str = "text", **options: Unpack[TrainOptions]) -> None:
+        if modality not in ("text", "auto"):  # "auto": a run trained on data found to be text, read back by load()
+            raise DeepfitError(f"modality={modality!r}: TextClassifier is for text; use ImageClassifier for images")
+        super().__init__(model, task=task, preset=preset, **{**options, "modality": "text"})
+
+    @with_options(TrainConfig, skip=("task", "modality"))
+    def fit(self, data: str | Path, *, text_column: str | list[str] | None = None, label_column: str | None = None,
+            encoding: str | None = None, **options: Unpack[TrainOptions]) -> Self:
+        """Train on `data`: a CSV/TSV/JSONL file with text and label columns (found by name, or `text_column` (several
+        are joined) and `label_column`), optional split column; or class folders of .txt files."""
+        columns = [text_column] if isinstance(text_column, str) else text_column
+        return super().fit(data, **_given(text_column=columns, label_column=label_column, encoding=encoding), **options)
+
+    def evaluate(self, data: str | Path | None = None, checkpoint: str = "best", *, data_root: str | Path | None = None,
+                 text_column: str | list[str] | None = None, label_column: str | None = None, encoding: str | None = None) -> Any:
+        """Score the test split (or other labelled texts `data`, read as `fit` reads them); writes report.html."""
+        columns = [text_column] if isinstance(text_column, str) else text_column
+        given = _given(text_column=columns, label_column=label_column, encoding=encoding)
+        return super().evaluate(data, checkpoint, data_root=data_root, **given)
+
+    def predict(self, inputs: str | list[str], top_k: int = 3) -> Prediction | list[Prediction]:
+        """A string -> one Prediction; a list of strings -> a list of them."""
+        predictions = self.predictor.predict(inputs, top_k=top_k)
+        return predictions[0] if isinstance(inputs, str | Path) else predictions
+
+
 class ObjectDetector(Learner):
     """A detector (task="detect": boxes) or instance segmenter (task="segment-instances": boxes and masks).
 
@@ -344,48 +381,7 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") ->
     """A trained run, ready to predict and evaluate in a fresh process (no user code needed): an ImageClassifier,
     ObjectDetector or SemanticSegmenter, or a Learner for a task registered from outside deepfit."""
     task = run_task(run_dir)
-    if task == "classify" and read_run_config(run_folder(run_dir)).get("modality") == "sound":
-        return SoundClassifier.from_run(run_dir, checkpoint, device)
+    modality = read_run_config(run_folder(run_dir)).get("modality") if task == "classify" else None
+    if modality in ("sound", "text"):
+        return (SoundClassifier if modality == "sound" else TextClassifier).from_run(run_dir, checkpoint, device)
     return _front_end(task).from_run(run_dir, checkpoint, device)
-
-
-@with_options(FeaturesConfig)
-def extract_features(
-    data: str | Path, model: str | None = None, *, path_column: str | None = None, label_column: str | None = None,
-    label_pattern: str | None = None, **options: Unpack[FeaturesOptions],
-) -> FeatureSet:
-    """The feature matrix of a labelled data set, as `deepfit features --export` writes it.
-
-    `result.features` is the (N, D) float32 array (`np.asarray(result)` too); `paths`, `labels`
-    (indices into `classes`) and `splits` describe its rows; `result.split("train")` gives (X, y).
-    Options are those of `deepfit features` (see `FeaturesConfig`): weights, pretrained, layer, ...
-    """
-    from deepfit.workflows.features import extract_features as extract
-
-    return _with_features_config(extract, data, model, dict(path_column=path_column, label_column=label_column,
-                                                           label_pattern=label_pattern), options)
-
-
-@with_options(FeaturesConfig)
-def fit_features(
-    data: str | Path, model: str | None = None, *, path_column: str | None = None, label_column: str | None = None,
-    label_pattern: str | None = None, **options: Unpack[FeaturesOptions],
-) -> FeaturesResult:
-    """Features + a classical model (svm, logreg, knn, ridge), scored on the test split: a run folder that
-    `deepfit.load()` and `deepfit predict` use like any other. Images or sound (`modality`, found from the files by
-    default); `label_pattern` reads labels from file names as `deepfit train --label-pattern` does."""
-    from deepfit.workflows.features import fit_features as fit
-
-    return _with_features_config(fit, data, model, dict(path_column=path_column, label_column=label_column,
-                                                       label_pattern=label_pattern), options)
-
-
-def _with_features_config(
-    workflow: Any, data: str | Path, model: str | None, discovery: dict[str, str | None], options: dict[str, Any]
-) -> Any:
-    """Validate the options as a FeaturesConfig (a typo suggests the right name), read the data (images or sound, as
-    `modality` says) and run the workflow."""
-    from deepfit.tasks.classify.sound import discover_labelled
-
-    config = FeaturesConfig.from_dict({"model": model, **options} if model else options)
-    return workflow(data, config, catalog=discover_labelled(data, config.modality, **discovery)[0])

@@ -217,7 +217,7 @@ def _print(*items: Any) -> None:
 
 
 def _cmd_features(args: argparse.Namespace) -> None:
-    from deepfit.api import fit_features
+    from deepfit.api_features import fit_features
 
     fixed = {"command", "data", "path_column", "label_column", "label_pattern", "version"}
     options = {k: v for k, v in vars(args).items() if k not in fixed}

@@ -47,8 +47,8 @@ class TrainConfig:
                                   "the random training crops, at the images' own resolution")
     val_fraction: float = _opt(0.15, "share of each class held out for validation when the data has no split")
     test_fraction: float = _opt(0.15, "share of each class held out for the final test when the data has no split")
-    modality: str = _opt("auto", "what the inputs are: auto (found from DATA's files), image or sound (classification)",
-                         ("auto", "image", "sound"))
+    modality: str = _opt("auto", "what the inputs are: auto (found from DATA's files), image, sound or text (classification)",
+                         ("auto", "image", "sound", "text"))
     sample_rate: int | None = _opt(None, "sound: samples per second the model hears; default: the training clips' most "
                                    "common rate, at most 16000")
     clip_seconds: float | None = _opt(None, "sound: every clip is cut (from its middle) or padded to this length; default: "
@@ -56,6 +56,9 @@ class TrainConfig:
     channels: int = _opt(1, "sound: 1 mixes every recording to mono; N keeps N channels")
     frontend: dict = _opt({}, "sound: log-mel settings n_mels (64), n_mfcc (0: log-mel itself), window_ms (25), "
                           "hop_ms (10), fmin, fmax, top_db (80), e.g. n_mels=40,n_mfcc=20")
+    max_length: int | None = _opt(None, "text: tokens per text, longer ones cut (and counted); default 256")
+    tokenizer: str = _opt("wordpiece", "text: the tokenizer trained on the training texts", ("wordpiece", "bpe", "unigram"))
+    vocab_size: int = _opt(8000, "text: pieces in the tokenizer's vocabulary")
     noise: str | None = _opt(None, "sound: a folder of background recordings mixed into training clips at 5-30 dB SNR")
     augment: str = _opt("light", "augmentation policy", ("none", "light", "strong"))
     hflip: bool = _opt(True, "random horizontal flips in augmentation (turn off for text, digits, ...)")
@@ -113,7 +116,7 @@ class TrainConfig:
         from deepfit.registry import get_task
 
         task = get_task(self.task)
-        defaults = {**task.defaults, **(SOUND_DEFAULTS if self.modality == "sound" else {})}
+        defaults = {**task.defaults, **MODALITY_DEFAULTS.get(self.modality, {})}
         for key, value in defaults.items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
@@ -205,7 +208,7 @@ TRAIN_LIMITS: dict[str, _Limit] = {
     "warmup_epochs": _AT_LEAST_0, "label_smoothing": _SHARE, "ema": _SHARE, "mixup": _AT_LEAST_0, "dropout": _SHARE, "ignore_index": (-1, True, None, False),
     "tile_size": (32, True, None, False), "early_stopping": _AT_LEAST_0, "head_epochs": _AT_LEAST_0,
     "backbone_lr_scale": _AT_LEAST_0, "accumulate": _AT_LEAST_1, "save_every_steps": _AT_LEAST_0, "time_budget": (0, False, None, False),
-    "cv": _AT_LEAST_0, **_SOUND_LIMITS,
+    "cv": _AT_LEAST_0, **_SOUND_LIMITS, "max_length": _AT_LEAST_1, "vocab_size": (100, True, None, False),
 }
 FEATURES_LIMITS: dict[str, _Limit] = {**_COMMON_LIMITS, **_SOUND_LIMITS, "cv_folds": (2, True, None, False)}
 _TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text", dict: "a dict"}
@@ -380,4 +383,5 @@ def parse_model_args(text: str) -> dict[str, Any]:
     return result
 
 
-SOUND_DEFAULTS: dict[str, Any] = {"model": "soundcnn", "batch_size": 32}  # where the image ones do not fit (--modality sound)
+# where the image ones do not fit (--modality sound, --modality text)
+MODALITY_DEFAULTS: dict[str, dict[str, Any]] = {"sound": {"model": "soundcnn", "batch_size": 32}, "text": {"model": "bag", "batch_size": 64}}

@@ -37,6 +37,9 @@ class TrainOptions(TypedDict, total=False):
     clip_seconds: float | None
     channels: int
     frontend: dict
+    max_length: int | None
+    tokenizer: str
+    vocab_size: int
     noise: str | None
     augment: str
     hflip: bool

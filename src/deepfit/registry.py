@@ -24,7 +24,8 @@ BUILTIN_TASKS = {
     "detect": "deepfit.tasks.detect.task:DETECT",
     "segment-instances": "deepfit.tasks.detect.task:SEGMENT_INSTANCES",
 }
-BUILTIN_MODALITIES = {"image": "deepfit.modalities.image:IMAGE", "sound": "deepfit.modalities.sound:SOUND"}
+BUILTIN_MODALITIES = {"image": "deepfit.modalities.image:IMAGE", "sound": "deepfit.modalities.sound:SOUND",
+                      "text": "deepfit.modalities.text:TEXT"}
 
 _tasks: dict[str, Any] = {}
 _modalities: dict[str, Any] = {}

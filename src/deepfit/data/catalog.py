@@ -42,6 +42,14 @@ class LabeledFile:
         )
 
 
+@dataclass(frozen=True)
+class LabeledText(LabeledFile):
+    """One labelled text: `path` names where it came from ("news.csv:17", a file and its line, or a .txt file), so
+    splits, duplicates and reports treat it as they treat a file; the text itself travels with it."""
+
+    text: str = ""
+
+
 @dataclass
 class Catalog:
     files: list[LabeledFile]  # sorted by LabeledFile.sort_key

@@ -207,6 +207,8 @@ class Trainer:
         pos = self.position
         if pos.order is None:  # a new epoch: draw its order (and augmentation seed) from the training generator
             pos.order, pos.step = torch.randperm(len(data), generator=self.generator), 0
+            if hasattr(data, "arrange_order"):  # e.g. texts of similar length batched together (length buckets)
+                pos.order = data.arrange_order(pos.order, batch_size)
             if getattr(data, "per_sample_augment", False):
                 pos.seed = int(torch.randint(2**62, (1,), generator=self.generator))
             self.running = RunningStats()

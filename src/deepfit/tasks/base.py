@@ -37,7 +37,10 @@ class Option:
     help: str
     type: type = str  # str, int, float, bool (a switch), or list (one or more values)
     default: Any = None
-    modality: str | None = None  # the one modality the option is for (e.g. "sound"), None: every one
+    modality: str | tuple[str, ...] | None = None  # the modality (or modalities) the option is for, None: every one
+
+    def applies_to(self, modality: str) -> bool:
+        return self.modality is None or modality in ((self.modality,) if isinstance(self.modality, str) else self.modality)
 
     @property
     def flag(self) -> str:

@@ -83,6 +83,12 @@ def score_files(
 ) -> Evaluation:
     """Decode `files`, predict them, and report (see `report_evaluation`); unreadable files are left out, with a
     warning, and too many of them is an error."""
+    if "text" in predictor.trained.meta:
+        from deepfit.tasks.classify.text import score_texts, text_card
+
+        paths, y_true, probs = score_texts(predictor, files, batch_size)  # type: ignore[arg-type]
+        return report_evaluation(run_dir, predictor.trained.meta, split=split, paths=paths, y_true=y_true, probs=probs,
+                                 bad=[], data=data, checkpoint=checkpoint, picture=text_card(files))  # type: ignore[arg-type]
     if "sound" in predictor.trained.meta:
         from deepfit.tasks.classify.sound import score_clips
 
@@ -121,10 +127,11 @@ def report_evaluation(
     data: str | Path | None = None,
     checkpoint: str = "best",
     tta: bool = False,
+    picture: Any = None,
 ) -> Evaluation:
     """Metrics, plots, prediction CSV and the HTML report for one scored split; logged in evaluations.jsonl."""
     classes = list(meta["classes"])
-    noun = "clips" if "sound" in meta else "images"
+    noun = "clips" if "sound" in meta else "texts" if "text" in meta else "images"
     metrics = classification_metrics(y_true, probs, classes, intervals=True)
     notes = [_val_fallback_note(meta)] if split == "val" else []
     y_pred = probs.argmax(1)
@@ -169,7 +176,6 @@ def report_evaluation(
     }
     if bad:
         notes.append(f"{len(bad)} unreadable {noun} were left out: " + ", ".join(str(b.path) for b in bad[:5]))
-    picture = None
     if "sound" in meta:  # each worst clip's card: its spectrogram and a player (the class examples are pictures only)
         from deepfit.tasks.classify.sound import SoundSpec
         from deepfit.tasks.classify.sound_report import clip_media

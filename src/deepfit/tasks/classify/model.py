@@ -43,6 +43,10 @@ def load_trained(path: str | Path, which: str = "best") -> TrainedModel:
         from deepfit.tasks.classify.sound import rebuild
 
         model = rebuild(meta)
+    elif "text" in meta:  # a text classifier: its network from the sidecar's `text`
+        from deepfit.tasks.classify.text import rebuild as rebuild_text
+
+        model = rebuild_text(meta)
     else:
         model = build_model(spec)
     load_weights(model, ckpt)

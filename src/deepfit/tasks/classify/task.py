@@ -26,6 +26,7 @@ from deepfit.errors import ConfigError, DataError
 from deepfit.log import logger
 from deepfit.modalities.image.augment import SMALL_IMAGE, BatchTransform
 from deepfit.modalities.sound import SOUND
+from deepfit.modalities.text.io import read_texts
 from deepfit.models.factory import Preprocessing, create_model, is_convolutional, list_models
 from deepfit.models.weights import classifier_module, freeze_folded_norms
 from deepfit.runs.folder import run_folder
@@ -44,6 +45,8 @@ from deepfit.tasks.classify.predict import Predictor, write_predictions
 from deepfit.tasks.classify.sound import SoundPredictor, discover_labelled, write_timelines
 from deepfit.tasks.classify.sound import prepare as prepare_sound
 from deepfit.tasks.classify.sound_model import OWN_SOUND_MODELS
+from deepfit.tasks.classify.text import TextPredictor, is_text, load_text_split, save_text_split
+from deepfit.tasks.classify.text import prepare as prepare_text
 
 # A linear head on frozen features tolerates, and in the few steps of a short phase needs, a higher
 # learning rate than the whole network does.
@@ -85,12 +88,16 @@ class ClassifyTask(Task):
     score = "accuracy"
     loader, predictor_type = staticmethod(load_trained), Predictor
     data_options = (
-        Option("path_column", "CSV data: the column holding image paths"),
+        Option("path_column", "CSV data: the column holding image (or sound file) paths", str, None, ("image", "sound")),
         Option("label_column", "CSV data: the column holding labels"),
         Option("label_pattern", "labels (and groups, splits) from file names: a regular expression with named groups "
-               "label, group (kept in one split), split, e.g. '(?P<label>[A-Za-z_]+)_\\d+\\.jpg'"),
+               "label, group (kept in one split), split, e.g. '(?P<label>[A-Za-z_]+)_\\d+\\.jpg'", str, None,
+               ("image", "sound")),
+        Option("text_column", "text data: the column(s) holding the text, joined when several (default: found by name)",
+               list, None, "text"),
+        Option("encoding", "text data: the files' encoding (default utf-8)", str, None, "text"),
     )
-    evaluate_options = ("path_column", "label_column", "label_pattern")
+    evaluate_options = ("path_column", "label_column", "label_pattern", "text_column", "encoding")
     predict_options = (
         Option("top_k", "classes to list per image (default: 3)", int, 3),
         Option("hop", "sound: a recording longer than 1.5 clips is labelled in windows of the clip's length starting every "
@@ -100,7 +107,13 @@ class ClassifyTask(Task):
     # --- data ------------------------------------------------------------------------------------------
     def read(self, data: str | Path | Catalog, config: TrainConfig, **options: Any) -> Data:
         """Class folders, split folders, a CSV or labelled file names, of images or sound files (`config.modality`, or
-        the files DATA holds); an already discovered `Catalog` (e.g. a subset) is taken as it is."""
+        the files DATA holds), or a table or folders of texts; an already discovered `Catalog` is taken as it is."""
+        text_options = {k: options.pop(k) for k in ("text_column", "encoding") if k in options}
+        if is_text(data, config.modality):
+            catalog = data if isinstance(data, Catalog) else read_texts(data, text_options.get("text_column"),
+                                                                          options.get("label_column"),
+                                                                          text_options.get("encoding") or "utf-8")
+            return Data(catalog.root, catalog.classes, catalog, layout=catalog.layout, record={"modality": "text"})
         catalog, sound = discover_labelled(data, config.modality, **options)
         if isinstance(data, Catalog):
             return Data(data.root, data.classes, data, layout=data.layout, location=data.root,
@@ -114,20 +127,29 @@ class ClassifyTask(Task):
         return resolve_splits(data.source, config.val_fraction, config.test_fraction, config.seed)
 
     def save_split(self, data: Data, splits: dict[str, list], path: Path) -> None:
-        save_split(splits, path, data.root)
+        if data.record.get("modality") == "text":
+            save_text_split(splits, path)
+        else:
+            save_split(splits, path, data.root)
 
     def reread(self, saved: dict[str, Any], run_dir: Path) -> tuple[Data, dict[str, list]]:
         root = Path(saved["data_root"])
-        record = {"modality": "sound"} if saved.get("modality") == "sound" else {}
+        record = {"modality": saved["modality"]} if saved.get("modality") in ("sound", "text") else {}
+        if record.get("modality") == "text":  # the texts are in split.csv: the run needs nothing of the data
+            return Data(root, list(saved["classes"]), None, record=record, layout="resumed"), load_text_split(run_dir / "split.csv")
         return Data(root, list(saved["classes"]), None, record=record, layout="resumed"), load_split(run_dir / "split.csv", root)
 
     def read_other(self, data: str | Path, trained: TrainedModel, **options: Any) -> tuple[Data, list]:
-        catalog = discover(data, **options, media=SOUND.media if "sound" in trained.meta else IMAGES)
+        if "text" in trained.meta:
+            catalog = read_texts(data, options.get("text_column"), options.get("label_column"), options.get("encoding") or "utf-8")
+        else:
+            options = {k: v for k, v in options.items() if k not in ("text_column", "encoding")}
+            catalog = discover(data, **options, media=SOUND.media if "sound" in trained.meta else IMAGES)
         check_known_classes(catalog, trained.classes, data)
         return Data(catalog.root, catalog.classes, catalog, layout=catalog.layout), catalog.files
 
     def describe(self, data: Data, splits: dict[str, list]) -> str:
-        noun = "clips" if data.record.get("modality") == "sound" else "images"
+        noun = {"sound": "clips", "text": "texts"}.get(data.record.get("modality", ""), "images")
         return f"{len(data.classes)} classes, {', '.join(f'{len(v)} {k}' for k, v in splits.items())} {noun} ({data.layout})"
 
     # --- training --------------------------------------------------------------------------------------
@@ -142,6 +164,8 @@ class ClassifyTask(Task):
         classes, new = data.classes, resumed is None
         if data.record.get("modality") == "sound":
             return prepare_sound(config, classes, splits, resumed)
+        if data.record.get("modality") == "text":
+            return prepare_text(config, classes, splits, resumed)
         created = create_model(
             config.model, len(classes), pretrained=config.pretrained and new, weights=config.weights if new else None,
             drop_rate=config.dropout, model_args=config.model_args, image_size=config.image_size,
@@ -188,6 +212,8 @@ class ClassifyTask(Task):
 
     # --- using a trained model -------------------------------------------------------------------------
     def predictor(self, trained: TrainedModel, device: str = "auto") -> Predictor | SoundPredictor:
+        if "text" in trained.meta:
+            return TextPredictor(trained, device)
         return SoundPredictor(trained, device) if "sound" in trained.meta else Predictor(trained, device)
 
     def evaluate(self, run_dir: Path, predictor: Predictor, split: str, data: Data, items: list, *,
@@ -208,9 +234,9 @@ class ClassifyTask(Task):
         predictions, failed = predictor.predict_files(paths, top_k=top_k, **({"hop": hop} if hop is not None else {}))
         if failed and not predictions:
             shown = ", ".join(str(path) for path, _ in failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
-            what = "sound" if predictor.modality == "sound" else "an image"
+            what = {"sound": "sound", "text": "text"}.get(predictor.modality, "an image")
             raise DataError(f"none of the {len(failed)} inputs could be read as {what}: {shown}")
-        one = "clip" if predictor.modality == "sound" else "image"
+        one = {"sound": "clip", "text": "text"}.get(predictor.modality, "image")
         table = Table(title=f"{len(predictions)} {one}s")
         table.add_column(one, overflow="fold")
         table.add_column("class")

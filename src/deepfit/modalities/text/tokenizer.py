@@ -1,0 +1,52 @@
+"""A tokenizer trained on the training split alone (Hugging Face `tokenizers`), saved with the run.
+
+WordPiece (BERT's), BPE or unigram, over text lower-cased, stripped of accents and split on whitespace and
+punctuation. Training it on the training texts only keeps the test split out of every choice the model makes, and
+the vocabulary it learns (`vocab_size` pieces, rare words cut into pieces) is stored in the checkpoint as JSON, so a
+trained model takes raw strings and needs nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from deepfit.errors import ConfigError
+
+KINDS = ("wordpiece", "bpe", "unigram")
+PAD, UNK = "[PAD]", "[UNK]"  # ids 0 and 1: padding and unknown pieces
+
+
+def train_tokenizer(texts: Iterable[str], kind: str = "wordpiece", vocab_size: int = 8000) -> Any:
+    """A `tokenizers.Tokenizer` learned from `texts`."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    if kind not in KINDS:
+        raise ConfigError(f"tokenizer {kind!r}: use one of {', '.join(KINDS)}")
+    specials = [PAD, UNK]
+    if kind == "wordpiece":
+        tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    elif kind == "bpe":
+        tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    else:
+        tokenizer = Tokenizer(models.Unigram())
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token=UNK, show_progress=False)
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True, clean_text=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.train_from_iterator(list(texts), trainer=trainer)
+    return tokenizer
+
+
+def from_json(text: str) -> Any:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(text)
+
+
+def encode(tokenizer: Any, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
+    """(token ids of each text, cut to `max_length`; how many texts were longer and cut)."""
+    ids = [e.ids for e in tokenizer.encode_batch(texts)]
+    cut = sum(len(i) > max_length for i in ids)
+    return [i[:max_length] or [tokenizer.token_to_id(UNK)] for i in ids], cut

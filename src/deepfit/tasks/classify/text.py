@@ -1,0 +1,213 @@
+"""Classification on the text modality: what the classify task does differently when its inputs are texts.
+
+The task (task.py) splits, trains, evaluates and predicts as for images; here are the text parts: the tokenizer
+trained on the training split (modalities/text/tokenizer.py), token-id stores with dynamic padding and length buckets
+(modalities/text/store.py), the networks (text_model.py), the split saved with the texts themselves, and prediction
+from strings. A checkpoint's sidecar keeps `text` (the network, the tokenizer as JSON, the maximum length), so a
+trained model takes raw strings and needs nothing else.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepfit.config import MODALITY_DEFAULTS, TrainConfig
+from deepfit.data.catalog import SPLIT_ORDER, Catalog, LabeledText
+from deepfit.engine.device import autocast
+from deepfit.errors import DataError
+from deepfit.fileio import atomic_write_text
+from deepfit.log import logger
+from deepfit.modalities.text import TEXT
+from deepfit.modalities.text.io import is_text_data
+from deepfit.modalities.text.store import TextStore
+from deepfit.modalities.text.tokenizer import encode, from_json, train_tokenizer
+from deepfit.models.factory import ModelSpec
+from deepfit.report.html import esc
+from deepfit.tasks.base import ModelPredictor, Setup
+from deepfit.tasks.classify.objective import ClassificationTask
+from deepfit.tasks.classify.predict import Prediction, to_prediction
+from deepfit.tasks.classify.text_model import TEXT_MODELS, build_text_model
+
+DEFAULT_MAX_LENGTH = 256  # tokens per text: longer texts are cut, and how many were is reported
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """Everything needed to rebuild a text classifier (weights come separately); the sidecar's `text`."""
+
+    model: str
+    num_classes: int
+    tokenizer: str  # the trained tokenizer, as `tokenizers` JSON
+    vocab_size: int
+    max_length: int
+    model_args: dict[str, Any]
+    drop_rate: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def is_text(data: Any, modality: str = "auto") -> bool:
+    """Whether DATA (a path or a catalog) is to be read as text: `modality` says so, or, for "auto", its files do."""
+    if modality != "auto":
+        return modality == "text"
+    if isinstance(data, Catalog):
+        return bool(data.files) and isinstance(data.files[0], LabeledText)
+    return is_text_data(data)
+
+
+def rebuild(meta: dict[str, Any]) -> nn.Module:
+    spec = TextSpec(**meta["text"])
+    return build_text_model(spec.model, spec.num_classes, spec.vocab_size, spec.max_length, spec.model_args, spec.drop_rate)
+
+
+def encode_texts(tokenizer: Any, texts: list[str], max_length: int, what: str) -> list[list[int]]:
+    """Token ids of `texts`; how many were cut to `max_length` is said when any were."""
+    ids, cut = encode(tokenizer, texts, max_length)
+    if cut:
+        logger.info(f"{cut} of {len(texts)} {what} ({cut / max(1, len(texts)):.1%}) are longer than {max_length} tokens "
+                    "and were cut (--max-length sets it)")
+    return ids
+
+
+def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[LabeledText]],
+            resumed: dict[str, Any] | None) -> Setup:
+    """Tokenizer, stores, network and objective of a text classification run (new, or resumed from config.json)."""
+    if resumed is not None:
+        spec = TextSpec(**resumed["text"])
+        tokenizer = from_json(spec.tokenizer)
+    else:
+        # the tokenizer learns from the training texts alone: nothing of the validation or test texts leaks into it
+        tokenizer = train_tokenizer((f.text for f in splits["train"]), config.tokenizer, config.vocab_size)
+        model_name = config.model or MODALITY_DEFAULTS["text"]["model"]
+        if model_name not in TEXT_MODELS and config.modality == "auto":  # the image default, on data found to be text
+            model_name = MODALITY_DEFAULTS["text"]["model"]
+            logger.info(f"texts: training deepfit's {model_name} network (--model picks {', '.join(TEXT_MODELS)})")
+        spec = TextSpec(model_name, len(classes), tokenizer.to_str(), tokenizer.get_vocab_size(),
+                        config.max_length or DEFAULT_MAX_LENGTH, dict(config.model_args), config.dropout)
+    index = {c: i for i, c in enumerate(classes)}
+    stores = {name: TextStore(encode_texts(tokenizer, [f.text for f in files], spec.max_length, f"{name} texts"),
+                              [index[f.label] for f in files], [f.path for f in files])
+              for name, files in splits.items() if files}
+    model = rebuild({"text": spec.to_dict()})
+    train = stores["train"]
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
+    plain, bucketed = train.padded_tokens(order, config.batch_size), train.padded_tokens(train.arrange_order(order, config.batch_size), config.batch_size)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    own = ModelSpec("deepfit", spec.model, spec.num_classes, spec.drop_rate, spec.model_args)
+    return Setup(
+        model=model, objective=ClassificationTask(len(classes), config.label_smoothing), train=train, val=stores.get("val"),
+        transform=_as_is, eval_transform=_as_is, meta={"text": spec.to_dict(), "model": own.to_dict(), "modality": "text"},
+        record={"modality": "text", "text": spec.to_dict()},
+        summary=(f"model {spec.model} ({params:.2f}M parameters) on {spec.vocab_size} {config.tokenizer} tokens, at most "
+                 f"{spec.max_length} a text; length buckets pad {bucketed:,} tokens an epoch instead of {plain:,}"),
+    )
+
+
+def _as_is(batch: Any, generator: torch.Generator | None) -> Any:
+    """Text batches are fed as the store pads them (no augmentation)."""
+    return batch
+
+
+class TextPredictor(ModelPredictor):
+    """A trained text classifier ready for inference: strings (or .txt paths) in."""
+
+    tta = False
+    modality = "text"
+
+    def __init__(self, trained: Any, device: str = "auto") -> None:
+        super().__init__(trained, device)
+        self.classes = trained.classes
+        self.spec = TextSpec(**trained.meta["text"])
+        self.tokenizer = from_json(self.spec.tokenizer)
+
+    @torch.inference_mode()
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with autocast(self.device, self.precision):
+            return self.model({k: v.to(self.device) for k, v in batch.items()}).float().cpu()
+
+    def predict_proba(self, inputs: Any, batch_size: int = 64) -> np.ndarray:
+        texts = [TEXT.load(t) for t in ([inputs] if isinstance(inputs, str | Path) else list(inputs))]
+        empty = [i for i, t in enumerate(texts) if not t.strip()]
+        if empty:
+            raise DataError(f"text {empty[0]} is empty: there is nothing to classify")
+        store = TextStore(encode(self.tokenizer, texts, self.spec.max_length)[0], [0] * len(texts), [Path()] * len(texts))
+        chunks = [self.logits(x).softmax(1) for x, _, _ in store.batches(batch_size)]
+        return torch.cat(chunks).numpy() if chunks else np.zeros((0, len(self.classes)), dtype=np.float32)
+
+    def predict(self, inputs: Any, top_k: int = 3, batch_size: int = 64) -> list[Prediction]:
+        items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+        probs = self.predict_proba(items, batch_size)
+        return [to_prediction(self.classes, _name(item), p, top_k) for item, p in zip(items, probs, strict=True)]
+
+    def predict_files(self, paths: list[Path], top_k: int = 3, batch_size: int = 64) -> tuple[list[Prediction], list]:
+        """Every non-empty line of each file is a text to classify (a .txt file of one text per line)."""
+        texts, sources, failed = [], [], []
+        for path in paths:
+            try:
+                lines = TEXT.load(Path(path)).splitlines()
+            except DataError as e:
+                logger.warning(f"skipped unreadable text file: {e}")
+                failed.append((path, str(e)))
+                continue
+            for n, line in enumerate(lines, 1):
+                if line.strip():
+                    texts.append(line)
+                    sources.append(f"{path}:{n}")
+        probs = self.predict_proba(texts, batch_size) if texts else np.zeros((0, len(self.classes)))
+        return [to_prediction(self.classes, s, p, top_k) for s, p in zip(sources, probs, strict=True)], failed
+
+
+def _name(item: Any) -> str:
+    text = str(item)
+    return text if isinstance(item, Path) or len(text) <= 60 else text[:57] + "..."
+
+
+def score_texts(predictor: TextPredictor, files: list[LabeledText], batch_size: int = 64) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """(sources, true class indices, probabilities) of labelled texts."""
+    index = {c: i for i, c in enumerate(predictor.classes)}
+    probs = predictor.predict_proba([f.text for f in files], batch_size)
+    return [f.path for f in files], np.array([index[f.label] for f in files], dtype=np.int64), probs
+
+
+def text_card(files: list[LabeledText]) -> Any:
+    """source -> the HTML of a report card: the text itself, escaped (and cut at 600 characters)."""
+    texts = {str(f.path): f.text for f in files}
+
+    def card(source: str) -> str | None:
+        text = texts.get(source)
+        if text is None:
+            return None
+        shown = text if len(text) <= 600 else text[:600] + " [...]"
+        return f'<div class="text-card" style="white-space:pre-wrap;font-size:0.85em">{esc(shown)}</div>'
+
+    return card
+
+
+# --- the split, saved with the texts ----------------------------------------------------------------
+
+
+def save_text_split(splits: dict[str, list[LabeledText]], path: Path) -> None:
+    """split.csv of a text run: source, label, split and the text itself, so the run needs its data for nothing else."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["source", "label", "split", "text"])
+    for name in sorted(splits, key=lambda n: SPLIT_ORDER.get(n, 9)):
+        writer.writerows([str(f.path), f.label, name, f.text] for f in splits[name])
+    atomic_write_text(path, out.getvalue())
+
+
+def load_text_split(path: Path) -> dict[str, list[LabeledText]]:
+    splits: dict[str, list[LabeledText]] = {"train": [], "val": [], "test": []}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            splits.setdefault(row["split"], []).append(LabeledText(Path(row["source"]), row["label"], row["split"], text=row["text"]))
+    return splits

@@ -1,0 +1,158 @@
+"""Text classification end to end on texts the test writes: the classify task on the text modality, from the CLI and
+from Python; tables and folders, a tokenizer learned from the training split, length buckets, evaluate, predict,
+resume, and the bad input a user brings."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+import deepfit
+from deepfit.cli import main
+from deepfit.errors import DataError
+from deepfit.modalities.text.io import read_texts
+from deepfit.modalities.text.store import TextStore
+
+WORDS = {"sport": ["goal", "match", "team", "coach", "league"], "food": ["pizza", "bread", "cook", "soup", "recipe"]}
+FILLER = ["the", "a", "of", "and", "to", "in", "is", "it", "on", "for", "with", "as", "at", "by", "this", "that", "from", "was", "were", "be"]
+BAGGED = ["--epochs", "8", "--lr", "0.01", "--batch-size", "16", "--vocab-size", "200", "--workers", "0"]
+
+
+def sentence(rng: random.Random, label: str) -> str:
+    words = rng.choices(FILLER, k=rng.randint(4, 20)) + rng.choices(WORDS[label], k=3)
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def write_table(path: Path, n: int = 100, seed: int = 0) -> Path:
+    """TITLE, BODY, LABEL rows: the body holds the words that decide; one title holds HTML and a control character."""
+    rng = random.Random(seed)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["title", "body", "label"])
+        for i in range(n):
+            for label in WORDS:
+                title = "<b>breaking</b> \x07news" if i == 0 else f"item {i}"
+                writer.writerow([title, sentence(rng, label), label])
+    return path
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_table(tmp_path_factory.mktemp("texts") / "news.csv")
+
+
+def test_train_evaluate_and_predict_text_from_the_cli(table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = tmp_path / "runs"
+    assert main(["train", str(table), "--text-column", "title", "--text-column", "body", *BAGGED, "--output", str(runs),
+                 "--name", "bag", "--no-evaluate"]) == 0
+    run = runs / "bag"
+    config = json.loads((run / "config.json").read_text())
+    assert config["modality"] == "text" and config["text"]["model"] == "bag"
+    rows = list(csv.DictReader((run / "split.csv").open(encoding="utf-8")))
+    assert {r["split"] for r in rows} == {"train", "val", "test"} and all(r["text"] for r in rows)
+    assert rows[0]["source"].startswith(str(table)) and ":" in rows[0]["source"]  # file:line of every text
+    assert main(["evaluate", str(run)]) == 0
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.9
+    html = (run / "report.html").read_text()
+    assert "<b>breaking" not in html  # texts are escaped in the report
+
+    lines = tmp_path / "lines.txt"
+    lines.write_text("the coach and the team won the match\n\nhow to cook a soup with bread\n", encoding="utf-8")
+    assert main(["predict", str(run), str(lines)]) == 0
+    out = capsys.readouterr().out
+    predicted = list(csv.DictReader((run / "predictions.csv").open()))
+    assert [p["label"] for p in predicted] == ["sport", "food"]  # one text a line, blank lines left out
+    assert [p["source"] for p in predicted] == [f"{lines}:1", f"{lines}:3"]
+    assert "2 texts" in out
+
+
+def test_the_python_front_end_takes_strings_and_reloads(table: Path, tmp_path: Path) -> None:
+    clf = deepfit.TextClassifier("bag", epochs=8, lr=0.01, batch_size=16, vocab_size=200, workers=0, output=str(tmp_path),
+                                 name="py").fit(table, text_column=["title", "body"])
+    one = clf.predict("the league match ended with a goal")
+    assert one.label == "sport" and 0.5 < one.probability <= 1.0
+    assert [p.label for p in clf.predict(["pizza recipe", "a team coach"])] == ["food", "sport"]
+    again = deepfit.load(clf.run_dir)
+    assert isinstance(again, deepfit.TextClassifier)
+    assert again.predict("bread soup recipe").label == "food"
+
+
+@pytest.mark.parametrize("model", ["rnn", "transformer"])
+def test_the_recurrent_and_transformer_networks_train(table: Path, tmp_path: Path, model: str) -> None:
+    clf = deepfit.TextClassifier(model, model_args={"depth": 1, "width": 32, "heads": 2} if model == "transformer"
+                                 else {"dim": 32, "hidden": 32}, epochs=2, batch_size=16, vocab_size=200, workers=0,
+                                 output=str(tmp_path), name=model).fit(table, text_column="body")
+    assert clf.predict("a goal").label in WORDS and len(clf.predict(["a", "b c"])) == 2
+
+
+def test_length_buckets_pad_less_and_keep_every_text_once() -> None:
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 100) for _ in range(500)]
+    store = TextStore([[5] * n for n in lengths], [0] * 500, [Path(str(i)) for i in range(500)])
+    order = torch.randperm(500, generator=torch.Generator().manual_seed(0))
+    arranged = store.arrange_order(order, 16)
+    assert sorted(arranged.tolist()) == list(range(500))  # a permutation: every text once
+    assert torch.equal(arranged, store.arrange_order(order, 16))  # the same order gives the same batches (resume)
+    assert store.padded_tokens(arranged, 16) < store.padded_tokens(order, 16) / 5
+    batch, labels, idx = next(store.batches(16, order=arranged))
+    assert batch["input_ids"].shape[1] == max(lengths[i] for i in idx.tolist())  # padded to its own longest
+    assert batch["attention_mask"].sum().item() == sum(lengths[i] for i in idx.tolist())
+
+
+def test_a_stopped_text_run_resumes_to_the_weights_of_one_never_stopped(table: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from conftest import ctrl_c_after
+    from deepfit.errors import TrainingInterrupted
+
+    options = dict(output=str(tmp_path), epochs=2, batch_size=8, vocab_size=200, workers=0, save_every_steps=1)
+    whole = deepfit.TextClassifier("bag", name="whole", **options).fit(table)
+    with ctrl_c_after(13), pytest.raises(TrainingInterrupted):  # within the second epoch
+        deepfit.TextClassifier("bag", name="stopped", **options).fit(table)
+    deepfit.resume(tmp_path / "stopped")
+    a, b = load_file(str(whole.run_dir / "last.safetensors")), load_file(str(tmp_path / "stopped" / "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_tables_jsonl_and_folders_are_read_with_their_splits(tmp_path: Path) -> None:
+    jsonl = tmp_path / "reviews.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"review": t, "sentiment": s, "split": sp}) for t, s, sp in
+                               [("great film", "pos", "train"), ("awful", "neg", "train"), ("fine", "pos", "test")]) + "\n")
+    catalog = read_texts(jsonl)
+    assert [(f.text, f.label, f.split) for f in catalog.files][0] == ("awful", "neg", "train")
+    assert {str(f.path) for f in catalog.files} == {f"{jsonl}:{n}" for n in (1, 2, 3)}
+    for split, label, text in (("train", "a", "one"), ("train", "b", "two"), ("test", "a", "three")):
+        (tmp_path / "folders" / split / label).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "folders" / split / label / f"{text}.txt").write_text(text)
+    folders = read_texts(tmp_path / "folders")
+    assert sorted((f.text, f.label, f.split) for f in folders.files) == [("one", "a", "train"), ("three", "a", "test"),
+                                                                         ("two", "b", "train")]
+
+
+def test_bad_text_input_is_named_with_its_file_and_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bad = tmp_path / "latin.csv"
+    bad.write_bytes("text,label\nfine,a\ncaf\xe9 cr\xe8me,b\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin.csv:3: bytes that are not utf-8.*--encoding"):
+        read_texts(bad)
+    assert [f.text for f in read_texts(bad, encoding="latin-1").files] == ["fine", "café crème"]
+    with pytest.raises(DataError, match=r"no column 'headline' for the texts; its columns are text, label"):
+        read_texts(bad, text_columns=["headline"], encoding="latin-1")
+    nameless = tmp_path / "nameless.csv"
+    nameless.write_text("words,y\nhello,a\n")
+    with pytest.raises(DataError, match=r"no column for the texts found by name.*columns are words, y: name one with --text-column"):
+        read_texts(nameless)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text,label\nhello,a\n   ,b\nbye,b\n")
+    assert len(read_texts(empty).files) == 2
+    assert any(f"skipped 1 empty texts: {empty}:3" in r.message for r in caplog.records)
+    one = tmp_path / "one.csv"
+    one.write_text("text,label\nhello,a\nbye,a\n")
+    with pytest.raises(DataError, match="need at least 2 classes"):
+        read_texts(one)
