@@ -20,7 +20,9 @@ from deepfit.modalities.text.store import TextStore
 
 WORDS = {"sport": ["goal", "match", "team", "coach", "league"], "food": ["pizza", "bread", "cook", "soup", "recipe"]}
 FILLER = ["the", "a", "of", "and", "to", "in", "is", "it", "on", "for", "with", "as", "at", "by", "this", "that", "from", "was", "were", "be"]
-BAGGED = ["--epochs", "8", "--lr", "0.01", "--batch-size", "16", "--vocab-size", "200", "--workers", "0"]
+SMALL = {"dim": 16, "buckets": 4096}  # a small bag: the default's 2**18 pair buckets cost seconds a test
+BAGGED = ["--epochs", "15", "--lr", "0.02", "--batch-size", "16", "--vocab-size", "200", "--workers", "0",
+          "--model-args", "dim=16,buckets=4096"]
 
 
 def sentence(rng: random.Random, label: str) -> str:
@@ -74,8 +76,8 @@ def test_train_evaluate_and_predict_text_from_the_cli(table: Path, tmp_path: Pat
 
 
 def test_the_python_front_end_takes_strings_and_reloads(table: Path, tmp_path: Path) -> None:
-    clf = deepfit.TextClassifier("bag", epochs=8, lr=0.01, batch_size=16, vocab_size=200, workers=0, output=str(tmp_path),
-                                 name="py").fit(table, text_column=["title", "body"])
+    clf = deepfit.TextClassifier("bag", epochs=15, lr=0.02, batch_size=16, vocab_size=200, workers=0, output=str(tmp_path),
+                                 name="py", model_args=SMALL).fit(table, text_column=["title", "body"])
     one = clf.predict("the league match ended with a goal")
     assert one.label == "sport" and 0.5 < one.probability <= 1.0
     assert [p.label for p in clf.predict(["pizza recipe", "a team coach"])] == ["food", "sport"]
@@ -112,7 +114,8 @@ def test_a_stopped_text_run_resumes_to_the_weights_of_one_never_stopped(table: P
     from conftest import ctrl_c_after
     from deepfit.errors import TrainingInterrupted
 
-    options = dict(output=str(tmp_path), epochs=2, batch_size=8, vocab_size=200, workers=0, save_every_steps=1)
+    options = dict(output=str(tmp_path), epochs=2, batch_size=8, vocab_size=200, workers=0, save_every_steps=1,
+                   model_args=SMALL)
     whole = deepfit.TextClassifier("bag", name="whole", **options).fit(table)
     with ctrl_c_after(13), pytest.raises(TrainingInterrupted):  # within the second epoch
         deepfit.TextClassifier("bag", name="stopped", **options).fit(table)
@@ -156,3 +159,37 @@ def test_bad_text_input_is_named_with_its_file_and_line(tmp_path: Path, caplog: 
     one.write_text("text,label\nhello,a\nbye,a\n")
     with pytest.raises(DataError, match="need at least 2 classes"):
         read_texts(one)
+
+
+def test_texts_from_the_command_line_and_stdin(table: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    clf = deepfit.TextClassifier("bag", epochs=15, lr=0.02, batch_size=16, vocab_size=200, workers=0, output=str(tmp_path),
+                                 name="cli", model_args=SMALL).fit(table, text_column="body")
+    assert main(["predict", str(clf.run_dir), "--text", "pizza and bread", "--text", "the team coach",
+                 "--output", str(tmp_path / "given.csv")]) == 0
+    assert [r["label"] for r in csv.DictReader((tmp_path / "given.csv").open())] == ["food", "sport"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("a soup recipe\n\nthe league goal\n"))
+    assert main(["predict", str(clf.run_dir), "-", "--output", str(tmp_path / "stdin.json")]) == 0
+    rows = json.loads((tmp_path / "stdin.json").read_text())
+    assert [r["label"] for r in rows] == ["food", "sport"]
+    capsys.readouterr()
+    assert main(["predict", str(clf.run_dir)]) != 0
+    assert "nothing to predict" in capsys.readouterr().err
+
+
+def test_the_same_text_in_two_splits_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = random.Random(1)
+    rows = [[sentence(rng, label), label, split] for split, n in (("train", 20), ("val", 6), ("test", 6))
+            for label in WORDS for _ in range(n)]
+    rows += [["Pizza  and BREAD tonight", "food", "train"], ["pizza and bread tonight", "food", "test"]]
+    with (data / "texts.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["text", "label", "split"], *rows])
+    clf = deepfit.TextClassifier("bag", epochs=1, batch_size=16, vocab_size=200, workers=0, output=str(tmp_path / "runs"),
+                                 name="leak", model_args=SMALL).fit(data / "texts.csv")
+    groups = list(csv.DictReader((clf.run_dir / "duplicates.csv").open()))
+    assert {(g["split"], g["text"]) for g in groups} >= {("train", "Pizza  and BREAD tonight"), ("test", "pizza and bread tonight")}
+    assert any("in more than one split" in r.message and "duplicates.csv" in r.message for r in caplog.records)

@@ -150,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify images, or detect objects in them (files, folders, globs), with a trained run")
     p.add_argument("run_dir", help="the run folder that `deepfit train` wrote (runs/<name>), or a checkpoint in it")
-    p.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("paths", nargs="*", help="image (or sound, or .txt) files, folders or glob patterns; for a text "
+                   "classifier '-' reads one text per line from stdin")
+    p.add_argument("--text", action="append", help="text classifiers: a text to classify (repeat the flag for more)")
     p.add_argument(
         "--output",
         help="classify: write predictions to this .csv or .json (default: RUN_DIR/predictions.csv); detect: the folder for drawn "
@@ -285,7 +287,14 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from deepfit.workflows.predict import predict_files
 
     options = {k: v for k, v in vars(args).items() if k in task_option_names("predict")}
-    _print(*predict_files(args.run_dir, args.paths, args.output, checkpoint=args.checkpoint, device=args.device, **options))
+    paths, texts = args.paths, list(args.text or [])
+    if paths == ["-"]:  # one text a line from stdin
+        paths, texts = [], texts + [line for line in sys.stdin.read().splitlines() if line.strip()]
+    if not paths and not texts:
+        raise ConfigError("nothing to predict: give files, folders or glob patterns (or, for a text classifier, --text "
+                          "or '-' to read stdin)")
+    _print(*predict_files(args.run_dir, paths, args.output, checkpoint=args.checkpoint, device=args.device, texts=texts,
+                          **options))
 
 
 def _cmd_models(args: argparse.Namespace) -> None:

@@ -57,7 +57,9 @@ class TrainConfig:
     frontend: dict = _opt({}, "sound: log-mel settings n_mels (64), n_mfcc (0: log-mel itself), window_ms (25), "
                           "hop_ms (10), fmin, fmax, top_db (80), e.g. n_mels=40,n_mfcc=20")
     max_length: int | None = _opt(None, "text: tokens per text, longer ones cut (and counted); default 256")
-    tokenizer: str = _opt("wordpiece", "text: the tokenizer trained on the training texts", ("wordpiece", "bpe", "unigram"))
+    tokenizer: str = _opt("bpe", "text: the tokenizer trained on the training texts; bpe is the same from run to run, "
+                          "wordpiece and unigram are not (the tokenizers library breaks ties in frequency at random)",
+                          ("bpe", "wordpiece", "unigram"))
     vocab_size: int = _opt(8000, "text: pieces in the tokenizer's vocabulary")
     noise: str | None = _opt(None, "sound: a folder of background recordings mixed into training clips at 5-30 dB SNR")
     augment: str = _opt("light", "augmentation policy", ("none", "light", "strong"))

