@@ -193,3 +193,23 @@ def test_the_same_text_in_two_splits_is_reported(tmp_path: Path, caplog: pytest.
     groups = list(csv.DictReader((clf.run_dir / "duplicates.csv").open()))
     assert {(g["split"], g["text"]) for g in groups} >= {("train", "Pizza  and BREAD tonight"), ("test", "pizza and bread tonight")}
     assert any("in more than one split" in r.message and "duplicates.csv" in r.message for r in caplog.records)
+
+
+def test_a_tsv_text_may_start_with_a_quote_mark(tmp_path: Path) -> None:
+    tsv = tmp_path / "sms.tsv"
+    tsv.write_text('label\tsms\nham\t"Oh no" she said, then left\nspam\tWIN a "prize" now\nham\tok\n', encoding="utf-8")
+    texts = [f.text for f in read_texts(tsv).files]
+    assert sorted(texts) == sorted(['"Oh no" she said, then left', 'WIN a "prize" now', "ok"])  # three rows, none merged
+
+
+def test_data_check_shows_lengths_repeats_and_label_spellings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "check.csv"
+    rows = [["call me later", "ham"], ["Call me  later", "spam"], ["free prize", "Spam"], ["hello there", "ham"]]
+    with data.open("w", newline="") as f:
+        csv.writer(f).writerows([["text", "label"], *rows])
+    assert main(["data", "check", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "4 texts in 3 classes" in out and "lengths in tokens (4 texts" in out
+    assert "texts that occur more than once (case and spaces aside): 1, 2 rows" in out
+    assert "the same text under two labels: 1" in out and "labels that differ only by case or spaces: 1" in out
+    assert "'Spam' / 'spam'" in out

@@ -71,8 +71,10 @@ def _rows(path: Path, encoding: str) -> tuple[list[str], list[tuple[int, list[st
         return header, [(line, ["" if item.get(k) is None else str(item.get(k)) for k in header]) for line, item in rows]
     if not text.strip():
         raise DataError(f"{path} is empty: expected a header like 'text,label' and a row per text")
-    delimiter = "\t" if path.suffix.lower() == ".tsv" or text.split("\n", 1)[0].count("\t") > text.split("\n", 1)[0].count(",") else ","
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    tsv = path.suffix.lower() == ".tsv" or text.split("\n", 1)[0].count("\t") > text.split("\n", 1)[0].count(",")
+    # a TSV has no quoting (a field holds no tab or newline): a text that starts with a quote mark is text, not a quoted
+    # field that runs on over the next lines (SMS spam has two such messages, which quoting merged into others)
+    reader = csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.reader(io.StringIO(text))
     header = next(reader)
     rows = []
     while True:

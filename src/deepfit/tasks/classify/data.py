@@ -112,14 +112,14 @@ def write_skipped(bad: list[BadFile], run_dir: Path) -> None:
     logger.warning(f"{len(bad)} unreadable images were skipped; listed in {run_dir / 'skipped_files.csv'}")
 
 
-def summarize_catalog(catalog: Catalog, size_sample: int = 2000, sound: bool = False) -> list[Any]:
+def summarize_catalog(catalog: Catalog, size_sample: int = 2000, sound: bool = False, text: bool = False) -> list[Any]:
     """`deepfit data check` for class folders, a CSV or labelled file names: the classes with their files per split,
     image sizes (or, for sound, durations, sample rates and channels), read from the headers of up to `size_sample`
     files, unreadable files, and files that would make scores optimistic (byte-identical in two splits, or under two
     labels; for sound, groups in two splits)."""
     from rich.table import Table
 
-    noun = "clips" if sound else "images"
+    noun = "clips" if sound else "texts" if text else "images"
 
     splits = sorted({f.split or "unsplit" for f in catalog.files}, key=["train", "val", "test", "unsplit"].index)
     counts = Counter((f.label, f.split or "unsplit") for f in catalog.files)
@@ -133,6 +133,10 @@ def summarize_catalog(catalog: Catalog, size_sample: int = 2000, sound: bool = F
         table.add_row(label, *(str(counts[label, split]) for split in splits))
     lines.append(table)
     unreadable: list[str] = []
+    if text:  # lengths in tokens, and what would make scores optimistic: the same text in two splits, labels that differ
+        from deepfit.tasks.classify.text_check import describe_texts  # only by case or spaces
+
+        return lines + describe_texts(catalog)
     if sound:
         from deepfit.tasks.classify.sound import describe_clips
 

@@ -259,6 +259,8 @@ class ClassifyTask(Task):
   file names     any files below DATA whose names hold the label: --label-pattern '(?P<label>...)...'"""
 
     def claims(self, data: str | Path, options: dict[str, Any]) -> bool:
+        if is_text(data):
+            return True
         if holds_object_labels(data) and not options.get("label_pattern"):
             return False
         try:
@@ -268,7 +270,10 @@ class ClassifyTask(Task):
         return True
 
     def check_data(self, data: str | Path, *, path_column: str | None = None, label_column: str | None = None,
-                   label_pattern: str | None = None) -> list[Any]:
+                   label_pattern: str | None = None, text_column: list[str] | None = None,
+                   encoding: str | None = None) -> list[Any]:
+        if is_text(data):
+            return summarize_catalog(read_texts(data, text_column, label_column, encoding or "utf-8"), text=True)
         catalog, sound = discover_labelled(data, path_column=path_column, label_column=label_column, label_pattern=label_pattern)
         return summarize_catalog(catalog, sound=sound)
 
