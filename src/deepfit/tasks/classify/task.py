@@ -83,7 +83,7 @@ def phase_param_groups(model: nn.Module, phase: str, config: TrainConfig) -> lis
 
 class ClassifyTask(Task):
     name = "classify"
-    title = "image classification"
+    title = "classification of images, sound or text"
     defaults = {"model": "resnet18", "batch_size": 64}
     score = "accuracy"
     loader, predictor_type = staticmethod(load_trained), Predictor
