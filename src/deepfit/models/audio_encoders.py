@@ -11,9 +11,7 @@ checkpoint's sidecar, so a trained run is rebuilt (then its weights loaded) with
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,7 +32,8 @@ def is_audio_encoder(model: str | None) -> bool:
     return bool(model) and model.startswith(HF_PREFIX)
 
 
-def _source(model: str) -> str:
+def encoder_source(model: str) -> str:
+    """`hf:NAME_OR_FOLDER` -> what transformers loads: the hub name or the folder."""
     source = model.removeprefix(HF_PREFIX)
     if not source:
         raise ConfigError("--model hf: needs a name or a folder after it, e.g. hf:facebook/wav2vec2-base or hf:./my-encoder")
@@ -55,15 +54,13 @@ class EncoderInfo:
     sample_rate: int
     normalize: bool  # each clip to zero mean and unit variance first, as its feature extractor does
     config: dict[str, Any]  # the transformers configuration (model_type and sizes)
-    identity: str  # for the feature cache: the folder's files, or the name and library version
 
 
 def encoder_info(model: str) -> EncoderInfo:
     """The encoder's configuration and input settings, read without loading its weights."""
-    import transformers
     from transformers import AutoConfig, AutoFeatureExtractor
 
-    source = _source(model)
+    source = encoder_source(model)
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as e:
@@ -78,22 +75,14 @@ def encoder_info(model: str) -> EncoderInfo:
         rate, normalize = DEFAULT_RATE, True
         logger.warning(f"{source} has no preprocessor config: feeding it {rate} Hz clips normalised per clip, as its kind "
                        "was pretrained")
-    folder = Path(source)
-    if folder.is_dir():
-        digest = hashlib.blake2b(digest_size=12)
-        for file in sorted(p for p in folder.iterdir() if p.is_file()):
-            digest.update(file.name.encode() + file.read_bytes())
-        identity = "folder:" + digest.hexdigest()
-    else:
-        identity = f"hub:{source}:{transformers.__version__}"
-    return EncoderInfo(rate, normalize, config.to_dict(), identity)
+    return EncoderInfo(rate, normalize, config.to_dict())
 
 
 def load_encoder(model: str) -> nn.Module:
     """The pretrained encoder, weights and all."""
     from transformers import AutoModel
 
-    source = _source(model)
+    source = encoder_source(model)
     try:
         return AutoModel.from_pretrained(source)
     except (OSError, ValueError) as e:

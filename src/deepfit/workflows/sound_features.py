@@ -20,10 +20,11 @@ import torch
 
 from deepfit.config import FeaturesConfig
 from deepfit.data.sources import LabeledFile
+from deepfit.data.split import file_digest
 from deepfit.errors import ConfigError
 from deepfit.log import logger
 from deepfit.modalities.sound.store import PCM_SCALE, SoundStore
-from deepfit.models.audio_encoders import encoder_info, is_audio_encoder
+from deepfit.models.audio_encoders import encoder_source, is_audio_encoder
 from deepfit.models.features import PRE_LOGITS, FeatureExtractor
 from deepfit.runs.folder import resolve_checkpoint
 from deepfit.tasks.classify.model import load_trained
@@ -93,8 +94,23 @@ def _encoder_backbone(config: FeaturesConfig, num_classes: int, train: list[Labe
     extractor = FeatureExtractor(model.eval(), config.layer)
     backbone = {"source": "sound", "sound": spec.to_dict(), "model": encoder.to_dict()}
     identity = {"backbone": {"sound": _without_classes(spec), "model": encoder.model_args},
-                "weights": encoder_info(config.model).identity, "layer": extractor.layer}
+                "weights": _encoder_weights(config.model), "layer": extractor.layer}
     return Backbone(extractor, backbone, extractor.layer, None, origin, identity, spec.to_dict())
+
+
+def _encoder_weights(model: str) -> str:
+    """What the feature cache knows of an encoder's weights: a folder by the content of its files (hashed only here,
+    where features are cached, not whenever an encoder is used), a hub name by its name and the library's version."""
+    import transformers
+
+    source = encoder_source(model)
+    folder = Path(source)
+    if not folder.is_dir():
+        return f"hub:{source}:{transformers.__version__}"
+    digest = hashlib.blake2b(digest_size=12)
+    for file in sorted(p for p in folder.iterdir() if p.is_file()):
+        digest.update(f"{file.name}:{file_digest(file)};".encode())
+    return "folder:" + digest.hexdigest()
 
 
 def _run_backbone(config: FeaturesConfig) -> Backbone:
