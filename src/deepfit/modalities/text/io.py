@@ -149,8 +149,9 @@ def read_text_folders(root: Path, encoding: str = "utf-8") -> Catalog:
 
 
 def read_texts(source: str | Path, text_columns: list[str] | None = None, label_column: str | None = None,
-               encoding: str = "utf-8") -> Catalog:
-    """A table file or a folder of class folders of .txt files."""
+               encoding: str | None = None) -> Catalog:
+    """A table file or a folder of class folders of .txt files, in `encoding` (default: UTF-8)."""
+    encoding = encoding or "utf-8"
     path = Path(source).expanduser().resolve()
     if not path.exists():
         raise DataError(f"text data not found: {path} — check the path")

@@ -108,11 +108,9 @@ class ClassifyTask(Task):
     def read(self, data: str | Path | Catalog, config: TrainConfig, **options: Any) -> Data:
         """Class folders, split folders, a CSV or labelled file names, of images or sound files (`config.modality`, or
         the files DATA holds), or a table or folders of texts; an already discovered `Catalog` is taken as it is."""
-        text_options = {k: options.pop(k) for k in ("text_column", "encoding") if k in options}
+        text_columns, encoding = options.pop("text_column", None), options.pop("encoding", None)
         if is_text(data, config.modality):
-            catalog = data if isinstance(data, Catalog) else read_texts(data, text_options.get("text_column"),
-                                                                          options.get("label_column"),
-                                                                          text_options.get("encoding") or "utf-8")
+            catalog = data if isinstance(data, Catalog) else read_texts(data, text_columns, options.get("label_column"), encoding)
             return Data(catalog.root, catalog.classes, catalog, layout=catalog.layout, record={"modality": "text"})
         catalog, sound = discover_labelled(data, config.modality, **options)
         if isinstance(data, Catalog):
@@ -141,7 +139,7 @@ class ClassifyTask(Task):
 
     def read_other(self, data: str | Path, trained: TrainedModel, **options: Any) -> tuple[Data, list]:
         if "text" in trained.meta:
-            catalog = read_texts(data, options.get("text_column"), options.get("label_column"), options.get("encoding") or "utf-8")
+            catalog = read_texts(data, options.get("text_column"), options.get("label_column"), options.get("encoding"))
         else:
             options = {k: v for k, v in options.items() if k not in ("text_column", "encoding")}
             catalog = discover(data, **options, media=SOUND.media if "sound" in trained.meta else IMAGES)
@@ -273,7 +271,7 @@ class ClassifyTask(Task):
                    label_pattern: str | None = None, text_column: list[str] | None = None,
                    encoding: str | None = None) -> list[Any]:
         if is_text(data):
-            return summarize_catalog(read_texts(data, text_column, label_column, encoding or "utf-8"), text=True)
+            return summarize_catalog(read_texts(data, text_column, label_column, encoding), text=True)
         catalog, sound = discover_labelled(data, path_column=path_column, label_column=label_column, label_pattern=label_pattern)
         return summarize_catalog(catalog, sound=sound)
 

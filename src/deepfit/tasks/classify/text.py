@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -118,14 +118,19 @@ def normalised(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-def cross_split_texts(splits: dict[str, list[LabeledText]]) -> list[list[LabeledText]]:
-    """Groups of texts that are the same once case and whitespace are normalised and lie in more than one split: a
-    test text also seen in training makes the test score optimistic."""
+def repeated_texts(files: list[LabeledText]) -> list[list[LabeledText]]:
+    """Groups of texts that are the same once case and whitespace are normalised (in the order of `files`)."""
     seen: dict[str, list[LabeledText]] = {}
-    for name in sorted(splits, key=lambda n: SPLIT_ORDER.get(n, 9)):
-        for f in splits[name]:
-            seen.setdefault(normalised(f.text), []).append(LabeledText(f.path, f.label, name, text=f.text))
-    return [group for group in seen.values() if len({f.split for f in group}) > 1]
+    for f in files:
+        seen.setdefault(normalised(f.text), []).append(f)
+    return [group for group in seen.values() if len(group) > 1]
+
+
+def cross_split_texts(splits: dict[str, list[LabeledText]]) -> list[list[LabeledText]]:
+    """Repeated texts that lie in more than one split: a test text also seen in training makes the test score
+    optimistic. Each text carries the name of the split it is in."""
+    tagged = [replace(f, split=name) for name in sorted(splits, key=lambda n: SPLIT_ORDER.get(n, 9)) for f in splits[name]]
+    return [group for group in repeated_texts(tagged) if len({f.split for f in group}) > 1]
 
 
 def write_leaks(groups: list[list[LabeledText]], run_dir: Path) -> None:

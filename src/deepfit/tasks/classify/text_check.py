@@ -9,7 +9,7 @@ import numpy as np
 
 from deepfit.data.catalog import Catalog
 from deepfit.modalities.text.tokenizer import train_tokenizer
-from deepfit.tasks.classify.text import DEFAULT_MAX_LENGTH, cross_split_texts, normalised
+from deepfit.tasks.classify.text import DEFAULT_MAX_LENGTH, cross_split_texts, normalised, repeated_texts
 
 
 def describe_texts(catalog: Catalog, sample: int = 20000) -> list[Any]:
@@ -30,10 +30,7 @@ def describe_texts(catalog: Catalog, sample: int = 20000) -> list[Any]:
     spellings: dict[str, set[str]] = {}
     for label in catalog.classes:
         spellings.setdefault(normalised(label), set()).add(label)
-    same: dict[str, list] = {}
-    for f in catalog.files:
-        same.setdefault(normalised(f.text), []).append(f)
-    repeated = [g for g in same.values() if len(g) > 1]
+    repeated = repeated_texts(catalog.files)
     lines.append(f"texts that occur more than once (case and spaces aside): {len(repeated)}, {sum(map(len, repeated))} rows; "
                  "a random split may put copies on both sides (deepfit train lists those it does)")
     problems = {
