@@ -26,7 +26,8 @@ if str(REPO / "src") not in sys.path:  # deepfit is not installed on the device 
 
 import torch  # noqa: E402
 
-from deepfit.engine.trainer import Callback, Trainer  # noqa: E402
+from deepfit.engine.interfaces import Callback  # noqa: E402
+from deepfit.engine.trainer import Trainer  # noqa: E402
 from gpu_data import Data  # noqa: E402
 
 # Dense (no 2:4 sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s, matched in order against

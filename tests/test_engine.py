@@ -296,7 +296,8 @@ def _train_text(tmp: Path, accumulate: int, oom_once: bool = False) -> tuple[tor
     from torch import nn
 
     from deepfit.engine.callbacks import MetricsCSV, metric_columns
-    from deepfit.engine.trainer import Callback, Trainer
+    from deepfit.engine.interfaces import Callback
+    from deepfit.engine.trainer import Trainer
     from deepfit.tasks.classify.objective import ClassificationTask
 
     class BagOfEmbeddings(nn.Module):

@@ -21,7 +21,8 @@ import torch
 
 from deepfit.engine.budget import TimeBudget
 from deepfit.engine.distributed import unwrap
-from deepfit.engine.trainer import Callback, Trainer
+from deepfit.engine.interfaces import Callback
+from deepfit.engine.trainer import Trainer
 
 
 class WeightAverage(Callback):

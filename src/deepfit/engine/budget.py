@@ -26,8 +26,9 @@ from typing import Any
 import torch
 
 from deepfit.engine.distributed import all_sum
+from deepfit.engine.interfaces import Callback
 from deepfit.engine.optim import lr_factor
-from deepfit.engine.trainer import Callback, Trainer
+from deepfit.engine.trainer import Trainer
 
 _RESOLUTION = 1_000_000  # progress in millionths, for the step-based lr_factor
 # A validation step (forward only, no optimiser) costs about a third of a training step; until a validation has

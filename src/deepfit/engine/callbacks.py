@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from deepfit.engine.trainer import Callback, Task, Trainer
+from deepfit.engine.interfaces import Callback, Task
+from deepfit.engine.trainer import Trainer
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
 

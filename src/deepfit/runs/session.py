@@ -47,8 +47,9 @@ from deepfit.engine.checkpoint import (
     save_training_state,
 )
 from deepfit.engine.device import resolve_device, resolve_precision
+from deepfit.engine.interfaces import BatchSource, BatchTransformFn, Callback
 from deepfit.engine.optim import build_optimizer, build_scheduler
-from deepfit.engine.trainer import BatchSource, BatchTransformFn, Callback, Trainer
+from deepfit.engine.trainer import Trainer
 from deepfit.errors import ConfigError, DataError, DeepfitError, TrainingInterrupted
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger

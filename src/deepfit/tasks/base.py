@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 from torch import nn
 
 from deepfit.config import TrainConfig
+from deepfit.engine.interfaces import BatchSource, BatchTransformFn
 from deepfit.engine.optim import param_groups
-from deepfit.engine.trainer import BatchSource, BatchTransformFn
 from deepfit.errors import ConfigError, DataError
 from deepfit.models.weights import FROZEN_STATS
 
