@@ -249,7 +249,7 @@ class SoundClassifier(Learner):
 
 class TextClassifier(Learner):
     r"""A text classifier to train (deepfit's `bag`, `rnn` or `transformer`, with a tokenizer learned from the training
-    texts), evaluate and use on strings.
+    texts, or a pretrained encoder fine-tuned: "hf:NAME_OR_FOLDER"), evaluate and use on strings.
 
         clf = TextClassifier("bag").fit("sms_spam.tsv")        # a CSV/TSV/JSONL with text and label columns, or folders
         clf.predict("WINNER!! Claim your prize now")           # Prediction(source, label, probability, top)
@@ -284,6 +284,10 @@ class TextClassifier(Learner):
         """A string -> one Prediction; a list of strings -> a list of them."""
         predictions = self.predictor.predict(inputs, top_k=top_k)
         return predictions[0] if isinstance(inputs, str | Path) else predictions
+
+    def predict_proba(self, inputs: str | list[str]) -> np.ndarray:
+        """(N, num_classes) probabilities of strings, columns in the order of `classes`."""
+        return self.predictor.predict_proba(inputs)
 
 
 class ObjectDetector(Learner):

@@ -135,7 +135,7 @@ class TrainConfig:
     @property
     def transfer(self) -> bool:
         """True when training starts from pretrained weights (fine-tuning), False from scratch. A Hugging Face audio
-        network (`hf:NAME`, models/audio_encoders.py) always comes with its pretrained weights."""
+        or text network (`hf:NAME`, models/audio_encoders.py, text_encoders.py) always comes with its pretrained weights."""
         return self.pretrained or bool(self.weights) or (self.model or "").startswith("hf:")
 
     @property

@@ -89,12 +89,19 @@ def load_encoder(model: str) -> nn.Module:
         raise _unreachable(source, e) from e
 
 
-def build_encoder(config: dict[str, Any]) -> nn.Module:
-    """The encoder's architecture from its stored configuration, with random weights (a checkpoint's are loaded after)."""
+def build_encoder(config: dict[str, Any], *, add_pooling_layer: bool | None = None) -> nn.Module:
+    """The encoder's architecture from its stored configuration, with random weights (a checkpoint's are loaded after).
+    `add_pooling_layer=False` leaves out a text encoder's pooler, where its kind has one."""
     from transformers import AutoConfig, AutoModel
 
     values = dict(config)
-    return AutoModel.from_config(AutoConfig.for_model(values.pop("model_type"), **values))
+    built = AutoConfig.for_model(values.pop("model_type"), **values)
+    if add_pooling_layer is not None:
+        try:
+            return AutoModel.from_config(built, add_pooling_layer=add_pooling_layer)
+        except TypeError:  # a kind with no pooler
+            pass
+    return AutoModel.from_config(built)
 
 
 class WaveformClassifier(nn.Module):

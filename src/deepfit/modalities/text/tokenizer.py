@@ -48,7 +48,12 @@ def from_json(text: str) -> Any:
 
 
 def encode(tokenizer: Any, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
-    """(token ids of each text, cut to `max_length`; how many texts were longer and cut)."""
-    ids = [e.ids for e in tokenizer.encode_batch(texts)]
-    cut = sum(len(i) > max_length for i in ids)
-    return [i[:max_length] or [tokenizer.token_to_id(UNK)] for i in ids], cut
+    """(token ids of each text, cut to `max_length`; how many texts were longer and cut). The tokenizer cuts, so the
+    marks a pretrained one adds ([CLS] ... [SEP]) stay at both ends of a cut text."""
+    tokenizer.enable_truncation(max_length)
+    try:
+        encodings = tokenizer.encode_batch(texts)
+    finally:
+        tokenizer.no_truncation()
+    unknown = tokenizer.token_to_id(UNK) or 0  # an empty text (for a tokenizer that adds no marks) as one unknown piece
+    return [e.ids or [unknown] for e in encodings], sum(bool(e.overflowing) for e in encodings)

@@ -22,7 +22,7 @@ from torch import nn
 from deepfit.config import MODALITY_DEFAULTS, TrainConfig
 from deepfit.data.catalog import SPLIT_ORDER, Catalog, LabeledText
 from deepfit.engine.device import autocast
-from deepfit.errors import DataError
+from deepfit.errors import ConfigError, DataError
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
 from deepfit.modalities.text import TEXT
@@ -30,6 +30,14 @@ from deepfit.modalities.text.io import is_text_data
 from deepfit.modalities.text.store import TextStore
 from deepfit.modalities.text.tokenizer import encode, from_json, train_tokenizer
 from deepfit.models.factory import ModelSpec
+from deepfit.models.text_encoders import (
+    TextEncoderClassifier,
+    build_text_encoder,
+    is_text_encoder,
+    load_text_encoder,
+    text_encoder_info,
+    text_encoder_source,
+)
 from deepfit.report.html import esc
 from deepfit.tasks.base import ModelPredictor, Setup
 from deepfit.tasks.classify.objective import ClassificationTask
@@ -65,8 +73,25 @@ def is_text(data: Any, modality: str = "auto") -> bool:
 
 
 def rebuild(meta: dict[str, Any]) -> nn.Module:
+    """The network of a checkpoint's sidecar, with random weights (the caller loads them)."""
     spec = TextSpec(**meta["text"])
+    if meta["model"]["source"] == "transformers":  # the encoder rebuilt from its stored configuration: no download
+        return TextEncoderClassifier(build_text_encoder(meta["model"]["model_args"]["config"]), spec.num_classes, spec.drop_rate)
     return build_text_model(spec.model, spec.num_classes, spec.vocab_size, spec.max_length, spec.model_args, spec.drop_rate)
+
+
+def _pretrained_spec(config: TrainConfig, num_classes: int) -> tuple[TextSpec, ModelSpec]:
+    """The spec of a run that fine-tunes a pretrained encoder, and the ModelSpec that rebuilds the encoder."""
+    if config.weights or config.model_args:
+        raise ConfigError(f"{config.model} brings its own weights and architecture: leave out --weights and --model-args")
+    info = text_encoder_info(config.model)
+    if config.max_length and config.max_length > info.max_positions:
+        raise ConfigError(f"{config.model} reads at most {info.max_positions} tokens a text: --max-length "
+                          f"{config.max_length} is more")
+    length = config.max_length or min(DEFAULT_MAX_LENGTH, info.max_positions)
+    spec = TextSpec(config.model, num_classes, info.tokenizer.to_str(), info.tokenizer.get_vocab_size(), length, {},
+                    config.dropout)
+    return spec, ModelSpec("transformers", config.model, num_classes, config.dropout, {"config": info.config})
 
 
 def encode_texts(tokenizer: Any, texts: list[str], max_length: int, what: str) -> list[list[int]]:
@@ -81,8 +106,13 @@ def encode_texts(tokenizer: Any, texts: list[str], max_length: int, what: str) -
 def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[LabeledText]],
             resumed: dict[str, Any] | None) -> Setup:
     """Tokenizer, stores, network and objective of a text classification run (new, or resumed from config.json)."""
+    encoder = None  # the ModelSpec of a pretrained encoder
     if resumed is not None:
         spec = TextSpec(**resumed["text"])
+        tokenizer = from_json(spec.tokenizer)
+        encoder = ModelSpec(**resumed["encoder"]) if "encoder" in resumed else None
+    elif is_text_encoder(config.model):
+        spec, encoder = _pretrained_spec(config, len(classes))
         tokenizer = from_json(spec.tokenizer)
     else:
         # the tokenizer learns from the training texts alone: nothing of the validation or test texts leaks into it
@@ -97,19 +127,25 @@ def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[Labe
     stores = {name: TextStore(encode_texts(tokenizer, [f.text for f in files], spec.max_length, f"{name} texts"),
                               [index[f.label] for f in files], [f.path for f in files])
               for name, files in splits.items() if files}
-    model = rebuild({"text": spec.to_dict()})
+    if encoder is not None and resumed is None:
+        model = TextEncoderClassifier(load_text_encoder(config.model), len(classes), spec.drop_rate)
+        origin = text_encoder_source(config.model)
+    else:  # from scratch, or resumed: the weights come from the checkpoint
+        model, origin = rebuild({"text": spec.to_dict(), "model": (encoder or ModelSpec("deepfit", spec.model, 0)).to_dict()}), None
     train = stores["train"]
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
     plain, bucketed = train.padded_tokens(order, config.batch_size), train.padded_tokens(train.arrange_order(order, config.batch_size), config.batch_size)
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    own = ModelSpec("deepfit", spec.model, spec.num_classes, spec.drop_rate, spec.model_args)
+    own = encoder or ModelSpec("deepfit", spec.model, spec.num_classes, spec.drop_rate, spec.model_args)
     leaks = cross_split_texts(splits) if resumed is None else []
+    pieces = f"its own {spec.vocab_size} tokens" if encoder else f"{spec.vocab_size} {config.tokenizer} tokens"
     return Setup(
         model=model, objective=ClassificationTask(len(classes), config.label_smoothing), train=train, val=stores.get("val"),
         transform=_as_is, eval_transform=_as_is, meta={"text": spec.to_dict(), "model": own.to_dict(), "modality": "text"},
-        record={"modality": "text", "text": spec.to_dict()}, write=lambda run_dir: write_leaks(leaks, run_dir),
-        summary=(f"model {spec.model} ({params:.2f}M parameters) on {spec.vocab_size} {config.tokenizer} tokens, at most "
-                 f"{spec.max_length} a text; length buckets pad {bucketed:,} tokens an epoch instead of {plain:,}"),
+        record={"modality": "text", "text": spec.to_dict(), **({"encoder": own.to_dict()} if encoder else {})},
+        write=lambda run_dir: write_leaks(leaks, run_dir), pretrained_from=origin,
+        summary=(f"model {spec.model} ({params:.2f}M parameters) on {pieces}, at most {spec.max_length} a text; "
+                 f"length buckets pad {bucketed:,} tokens an epoch instead of {plain:,}"),
     )
 
 
