@@ -13,13 +13,14 @@ import torch
 from safetensors.torch import load_file
 
 import deepfit
+from conftest import SHARED
 from deepfit.cli import main
 from deepfit.errors import ConfigError
 from deepfit.modalities.text.tokenizer import encode
 from deepfit.models.text_encoders import text_encoder_info
 from test_text_classify import write_table
 
-MINILM = Path(__file__).resolve().parents[2] / "shared" / "weights" / "all-MiniLM-L6-v2"
+MINILM = SHARED / "weights" / "all-MiniLM-L6-v2"
 needs_minilm = pytest.mark.skipif(not MINILM.is_dir(), reason="../shared/weights/all-MiniLM-L6-v2 is not here")
 
 
