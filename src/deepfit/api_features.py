@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # PEP 692 names, for editors and type checkers only (typing h
 @with_options(FeaturesConfig)
 def extract_features(
     data: str | Path, model: str | None = None, *, path_column: str | None = None, label_column: str | None = None,
-    label_pattern: str | None = None, **options: Unpack[FeaturesOptions],
+    label_pattern: str | None = None, text_column: str | list[str] | None = None, encoding: str | None = None,
+    **options: Unpack[FeaturesOptions],
 ) -> FeatureSet:
     """The feature matrix of a labelled data set, as `deepfit features --export` writes it.
 
@@ -34,29 +35,35 @@ def extract_features(
     from deepfit.workflows.features import extract_features as extract
 
     return _with_features_config(extract, data, model, dict(path_column=path_column, label_column=label_column,
-                                                           label_pattern=label_pattern), options)
+                                                           label_pattern=label_pattern, text_column=text_column,
+                                                           encoding=encoding), options)
 
 
 @with_options(FeaturesConfig)
 def fit_features(
     data: str | Path, model: str | None = None, *, path_column: str | None = None, label_column: str | None = None,
-    label_pattern: str | None = None, **options: Unpack[FeaturesOptions],
+    label_pattern: str | None = None, text_column: str | list[str] | None = None, encoding: str | None = None,
+    **options: Unpack[FeaturesOptions],
 ) -> FeaturesResult:
     """Features + a classical model (svm, logreg, knn, ridge), scored on the test split: a run folder that
-    `deepfit.load()` and `deepfit predict` use like any other. Images or sound (`modality`, found from the files by
-    default); `label_pattern` reads labels from file names as `deepfit train --label-pattern` does."""
+    `deepfit.load()` and `deepfit predict` use like any other. Images, sound or text (`modality`, found from the data by
+    default); `label_pattern` reads labels from file names as `deepfit train --label-pattern` does; `text_column` (one
+    or several, joined) and `encoding` read a table of texts."""
     from deepfit.workflows.features import fit_features as fit
 
     return _with_features_config(fit, data, model, dict(path_column=path_column, label_column=label_column,
-                                                       label_pattern=label_pattern), options)
+                                                       label_pattern=label_pattern, text_column=text_column,
+                                                       encoding=encoding), options)
 
 
 def _with_features_config(
-    workflow: Any, data: str | Path, model: str | None, discovery: dict[str, str | None], options: dict[str, Any]
+    workflow: Any, data: str | Path, model: str | None, discovery: dict[str, Any], options: dict[str, Any]
 ) -> Any:
-    """Validate the options as a FeaturesConfig (a typo suggests the right name), read the data (images or sound, as
-    `modality` says) and run the workflow."""
-    from deepfit.tasks.classify.sound import discover_labelled
+    """Validate the options as a FeaturesConfig (a typo suggests the right name), read the data (images, sound or text,
+    as `modality` says) and run the workflow."""
+    from deepfit.tasks.classify.text import read_labelled
 
     config = FeaturesConfig.from_dict({"model": model, **options} if model else options)
-    return workflow(data, config, catalog=discover_labelled(data, config.modality, **discovery)[0])
+    if isinstance(discovery.get("text_column"), str):
+        discovery["text_column"] = [discovery["text_column"]]
+    return workflow(data, config, catalog=read_labelled(data, config.modality, **discovery))

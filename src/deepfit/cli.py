@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--label-column", help="CSV data: the column holding labels")
     f.add_argument("--label-pattern", help="labels (and groups, splits) from file names: a regular expression with named "
                    "groups, e.g. '(?P<label>\\d)_(?P<group>[a-z]+)_\\d+\\.wav'")
+    f.add_argument("--text-column", action="append", help="text data: the column holding the text (repeat to join several)")
+    f.add_argument("--encoding", help="text data: the files' encoding (default utf-8)")
     add_config_options(f, FeaturesConfig, "feature-extraction options")
 
     c = sub.add_parser(
@@ -221,12 +223,12 @@ def _print(*items: Any) -> None:
 def _cmd_features(args: argparse.Namespace) -> None:
     from deepfit.api_features import fit_features
 
-    fixed = {"command", "data", "path_column", "label_column", "label_pattern", "version"}
+    fixed = {"command", "data", "path_column", "label_column", "label_pattern", "text_column", "encoding", "version"}
     options = {k: v for k, v in vars(args).items() if k not in fixed}
     result = fit_features(args.data, path_column=args.path_column, label_column=args.label_column,
-                          label_pattern=args.label_pattern, **options)
+                          label_pattern=args.label_pattern, text_column=args.text_column, encoding=args.encoding, **options)
     n, d = result.features.features.shape
-    noun = "clips" if result.features.sound else "images"
+    noun = "clips" if result.features.sound else "texts" if result.features.text else "images"
     print(f"features: {n} {noun} x {d} dimensions ({result.features.reused} reused from the cache)")
     if result.run_dir is not None:
         print(f"run folder: {result.run_dir}")

@@ -212,7 +212,8 @@ TRAIN_LIMITS: dict[str, _Limit] = {
     "backbone_lr_scale": _AT_LEAST_0, "accumulate": _AT_LEAST_1, "save_every_steps": _AT_LEAST_0, "time_budget": (0, False, None, False),
     "cv": _AT_LEAST_0, **_SOUND_LIMITS, "max_length": _AT_LEAST_1, "vocab_size": (100, True, None, False),
 }
-FEATURES_LIMITS: dict[str, _Limit] = {**_COMMON_LIMITS, **_SOUND_LIMITS, "cv_folds": (2, True, None, False)}
+FEATURES_LIMITS: dict[str, _Limit] = {**_COMMON_LIMITS, **_SOUND_LIMITS, "cv_folds": (2, True, None, False),
+                                      "max_length": _AT_LEAST_1}
 _TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text", dict: "a dict"}
 
 
@@ -262,14 +263,18 @@ class FeaturesConfig:
 
     # --- feature extractor -----------------------------------------------------------------------
     model: str = _opt("resnet18", "network to take features from: any timm / torchvision name (on sound: an image network on "
-                      "spectrograms), a trained deepfit run's folder, or 'handmade' for the classical baseline (images: "
-                      "colour and gradient histograms; sound: MFCC statistics, also called 'mfcc')")
+                      "spectrograms), hf:NAME_OR_FOLDER (a transformers audio or text encoder), a trained deepfit run's "
+                      "folder, or 'handmade' for the classical baseline (images: colour and gradient histograms; sound: "
+                      "MFCC statistics, also called 'mfcc'; text: TF-IDF of word and character n-grams, also 'tfidf')")
     pretrained: bool = _opt(False, "use the architecture's official pretrained weights by name (needs internet once)")
     weights: str | None = _opt(None, "local .safetensors/.pth weights of the network (offline)")
     model_args: dict = _opt({}, "architecture options as key=value,...")
-    layer: str | None = _opt(None, "layer whose output (pooled) is the feature; default: the pre-logits embedding")
+    layer: str | None = _opt(None, "layer whose output (pooled) is the feature; default: the pre-logits embedding (a text "
+                             "encoder's layers are numbered: 0 its embeddings, N the states after its N-th layer)")
     image_size: int | None = _opt(None, "input size in pixels; default: the weights' own preprocessing")
-    modality: str = _opt("auto", "what the inputs are: auto (found from DATA's files), image or sound", ("auto", "image", "sound"))
+    modality: str = _opt("auto", "what the inputs are: auto (found from DATA's files), image, sound or text",
+                         ("auto", "image", "sound", "text"))
+    max_length: int | None = _opt(None, "text: tokens per text a network reads, longer ones cut (and counted); default 256")
     sample_rate: int | None = _opt(None, "sound: samples per second; default: a trained run's own, else the training clips' "
                                    "most common rate (at most 16 kHz)")
     clip_seconds: float | None = _opt(None, "sound: every clip is cut (from its middle) or padded to this length; default: a "

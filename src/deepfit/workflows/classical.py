@@ -14,14 +14,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.sparse import issparse
 from torch import nn
 
-from deepfit.errors import DataError
+from deepfit.errors import ConfigError, DataError
 from deepfit.log import logger
 from deepfit.models.features import KNNHead, RBFHead
 
 # Candidate strengths: features are standardised first, so one grid serves every network and layer.
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+# TF-IDF rows (sparse, unit length, not standardised: centring would make them dense) need far weaker regularisation
+SPARSE_C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+SPARSE_KINDS = ("svm", "logreg")  # the models that take sparse rows as they are and become one linear layer
 RBF_C_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)  # a kernel SVM's margin: wider values than a linear one's
 ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
 K_GRID = (1, 3, 5, 7, 11, 15, 21)
@@ -48,8 +52,8 @@ class FittedClassifier:
         return f"{self.kind} ({chosen}, chosen by {self.folds}-fold cross-validation, accuracy {self.cv_accuracy:.2%})"
 
 
-def check_features(x: np.ndarray, y: np.ndarray, classes: list[str]) -> None:
-    """The causes that make a classifier impossible to fit, as errors that name them."""
+def check_features(x: Any, y: np.ndarray, classes: list[str]) -> None:
+    """The causes that make a classifier impossible to fit, as errors that name them (`x` dense, or scipy sparse)."""
     present = set(np.unique(y).tolist())
     if len(present) < 2:
         only = classes[next(iter(present))] if present else "none"
@@ -63,6 +67,8 @@ def check_features(x: np.ndarray, y: np.ndarray, classes: list[str]) -> None:
             f"classes with no training images: {', '.join(absent)}; a classifier cannot learn a class it never "
             "saw: add training images for them (or remove their folders)"
         )
+    if issparse(x):
+        return
     if not np.isfinite(x).all():
         raise DataError("the features contain NaN or infinite values: the network's output at this layer is not usable")
     if x.shape[0] and float(np.ptp(x, axis=0).max()) == 0.0:
@@ -72,8 +78,9 @@ def check_features(x: np.ndarray, y: np.ndarray, classes: list[str]) -> None:
         )
 
 
-def _pipeline(kind: str, params: dict[str, Any], seed: int, shape: tuple[int, int]) -> Any:
-    """The scikit-learn model of `kind` for features of `shape` (N, D), standardised first (unit vectors for k-NN)."""
+def _pipeline(kind: str, params: dict[str, Any], seed: int, shape: tuple[int, int], sparse: bool = False) -> Any:
+    """The scikit-learn model of `kind` for features of `shape` (N, D), standardised first (unit vectors for k-NN;
+    sparse rows, such as TF-IDF, as they are)."""
     from sklearn.linear_model import LogisticRegression, RidgeClassifier
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.neighbors import KNeighborsClassifier
@@ -95,10 +102,12 @@ def _pipeline(kind: str, params: dict[str, Any], seed: int, shape: tuple[int, in
         "logreg": lambda: LogisticRegression(C=params["C"], max_iter=2000),
         "ridge": lambda: RidgeClassifier(alpha=params["alpha"]),
     }[kind]()
-    return Pipeline([("scale", StandardScaler()), ("clf", clf)])
+    return Pipeline([("clf", clf)] if sparse else [("scale", StandardScaler()), ("clf", clf)])
 
 
-def _candidates(kind: str, n_smallest_fold: int) -> list[dict[str, Any]]:
+def _candidates(kind: str, n_smallest_fold: int, sparse: bool = False) -> list[dict[str, Any]]:
+    if sparse:
+        return [{"C": c} for c in SPARSE_C_GRID]
     if kind == "knn":
         return [{"k": k} for k in K_GRID if k <= n_smallest_fold] or [{"k": 1}]
     if kind == "ridge":
@@ -107,13 +116,17 @@ def _candidates(kind: str, n_smallest_fold: int) -> list[dict[str, Any]]:
 
 
 def fit_classifier(
-    kind: str, x: np.ndarray, y: np.ndarray, classes: list[str], *, folds: int = 5, seed: int = 0
+    kind: str, x: Any, y: np.ndarray, classes: list[str], *, folds: int = 5, seed: int = 0
 ) -> FittedClassifier:
-    """Choose the hyper-parameter by stratified k-fold cross-validation on (x, y), refit on all of it."""
+    """Choose the hyper-parameter by stratified k-fold cross-validation on (x, y), refit on all of it. `x`: dense
+    (N, D), or a scipy sparse matrix (TF-IDF), which only `svm` and `logreg` take."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    sparse = issparse(x)
+    if sparse and kind not in SPARSE_KINDS:
+        raise ConfigError(f"--classifier {kind} needs dense features; on TF-IDF n-grams use {' or '.join(SPARSE_KINDS)}")
+    x = x.astype(np.float32) if sparse else np.ascontiguousarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.int64)
     check_features(x, y, classes)
     smallest = int(np.bincount(y, minlength=len(classes)).min())
@@ -125,15 +138,15 @@ def fit_classifier(
         if folds >= 2:
             splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
             train_fold = len(y) - len(y) // folds - 1
-            for params in _candidates(kind, train_fold):
-                scores = cross_val_score(_pipeline(kind, params, seed, x.shape), x, y, cv=splitter, scoring="accuracy")
+            for params in _candidates(kind, train_fold, sparse):
+                scores = cross_val_score(_pipeline(kind, params, seed, x.shape, sparse), x, y, cv=splitter, scoring="accuracy")
                 table.append({**params, "mean_accuracy": float(scores.mean()), "std_accuracy": float(scores.std())})
             # ties go to the strongest regularisation (smallest C, largest alpha, largest k): the simpler model
             best = max(table, key=lambda r: (round(r["mean_accuracy"], 6), -r.get("C", 0), r.get("alpha", 0), r.get("k", 0)))
             params = {k: v for k, v in best.items() if k not in ("mean_accuracy", "std_accuracy")}
             cv_accuracy: float | None = best["mean_accuracy"]
         else:
-            folds, params, cv_accuracy = 0, dict(DEFAULTS[kind]), None
+            folds, params, cv_accuracy = 0, ({"C": 1.0} if sparse else dict(DEFAULTS[kind])), None
             if kind == "knn":
                 params["k"] = min(params["k"], len(y))
             logger.warning(
@@ -142,7 +155,7 @@ def fit_classifier(
             )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        estimator = _pipeline(kind, params, seed, x.shape).fit(x, y)
+        estimator = _pipeline(kind, params, seed, x.shape, sparse).fit(x, y)
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
         logger.warning(f"the {kind} classifier ({params}) did not fully converge; its predictions may be slightly off")
     head = to_torch_head(estimator, kind, params, x, y, len(classes))
@@ -156,7 +169,7 @@ def to_torch_head(estimator: Any, kind: str, params: dict[str, Any], x: np.ndarr
         head.bank.copy_(nn.functional.normalize(torch.from_numpy(x), dim=1))
         head.bank_labels.copy_(torch.from_numpy(y))
         return head
-    scaler, clf = estimator["scale"], estimator["clf"]
+    scaler, clf = estimator.named_steps.get("scale"), estimator["clf"]
     if kind == "rbf":
         return _rbf_head(scaler, clf, x.shape[1], num_classes)
     # (C, D), or one row for two classes: (1, D) for LinearSVC / LogisticRegression, but (D,) for RidgeClassifier
@@ -165,9 +178,9 @@ def to_torch_head(estimator: Any, kind: str, params: dict[str, Any], x: np.ndarr
     if w.shape[0] == 1:
         # two classes: one decision d for the second; logits (-d/2, d/2) give softmax = sigmoid(d), as logreg does
         w, b = np.concatenate([-w / 2, w / 2]), np.concatenate([-b / 2, b / 2])
-    # fold the standardisation in: w . (x - mean) / scale + b = (w / scale) . x + (b - (w / scale) . mean)
-    w = w / scaler.scale_
-    b = b - w @ scaler.mean_
+    if scaler is not None:  # fold the standardisation in: w . (x - mean) / scale + b = (w / scale) . x + (b - (w / scale) . mean)
+        w = w / scaler.scale_
+        b = b - w @ scaler.mean_
     linear = nn.Linear(x.shape[1], num_classes)
     with torch.no_grad():
         linear.weight.copy_(torch.from_numpy(w))
@@ -198,3 +211,11 @@ def _rbf_head(scaler: Any, ovr: Any, dim: int, num_classes: int) -> nn.Module:
             buffer.copy_(torch.as_tensor(np.asarray(value), dtype=torch.float32))
         head.gamma.fill_(1.0 / dim)
     return head
+
+
+@torch.inference_mode()
+def head_probabilities(head: nn.Module, x: Any, batch_size: int = 1024) -> np.ndarray:
+    """Class probabilities (N, C) of a fitted head on features `x`, dense or sparse (made dense a batch at a time)."""
+    chunks = [x[i : i + batch_size] for i in range(0, x.shape[0], batch_size)]
+    out = [head(torch.from_numpy(c.toarray() if issparse(c) else np.asarray(c, dtype=np.float32))).softmax(1) for c in chunks]
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)

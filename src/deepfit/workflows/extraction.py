@@ -34,6 +34,7 @@ from deepfit.modalities.base import BadFile, check_unreadable
 from deepfit.modalities.image.augment import BatchTransform
 from deepfit.modalities.image.store import decode_batches, default_workers
 from deepfit.modalities.sound.store import clip_batches
+from deepfit.models.audio_encoders import encoder_source
 from deepfit.models.factory import Preprocessing, create_model, is_convolutional
 from deepfit.models.features import PRE_LOGITS, FeatureExtractor
 from deepfit.models.handmade import HANDMADE_IMAGE_SIZE, HandmadeFeatures
@@ -58,6 +59,8 @@ class Backbone:
     pretrained_from: str | None
     identity: dict[str, Any]  # everything the features depend on, except the input
     sound: dict[str, Any] | None = None  # sound: the SoundSpec its clips are decoded by (rate, length, channels)
+    text: dict[str, Any] | None = None  # text: the TextSpec its texts are read by (tokenizer, length), saved with the run
+    vocabulary: Any = None  # TF-IDF: the n-grams and idf fitted on the training texts (modalities/text/ngrams.py)
 
     @property
     def name(self) -> str:
@@ -66,6 +69,8 @@ class Backbone:
     @property
     def inputs(self) -> dict[str, Any]:
         """How inputs are prepared for it (for the cache key and the run's config)."""
+        if self.text is not None:
+            return {"text": {k: v for k, v in self.text.items() if k not in ("tokenizer", "num_classes")}}
         return {"sound": self.sound} if self.sound is not None else self.preprocessing.to_dict()
 
 
@@ -85,6 +90,22 @@ def weights_identity(weights: str | None, source: str, name: str) -> str:
     import torchvision
 
     return f"official:{source}:{name}:{timm.__version__ if source == 'timm' else torchvision.__version__}"
+
+
+def hf_weights_identity(model: str) -> str:
+    """What the feature cache knows of a transformers network's weights (`hf:NAME_OR_FOLDER`): a folder by the content
+    of its files (hashed only here, where features are cached, not whenever the network is used), a hub name by its
+    name and the library's version."""
+    import transformers
+
+    source = encoder_source(model)
+    folder = Path(source)
+    if not folder.is_dir():
+        return f"hub:{source}:{transformers.__version__}"
+    digest = hashlib.blake2b(digest_size=12)
+    for file in sorted(p for p in folder.iterdir() if p.is_file()):
+        digest.update(f"{file.name}:{file_digest(file)};".encode())
+    return "folder:" + digest.hexdigest()
 
 
 def load_backbone(config: FeaturesConfig, num_classes: int) -> Backbone:
@@ -293,6 +314,7 @@ class FeatureSet:
     reused: int = 0
     seconds: float = 0.0
     sound: dict[str, Any] | None = None  # sound: sample rate, clip length, channels, front end the clips were read with
+    text: dict[str, Any] | None = None  # text: the TextSpec the texts were read by (the features of TF-IDF are sparse)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         if copy:  # np.array(features) asks for a copy: changing it must not change this set

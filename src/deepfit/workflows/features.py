@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from deepfit.config import FeaturesConfig
@@ -30,6 +29,7 @@ from deepfit.data.sources import Catalog, LabeledFile
 from deepfit.data.split import resolve_splits, save_split
 from deepfit.engine.checkpoint import save_checkpoint
 from deepfit.engine.device import resolve_device
+from deepfit.errors import ConfigError
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger, setup_logging
 from deepfit.models.factory import ModelSpec
@@ -38,8 +38,16 @@ from deepfit.runs.folder import CHECKPOINT_FORMAT, check_output_outside_data, ne
 from deepfit.runs.session import seed_everything
 from deepfit.tasks.classify.data import report_duplicates, write_skipped
 from deepfit.tasks.classify.evaluate import Evaluation, report_evaluation
-from deepfit.tasks.classify.sound import discover_labelled
-from deepfit.workflows.classical import FittedClassifier, fit_classifier
+from deepfit.tasks.classify.sound import is_sound_catalog
+from deepfit.tasks.classify.text import (
+    cross_split_texts,
+    is_text,
+    read_labelled,
+    save_text_split,
+    text_card,
+    write_leaks,
+)
+from deepfit.workflows.classical import FittedClassifier, fit_classifier, head_probabilities
 from deepfit.workflows.extraction import (
     Backbone,
     FeatureSet,
@@ -49,6 +57,7 @@ from deepfit.workflows.extraction import (
     load_backbone,
 )
 from deepfit.workflows.sound_features import sound_backbone
+from deepfit.workflows.text_features import TFIDF_NAMES, text_backbone, text_feature_set
 
 
 @dataclass
@@ -62,20 +71,29 @@ class _Extracted:
 def _extract_all(data: str | Path, config: FeaturesConfig, catalog: Catalog | None, output: str | None = None) -> _Extracted:
     """Split as `deepfit train` would (same seed, same split), check where files will go before any work,
     then extract (or reuse) the features of every split and export them when asked."""
-    catalog, sound = discover_labelled(catalog or data, config.modality)
+    catalog = catalog or read_labelled(data, config.modality)
+    sound, text = is_sound_catalog(catalog), is_text(catalog)
     splits = resolve_splits(catalog, config.val_fraction, config.test_fraction, config.seed)
     if output is not None:
         check_output_outside_data(output, catalog.root)
     if config.export:
+        if text and config.model in TFIDF_NAMES:
+            raise ConfigError("TF-IDF features are sparse (tens of thousands of n-grams a text): --export writes dense "
+                              "matrices; fit a classifier on them instead, or export a network's embeddings")
         check_export_path(Path(config.export), catalog.root)
-    noun = "clips" if sound else "images"
+    noun = "clips" if sound else "texts" if text else "images"
     logger.info(f"{len(catalog.classes)} classes, {', '.join(f'{len(v)} {k}' for k, v in splits.items())} {noun} ({catalog.layout})")
-    if sound:
-        backbone = sound_backbone(config, len(catalog.classes), splits["train"])
-    else:
-        backbone = load_backbone(config, len(catalog.classes))
     files = [f for name in ("train", "val", "test") for f in splits[name]]
-    features = feature_set(backbone, files, catalog.classes, config, resolve_device(config.device))
+    device = resolve_device(config.device)
+    if text:
+        backbone = text_backbone(config, len(catalog.classes), splits["train"])
+        features = text_feature_set(backbone, files, catalog.classes, config, device)
+    else:
+        if sound:
+            backbone = sound_backbone(config, len(catalog.classes), splits["train"])
+        else:
+            backbone = load_backbone(config, len(catalog.classes))
+        features = feature_set(backbone, files, catalog.classes, config, device)
     if config.export:
         export_features(features, Path(config.export), catalog.root)
     return _Extracted(catalog, splits, backbone, features)
@@ -106,7 +124,7 @@ def fit_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog |
     extracted = _extract_all(data, config, catalog, output=config.output)
     catalog, splits, backbone, features = extracted.catalog, extracted.splits, extracted.backbone, extracted.features
     classes = catalog.classes
-    noun = "clips" if backbone.sound else "images"
+    noun = "clips" if backbone.sound else "texts" if backbone.text else "images"
     kind = config.fit_classifier
     if kind is None:
         return FeaturesResult(None, features, None, None, None)
@@ -116,6 +134,7 @@ def fit_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog |
     logger.info(f"classifier: {fitted.describe()}")
     model = FeatureClassifier(backbone.module, fitted.head).cpu().eval()
     val_acc = _accuracy(fitted.head, *features.split("val"))
+    texts = {f.path: f for files in splits.values() for f in files} if backbone.text else {}
 
     run_dir = new_run_dir(config.output, config.name or f"{backbone.name.replace('/', '_')}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}", backbone.name)
     logger.info(f"run folder: {run_dir}")
@@ -123,14 +142,20 @@ def fit_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog |
     if features.skipped:
         skipped = {b.path for b in features.skipped}
         readable = {name: [f for f in files if f.path not in skipped] for name, files in splits.items()}
-    save_split(readable, run_dir / "split.csv", catalog.root)
+    if backbone.text:  # the texts themselves go into split.csv: the run needs its data for nothing else
+        save_text_split(readable, run_dir / "split.csv")
+    else:
+        save_split(readable, run_dir / "split.csv", catalog.root)
     resolved = {
         **config.to_dict(), "classifier": kind, "data": str(Path(data).resolve()), "data_root": str(catalog.root),
         "classes": classes, "preprocessing": backbone.inputs, "device": str(resolve_device(config.device)),
-        "command": sys.argv, **({"modality": "sound"} if backbone.sound else {}),
+        "command": sys.argv, **({"modality": "sound"} if backbone.sound else {"modality": "text"} if backbone.text else {}),
     }
     atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
-    report_duplicates(readable, run_dir)
+    if backbone.text:
+        write_leaks(cross_split_texts(readable), run_dir)
+    else:
+        report_duplicates(readable, run_dir)
     write_skipped(features.skipped, run_dir)
     _write_cv_results(fitted, run_dir / "cv_results.csv")
 
@@ -142,10 +167,13 @@ def fit_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog |
             "bank_size": int(fitted.head.support.shape[0] if kind == "rbf" else x_train.shape[0]),  # vectors the head keeps
         },
     )
-    inputs = {"sound": backbone.sound, "modality": "sound"} if backbone.sound else {"preprocessing": backbone.preprocessing.to_dict()}
+    if backbone.sound or backbone.text:
+        inputs = {"sound": backbone.sound, "modality": "sound"} if backbone.sound else {"text": backbone.text, "modality": "text"}
+    else:
+        inputs = {"preprocessing": backbone.preprocessing.to_dict()}
     meta = {
         "format": CHECKPOINT_FORMAT, "task": "classify", "model": spec.to_dict(), "classes": classes, **inputs,
-        "pretrained_from": backbone.pretrained_from, "config": _train_config_view(config, sound=bool(backbone.sound)), "epoch": None, "val_acc": val_acc,
+        "pretrained_from": backbone.pretrained_from, "config": _train_config_view(config, "sound" if backbone.sound else "text" if backbone.text else "image"), "epoch": None, "val_acc": val_acc,
         "features": {
             "layer": backbone.layer, "classifier": kind, "params": fitted.params, "cv_accuracy": fitted.cv_accuracy,
             "cv_folds": fitted.folds, "description": fitted.describe(), "selection": "cross-validation on the training split",
@@ -161,30 +189,30 @@ def fit_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog |
             "test/ folder or keep --test-fraction / --val-fraction above 0 to measure it"
         )
         return FeaturesResult(run_dir, features, fitted, None, val_acc)
-    with torch.inference_mode():
-        probs = fitted.head(torch.from_numpy(x_eval)).softmax(1).numpy()
+    probs = head_probabilities(fitted.head, x_eval)
+    paths = features.paths_of(split)
     evaluation = report_evaluation(
-        run_dir, meta, split=split, paths=features.paths_of(split), y_true=y_eval, probs=probs,
+        run_dir, meta, split=split, paths=paths, y_true=y_eval, probs=probs,
         bad=[b for b in features.skipped if b.path in {f.path for f in splits.get(split, [])}],
+        picture=text_card([texts[p] for p in paths]) if texts else None,
     )
     return FeaturesResult(run_dir, features, fitted, evaluation, val_acc)
 
 
-def _accuracy(head: nn.Module, x: np.ndarray, y: np.ndarray) -> float | None:
+def _accuracy(head: nn.Module, x: Any, y: np.ndarray) -> float | None:
     if not len(y):
         return None
-    with torch.inference_mode():
-        return float((head(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+    return float((head_probabilities(head, x).argmax(1) == y).mean())
 
 
-def _train_config_view(config: FeaturesConfig, sound: bool) -> dict[str, Any]:
+def _train_config_view(config: FeaturesConfig, modality: str) -> dict[str, Any]:
     """The TrainConfig-shaped part of the options, so `deepfit.load()` treats the run like any other."""
     from deepfit.config import TrainConfig
 
-    given = {
+    given: dict[str, Any] = {
         "modality": "sound", "sample_rate": config.sample_rate, "clip_seconds": config.clip_seconds,
         "channels": config.channels or 1, "frontend": dict(config.frontend),
-    } if sound else {}
+    } if modality == "sound" else {"modality": "text", "max_length": config.max_length} if modality == "text" else {}
     return TrainConfig(
         model=config.model, pretrained=config.pretrained, weights=config.weights, model_args=dict(config.model_args),
         image_size=config.image_size, val_fraction=config.val_fraction, test_fraction=config.test_fraction,

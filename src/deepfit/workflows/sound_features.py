@@ -20,17 +20,22 @@ import torch
 
 from deepfit.config import FeaturesConfig
 from deepfit.data.sources import LabeledFile
-from deepfit.data.split import file_digest
 from deepfit.errors import ConfigError
 from deepfit.log import logger
 from deepfit.modalities.sound.store import PCM_SCALE, SoundStore
-from deepfit.models.audio_encoders import encoder_source, is_audio_encoder
+from deepfit.models.audio_encoders import is_audio_encoder
 from deepfit.models.features import PRE_LOGITS, FeatureExtractor
 from deepfit.runs.folder import resolve_checkpoint
 from deepfit.tasks.classify.model import load_trained
 from deepfit.tasks.classify.sound import SoundSpec, build_sound_model, encoder_rate, plan
 from deepfit.tasks.classify.sound_model import OWN_SOUND_MODELS, MFCCStatistics, SoundClassifier
-from deepfit.workflows.extraction import HANDMADE, Backbone, check_handmade_options, weights_identity
+from deepfit.workflows.extraction import (
+    HANDMADE,
+    Backbone,
+    check_handmade_options,
+    hf_weights_identity,
+    weights_identity,
+)
 
 MFCC_NAMES = (HANDMADE, "mfcc")
 MFCC_FRONTEND = {"n_mels": 40, "n_mfcc": 20}  # the usual classical setting: 20 coefficients from 40 mel bands
@@ -94,23 +99,8 @@ def _encoder_backbone(config: FeaturesConfig, num_classes: int, train: list[Labe
     extractor = FeatureExtractor(model.eval(), config.layer)
     backbone = {"source": "sound", "sound": spec.to_dict(), "model": encoder.to_dict()}
     identity = {"backbone": {"sound": _without_classes(spec), "model": encoder.model_args},
-                "weights": _encoder_weights(config.model), "layer": extractor.layer}
+                "weights": hf_weights_identity(config.model), "layer": extractor.layer}
     return Backbone(extractor, backbone, extractor.layer, None, origin, identity, spec.to_dict())
-
-
-def _encoder_weights(model: str) -> str:
-    """What the feature cache knows of an encoder's weights: a folder by the content of its files (hashed only here,
-    where features are cached, not whenever an encoder is used), a hub name by its name and the library's version."""
-    import transformers
-
-    source = encoder_source(model)
-    folder = Path(source)
-    if not folder.is_dir():
-        return f"hub:{source}:{transformers.__version__}"
-    digest = hashlib.blake2b(digest_size=12)
-    for file in sorted(p for p in folder.iterdir() if p.is_file()):
-        digest.update(f"{file.name}:{file_digest(file)};".encode())
-    return "folder:" + digest.hexdigest()
 
 
 def _run_backbone(config: FeaturesConfig) -> Backbone:

@@ -26,11 +26,14 @@ from deepfit.errors import ConfigError, DataError
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
 from deepfit.modalities.text import TEXT
-from deepfit.modalities.text.io import is_text_data
+from deepfit.modalities.text.io import is_text_data, read_texts
+from deepfit.modalities.text.ngrams import TFIDF, TfidfWeights, dense_batches, ngram_counts
 from deepfit.modalities.text.store import TextStore
 from deepfit.modalities.text.tokenizer import encode, from_json, train_tokenizer
-from deepfit.models.factory import ModelSpec
+from deepfit.models.factory import ModelSpec, build_feature_classifier
+from deepfit.models.features import FeatureExtractor
 from deepfit.models.text_encoders import (
+    SentenceEncoder,
     TextEncoderClassifier,
     build_text_encoder,
     is_text_encoder,
@@ -42,6 +45,7 @@ from deepfit.report.html import esc
 from deepfit.tasks.base import ModelPredictor, Setup
 from deepfit.tasks.classify.objective import ClassificationTask
 from deepfit.tasks.classify.predict import Prediction, to_prediction
+from deepfit.tasks.classify.sound import discover_labelled
 from deepfit.tasks.classify.text_model import TEXT_MODELS, build_text_model
 
 DEFAULT_MAX_LENGTH = 256  # tokens per text: longer texts are cut, and how many were is reported
@@ -72,9 +76,32 @@ def is_text(data: Any, modality: str = "auto") -> bool:
     return is_text_data(data)
 
 
+def read_labelled(data: str | Path | Catalog, modality: str = "auto", *, path_column: str | None = None,
+                  label_column: str | None = None, label_pattern: str | None = None,
+                  text_column: list[str] | None = None, encoding: str | None = None) -> Catalog:
+    """The labelled items of DATA, as `deepfit features` and `compare` read them: texts (a table, or .txt folders), or
+    sound or image files (`modality`, or "auto": what DATA holds); a `Catalog` is taken as it is."""
+    if isinstance(data, Catalog):
+        return data
+    if is_text(data, modality):
+        return read_texts(data, text_column, label_column, encoding)
+    return discover_labelled(data, modality, path_column=path_column, label_column=label_column,
+                             label_pattern=label_pattern)[0]
+
+
 def rebuild(meta: dict[str, Any]) -> nn.Module:
     """The network of a checkpoint's sidecar, with random weights (the caller loads them)."""
     spec = TextSpec(**meta["text"])
+    if meta["model"]["source"] == "features":  # `deepfit features` on text: an extractor + a classical head
+        args = meta["model"]["model_args"]
+        inner = args["backbone"]
+        if inner["source"] == TFIDF:
+            features: nn.Module = TfidfWeights([len(block["terms"]) for block in inner["blocks"]])
+        elif inner["source"] == "transformers":
+            features = SentenceEncoder(build_text_encoder(inner["config"]), inner["layer"])
+        else:  # a trained deepfit text network, cut at a layer
+            features = FeatureExtractor(rebuild({"text": inner["text"], "model": inner["model"]}), args["layer"])
+        return build_feature_classifier(ModelSpec(**meta["model"]), features)
     if meta["model"]["source"] == "transformers":  # the encoder rebuilt from its stored configuration: no download
         return TextEncoderClassifier(build_text_encoder(meta["model"]["model_args"]["config"]), spec.num_classes, spec.drop_rate)
     return build_text_model(spec.model, spec.num_classes, spec.vocab_size, spec.max_length, spec.model_args, spec.drop_rate)
@@ -200,7 +227,9 @@ class TextPredictor(ModelPredictor):
         super().__init__(trained, device)
         self.classes = trained.classes
         self.spec = TextSpec(**trained.meta["text"])
-        self.tokenizer = from_json(self.spec.tokenizer)
+        # TF-IDF runs count n-grams of their vocabulary; the others read token ids of their tokenizer
+        self.ngrams = trained.meta["model"]["model_args"]["backbone"]["blocks"] if self.spec.model == TFIDF else None
+        self.tokenizer = from_json(self.spec.tokenizer) if self.ngrams is None else None
 
     @torch.inference_mode()
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -212,8 +241,12 @@ class TextPredictor(ModelPredictor):
         empty = [i for i, t in enumerate(texts) if not t.strip()]
         if empty:
             raise DataError(f"text {empty[0]} is empty: there is nothing to classify")
-        store = TextStore(encode(self.tokenizer, texts, self.spec.max_length)[0], [0] * len(texts), [Path()] * len(texts))
-        chunks = [self.logits(x).softmax(1) for x, _, _ in store.batches(batch_size)]
+        if self.ngrams is not None:
+            batches = ({"counts": x} for x in dense_batches(ngram_counts(self.ngrams, texts), batch_size))
+        else:
+            store = TextStore(encode(self.tokenizer, texts, self.spec.max_length)[0], [0] * len(texts), [Path()] * len(texts))
+            batches = (x for x, _, _ in store.batches(batch_size))
+        chunks = [self.logits(x).softmax(1) for x in batches]
         return torch.cat(chunks).numpy() if chunks else np.zeros((0, len(self.classes)), dtype=np.float32)
 
     def predict(self, inputs: Any, top_k: int = 3, batch_size: int = 64) -> list[Prediction]:

@@ -1,0 +1,172 @@
+"""Feature extraction on text: what turns each text into a vector for `deepfit features` and `deepfit compare`.
+
+    --model tfidf (or handmade)   TF-IDF of word and character n-grams (modalities/text/ngrams.py), fitted on the
+                                  training texts: the classical baseline, with a linear SVM or logistic regression
+    --model hf:NAME_OR_FOLDER     sentence embeddings of a pretrained transformers encoder: the mean of its last states
+                                  over the real tokens (masked mean pooling), or of layer N's (`--layer N`)
+    --model RUN_FOLDER            a trained deepfit text network, cut at `--layer` (default: the embedding its
+                                  classifier sees)
+
+Embeddings are cached as image features are (workflows/extraction.py `FeatureCache`), one vector per text *content*.
+TF-IDF rows are sparse and cheap to compute, so they are neither cached nor made dense. Every extractor takes
+strings, so the run that `deepfit features` saves predicts from raw text with nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepfit.config import FeaturesConfig
+from deepfit.data.catalog import LabeledText
+from deepfit.engine.device import autocast, resolve_precision
+from deepfit.errors import ConfigError
+from deepfit.log import logger
+from deepfit.modalities.text.ngrams import TFIDF, fit_ngrams, tfidf_matrix, tfidf_module
+from deepfit.modalities.text.store import TextStore
+from deepfit.modalities.text.tokenizer import encode
+from deepfit.models.features import PRE_LOGITS, FeatureExtractor
+from deepfit.models.text_encoders import (
+    SentenceEncoder,
+    is_text_encoder,
+    load_text_encoder,
+    text_encoder_info,
+)
+from deepfit.runs.folder import resolve_checkpoint
+from deepfit.tasks.classify.model import load_trained
+from deepfit.tasks.classify.text import DEFAULT_MAX_LENGTH, TextSpec, from_json
+from deepfit.workflows.extraction import (
+    HANDMADE,
+    Backbone,
+    FeatureCache,
+    FeatureSet,
+    check_handmade_options,
+    hf_weights_identity,
+    weights_identity,
+)
+
+TFIDF_NAMES = (TFIDF, HANDMADE)
+
+
+def text_backbone(config: FeaturesConfig, num_classes: int, train: list[LabeledText]) -> Backbone:
+    """The feature extractor `config.model` names, for text; `train`: the training split, on which alone TF-IDF's
+    vocabulary and weights are fitted."""
+    if config.model in TFIDF_NAMES:
+        check_handmade_options(config)
+        if config.max_length:
+            raise ConfigError("TF-IDF counts every n-gram of a text, whatever its length: leave out --max-length")
+        vocabulary = fit_ngrams([f.text for f in train])
+        logger.info(f"TF-IDF vocabulary of the {len(train)} training texts: {vocabulary.sizes[0]:,} words and word pairs, "
+                    f"{vocabulary.sizes[1]:,} character n-grams")
+        spec = TextSpec(TFIDF, num_classes, "", sum(vocabulary.sizes), 0, {})
+        return Backbone(tfidf_module(vocabulary), vocabulary.to_spec(), PRE_LOGITS, None, None, {}, text=spec.to_dict(),
+                        vocabulary=vocabulary)
+    if is_text_encoder(config.model):
+        return _encoder_backbone(config, num_classes)
+    if Path(config.model).exists():
+        return _run_backbone(config, num_classes)
+    raise ConfigError(f"{config.model!r} gives no text features: use --model tfidf (the classical baseline), "
+                      "hf:NAME_OR_FOLDER (a pretrained transformers encoder) or a trained text run's folder")
+
+
+def _layer(config: FeaturesConfig, depth: int) -> int | None:
+    if config.layer in (None, PRE_LOGITS):
+        return None
+    if not config.layer.isdigit():
+        raise ConfigError(f"--layer {config.layer}: a text encoder's layers are numbered, 0 (its embeddings) to {depth}")
+    return int(config.layer)
+
+
+def _encoder_backbone(config: FeaturesConfig, num_classes: int) -> Backbone:
+    if config.weights or config.pretrained or config.model_args:
+        raise ConfigError(f"{config.model} brings its own weights: leave out --weights, --pretrained and --model-args")
+    info = text_encoder_info(config.model)
+    length = config.max_length or min(DEFAULT_MAX_LENGTH, info.max_positions)
+    if length > info.max_positions:
+        raise ConfigError(f"{config.model} reads at most {info.max_positions} tokens a text: --max-length {length} is more")
+    layer = _layer(config, int(info.config["num_hidden_layers"]))
+    module = SentenceEncoder(load_text_encoder(config.model), layer)
+    spec = TextSpec(config.model, num_classes, info.tokenizer.to_str(), info.tokenizer.get_vocab_size(), length, {})
+    name = PRE_LOGITS if layer is None else str(layer)
+    backbone = {"source": "transformers", "name": config.model, "config": info.config, "layer": layer}
+    identity = {"backbone": {"config": info.config, "layer": layer, "max_length": length},
+                "weights": hf_weights_identity(config.model), "tokenizer": _digest(spec.tokenizer)}
+    return Backbone(module, backbone, name, None, config.model.removeprefix("hf:"), identity, text=spec.to_dict())
+
+
+def _run_backbone(config: FeaturesConfig, num_classes: int) -> Backbone:
+    """A trained deepfit text run (its folder or checkpoint) cut at `config.layer`."""
+    checkpoint = resolve_checkpoint(config.model, "best")
+    trained = load_trained(checkpoint)
+    if "text" not in trained.meta or trained.meta["model"]["source"] == "features":
+        raise ConfigError(f"{config.model} is not a trained text network: pass a run of `deepfit train` on text, "
+                          "hf:NAME_OR_FOLDER or --model tfidf")
+    if config.weights or config.pretrained or config.model_args or config.max_length:
+        raise ConfigError(f"the network of {config.model} reads texts as it was trained to: leave out --weights, "
+                          "--pretrained, --model-args and --max-length")
+    extractor = FeatureExtractor(trained.model, config.layer)
+    backbone = {"source": "text", "text": trained.meta["text"], "model": trained.meta["model"]}
+    identity = {"backbone": backbone, "weights": weights_identity(str(checkpoint), "", ""), "layer": extractor.layer}
+    logger.info(f"features of the {trained.meta['text']['model']} trained in {checkpoint.parent} at layer {extractor.layer!r}")
+    spec = {**trained.meta["text"], "num_classes": num_classes}
+    return Backbone(extractor, backbone, extractor.layer, None, str(checkpoint), identity, text=spec)
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def text_feature_set(backbone: Backbone, files: list[LabeledText], classes: list[str], config: FeaturesConfig,
+                     device: torch.device) -> FeatureSet:
+    """The features of labelled texts: TF-IDF rows (sparse), or embeddings from the cache or computed."""
+    texts = [f.text for f in files]
+    start = time.perf_counter()
+    reused = 0
+    if backbone.vocabulary is not None:
+        features = tfidf_matrix(backbone.vocabulary, texts)
+    else:
+        precision = resolve_precision("auto", device)
+        cache = FeatureCache({**backbone.identity, "precision": precision}) if config.cache else None
+        digests = [_digest(t) for t in texts]
+        found = cache.lookup(digests) if cache is not None else {}
+        todo = [i for i, d in enumerate(digests) if d not in found]
+        reused = len(texts) - len(todo)
+        computed = _embed(backbone, [texts[i] for i in todo], device, precision, config.batch_size)
+        if cache is not None and todo:
+            cache.add([digests[i] for i in todo], computed)
+        rows = dict(zip(todo, computed, strict=True))
+        features = np.stack([rows[i] if i in rows else found[d] for i, d in enumerate(digests)]).astype(np.float32)
+    seconds = time.perf_counter() - start
+    logger.info(f"features of {len(texts)} texts: {reused} reused from the cache, {len(texts) - reused} computed in "
+                f"{seconds:.1f} s ({features.shape[1]:,} dimensions)")
+    index = {c: i for i, c in enumerate(classes)}
+    return FeatureSet(features, [f.path for f in files], np.array([index[f.label] for f in files], dtype=np.int64),
+                      [f.split or "train" for f in files], classes, backbone.name, backbone.layer, None, [], reused,
+                      seconds, text=backbone.text)
+
+
+@torch.inference_mode()
+def _embed(backbone: Backbone, texts: list[str], device: torch.device, precision: str, batch_size: int) -> np.ndarray:
+    """(N, D) embeddings of `texts`, in batches of similar length (then put back in order): little padding is run."""
+    if not texts:
+        return np.zeros((0, 0), dtype=np.float32)
+    spec = TextSpec(**backbone.text)
+    ids, cut = encode(from_json(spec.tokenizer), texts, spec.max_length)
+    if cut:
+        logger.info(f"{cut} of {len(texts)} texts ({cut / len(texts):.1%}) are longer than {spec.max_length} tokens and "
+                    "were cut (--max-length sets it)")
+    store = TextStore(ids, [0] * len(ids), [None] * len(ids))
+    order = torch.argsort(store.lengths, stable=True)
+    module = backbone.module.to(device).eval()
+    out = np.zeros((len(texts), 0), dtype=np.float32)
+    for batch, _, idx in store.batches(batch_size, order=order):
+        with autocast(device, precision):
+            vectors = module({k: v.to(device) for k, v in batch.items()}).float().cpu().numpy()
+        if not out.shape[1]:
+            out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
+        out[idx.numpy()] = vectors
+    return out
