@@ -3,19 +3,27 @@ a trained text run cut at a layer; each saved as a run that predicts from string
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from test_text_classify import write_table
-from test_text_pretrained import tiny_bert  # noqa: F401 - the fixture
 
 import deepfit
 from deepfit.cli import main
 from deepfit.errors import ConfigError
-from deepfit.modalities.text.ngrams import BLOCKS, dense_batches, fit_ngrams, ngram_counts, tfidf_matrix, tfidf_module
+from deepfit.modalities.text.ngrams import (
+    BLOCKS,
+    dense_batches,
+    fit_ngrams,
+    ngram_counts,
+    tfidf_matrix,
+    tfidf_module,
+)
+from test_text_classify import write_table
+from test_text_pretrained import tiny_bert  # noqa: F401 - the fixture
 
 TEXTS = ["Free entry in 2 a wkly comp", "Ok lar... Joking wif u oni", "free free FREE entry now", "joking, ok? ok!",
          "U dun say so early hor", "WINNER!! claim your free prize", "ok see you", "Nah I don't think he goes"]
@@ -84,3 +92,17 @@ def test_a_trained_text_run_gives_features_of_its_embedding(table: Path, tmp_pat
     result = deepfit.fit_features(table, str(clf.run_dir), text_column="body", output=str(tmp_path), name="bag-features")
     assert result.features.features.shape == (80, 8)
     assert deepfit.load(result.run_dir).predict("a goal and a match").label in ("sport", "food")
+
+
+def test_compare_on_text_sets_tfidf_against_embeddings_fine_tuning_and_scratch(table: Path, tiny_bert: Path,  # noqa: F811
+                                                                              tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", str(table), "--text-column", "body", "--models", f"hf:{tiny_bert}", "--fractions", "0.5", "1",
+                 "--finetune-epochs", "2", "--scratch", "--scratch-epochs", "2", "--output", str(tmp_path), "--name", "cmp"]) == 0
+    rows = list(csv.DictReader((tmp_path / "cmp" / "results.csv").open()))
+    assert [(r["approach"], r["fraction"]) for r in rows] == [
+        (approach, fraction) for approach in ("TF-IDF n-grams + svm", "tiny-bert features + svm", "tiny-bert fine-tuned",
+                                              "bag from scratch") for fraction in ("0.5", "1.0")]
+    assert [int(r["train_images"]) for r in rows[:2]] == [32, 64]  # nested halves of the 64 training texts (80%)
+    assert float(rows[1]["accuracy"]) >= 0.9  # the words that decide are plain: TF-IDF finds them
+    assert "most accurate" in capsys.readouterr().out

@@ -108,16 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("data", help="folder of class folders, folder with train/ val/ test/, or a CSV/TSV of path,label")
     c.add_argument(
-        "--models", nargs="*", default=["resnet18"], metavar="NAME[=WEIGHTS]",
-        help="pretrained networks to compare, each with its weights file after '=' (or use --pretrained); on sound also "
-             "a trained sound run's folder; none: only the baseline (and --scratch) (default: resnet18)",
+        "--models", nargs="*", metavar="NAME[=WEIGHTS]",
+        help="pretrained networks to compare, each with its weights file after '=' (or use --pretrained); on sound and "
+             "text also a trained run's folder or hf:NAME_OR_FOLDER; none: only the baseline (and --scratch) (default: "
+             "resnet18; on text hf:sentence-transformers/all-MiniLM-L6-v2)",
     )
     c.add_argument("--pretrained", action="store_true", help="download the official weights of models given without a file")
     c.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.25, 0.5, 1.0], help="shares of the training split (default: 0.1 0.25 0.5 1)")
     c.add_argument("--classifier", default="svm", help="classical model on network features: svm (linear), rbf (kernel "
                    "SVM), logreg, knn, ridge (default: svm)")
-    c.add_argument("--baseline-classifier", default="rbf", help="classical model on the hand-made features (MFCC "
-                   "statistics on sound), as --classifier (default: rbf, the kernel SVM of classical pipelines)")
+    c.add_argument("--baseline-classifier", help="classical model on the hand-made features (MFCC statistics on sound, "
+                   "TF-IDF n-grams on text), as --classifier (default: rbf, the kernel SVM of classical pipelines; svm on text)")
     c.add_argument("--no-finetune", dest="finetune", action="store_false", help="leave out fine-tuning (the slowest approach)")
     c.add_argument("--finetune-epochs", type=int, help="epochs of each fine-tuning run (default: the finetune preset's)")
     c.add_argument("--scratch", action="store_true", help="also train a small cnn (soundcnn on sound) from scratch")
@@ -131,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--path-column", help="CSV data: the column holding image (or sound file) paths")
     c.add_argument("--label-column", help="CSV data: the column holding labels")
     c.add_argument("--label-pattern", help="labels (and groups, splits) from file names: a regular expression with named groups")
-    c.add_argument("--modality", choices=("auto", "image", "sound"), default="auto",
+    c.add_argument("--text-column", action="append", help="text data: the column holding the text (repeat to join several)")
+    c.add_argument("--encoding", help="text data: the files' encoding (default utf-8)")
+    c.add_argument("--modality", choices=("auto", "image", "sound", "text"), default="auto",
                    help="what the inputs are (default: found from DATA's files)")
 
     d = sub.add_parser("data", help="look at a data set before training on it")
@@ -240,7 +243,7 @@ def _cmd_features(args: argparse.Namespace) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
-    from deepfit.tasks.classify.sound import discover_labelled
+    from deepfit.tasks.classify.text import read_labelled
     from deepfit.workflows.compare import compare
 
     result = compare(
@@ -249,8 +252,8 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         finetune=args.finetune, finetune_epochs=args.finetune_epochs, scratch=args.scratch, scratch_epochs=args.scratch_epochs,
         test_fraction=args.test_fraction, seed=args.seed, output=args.output, name=args.name, device=args.device,
         workers=args.workers, modality=args.modality,
-        catalog=discover_labelled(args.data, args.modality, path_column=args.path_column, label_column=args.label_column,
-                                  label_pattern=args.label_pattern)[0],
+        catalog=read_labelled(args.data, args.modality, path_column=args.path_column, label_column=args.label_column,
+                              label_pattern=args.label_pattern, text_column=args.text_column, encoding=args.encoding),
     )
     print("\n".join(result.verdict))
     print(f"table: {result.folder / 'results.csv'}; report: {result.report}")

@@ -6,11 +6,14 @@ image) and scored on the same test split:
 
     hand-made features + rbf            the classical baseline: colour and gradient histograms for images,
                                         MFCC statistics for sound, with a kernel (RBF) SVM as classical
-                                        pipelines use them (`baseline_classifier`)
+                                        pipelines use them; on text TF-IDF of word and character n-grams + a
+                                        linear SVM, refitted on each fraction (`baseline_classifier`)
     <model> features + classifier       a pretrained network as a fixed feature extractor (on sound: an image
-                                        network on spectrograms, or a trained sound run's folder)
+                                        network on spectrograms; on text: hf:NAME sentence embeddings; or a
+                                        trained run's folder)
     <model> fine-tuned                  the `finetune` preset (head first, then the whole network)
-    cnn from scratch                    optional (--scratch): a small network with no pretraining (soundcnn on sound)
+    cnn from scratch                    optional (--scratch): a small network with no pretraining (soundcnn on
+                                        sound, the bag of n-grams on text)
 
 Sound clips are all read at one sample rate and clip length, chosen once from the whole training split.
 
@@ -24,6 +27,7 @@ a stratified `test_fraction` of unsplit data; the validation split is not used o
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import random
@@ -49,14 +53,17 @@ from deepfit.report.stats import standard_error
 from deepfit.runs.folder import check_output_outside_data, new_run_dir
 from deepfit.tasks.classify.objective import classification_metrics
 from deepfit.tasks.classify.report import plot_learning_curves, write_comparison_report
-from deepfit.tasks.classify.sound import discover_labelled, plan
+from deepfit.tasks.classify.sound import is_sound_catalog, plan
+from deepfit.tasks.classify.text import is_text, read_labelled
 from deepfit.workflows.classical import fit_classifier
 from deepfit.workflows.evaluate import evaluate
 from deepfit.workflows.extraction import HANDMADE, Backbone, extract, load_backbone
 from deepfit.workflows.sound_features import sound_backbone
+from deepfit.workflows.text_features import fraction_scores
 from deepfit.workflows.train import train
 
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+DEFAULT_TEXT_ENCODER = "hf:sentence-transformers/all-MiniLM-L6-v2"  # small (22.7M), fast on a CPU, strong embeddings
 
 
 @dataclass
@@ -123,7 +130,7 @@ def _split_for_comparison(catalog: Catalog, test_fraction: float, seed: int, nou
 
 
 def _with_split(files: list[LabeledFile], split: str) -> list[LabeledFile]:
-    return [LabeledFile(f.path, f.label, split) for f in files]
+    return [dataclasses.replace(f, split=split) for f in files]  # (a text keeps its text)
 
 
 def _feature_rows(
@@ -193,11 +200,11 @@ def _trained_rows(
 def compare(
     data: str | Path,
     *,
-    models: Sequence[str] = ("resnet18",),
+    models: Sequence[str] | None = None,
     pretrained: bool = False,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     classifier: str = "svm",
-    baseline_classifier: str = "rbf",
+    baseline_classifier: str | None = None,
     finetune: bool = True,
     finetune_epochs: int | None = None,
     scratch: bool = False,
@@ -214,8 +221,14 @@ def compare(
     catalog: Catalog | None = None,
 ) -> CompareResult:
     """Learning curves of every approach on the same test split, plots, a table and a plain-words verdict. `models`
-    may be empty (the baseline, and --scratch); on sound, a model may be a trained sound run's folder (features only)."""
+    may be empty (the baseline, and --scratch); on sound or text, a model may be a trained run's folder (features only),
+    and `hf:NAME_OR_FOLDER` a transformers encoder. `baseline_classifier`: default rbf (svm on text's TF-IDF)."""
     setup_logging()
+    catalog = catalog or read_labelled(data, modality)
+    sound, text = is_sound_catalog(catalog), is_text(catalog)
+    baseline_classifier = baseline_classifier or ("svm" if text else "rbf")
+    if models is None:
+        models = (DEFAULT_TEXT_ENCODER,) if text else ("resnet18",)
     for flag, value in (("--classifier", classifier), ("--baseline-classifier", baseline_classifier)):
         if value not in CLASSIFIERS:
             raise ConfigError(f"{flag} must be one of {', '.join(CLASSIFIERS)}, not {value!r}")
@@ -224,12 +237,11 @@ def compare(
         raise ConfigError(f"--fractions must lie in (0, 1], got {fractions}")
     parsed = [parse_model(m) for m in models]
     for model, weights in parsed:
-        if not weights and not pretrained and not Path(model).is_dir():
+        if not weights and not pretrained and not Path(model).is_dir() and not model.startswith("hf:"):
             raise ConfigError(f"--models {model}: give its weights as {model}=FILE, or pass --pretrained to download them")
         if weights and not Path(weights).is_file():
             raise ConfigError(f"weights file not found: {weights}")
-    catalog, sound = discover_labelled(catalog or data, modality)
-    noun = "clips" if sound else "images"
+    noun = "clips" if sound else "texts" if text else "images"
     data_split = _split_for_comparison(catalog, test_fraction, seed, noun)
     check_output_outside_data(output, catalog.root)
     subsets = nested_fractions(data_split.train, fractions, seed)
@@ -246,26 +258,36 @@ def compare(
         n = len(data_split.classes)
         return sound_backbone(config, n, data_split.train) if sound else load_backbone(config, n)
 
+    def feature_rows(config: FeaturesConfig, label: str, kind: str, chosen: str) -> list[dict[str, Any]]:
+        if not text:
+            return _feature_rows(backbone_of(config), label, kind, data_split, subsets, chosen, cv_folds, seed, torch_device,
+                                 batch_size, workers)
+        rows = []
+        for frac, n, y_test, probs, seconds in fraction_scores(config, data_split.classes, subsets, data_split.test,
+                                                               chosen, cv_folds, seed, torch_device):
+            rows.append(_row(label, kind, frac, n, classification_metrics(y_test, probs, data_split.classes), seconds))
+            logger.info(f"compare: {label} on {frac:.0%} of the training split: {rows[-1]['accuracy']:.2%}")
+        return rows
+
     rows: list[dict[str, Any]] = []
-    baseline = backbone_of(FeaturesConfig(model=HANDMADE, **heard))
-    rows += _feature_rows(baseline, f"{'MFCC statistics' if sound else 'hand-made features'} + {baseline_classifier}",
-                          "classical", data_split, subsets, baseline_classifier, cv_folds, seed, torch_device, batch_size, workers)
-    sound_options = {"modality": "sound", **heard} if sound else {}
+    classical = "MFCC statistics" if sound else "TF-IDF n-grams" if text else "hand-made features"
+    rows += feature_rows(FeaturesConfig(model=HANDMADE, batch_size=batch_size, **heard), f"{classical} + {baseline_classifier}",
+                         "classical", baseline_classifier)
+    sound_options = {"modality": "sound", **heard} if sound else {"modality": "text"} if text else {}
     for model, weights in parsed:
-        run = Path(model).is_dir()  # a trained sound run: its features only (it is already trained)
-        config = FeaturesConfig(model=model, weights=weights, pretrained=pretrained and not weights,
+        run = Path(model).is_dir()  # a trained sound or text run: its features only (it is already trained)
+        config = FeaturesConfig(model=model, weights=weights, pretrained=pretrained and not weights, batch_size=batch_size,
                                 **({} if run else heard))
-        label = Path(model).name if run else model
-        rows += _feature_rows(backbone_of(config), f"{label} features + {classifier}", "features", data_split, subsets,
-                              classifier, cv_folds, seed, torch_device, batch_size, workers)
+        label = Path(model).name if run or model.startswith("hf:") else model  # a folder by its name
+        rows += feature_rows(config, f"{label} features + {classifier}", "features", classifier)
         if finetune and not run:
             options: dict[str, Any] = {"model": model, "weights": weights, "pretrained": pretrained and not weights,
                                        "workers": workers, **sound_options}
             if finetune_epochs:
                 options["epochs"] = finetune_epochs
-            rows += _trained_rows(f"{model} fine-tuned", "finetune", options, "finetune", data_split, subsets, folder / "runs", device)
+            rows += _trained_rows(f"{label} fine-tuned", "finetune", options, "finetune", data_split, subsets, folder / "runs", device)
     if scratch:
-        own = {"model": "soundcnn", **sound_options} if sound else {"model": "cnn", "image_size": 64}
+        own = {"model": "soundcnn" if sound else "bag", **sound_options} if sound or text else {"model": "cnn", "image_size": 64}
         options = {**own, "epochs": scratch_epochs, "workers": workers, "seed": seed}
         rows += _trained_rows(f"{own['model']} from scratch", "scratch", options, None, data_split, subsets, folder / "runs", device)
 

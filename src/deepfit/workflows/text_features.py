@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from deepfit.models.text_encoders import (
 from deepfit.runs.folder import resolve_checkpoint
 from deepfit.tasks.classify.model import load_trained
 from deepfit.tasks.classify.text import DEFAULT_MAX_LENGTH, TextSpec, from_json
+from deepfit.workflows.classical import fit_classifier, head_probabilities
 from deepfit.workflows.extraction import (
     HANDMADE,
     Backbone,
@@ -170,3 +172,39 @@ def _embed(backbone: Backbone, texts: list[str], device: torch.device, precision
             out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
         out[idx.numpy()] = vectors
     return out
+
+
+def fraction_scores(config: FeaturesConfig, classes: list[str], subsets: dict[float, list[LabeledText]],
+                    test: list[LabeledText], classifier: str, folds: int, seed: int,
+                    device: torch.device) -> Iterator[tuple[float, int, np.ndarray, np.ndarray, float]]:
+    """For `deepfit compare`: for each nested training fraction, (fraction, training texts, test labels, test
+    probabilities, seconds the model took to make). TF-IDF is fitted again on each fraction (its vocabulary and idf
+    are learned from the training texts, so the full split must not shape a smaller one's); embeddings are computed
+    once a text, the new texts of each fraction timed."""
+    index = {c: i for i, c in enumerate(classes)}
+    y_test = np.array([index[f.label] for f in test], dtype=np.int64)
+    tfidf = config.model in TFIDF_NAMES
+    precision = resolve_precision("auto", device)
+    if not tfidf:
+        backbone = text_backbone(config, len(classes), [])
+        x_test = _embed(backbone, [f.text for f in test], device, precision, config.batch_size)
+    seen: list[LabeledText] = []  # the training texts embedded so far, in the order of `parts`' rows
+    parts, embedding_seconds = [], 0.0
+    for frac, files in subsets.items():
+        start = time.perf_counter()
+        if tfidf:  # fitted on this fraction alone
+            backbone = text_backbone(config, len(classes), files)
+            x_train, seen = tfidf_matrix(backbone.vocabulary, [f.text for f in files]), files
+            x_test = tfidf_matrix(backbone.vocabulary, [f.text for f in test])
+        else:
+            known = {f.path for f in seen}
+            new = [f for f in files if f.path not in known]
+            parts.append(_embed(backbone, [f.text for f in new], device, precision, config.batch_size))
+            seen = seen + new
+            x_train = np.concatenate(parts)
+            embedding_seconds += time.perf_counter() - start
+            start = time.perf_counter()
+        y_train = np.array([index[f.label] for f in seen], dtype=np.int64)
+        fitted = fit_classifier(classifier, x_train, y_train, classes, folds=folds, seed=seed)
+        seconds = embedding_seconds + time.perf_counter() - start
+        yield frac, len(seen), y_test, head_probabilities(fitted.head, x_test), seconds

@@ -111,7 +111,8 @@ class ClassifyTask(Task):
         text_columns, encoding = options.pop("text_column", None), options.pop("encoding", None)
         if is_text(data, config.modality):
             catalog = data if isinstance(data, Catalog) else read_texts(data, text_columns, options.get("label_column"), encoding)
-            return Data(catalog.root, catalog.classes, catalog, layout=catalog.layout, record={"modality": "text"})
+            return Data(catalog.root, catalog.classes, catalog, layout=catalog.layout, record={"modality": "text"},
+                        location=catalog.root if isinstance(data, Catalog) else None)
         catalog, sound = discover_labelled(data, config.modality, **options)
         if isinstance(data, Catalog):
             return Data(data.root, data.classes, data, layout=data.layout, location=data.root,
