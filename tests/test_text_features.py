@@ -4,6 +4,7 @@ a trained text run cut at a layer; each saved as a run that predicts from string
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -60,6 +61,12 @@ def test_tfidf_and_a_linear_svm_make_a_run_that_reads_strings(table: Path, tmp_p
     assert main(["evaluate", str(run)]) == 0
     html = (run / "report.html").read_text()
     assert "text-card" in html  # the worst-predicted texts are shown, as for a trained network
+
+    new = tmp_path / "new.csv"  # a column of a table, rows named file:line, an empty one skipped
+    new.write_text("id,headline\n1,the team won the league match\n2,\n3,cook the soup with bread\n", encoding="utf-8")
+    assert main(["predict", str(run), str(new), "--text-column", "headline", "--output", str(tmp_path / "p.json")]) == 0
+    predicted = json.loads((tmp_path / "p.json").read_text())
+    assert [(p["source"], p["label"]) for p in predicted] == [(f"{new}:2", "sport"), (f"{new}:4", "food")]
 
     with pytest.raises(ConfigError, match="needs dense features; on TF-IDF n-grams use svm or logreg"):
         deepfit.fit_features(table, "tfidf", classifier="knn", text_column="body", output=str(runs))

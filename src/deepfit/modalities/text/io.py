@@ -95,6 +95,27 @@ def _cells(cells: list[str]):  # noqa: ANN202 - a small accessor
     return lambda i: cells[i].strip() if i is not None and i < len(cells) else ""
 
 
+def _joined(cells: list[str], columns: list[int]) -> str:
+    """The text of a row: its text columns' non-empty cells, one a line."""
+    return "\n".join(cells[i] for i in columns if i < len(cells) and cells[i].strip()).strip()
+
+
+def read_table_texts(path: Path, text_columns: list[str] | None = None, encoding: str = "utf-8") -> list[tuple[str, str]]:
+    """(where, text) of every row of a CSV/TSV/JSONL table that has a text, for prediction: no label is needed;
+    `where` is "file:line". Empty texts are skipped and listed, as in training data."""
+    header, rows = _rows(path, encoding)
+    columns = _pick(header, text_columns, TEXT_COLUMNS, "texts", path)
+    found, empty = [], []
+    for line, cells in rows:
+        text = _joined(cells, columns)
+        if text:
+            found.append((f"{path}:{line}", text))
+        else:
+            empty.append(Path(f"{path}:{line}"))
+    warn_empty(empty)
+    return found
+
+
 def read_text_table(path: Path, text_columns: list[str] | None = None, label_column: str | None = None,
                     encoding: str = "utf-8") -> Catalog:
     """The labelled texts of one CSV/TSV/JSONL file."""
@@ -109,7 +130,7 @@ def read_text_table(path: Path, text_columns: list[str] | None = None, label_col
     items, empty = [], []
     for line, cells in rows:
         cell = _cells(cells)
-        text = "\n".join(cells[i] for i in texts if i < len(cells) and cells[i].strip()).strip()
+        text = _joined(cells, texts)
         where = Path(f"{path}:{line}")
         if not cell(label):
             raise DataError(f"{path}:{line}: the row has no label (column {header[label]!r}); fill it in or remove the row")

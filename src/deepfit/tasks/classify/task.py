@@ -102,6 +102,9 @@ class ClassifyTask(Task):
         Option("top_k", "classes to list per image (default: 3)", int, 3),
         Option("hop", "sound: a recording longer than 1.5 clips is labelled in windows of the clip's length starting every "
                "HOP seconds (default: half a clip), written to *_windows.csv with a timeline picture", float, None, "sound"),
+        Option("text_column", "text: the column(s) of a CSV/TSV/JSONL file to classify, joined when several (default: "
+               "found by name)", list, None, "text"),
+        Option("encoding", "text: the files' encoding (default utf-8)", str, None, "text"),
     )
 
     # --- data ------------------------------------------------------------------------------------------
@@ -223,14 +226,20 @@ class ClassifyTask(Task):
         return f"{evaluation.split} accuracy {evaluation.metrics['accuracy']:.2%}; report: {evaluation.report}"
 
     def predict_files(self, predictor: Predictor | SoundPredictor, paths: list[Path], output: Path | None, run_dir: Path, *,
-                      top_k: int = 3, hop: float | None = None) -> list[Any]:
+                      top_k: int = 3, hop: float | None = None, text_column: list[str] | None = None,
+                      encoding: str | None = None) -> list[Any]:
         """A table of the predictions, and predictions.csv (or .json) in the run folder or at `output`."""
         target = output or run_folder(run_dir) / "predictions.csv"
         if target.exists():
             raise ConfigError(f"{target} already exists: deepfit does not overwrite; pass another --output")
         if hop is not None and not isinstance(predictor, SoundPredictor):
             raise ConfigError("--hop is for sound classifiers: images are classified whole")
-        predictions, failed = predictor.predict_files(paths, top_k=top_k, **({"hop": hop} if hop is not None else {}))
+        given = {"hop": hop} if hop is not None else {}
+        if isinstance(predictor, TextPredictor):
+            given = {"text_column": text_column, "encoding": encoding or "utf-8"}
+        elif text_column or encoding:
+            raise ConfigError("--text-column and --encoding are for text classifiers")
+        predictions, failed = predictor.predict_files(paths, top_k=top_k, **given)
         if failed and not predictions:
             shown = ", ".join(str(path) for path, _ in failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
             what = {"sound": "sound", "text": "text"}.get(predictor.modality, "an image")

@@ -26,7 +26,7 @@ from deepfit.errors import ConfigError, DataError
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
 from deepfit.modalities.text import TEXT
-from deepfit.modalities.text.io import is_text_data, read_texts
+from deepfit.modalities.text.io import TABLE_SUFFIXES, is_text_data, read_table_texts, read_texts
 from deepfit.modalities.text.ngrams import TFIDF, TfidfWeights, dense_batches, ngram_counts
 from deepfit.modalities.text.store import TextStore
 from deepfit.modalities.text.tokenizer import encode, from_json, train_tokenizer
@@ -254,17 +254,24 @@ class TextPredictor(ModelPredictor):
         probs = self.predict_proba(items, batch_size)
         return [to_prediction(self.classes, _name(item), p, top_k) for item, p in zip(items, probs, strict=True)]
 
-    def predict_files(self, paths: list[Path | str], top_k: int = 3, batch_size: int = 64) -> tuple[list[Prediction], list]:
-        """Every non-empty line of each file is a text to classify (a .txt file of one text per line); a string (not a
-        Path) is a text itself."""
+    def predict_files(self, paths: list[Path | str], top_k: int = 3, batch_size: int = 64, *,
+                      text_column: list[str] | None = None, encoding: str = "utf-8") -> tuple[list[Prediction], list]:
+        """Every non-empty line of each file is a text to classify (a .txt file of one text per line), every row of a
+        CSV/TSV/JSONL table the text of its `text_column` (found by name when not given); a string (not a Path) is a
+        text itself."""
         texts, sources, failed = [], [], []
         for path in paths:
             if isinstance(path, str):
                 texts.append(path)
                 sources.append(_name(path))
                 continue
+            if Path(path).suffix.lower() in TABLE_SUFFIXES:
+                rows = read_table_texts(Path(path), text_column, encoding)
+                sources += [where for where, _ in rows]
+                texts += [text for _, text in rows]
+                continue
             try:
-                lines = TEXT.load(Path(path)).splitlines()
+                lines = TEXT.load(Path(path), encoding).splitlines()
             except DataError as e:
                 logger.warning(f"skipped unreadable text file: {e}")
                 failed.append((path, str(e)))
