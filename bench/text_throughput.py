@@ -39,7 +39,7 @@ from deepfit.workflows.train import train
 
 from common import SHARED, record
 
-NAME = "text_throughput"  # the section of BENCHMARKS.md
+NAME = "text-throughput"  # the section of BENCHMARKS.md
 BATCH = 64  # deepfit's default batch for text (config.MODALITY_DEFAULTS)
 LR, WEIGHT_DECAY, LABEL_SMOOTHING = 1e-3, 0.05, 0.1  # deepfit's defaults (config.py)
 ORDERS = 10  # random epoch orders over which the padding is counted

@@ -29,5 +29,5 @@ def test_smoke_gives_a_ratio_and_the_padding_saved(tmp_path: Path) -> None:
     assert 0 < result["padding_saved"] <= 1
     text = out.read_text()
     assert "<!-- bench:other -->\nkept" in text  # the other sections are left as they were
-    assert text.count("<!-- bench:text_throughput -->") == 1 and "<!-- /bench:text_throughput -->" in text
+    assert text.count("<!-- bench:text-throughput -->") == 1 and "<!-- /bench:text-throughput -->" in text
     assert "**Ratio deepfit / plain:" in text and "Length buckets save" in text and "| deepfit `train` |" in text
