@@ -6,6 +6,7 @@ the machine it ran on and the command that produced it, so re-running one update
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import re
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -77,3 +79,22 @@ def record(name: str, title: str, body: str, *, where: str | None = None, how: s
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
     print(section)
+
+
+def plain_training(model: torch.nn.Module, *, lr: float, weight_decay: float, label_smoothing: float,
+                   steps_per_epoch: int, epochs: int) -> tuple[torch.optim.Optimizer, Any, torch.nn.Module]:
+    """(optimizer, scheduler, loss) of the plain loops the throughput benchmarks compare deepfit with, set as deepfit's
+    defaults are: AdamW with weight decay on weights only, one epoch of linear warm-up then cosine to 0, label
+    smoothing."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr)
+    total, warmup = epochs * steps_per_epoch, steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor), torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)

@@ -33,7 +33,7 @@ from deepfit.tasks.classify.sound import SHIFT_SHARE, SoundSpec, build_sound_mod
 from deepfit.workflows.train import train
 from sound_fsdd import NAME
 
-from common import record, unpack
+from common import plain_training, record, unpack
 
 BATCH = 32  # deepfit's default batch for sound (config.MODALITY_DEFAULTS)
 PATTERN = r"(?P<label>\d)_(?P<group>[a-z]+)_\d+\.wav"  # FSDD: DIGIT_SPEAKER_TAKE.wav, the speaker as the group
@@ -73,20 +73,8 @@ def plain_speed(spec: SoundSpec, store: SoundStore, epochs: int) -> float:
     clips, labels, margin, samples = store.clips, store.labels, store.margin, spec.samples
     torch.manual_seed(0)
     model = build_sound_model(spec, augment=True)[0]  # SpecAugment inside, active in training
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=LR)
-    per_epoch = math.ceil(len(clips) / BATCH)
-    total, warmup = epochs * per_epoch, per_epoch  # one epoch of linear warm-up, then cosine to 0
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
+    opt, sched, loss_fn = plain_training(model, lr=LR, weight_decay=WEIGHT_DECAY, label_smoothing=LABEL_SMOOTHING,
+                                         steps_per_epoch=math.ceil(len(clips) / BATCH), epochs=epochs)
     speeds = []
     for _ in range(epochs):
         model.train()

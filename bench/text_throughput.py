@@ -37,7 +37,7 @@ from deepfit.tasks.classify.text import TextSpec
 from deepfit.tasks.classify.text_model import TEXT_MODELS, build_text_model
 from deepfit.workflows.train import train
 
-from common import SHARED, record
+from common import SHARED, plain_training, record
 
 NAME = "text-throughput"  # the section of BENCHMARKS.md
 BATCH = 64  # deepfit's default batch for text (config.MODALITY_DEFAULTS)
@@ -76,20 +76,8 @@ def plain_speed(spec: TextSpec, store: TextStore, epochs: int) -> float:
     torch.manual_seed(0)
     model = build_text_model(spec.model, spec.num_classes, spec.vocab_size, spec.max_length, spec.model_args,
                              spec.drop_rate)
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=LR)
-    per_epoch = math.ceil(len(store) / BATCH)
-    total, warmup = epochs * per_epoch, per_epoch  # one epoch of linear warm-up, then cosine to 0
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
+    opt, sched, loss_fn = plain_training(model, lr=LR, weight_decay=WEIGHT_DECAY, label_smoothing=LABEL_SMOOTHING,
+                                         steps_per_epoch=math.ceil(len(store) / BATCH), epochs=epochs)
     speeds = []
     for _ in range(epochs):
         model.train()

@@ -40,9 +40,10 @@ def encoder_source(model: str) -> str:
     return source
 
 
-def _unreachable(source: str, error: Exception) -> ConfigError:
+def unreachable(source: str, error: Exception, what: str = "audio") -> ConfigError:
+    """The error for a transformers network (`what`: audio or text) that could not be loaded, with what to do."""
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return ConfigError(f"cannot load the audio network {source!r} with transformers ({reason}): give a folder that "
+    return ConfigError(f"cannot load the {what} network {source!r} with transformers ({reason}): give a folder that "
                        "save_pretrained wrote (hf:/path/to/folder), or a Hugging Face name on a machine with internet "
                        "once (it is cached after)")
 
@@ -64,7 +65,7 @@ def encoder_info(model: str) -> EncoderInfo:
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as e:
-        raise _unreachable(source, e) from e
+        raise unreachable(source, e) from e
     if config.model_type not in WAVEFORM_ENCODERS:
         raise ConfigError(f"{source} is a {config.model_type!r} network, not an encoder of waveforms; deepfit takes "
                           f"audio networks of types {', '.join(WAVEFORM_ENCODERS)} (or use an image network on spectrograms)")
@@ -86,7 +87,7 @@ def load_encoder(model: str) -> nn.Module:
     try:
         return AutoModel.from_pretrained(source)
     except (OSError, ValueError) as e:
-        raise _unreachable(source, e) from e
+        raise unreachable(source, e) from e
 
 
 def build_encoder(config: dict[str, Any], *, add_pooling_layer: bool | None = None) -> nn.Module:

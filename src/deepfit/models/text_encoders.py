@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from deepfit.errors import ConfigError
-from deepfit.models.audio_encoders import HF_PREFIX, build_encoder, encoder_source
+from deepfit.models.audio_encoders import HF_PREFIX, build_encoder, encoder_source, unreachable
 
 # the audio encoders (models/audio_encoders.py) take waveforms, not token ids
 NOT_TEXT = ("wav2vec2", "wav2vec2-conformer", "hubert", "wavlm", "data2vec-audio", "unispeech", "unispeech-sat", "sew",
@@ -37,13 +37,6 @@ def is_text_encoder(model: str | None) -> bool:
 def text_encoder_source(model: str) -> str:
     """`hf:NAME_OR_FOLDER` -> what transformers loads: the hub name or the folder."""
     return encoder_source(model)
-
-
-def _unreachable(source: str, error: Exception) -> ConfigError:
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return ConfigError(f"cannot load the text network {source!r} with transformers ({reason}): give a folder that "
-                       "save_pretrained wrote (hf:/path/to/folder), or a Hugging Face name on a machine with internet "
-                       "once (it is cached after)")
 
 
 @dataclass(frozen=True)
@@ -67,7 +60,7 @@ def text_encoder_info(model: str) -> TextEncoderInfo:
                               "encoder such as BERT, RoBERTa or MiniLM (or deepfit's own bag, rnn, transformer)")
         wrapped = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as e:
-        raise _unreachable(source, e) from e
+        raise unreachable(source, e, "text") from e
     tokenizer = getattr(wrapped, "backend_tokenizer", None)
     if tokenizer is None:
         raise ConfigError(f"{source} has only a slow (Python) tokenizer; deepfit needs a fast one (tokenizer.json): "
@@ -108,7 +101,7 @@ def load_text_encoder(model: str) -> nn.Module:
             except TypeError:  # a kind with no pooler to leave out
                 return AutoModel.from_pretrained(source)
     except (OSError, ValueError) as e:
-        raise _unreachable(source, e) from e
+        raise unreachable(source, e, "text") from e
 
 
 def build_text_encoder(config: dict[str, Any]) -> nn.Module:
