@@ -135,6 +135,15 @@ counts them), for every row alike: the figures are those of a random split of th
 | approach | test accuracy | spam F1 | wall time |
 |---|---|---|---|
 {chr(10).join(rows)}
+
+Fine-tuning MiniLM at deepfit's defaults (AdamW lr 1e-3 for the head, 0.1 of it for the encoder, label smoothing 0.1,
+one head epoch) is the row above. Three other settings were measured on the same split while choosing it (test
+accuracy, spam F1, each scored once): 4 epochs with `--backbone-lr-scale 0.3`, 98.92% (0.958); the same with
+`--val-fraction 0.05`, 98.74% (0.953); `--backbone-lr-scale 0.5 --val-fraction 0.05`, 98.65% (0.948). None reaches
+issue 16's target of 99.0% and spam F1 0.96, and picking among them by their test scores would make the winner's
+figure optimistic, so the defaults stay. The embeddings' classifiers on this split: logistic regression 98.83%
+(0.955), linear SVM 98.56% (0.945), RBF SVM 98.47% (0.940), 1-NN 97.58% (0.910). Fine-tuning's wall time is about
+40 s for the head epoch (the encoder only runs forward) and 90-100 s for each full epoch, at 45 texts/s.
 """,
     )
 
