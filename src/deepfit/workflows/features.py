@@ -136,7 +136,7 @@ def fit_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog |
     val_acc = _accuracy(fitted.head, *features.split("val"))
     texts = {f.path: f for files in splits.values() for f in files} if backbone.text else {}
 
-    run_dir = new_run_dir(config.output, config.name or f"{backbone.name.replace('/', '_')}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}", backbone.name)
+    run_dir = new_run_dir(config.output, config.name or f"{backbone.name.replace('/', '_').replace(':', '-')}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}", backbone.name)
     logger.info(f"run folder: {run_dir}")
     readable = splits  # the split saved with the run leaves out the unreadable files; `splits` keeps them for the report
     if features.skipped:
