@@ -110,9 +110,13 @@ WEAKEST_BADGE = '<span class="badge">weakest</span>'
 _MAX_SUMMARY_CLASSES = 40
 
 
+# control characters (but tab and line breaks) are not allowed in HTML: each is shown as its Unicode picture (BEL -> ␇)
+_CONTROL = {c: chr(0x2400 + c) for c in range(32) if chr(c) not in "\t\n\r"} | {0x7F: "\u2421"}
+
+
 def esc(value: Any) -> str:
-    """``value`` as text safe inside HTML elements and attribute values."""
-    return html.escape(str(value), quote=True)
+    """``value`` as text safe inside HTML elements and attribute values; control characters made visible."""
+    return html.escape(str(value), quote=True).translate(_CONTROL)
 
 
 def data_uri(data: bytes, mime: str) -> str:

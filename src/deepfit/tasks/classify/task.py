@@ -81,6 +81,20 @@ def phase_param_groups(model: nn.Module, phase: str, config: TrainConfig) -> lis
     return param_groups(backbone, config.weight_decay, scale) + param_groups(head.named_parameters(), config.weight_decay)
 
 
+def check_every_class_trains(splits: dict[str, list], classes: list[str]) -> None:
+    """A class whose every example was put in validation or test by the data's own split (a split column, split
+    folders) cannot be learned, and its test score would be 0: an error naming the class and where its examples are."""
+    trained = {f.label for f in splits.get("train", [])}
+    absent = [c for c in classes if c not in trained]
+    if absent:
+        held = [f for name in ("val", "test") for f in splits.get(name, []) if f.label == absent[0]]
+        where = ", ".join(f"{f.path} ({f.split})" for f in held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise DataError(f"class {absent[0]!r} has no training examples, only {len(held)} in validation or test ({where})"
+                        + (f"; so do {', '.join(map(repr, absent[1:]))}" if len(absent) > 1 else "")
+                        + ": a classifier cannot learn a class it never saw; move some of them to the training split, or "
+                        "remove the class")
+
+
 class ClassifyTask(Task):
     name = "classify"
     title = "classification of images, sound or text"
@@ -126,7 +140,9 @@ class ClassifyTask(Task):
         return Data(catalog.root, catalog.classes, catalog, layout=catalog.layout, record={"modality": "sound"} if sound else {})
 
     def split(self, data: Data, config: TrainConfig) -> dict[str, list]:
-        return resolve_splits(data.source, config.val_fraction, config.test_fraction, config.seed)
+        splits = resolve_splits(data.source, config.val_fraction, config.test_fraction, config.seed)
+        check_every_class_trains(splits, data.classes)
+        return splits
 
     def save_split(self, data: Data, splits: dict[str, list], path: Path) -> None:
         if data.record.get("modality") == "text":
