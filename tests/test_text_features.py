@@ -67,6 +67,7 @@ def test_tfidf_and_a_linear_svm_make_a_run_that_reads_strings(table: Path, tmp_p
     assert main(["predict", str(run), str(new), "--text-column", "headline", "--output", str(tmp_path / "p.json")]) == 0
     predicted = json.loads((tmp_path / "p.json").read_text())
     assert [(p["source"], p["label"]) for p in predicted] == [(f"{new}:2", "sport"), (f"{new}:4", "food")]
+    assert [p.label for p in clf.predict(new, text_column="headline")] == ["sport", "food"]  # the same from Python
 
     with pytest.raises(ConfigError, match="needs dense features; on TF-IDF n-grams use svm or logreg"):
         deepfit.fit_features(table, "tfidf", classifier="knn", text_column="body", output=str(runs))

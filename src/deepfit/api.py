@@ -280,8 +280,13 @@ class TextClassifier(Learner):
         given = _given(text_column=columns, label_column=label_column, encoding=encoding)
         return super().evaluate(data, checkpoint, data_root=data_root, **given)
 
-    def predict(self, inputs: str | list[str], top_k: int = 3) -> Prediction | list[Prediction]:
-        """A string -> one Prediction; a list of strings -> a list of them."""
+    def predict(self, inputs: str | Path | list[str], top_k: int = 3, text_column: str | list[str] | None = None,
+                encoding: str | None = None) -> Prediction | list[Prediction]:
+        """A string -> one Prediction; a list of strings -> a list of them; a Path to a CSV/TSV/JSONL table -> one
+        Prediction per row (its `text_column`, found by name when not given), each named file:line."""
+        if isinstance(inputs, Path) and inputs.suffix.lower() in (".csv", ".tsv", ".jsonl", ".ndjson"):
+            columns = [text_column] if isinstance(text_column, str) else text_column
+            return self.predictor.predict_files([inputs], top_k=top_k, text_column=columns, encoding=encoding or "utf-8")[0]
         predictions = self.predictor.predict(inputs, top_k=top_k)
         return predictions[0] if isinstance(inputs, str | Path) else predictions
 

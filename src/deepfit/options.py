@@ -87,6 +87,7 @@ class FeaturesOptions(TypedDict, total=False):
     layer: str | None
     image_size: int | None
     modality: str
+    max_length: int | None
     sample_rate: int | None
     clip_seconds: float | None
     channels: int | None
