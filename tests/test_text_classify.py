@@ -56,6 +56,7 @@ def test_train_evaluate_and_predict_text_from_the_cli(table: Path, tmp_path: Pat
     run = runs / "bag"
     config = json.loads((run / "config.json").read_text())
     assert config["modality"] == "text" and config["text"]["model"] == "bag"
+    assert config["model"] == "bag"  # (not the image default: texts found with --modality auto train deepfit's bag)
     rows = list(csv.DictReader((run / "split.csv").open(encoding="utf-8")))
     assert {r["split"] for r in rows} == {"train", "val", "test"} and all(r["text"] for r in rows)
     assert rows[0]["source"].startswith(str(table)) and ":" in rows[0]["source"]  # file:line of every text

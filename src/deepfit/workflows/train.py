@@ -10,6 +10,7 @@ model, objective and stores; runs/session.py does the rest (device, run folder, 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,8 @@ def _run(task: Task, data: str | Path, config: TrainConfig, dataset: Data, split
     machine = session.start(config)
     setup = task.prepare(config, dataset, splits, machine.device, resumed=saved)
     splits = setup.splits or splits
+    if setup.record.get("model", config.model) != config.model:  # the task chose the network (texts found by auto)
+        config = dataclasses.replace(config, model=setup.record["model"])
 
     def write(run_dir: Path) -> None:
         task.save_split(dataset, splits, run_dir / "split.csv")

@@ -169,7 +169,7 @@ def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[Labe
     return Setup(
         model=model, objective=ClassificationTask(len(classes), config.label_smoothing), train=train, val=stores.get("val"),
         transform=_as_is, eval_transform=_as_is, meta={"text": spec.to_dict(), "model": own.to_dict(), "modality": "text"},
-        record={"modality": "text", "text": spec.to_dict(), **({"encoder": own.to_dict()} if encoder else {})},
+        record={"modality": "text", "model": spec.model, "text": spec.to_dict(), **({"encoder": own.to_dict()} if encoder else {})},
         write=lambda run_dir: write_leaks(leaks, run_dir), pretrained_from=origin,
         summary=(f"model {spec.model} ({params:.2f}M parameters) on {pieces}, at most {spec.max_length} a text; "
                  f"length buckets pad {bucketed:,} tokens an epoch instead of {plain:,}"),
