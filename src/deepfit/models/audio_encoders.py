@@ -19,33 +19,13 @@ from torch import nn
 
 from deepfit.errors import ConfigError
 from deepfit.log import logger
+from deepfit.models.hub import encoder_source, unreachable
 
-HF_PREFIX = "hf:"
 # model types whose encoder takes the waveform as `input_values` (B, T); the audio spectrogram transformer, whose
 # `input_values` are filter banks, and speech-to-text models are not among them
 WAVEFORM_ENCODERS = ("wav2vec2", "wav2vec2-conformer", "hubert", "wavlm", "data2vec-audio", "unispeech", "unispeech-sat",
                      "sew", "sew-d")
 DEFAULT_RATE = 16000  # every encoder above was pretrained at 16 kHz; used when a folder has no preprocessor config
-
-
-def is_audio_encoder(model: str | None) -> bool:
-    return bool(model) and model.startswith(HF_PREFIX)
-
-
-def encoder_source(model: str) -> str:
-    """`hf:NAME_OR_FOLDER` -> what transformers loads: the hub name or the folder."""
-    source = model.removeprefix(HF_PREFIX)
-    if not source:
-        raise ConfigError("--model hf: needs a name or a folder after it, e.g. hf:facebook/wav2vec2-base or hf:./my-encoder")
-    return source
-
-
-def unreachable(source: str, error: Exception, what: str = "audio") -> ConfigError:
-    """The error for a transformers network (`what`: audio or text) that could not be loaded, with what to do."""
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return ConfigError(f"cannot load the {what} network {source!r} with transformers ({reason}): give a folder that "
-                       "save_pretrained wrote (hf:/path/to/folder), or a Hugging Face name on a machine with internet "
-                       "once (it is cached after)")
 
 
 @dataclass(frozen=True)
@@ -65,7 +45,7 @@ def encoder_info(model: str) -> EncoderInfo:
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as e:
-        raise unreachable(source, e) from e
+        raise unreachable(source, e, "audio") from e
     if config.model_type not in WAVEFORM_ENCODERS:
         raise ConfigError(f"{source} is a {config.model_type!r} network, not an encoder of waveforms; deepfit takes "
                           f"audio networks of types {', '.join(WAVEFORM_ENCODERS)} (or use an image network on spectrograms)")
@@ -87,22 +67,7 @@ def load_encoder(model: str) -> nn.Module:
     try:
         return AutoModel.from_pretrained(source)
     except (OSError, ValueError) as e:
-        raise unreachable(source, e) from e
-
-
-def build_encoder(config: dict[str, Any], *, add_pooling_layer: bool | None = None) -> nn.Module:
-    """The encoder's architecture from its stored configuration, with random weights (a checkpoint's are loaded after).
-    `add_pooling_layer=False` leaves out a text encoder's pooler, where its kind has one."""
-    from transformers import AutoConfig, AutoModel
-
-    values = dict(config)
-    built = AutoConfig.for_model(values.pop("model_type"), **values)
-    if add_pooling_layer is not None:
-        try:
-            return AutoModel.from_config(built, add_pooling_layer=add_pooling_layer)
-        except TypeError:  # a kind with no pooler
-            pass
-    return AutoModel.from_config(built)
+        raise unreachable(source, e, "audio") from e
 
 
 class WaveformClassifier(nn.Module):

@@ -22,21 +22,11 @@ import torch
 from torch import nn
 
 from deepfit.errors import ConfigError
-from deepfit.models.audio_encoders import HF_PREFIX, build_encoder, encoder_source, unreachable
+from deepfit.models.hub import build_encoder, encoder_source, unreachable
 
 # the audio encoders (models/audio_encoders.py) take waveforms, not token ids
 NOT_TEXT = ("wav2vec2", "wav2vec2-conformer", "hubert", "wavlm", "data2vec-audio", "unispeech", "unispeech-sat", "sew",
             "sew-d", "whisper", "audio-spectrogram-transformer", "vit", "clip_vision_model")
-
-
-def is_text_encoder(model: str | None) -> bool:
-    """`hf:NAME_OR_FOLDER` (a plain folder is a deepfit run's, as `deepfit features --model RUN_FOLDER` takes it)."""
-    return bool(model) and model.startswith(HF_PREFIX)
-
-
-def text_encoder_source(model: str) -> str:
-    """`hf:NAME_OR_FOLDER` -> what transformers loads: the hub name or the folder."""
-    return encoder_source(model)
 
 
 @dataclass(frozen=True)
@@ -52,7 +42,7 @@ def text_encoder_info(model: str) -> TextEncoderInfo:
     """The encoder's configuration and tokenizer, read without loading its weights."""
     from transformers import AutoConfig, AutoTokenizer
 
-    source = text_encoder_source(model)
+    source = encoder_source(model)
     try:
         config = AutoConfig.from_pretrained(source)
         if config.model_type in NOT_TEXT:
@@ -93,7 +83,7 @@ def load_text_encoder(model: str) -> nn.Module:
     """The pretrained encoder, weights and all (its pooler, unused here, left out)."""
     from transformers import AutoModel
 
-    source = text_encoder_source(model)
+    source = encoder_source(model)
     try:
         with quiet_loading():
             try:

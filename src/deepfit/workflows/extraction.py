@@ -34,7 +34,6 @@ from deepfit.modalities.base import BadFile, check_unreadable
 from deepfit.modalities.image.augment import BatchTransform
 from deepfit.modalities.image.store import decode_batches, default_workers
 from deepfit.modalities.sound.store import clip_batches
-from deepfit.models.audio_encoders import encoder_source
 from deepfit.models.factory import Preprocessing, create_model, is_convolutional
 from deepfit.models.features import PRE_LOGITS, FeatureExtractor
 from deepfit.models.handmade import HANDMADE_IMAGE_SIZE, HandmadeFeatures
@@ -90,22 +89,6 @@ def weights_identity(weights: str | None, source: str, name: str) -> str:
     import torchvision
 
     return f"official:{source}:{name}:{timm.__version__ if source == 'timm' else torchvision.__version__}"
-
-
-def hf_weights_identity(model: str) -> str:
-    """What the feature cache knows of a transformers network's weights (`hf:NAME_OR_FOLDER`): a folder by the content
-    of its files (hashed only here, where features are cached, not whenever the network is used), a hub name by its
-    name and the library's version."""
-    import transformers
-
-    source = encoder_source(model)
-    folder = Path(source)
-    if not folder.is_dir():
-        return f"hub:{source}:{transformers.__version__}"
-    digest = hashlib.blake2b(digest_size=12)
-    for file in sorted(p for p in folder.iterdir() if p.is_file()):
-        digest.update(f"{file.name}:{file_digest(file)};".encode())
-    return "folder:" + digest.hexdigest()
 
 
 def load_backbone(config: FeaturesConfig, num_classes: int) -> Backbone:

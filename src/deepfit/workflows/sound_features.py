@@ -23,8 +23,8 @@ from deepfit.data.sources import LabeledFile
 from deepfit.errors import ConfigError
 from deepfit.log import logger
 from deepfit.modalities.sound.store import PCM_SCALE, SoundStore
-from deepfit.models.audio_encoders import is_audio_encoder
 from deepfit.models.features import PRE_LOGITS, FeatureExtractor
+from deepfit.models.hub import hf_weights_identity, is_hf
 from deepfit.runs.folder import resolve_checkpoint
 from deepfit.tasks.classify.model import load_trained
 from deepfit.tasks.classify.sound import SoundSpec, build_sound_model, encoder_rate, plan
@@ -33,7 +33,6 @@ from deepfit.workflows.extraction import (
     HANDMADE,
     Backbone,
     check_handmade_options,
-    hf_weights_identity,
     weights_identity,
 )
 
@@ -54,7 +53,7 @@ def sound_backbone(config: FeaturesConfig, num_classes: int, train: list[Labeled
         return Backbone(MFCCStatistics(spec.frontend_config), backbone, PRE_LOGITS, None, None, identity, spec.to_dict())
     if Path(config.model).exists():
         return _run_backbone(config)
-    if is_audio_encoder(config.model):
+    if is_hf(config.model):
         return _encoder_backbone(config, num_classes, train)
     if config.model in OWN_SOUND_MODELS:
         raise ConfigError(f"features of an untrained {config.model} are random numbers: train one first (deepfit train DATA "

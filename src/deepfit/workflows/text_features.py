@@ -31,9 +31,9 @@ from deepfit.modalities.text.ngrams import TFIDF, fit_ngrams, tfidf_matrix, tfid
 from deepfit.modalities.text.store import TextStore
 from deepfit.modalities.text.tokenizer import encode
 from deepfit.models.features import PRE_LOGITS, FeatureExtractor
+from deepfit.models.hub import hf_weights_identity, is_hf
 from deepfit.models.text_encoders import (
     SentenceEncoder,
-    is_text_encoder,
     load_text_encoder,
     text_encoder_info,
 )
@@ -47,7 +47,6 @@ from deepfit.workflows.extraction import (
     FeatureCache,
     FeatureSet,
     check_handmade_options,
-    hf_weights_identity,
     weights_identity,
 )
 
@@ -67,7 +66,7 @@ def text_backbone(config: FeaturesConfig, num_classes: int, train: list[LabeledT
         spec = TextSpec(TFIDF, num_classes, "", sum(vocabulary.sizes), 0, {})
         return Backbone(tfidf_module(vocabulary), vocabulary.to_spec(), PRE_LOGITS, None, None, {}, text=spec.to_dict(),
                         vocabulary=vocabulary)
-    if is_text_encoder(config.model):
+    if is_hf(config.model):
         return _encoder_backbone(config, num_classes)
     if Path(config.model).exists():
         return _run_backbone(config, num_classes)

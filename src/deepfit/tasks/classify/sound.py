@@ -31,16 +31,10 @@ from deepfit.modalities.sound.augment import SoundAugment, SoundBatchTransform, 
 from deepfit.modalities.sound.frontend import FrontEndConfig
 from deepfit.modalities.sound.io import SOUND_EXTENSIONS, audio_info, fit_length
 from deepfit.modalities.sound.store import SoundStore, default_clip_seconds, headers
-from deepfit.models.audio_encoders import (
-    HF_PREFIX,
-    WaveformClassifier,
-    build_encoder,
-    encoder_info,
-    is_audio_encoder,
-    load_encoder,
-)
+from deepfit.models.audio_encoders import WaveformClassifier, encoder_info, load_encoder
 from deepfit.models.factory import ModelSpec, build_feature_classifier, build_model, create_model
 from deepfit.models.features import FeatureExtractor
+from deepfit.models.hub import HF_PREFIX, build_encoder, is_hf
 from deepfit.models.weights import freeze_folded_norms
 from deepfit.tasks.base import ModelPredictor, Setup
 from deepfit.tasks.classify.objective import ClassificationTask
@@ -90,7 +84,7 @@ def build_sound_model(spec: SoundSpec, *, pretrained: bool = False, weights: str
                       augment: bool = False) -> tuple[nn.Module, str | None, ModelSpec | None]:
     """(the network, where its pretrained weights came from, the spec of the image network or audio encoder inside)."""
     front = spec.frontend_config
-    if is_audio_encoder(spec.model):  # a pretrained waveform encoder: no spectrogram, so no SpecAugment
+    if is_hf(spec.model):  # a pretrained waveform encoder: no spectrogram, so no SpecAugment
         if weights:
             raise ConfigError(f"{spec.model} brings its own pretrained weights: leave out --weights")
         info = encoder_info(spec.model)
@@ -130,14 +124,14 @@ def rebuild(meta: dict[str, Any]) -> nn.Module:
 
 
 def _heard(spec: SoundSpec) -> str:
-    if is_audio_encoder(spec.model):
+    if is_hf(spec.model):
         return "the waveform"
     return f"{'MFCC' if spec.frontend.get('n_mfcc') else 'log-mel'} pictures"
 
 
 def encoder_rate(model: str | None, rate: int | None) -> int | None:
     """The sample rate a pretrained audio encoder was trained at (asking for another is an error), else `rate`."""
-    if not is_audio_encoder(model):
+    if not is_hf(model):
         return rate
     own = encoder_info(model).sample_rate
     if rate is not None and rate != own:
@@ -202,7 +196,7 @@ def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[Labe
         model=model, objective=ClassificationTask(len(classes), config.label_smoothing, config.mixup), train=stores["train"],
         val=stores.get("val"), transform=SoundBatchTransform(spec.samples, margin, augment, noise),
         eval_transform=SoundBatchTransform(spec.samples, 0), meta=meta,
-        record={"modality": "sound", "sound": spec.to_dict(), **({"encoder": meta["model"]} if is_audio_encoder(spec.model) else {})},
+        record={"modality": "sound", "sound": spec.to_dict(), **({"encoder": meta["model"]} if is_hf(spec.model) else {})},
         summary=(f"model {spec.model} on {_heard(spec)} ({params:.2f}M parameters), {spec.sample_rate} Hz, clips of "
                  f"{spec.samples / spec.sample_rate:g} s"),
         pretrained_from=origin,

@@ -32,14 +32,13 @@ from deepfit.modalities.text.store import TextStore
 from deepfit.modalities.text.tokenizer import encode, from_json, train_tokenizer
 from deepfit.models.factory import ModelSpec, build_feature_classifier
 from deepfit.models.features import FeatureExtractor
+from deepfit.models.hub import encoder_source, is_hf
 from deepfit.models.text_encoders import (
     SentenceEncoder,
     TextEncoderClassifier,
     build_text_encoder,
-    is_text_encoder,
     load_text_encoder,
     text_encoder_info,
-    text_encoder_source,
 )
 from deepfit.report.html import esc
 from deepfit.tasks.base import ModelPredictor, Setup
@@ -138,7 +137,7 @@ def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[Labe
         spec = TextSpec(**resumed["text"])
         tokenizer = from_json(spec.tokenizer)
         encoder = ModelSpec(**resumed["encoder"]) if "encoder" in resumed else None
-    elif is_text_encoder(config.model):
+    elif is_hf(config.model):
         spec, encoder = _pretrained_spec(config, len(classes))
         tokenizer = from_json(spec.tokenizer)
     else:
@@ -156,7 +155,7 @@ def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[Labe
               for name, files in splits.items() if files}
     if encoder is not None and resumed is None:
         model = TextEncoderClassifier(load_text_encoder(config.model), len(classes), spec.drop_rate)
-        origin = text_encoder_source(config.model)
+        origin = encoder_source(config.model)
     else:  # from scratch, or resumed: the weights come from the checkpoint
         model, origin = rebuild({"text": spec.to_dict(), "model": (encoder or ModelSpec("deepfit", spec.model, 0)).to_dict()}), None
     train = stores["train"]
