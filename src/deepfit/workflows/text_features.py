@@ -35,11 +35,10 @@ from deepfit.models.hub import hf_weights_identity, is_hf
 from deepfit.models.text_encoders import (
     SentenceEncoder,
     load_text_encoder,
-    text_encoder_info,
 )
 from deepfit.runs.folder import resolve_checkpoint
 from deepfit.tasks.classify.model import load_trained
-from deepfit.tasks.classify.text import DEFAULT_MAX_LENGTH, TextSpec, from_json
+from deepfit.tasks.classify.text import TextSpec, encoder_spec, from_json
 from deepfit.workflows.classical import fit_classifier, head_probabilities
 from deepfit.workflows.extraction import (
     HANDMADE,
@@ -85,16 +84,12 @@ def _layer(config: FeaturesConfig, depth: int) -> int | None:
 def _encoder_backbone(config: FeaturesConfig, num_classes: int) -> Backbone:
     if config.weights or config.pretrained or config.model_args:
         raise ConfigError(f"{config.model} brings its own weights: leave out --weights, --pretrained and --model-args")
-    info = text_encoder_info(config.model)
-    length = config.max_length or min(DEFAULT_MAX_LENGTH, info.max_positions)
-    if length > info.max_positions:
-        raise ConfigError(f"{config.model} reads at most {info.max_positions} tokens a text: --max-length {length} is more")
+    spec, info = encoder_spec(config.model, num_classes, config.max_length)
     layer = _layer(config, int(info.config["num_hidden_layers"]))
     module = SentenceEncoder(load_text_encoder(config.model), layer)
-    spec = TextSpec(config.model, num_classes, info.tokenizer.to_str(), info.tokenizer.get_vocab_size(), length, {})
     name = PRE_LOGITS if layer is None else str(layer)
     backbone = {"source": "transformers", "name": config.model, "config": info.config, "layer": layer}
-    identity = {"backbone": {"config": info.config, "layer": layer, "max_length": length},
+    identity = {"backbone": {"config": info.config, "layer": layer, "max_length": spec.max_length},
                 "weights": hf_weights_identity(config.model), "tokenizer": _digest(spec.tokenizer)}
     return Backbone(module, backbone, name, None, config.model.removeprefix("hf:"), identity, text=spec.to_dict())
 

@@ -106,17 +106,21 @@ def rebuild(meta: dict[str, Any]) -> nn.Module:
     return build_text_model(spec.model, spec.num_classes, spec.vocab_size, spec.max_length, spec.model_args, spec.drop_rate)
 
 
+def encoder_spec(model: str, num_classes: int, max_length: int | None, drop_rate: float = 0.0) -> tuple[TextSpec, Any]:
+    """(the TextSpec of a pretrained encoder `hf:NAME_OR_FOLDER`: its own tokenizer, at most `max_length` tokens (default
+    256, never more than it has positions for); its TextEncoderInfo), for fine-tuning and for sentence embeddings."""
+    info = text_encoder_info(model)
+    if max_length and max_length > info.max_positions:
+        raise ConfigError(f"{model} reads at most {info.max_positions} tokens a text: --max-length {max_length} is more")
+    length = max_length or min(DEFAULT_MAX_LENGTH, info.max_positions)
+    return TextSpec(model, num_classes, info.tokenizer.to_str(), info.tokenizer.get_vocab_size(), length, {}, drop_rate), info
+
+
 def _pretrained_spec(config: TrainConfig, num_classes: int) -> tuple[TextSpec, ModelSpec]:
     """The spec of a run that fine-tunes a pretrained encoder, and the ModelSpec that rebuilds the encoder."""
     if config.weights or config.model_args:
         raise ConfigError(f"{config.model} brings its own weights and architecture: leave out --weights and --model-args")
-    info = text_encoder_info(config.model)
-    if config.max_length and config.max_length > info.max_positions:
-        raise ConfigError(f"{config.model} reads at most {info.max_positions} tokens a text: --max-length "
-                          f"{config.max_length} is more")
-    length = config.max_length or min(DEFAULT_MAX_LENGTH, info.max_positions)
-    spec = TextSpec(config.model, num_classes, info.tokenizer.to_str(), info.tokenizer.get_vocab_size(), length, {},
-                    config.dropout)
+    spec, info = encoder_spec(config.model, num_classes, config.max_length, config.dropout)
     return spec, ModelSpec("transformers", config.model, num_classes, config.dropout, {"config": info.config})
 
 
@@ -153,16 +157,16 @@ def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[Labe
     stores = {name: TextStore(encode_texts(tokenizer, [f.text for f in files], spec.max_length, f"{name} texts"),
                               [index[f.label] for f in files], [f.path for f in files])
               for name, files in splits.items() if files}
+    own = encoder or ModelSpec("deepfit", spec.model, spec.num_classes, spec.drop_rate, spec.model_args)
     if encoder is not None and resumed is None:
         model = TextEncoderClassifier(load_text_encoder(config.model), len(classes), spec.drop_rate)
         origin = encoder_source(config.model)
     else:  # from scratch, or resumed: the weights come from the checkpoint
-        model, origin = rebuild({"text": spec.to_dict(), "model": (encoder or ModelSpec("deepfit", spec.model, 0)).to_dict()}), None
+        model, origin = rebuild({"text": spec.to_dict(), "model": own.to_dict()}), None
     train = stores["train"]
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
     plain, bucketed = train.padded_tokens(order, config.batch_size), train.padded_tokens(train.arrange_order(order, config.batch_size), config.batch_size)
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    own = encoder or ModelSpec("deepfit", spec.model, spec.num_classes, spec.drop_rate, spec.model_args)
     leaks = cross_split_texts(splits) if resumed is None else []
     pieces = f"its own {spec.vocab_size} tokens" if encoder else f"{spec.vocab_size} {config.tokenizer} tokens"
     return Setup(

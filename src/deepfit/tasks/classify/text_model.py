@@ -16,15 +16,10 @@ from torch import nn
 
 from deepfit.errors import ConfigError
 from deepfit.models.factory import check_model_args
+from deepfit.models.text_encoders import masked_mean
 
 TEXT_MODELS = ("bag", "rnn", "transformer")
 Batch = dict[str, torch.Tensor]
-
-
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, L, D), (B, L) -> (B, D): the mean over the real tokens only."""
-    weights = mask.to(x.dtype)[..., None]
-    return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
 class BagOfNgrams(nn.Module):
@@ -114,7 +109,7 @@ class TextTransformer(nn.Module):
         ids, mask = batch["input_ids"], batch["attention_mask"].bool()
         x = self.embed(ids) + self.position(torch.arange(ids.shape[1], device=ids.device))[None]  # (B, L, width)
         x = self.encoder(x, src_key_padding_mask=~mask)
-        return _masked_mean(self.norm(x), mask)  # (B, width)
+        return masked_mean(self.norm(x), mask)  # (B, width)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.fc(self.head_drop(self.forward_features(batch)))
