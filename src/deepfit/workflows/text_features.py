@@ -189,16 +189,18 @@ def fraction_scores(config: FeaturesConfig, classes: list[str], subsets: dict[fl
         if tfidf:  # fitted on this fraction alone
             backbone = text_backbone(config, len(classes), files)
             x_train, seen = tfidf_matrix(backbone.vocabulary, [f.text for f in files]), files
-            x_test = tfidf_matrix(backbone.vocabulary, [f.text for f in test])
         else:
             known = {f.path for f in seen}
             new = [f for f in files if f.path not in known]
-            parts.append(_embed(backbone, [f.text for f in new], device, precision, config.batch_size))
-            seen = seen + new
+            if new:  # (a fraction may add no text to the one before it)
+                parts.append(_embed(backbone, [f.text for f in new], device, precision, config.batch_size))
+                seen = seen + new
             x_train = np.concatenate(parts)
             embedding_seconds += time.perf_counter() - start
             start = time.perf_counter()
         y_train = np.array([index[f.label] for f in seen], dtype=np.int64)
         fitted = fit_classifier(classifier, x_train, y_train, classes, folds=folds, seed=seed)
         seconds = embedding_seconds + time.perf_counter() - start
+        if tfidf:  # the test texts in this fraction's vocabulary; scoring is not part of the time, as on images
+            x_test = tfidf_matrix(backbone.vocabulary, [f.text for f in test])
         yield frac, len(seen), y_test, head_probabilities(fitted.head, x_test), seconds
