@@ -66,6 +66,10 @@ class Backbone:
         return self.spec.get("name") or self.spec.get("model", {}).get("name") or HANDMADE
 
     @property
+    def modality(self) -> str:
+        return "sound" if self.sound is not None else "text" if self.text is not None else "image"
+
+    @property
     def inputs(self) -> dict[str, Any]:
         """How inputs are prepared for it (for the cache key and the run's config)."""
         if self.text is not None:

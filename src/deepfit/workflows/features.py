@@ -124,7 +124,8 @@ def fit_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog |
     extracted = _extract_all(data, config, catalog, output=config.output)
     catalog, splits, backbone, features = extracted.catalog, extracted.splits, extracted.backbone, extracted.features
     classes = catalog.classes
-    noun = "clips" if backbone.sound else "texts" if backbone.text else "images"
+    modality = backbone.modality
+    noun = {"sound": "clips", "text": "texts"}.get(modality, "images")
     kind = config.fit_classifier
     if kind is None:
         return FeaturesResult(None, features, None, None, None)
@@ -149,7 +150,7 @@ def fit_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog |
     resolved = {
         **config.to_dict(), "classifier": kind, "data": str(Path(data).resolve()), "data_root": str(catalog.root),
         "classes": classes, "preprocessing": backbone.inputs, "device": str(resolve_device(config.device)),
-        "command": sys.argv, **({"modality": "sound"} if backbone.sound else {"modality": "text"} if backbone.text else {}),
+        "command": sys.argv, **({"modality": modality} if modality != "image" else {}),
     }
     atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
     if backbone.text:
@@ -167,13 +168,13 @@ def fit_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog |
             "bank_size": int(fitted.head.support.shape[0] if kind == "rbf" else x_train.shape[0]),  # vectors the head keeps
         },
     )
-    if backbone.sound or backbone.text:
-        inputs = {"sound": backbone.sound, "modality": "sound"} if backbone.sound else {"text": backbone.text, "modality": "text"}
-    else:
+    if modality == "image":
         inputs = {"preprocessing": backbone.preprocessing.to_dict()}
+    else:  # the sidecar's "sound" or "text": how a clip or a text is read
+        inputs = {modality: getattr(backbone, modality), "modality": modality}
     meta = {
         "format": CHECKPOINT_FORMAT, "task": "classify", "model": spec.to_dict(), "classes": classes, **inputs,
-        "pretrained_from": backbone.pretrained_from, "config": _train_config_view(config, "sound" if backbone.sound else "text" if backbone.text else "image"), "epoch": None, "val_acc": val_acc,
+        "pretrained_from": backbone.pretrained_from, "config": _train_config_view(config, modality), "epoch": None, "val_acc": val_acc,
         "features": {
             "layer": backbone.layer, "classifier": kind, "params": fitted.params, "cv_accuracy": fitted.cv_accuracy,
             "cv_folds": fitted.folds, "description": fitted.describe(), "selection": "cross-validation on the training split",
