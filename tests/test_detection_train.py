@@ -63,6 +63,33 @@ def test_python_api_predicts_boxes_in_the_images_own_pixels(detect_run: Path, sq
     assert det.predict(image, conf=1.0)["boxes"].shape == (0, 4)  # --conf filters
 
 
+def _check_detector_export(run: Path, squares: Path, *, masks: bool) -> None:
+    """Export with every box kept (an untrained detector scores all low), the boxes of ONNX Runtime against PyTorch's,
+    and the onnx backend's predictions against the torch backend's."""
+    import deepfit
+    import deepfit.tasks.detect.predict as detect_predict
+    from deepfit.workflows.export import export
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(detect_predict, "EXPORT_CONF", 0.0)
+        made = export(run, samples=3)
+    parity = made.figures["parity"]
+    assert parity["reference_boxes"] > 0 and parity["box_map"] >= 0.95, parity
+    assert made.figures["outputs"] == ["boxes", "labels", "scores", *(["masks"] if masks else [])]
+    image = squares / "images" / "val" / "val1.png"
+    ours, theirs = deepfit.load(run, backend="onnx").predict(image, conf=0.0), deepfit.load(run).predict(image, conf=0.0)
+    assert ours["names"][:3] == theirs["names"][:3] and ("masks" in ours) == masks
+    np.testing.assert_allclose(ours["boxes"][:3], theirs["boxes"][:3], atol=1.0)  # torch may compute in bf16 here
+    with pytest.raises(ConfigError, match="--conf >= 0.0 and --iou 0.5"):
+        deepfit.load(run, backend="onnx").predict(image, iou=0.7)
+
+
+def test_detector_exports_to_onnx_with_its_boxes_checked(detect_run: Path, squares: Path, tmp_path: Path) -> None:
+    import shutil
+
+    _check_detector_export(Path(shutil.copytree(detect_run, tmp_path / "det")), squares, masks=False)
+
+
 def test_cli_predict_writes_drawings_coco_json_and_csv_and_never_overwrites(detect_run: Path, squares: Path, tmp_path: Path) -> None:
     out = tmp_path / "pred"
     assert main(["predict", str(detect_run), str(squares / "images" / "val"), "--output", str(out), "--conf", "0.01"]) == 0
@@ -115,6 +142,7 @@ def test_instance_segmentation_learns_masks_and_reports_mask_map(squares: Path, 
     assert (run.run_dir / "pr_curves_mask.png").is_file()
     trained = load_detector(run.run_dir)
     assert trained.masks and trained.meta["task"] == "segment-instances"
+    _check_detector_export(run.run_dir, squares, masks=True)
 
 
 def test_detection_config_errors(squares: Path, tmp_path: Path) -> None:

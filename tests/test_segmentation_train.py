@@ -99,6 +99,24 @@ def test_load_predicts_class_indexes_at_the_original_size(trained: Path) -> None
     assert len(both) == 2 and np.array_equal(both[0], result)
 
 
+def test_export_agrees_pixel_for_pixel_and_the_onnx_backend_tiles_too(trained: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import deepfit
+    from deepfit.tasks.segment.predict import SegmentationPredictor, load_segmenter
+    from deepfit.workflows.export import export
+
+    run = Path(shutil.copytree(trained, tmp_path / "run"))
+    made = export(run, samples=4, quantize="int8")
+    assert made.figures["parity"]["pixel_agreement"] == 1.0 and made.figures["int8"]["pixel_agreement"] > 0.9
+    image, _ = rectangle_pair(np.random.default_rng(7), 53, 101)  # another size than any the export saw
+    ours, theirs = deepfit.load(run, backend="onnx").predict(image), deepfit.load(run).predict(image)
+    assert ours.shape == (53, 101) and (ours == theirs).mean() > 0.99
+    tiles = SegmentationPredictor(load_segmenter(run), "cpu", tile_size=48)  # 53x101 > 48: tiled through ONNX Runtime
+    tiles.use_onnx(made.model)
+    assert (tiles.predict(image) == ours).mean() > 0.95
+
+
 def test_tiled_prediction_of_a_large_image_matches_the_whole_image(trained: Path) -> None:
     from deepfit.tasks.segment.predict import SegmentationPredictor, load_segmenter
 

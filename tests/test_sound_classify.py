@@ -87,6 +87,13 @@ def test_the_python_front_end_takes_files_samples_with_their_rate_and_reloads(re
     assert type(again) is deepfit.SoundClassifier
     reloaded = again.predict(recordings / "high_s0_0.wav")
     assert reloaded.label == one.label and reloaded.probability == pytest.approx(one.probability, abs=1e-5)
+    # exported with its spectrogram front end inside: raw samples in, the same classes out
+    from deepfit.workflows.export import export
+
+    made = export(clf.run_dir)
+    assert made.figures["parity"]["top1_agreement"] == 1.0 and "waveforms" in made.figures["inputs"]
+    in_onnx = deepfit.load(clf.run_dir, backend="onnx").predict(recordings / "high_s0_0.wav")
+    assert in_onnx.label == one.label and in_onnx.probability == pytest.approx(one.probability, abs=0.02)
 
 
 def test_sound_data_is_recognised_and_the_image_default_network_is_named(recordings: Path, tmp_path: Path,

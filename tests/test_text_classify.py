@@ -85,6 +85,18 @@ def test_the_python_front_end_takes_strings_and_reloads(table: Path, tmp_path: P
     again = deepfit.load(clf.run_dir)
     assert isinstance(again, deepfit.TextClassifier)
     assert again.predict("bread soup recipe").label == "food"
+    _check_text_export(clf.run_dir)
+
+
+def _check_text_export(run: Path) -> None:
+    """Token ids in (the tokenizer saved beside), the same probabilities out, in batches of texts of any length."""
+    from deepfit.workflows.export import export
+
+    made = export(run, dynamic_batch=True)
+    assert made.figures["parity"]["top1_agreement"] == 1.0 and (run / "model.tokenizer.json").is_file()
+    texts = ["pizza recipe", "a team coach who won the league match with a late goal", "x"]
+    ours, theirs = deepfit.load(run, backend="onnx").predict_proba(texts), deepfit.load(run).predict_proba(texts)
+    assert abs(ours - theirs).max() < 0.02  # torch may compute in bf16 here
 
 
 @pytest.mark.parametrize("model", ["rnn", "transformer"])
@@ -93,6 +105,7 @@ def test_the_recurrent_and_transformer_networks_train(table: Path, tmp_path: Pat
                                  else {"dim": 32, "hidden": 32}, epochs=2, batch_size=16, vocab_size=200, workers=0,
                                  output=str(tmp_path), name=model).fit(table, text_column="body")
     assert clf.predict("a goal").label in WORDS and len(clf.predict(["a", "b c"])) == 2
+    _check_text_export(clf.run_dir)
 
 
 def test_length_buckets_pad_less_and_keep_every_text_once() -> None:

@@ -121,9 +121,10 @@ class Learner:
         return self.predictor.predict(inputs, **options)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> Learner:
-        """A trained run, ready to predict and evaluate in a fresh process (no user code needed)."""
-        task, predictor = load_predictor(run_dir, checkpoint, device)
+    def from_run(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "auto", backend: str = "torch") -> Learner:
+        """A trained run, ready to predict and evaluate in a fresh process (no user code needed); backend "onnx" or
+        "int8" predicts with its exported file in ONNX Runtime (`deepfit export`)."""
+        task, predictor = load_predictor(run_dir, checkpoint, device, backend)
         learner = cls(task=task.name, **{k: v for k, v in predictor.trained.meta["config"].items() if k != "task"})
         learner.config = learner.config.replace(device=device)
         learner.run_dir, learner._predictor = run_folder(run_dir), predictor
@@ -386,11 +387,11 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None
     return learner
 
 
-def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> Learner:
+def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", backend: str = "torch") -> Learner:
     """A trained run, ready to predict and evaluate in a fresh process (no user code needed): an ImageClassifier,
     ObjectDetector or SemanticSegmenter, or a Learner for a task registered from outside deepfit."""
     task = run_task(run_dir)
     modality = read_run_config(run_folder(run_dir)).get("modality") if task == "classify" else None
     if modality in ("sound", "text"):
-        return (SoundClassifier if modality == "sound" else TextClassifier).from_run(run_dir, checkpoint, device)
-    return _front_end(task).from_run(run_dir, checkpoint, device)
+        return (SoundClassifier if modality == "sound" else TextClassifier).from_run(run_dir, checkpoint, device, backend)
+    return _front_end(task).from_run(run_dir, checkpoint, device, backend)

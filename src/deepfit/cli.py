@@ -14,6 +14,7 @@ import re
 import sys
 from typing import Any, NoReturn
 
+from deepfit.cli_deploy import add_deploy_commands, add_predict_options, cmd_benchmark, cmd_export
 from deepfit.cli_options import add_config_options, add_task_options, add_verbosity, task_option_names
 from deepfit.config import ALIASES, FeaturesConfig, OptionError
 from deepfit.errors import ConfigError, DeepfitError, TrainingInterrupted
@@ -167,10 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_task_options(p, "predict", "prediction options (each option is for the tasks it names)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--device", default="auto")
+    add_predict_options(p)
+    deploy = add_deploy_commands(sub)
 
     m = sub.add_parser("models", help="list model names (deepfit, timm, torchvision)")
     m.add_argument("pattern", nargs="?", default="", help="only names containing this text")
-    for command in (parser, q, t, f, c, dc, e, p, m):
+    for command in (parser, q, t, f, c, dc, e, p, m, *deploy):
         add_verbosity(command)
     return parser
 
@@ -299,7 +302,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         raise ConfigError("nothing to predict: give files, folders or glob patterns (or, for a text classifier, --text "
                           "or '-' to read stdin)")
     _print(*predict_files(args.run_dir, paths, args.output, checkpoint=args.checkpoint, device=args.device, texts=texts,
-                          **options))
+                          backend=args.backend, **options))
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
@@ -322,7 +325,8 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"quickstart": _cmd_quickstart, "train": _cmd_train, "features": _cmd_features, "compare": _cmd_compare,
-            "data": _cmd_data_check, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "models": _cmd_models}
+            "data": _cmd_data_check, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "models": _cmd_models,
+            "export": lambda args: _print(*cmd_export(args)), "benchmark": lambda args: _print(*cmd_benchmark(args))}
 
 
 def main(argv: list[str] | None = None) -> int:

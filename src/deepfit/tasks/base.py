@@ -260,3 +260,11 @@ class ModelPredictor:
         self.device = resolve_device(device)
         self.precision = resolve_precision("auto", self.device)
         self.model = trained.model.to(self.device).eval()
+        self.runner: Any = None  # an OnnxRunner once `use_onnx` is called: the predictions come from ONNX Runtime
+
+    def use_onnx(self, path: Path) -> None:
+        """Predict with the exported ONNX file `path` (ONNX Runtime) instead of the PyTorch model: same inputs, same
+        results and files, within the export's measured agreement."""
+        from deepfit.deploy.graph import OnnxRunner
+
+        self.runner = OnnxRunner(path)

@@ -132,9 +132,11 @@ class LogMel(nn.Module):
         batch, channels, samples = wave.shape
         with torch.autocast(wave.device.type, enabled=False):
             flat = wave.reshape(batch * channels, samples).float()  # (B*C, T)
+            # ONNX has no complex type: its export takes the STFT as (real, imaginary) pairs, the same numbers
+            complex_out = not torch.onnx.is_in_onnx_export()
             spec = torch.stft(flat, c.n_fft, c.hop_length, c.win_length, self.window, center=True, pad_mode="constant",
-                              return_complex=True)  # (B*C, F, frames)
-            power = spec.real.square() + spec.imag.square()
+                              return_complex=complex_out)  # (B*C, F, frames), or (B*C, F, frames, 2)
+            power = spec.real.square() + spec.imag.square() if complex_out else spec.square().sum(-1)
             mel = torch.matmul(power.transpose(1, 2), self.filters)  # (B*C, frames, M)
             db = 10.0 * torch.log10(mel.clamp(min=1e-10))
             db = torch.maximum(db, db.amax(dim=(1, 2), keepdim=True) - c.top_db)  # floor each clip at top_db below its peak

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from deepfit.deploy.agreement import logit_accepted, logit_agreement
+from deepfit.deploy.graph import Graph
 from deepfit.engine.device import autocast
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
@@ -50,11 +52,27 @@ class Predictor(ModelPredictor):
     @torch.inference_mode()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) uint8 storage batch -> (B, C) float32 logits on CPU."""
+        if self.runner is not None:
+            return self.runner(images)[0].float()
         x = self.transform(images.to(self.device), None)
         with autocast(self.device, self.precision):
             views = tta_views(x) if self.tta else [x]
             out = torch.stack([self.model(v).float() for v in views]).mean(0)
         return out.cpu()
+
+    def export_graph(self) -> Graph:
+        """uint8 images of any size -> logits: resized to the storage size, centre-cropped, normalised inside."""
+        prep, size = self.trained.preprocessing, self.trained.preprocessing.resize_size
+        return Graph(ImageClassifierGraph(self.model, self.transform, size, self.tta),
+                     {"images": f"(B, 3, H, W) uint8 RGB; stretched to {size}x{size} inside (deepfit first resizes the "
+                                f"shorter side to {size} and centre-crops {size}x{size})"},
+                     ["logits"], {"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}},
+                     logit_agreement, logit_accepted,
+                     info={"preprocessing": {**prep.to_dict(), "resize_size": size}, "tta": self.tta})
+
+    def graph_inputs(self, sources: Sequence[ImageInput]) -> list[tuple[torch.Tensor, ...]]:
+        """Each source as the export's input: a (1, 3, S, S) uint8 image as deepfit decodes it."""
+        return [(to_storage(s, self.trained.preprocessing.resize_size)[None],) for s in sources]
 
     def predict_proba(self, inputs: ImageInput | Sequence[ImageInput], batch_size: int = 64) -> np.ndarray:
         """(N, C) class probabilities, columns in the order of `self.classes`."""
@@ -90,6 +108,21 @@ class Predictor(ModelPredictor):
 
     def _prediction(self, source: str, probs: np.ndarray, top_k: int) -> Prediction:
         return to_prediction(self.classes, source, probs, top_k)
+
+
+class ImageClassifierGraph(torch.nn.Module):
+    """What `Predictor.logits` computes, as one module for export: uint8 (B, 3, H, W) -> (B, C) logits."""
+
+    def __init__(self, model: torch.nn.Module, transform: BatchTransform, size: int, tta: bool) -> None:
+        super().__init__()
+        self.model, self.transform, self.size, self.tta = model, transform, size, tta
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # bilinear at the same size is the identity, so deepfit's own S x S storage passes through unchanged
+        x = torch.nn.functional.interpolate(images.float(), size=(self.size, self.size), mode="bilinear", align_corners=False)
+        x = self.transform(x, None)  # centre crop, normalise
+        views = tta_views(x) if self.tta else [x]
+        return torch.stack([self.model(v).float() for v in views]).mean(0)
 
 
 def to_prediction(classes: Sequence[str], source: str, probs: np.ndarray, top_k: int) -> Prediction:

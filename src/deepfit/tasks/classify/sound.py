@@ -22,6 +22,8 @@ from torch import nn
 from deepfit.config import TrainConfig
 from deepfit.data.media import IMAGE_EXTENSIONS, IMAGES
 from deepfit.data.sources import Catalog, LabeledFile, discover
+from deepfit.deploy.agreement import logit_accepted, logit_agreement
+from deepfit.deploy.graph import Graph
 from deepfit.engine.device import autocast
 from deepfit.errors import ConfigError, DataError
 from deepfit.log import logger
@@ -225,8 +227,20 @@ class SoundPredictor(ModelPredictor):
     @torch.inference_mode()
     def logits(self, clips: torch.Tensor) -> torch.Tensor:
         """(B, C, T) float clips -> (B, classes) float32 logits on the CPU."""
+        if self.runner is not None:
+            return self.runner(clips.float())[0].float()
         with autocast(self.device, self.precision):
             return self.model(clips.to(self.device)).float().cpu()
+
+    def export_graph(self) -> Graph:
+        """Raw waveforms -> logits: the spectrogram front end is inside the network."""
+        s = self.spec
+        return Graph(self.model, {"waveforms": f"(B, {s.channels}, {s.samples}) float32 samples in [-1, 1] at {s.sample_rate} Hz"},
+                     ["logits"], {"waveforms": {0: "batch"}, "logits": {0: "batch"}}, logit_agreement, logit_accepted,
+                     info={"sample_rate": s.sample_rate, "channels": s.channels, "samples": s.samples})
+
+    def graph_inputs(self, sources: list[Any]) -> list[tuple[torch.Tensor, ...]]:
+        return [(self.clip(s)[None],) for s in sources]
 
     def predict_proba(self, inputs: Any, batch_size: int = 64) -> np.ndarray:
         """(N, classes) probabilities, columns in the order of `self.classes`."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from torch import nn
 
 from deepfit.config import MODALITY_DEFAULTS, TrainConfig
 from deepfit.data.catalog import SPLIT_ORDER, Catalog, LabeledText
+from deepfit.deploy.agreement import logit_accepted, logit_agreement
+from deepfit.deploy.graph import Graph
 from deepfit.engine.device import autocast
 from deepfit.errors import ConfigError, DataError
 from deepfit.fileio import atomic_write_text
@@ -45,7 +48,7 @@ from deepfit.tasks.base import ModelPredictor, Setup
 from deepfit.tasks.classify.objective import ClassificationTask
 from deepfit.tasks.classify.predict import Prediction, to_prediction
 from deepfit.tasks.classify.sound import discover_labelled
-from deepfit.tasks.classify.text_model import TEXT_MODELS, build_text_model
+from deepfit.tasks.classify.text_model import TEXT_MODELS, TextTransformer, build_text_model
 
 DEFAULT_MAX_LENGTH = 256  # tokens per text: longer texts are cut, and how many were is reported
 
@@ -236,8 +239,44 @@ class TextPredictor(ModelPredictor):
 
     @torch.inference_mode()
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.runner is not None:
+            inputs = [batch["counts"]] if self.ngrams is not None else self._padded(batch["input_ids"], batch["attention_mask"].long())
+            return self.runner(*inputs)[0].float()
         with autocast(self.device, self.precision):
             return self.model({k: v.to(self.device) for k, v in batch.items()}).float().cpu()
+
+    def export_graph(self) -> Graph:
+        """Token ids and their mask (from the tokenizer saved beside the file) -> logits; a TF-IDF run takes the counts
+        of its n-grams (the vocabulary saved beside) and weighs them inside."""
+        axes = {"logits": {0: "batch"}}
+        common = {"outputs": ["logits"], "agreement": logit_agreement, "accepts": logit_accepted}
+        if self.ngrams is not None:
+            return Graph(TextGraph(self.model, counts=True), {"counts": "(B, V) float32 counts of the n-grams of ngrams.json"},
+                         dynamic={"counts": {0: "batch"}, **axes}, files={"ngrams.json": json.dumps(self.ngrams)}, **common)
+        length = "max_length" if self.fixed_length else "L"
+        text = f"(B, {length}) int64, from the tokenizer.json saved beside" + (", padded with 0" if self.fixed_length else "")
+        ids_axes = {0: "batch"} if self.fixed_length else {0: "batch", 1: "length"}
+        return Graph(TextGraph(self.model, counts=False), {"input_ids": f"token ids {text}", "attention_mask": f"1 for tokens, 0 for padding {text}"},
+                     dynamic={"input_ids": ids_axes, "attention_mask": ids_axes, **axes},
+                     files={"tokenizer.json": self.spec.tokenizer}, info={"max_length": self.spec.max_length}, **common)
+
+    def graph_inputs(self, sources: list[str]) -> list[tuple[torch.Tensor, ...]]:
+        if self.ngrams is not None:
+            return [(torch.from_numpy(ngram_counts(self.ngrams, [t]).toarray()),) for t in sources]
+        ids = encode(self.tokenizer, list(sources), self.spec.max_length)[0]
+        return [self._padded(torch.tensor([i]), torch.ones(1, len(i), dtype=torch.long)) for i in ids]
+
+    @property
+    def fixed_length(self) -> bool:
+        """torch's attention layers export their reshapes with the traced length written in: a transformer trained
+        here is exported for texts padded to its maximum length (the mask keeps the padding out of every result)."""
+        return isinstance(self.model, TextTransformer)
+
+    def _padded(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.fixed_length:
+            return ids, mask
+        pad = self.spec.max_length - ids.shape[1]
+        return nn.functional.pad(ids, (0, pad)), nn.functional.pad(mask, (0, pad))
 
     def predict_proba(self, inputs: Any, batch_size: int = 64) -> np.ndarray:
         texts = [TEXT.load(t) for t in ([inputs] if isinstance(inputs, str | Path) else list(inputs))]
@@ -285,6 +324,20 @@ class TextPredictor(ModelPredictor):
                     sources.append(f"{path}:{n}")
         probs = self.predict_proba(texts, batch_size) if texts else np.zeros((0, len(self.classes)))
         return [to_prediction(self.classes, s, p, top_k) for s, p in zip(sources, probs, strict=True)], failed
+
+
+class TextGraph(nn.Module):
+    """A text network with tensors for arguments (the ONNX form of its dict batch): (ids, mask) or (counts,)."""
+
+    def __init__(self, model: nn.Module, counts: bool) -> None:
+        super().__init__()
+        self.model, self.counts = model, counts
+
+    def forward(self, first: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.counts:
+            return self.model({"counts": first})
+        assert mask is not None
+        return self.model({"input_ids": first, "attention_mask": mask != 0})
 
 
 def _name(item: Any) -> str:

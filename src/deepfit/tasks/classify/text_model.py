@@ -40,19 +40,25 @@ class BagOfNgrams(nn.Module):
     def _grams(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and hashed n-gram ids of every text, flattened with their text of origin: (N,), (N,)."""
         rows = [ids[mask]]
-        owners = [torch.arange(len(ids), device=ids.device)[:, None].expand_as(ids)[mask]]
+        owners = [torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(ids)[mask]]
         hashed = ids.clone()
         for n in range(2, self.ngrams + 1):
             # a polynomial hash of the n tokens ending here, valid where all n are real tokens
             hashed = hashed[:, :-1] * 1000003 + ids[:, n - 1 :]
             valid = mask[:, n - 1 :] & mask[:, : -n + 1]
             rows.append(self.vocab_size + hashed[valid].remainder(self.buckets))
-            owners.append(torch.arange(len(ids), device=ids.device)[:, None].expand_as(hashed)[valid])
+            owners.append(torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(hashed)[valid])
         return torch.cat(rows), torch.cat(owners)
 
     def forward_features(self, batch: Batch) -> torch.Tensor:
         ids, mask = batch["input_ids"], batch["attention_mask"].bool()
         flat, owner = self._grams(ids, mask)
+        if torch.onnx.is_in_onnx_export():
+            # ONNX has no stable sort (nor EmbeddingBag's offsets): the same mean as sums and counts per text
+            # (index_add's export scatters wrongly: a (B, N) membership matrix does it as a product instead)
+            vectors = nn.functional.embedding(flat, self.embed.weight)  # (N, dim)
+            member = (owner[None, :] == torch.arange(ids.shape[0], device=ids.device)[:, None]).to(vectors.dtype)  # (B, N)
+            return (member @ vectors) / member.sum(1, keepdim=True).clamp(min=1)  # (B, dim); no tokens: zeros, as EmbeddingBag
         order = torch.argsort(owner, stable=True)
         offsets = torch.searchsorted(owner[order], torch.arange(len(ids), device=ids.device))
         return self.embed(flat[order], offsets)  # (B, dim)

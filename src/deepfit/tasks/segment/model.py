@@ -85,7 +85,7 @@ class Segmenter(nn.Module):
         return tuple(f"decoder.{name}." for name in self.decoder.class_layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = (int(x.shape[-2]), int(x.shape[-1]))
+        size = x.shape[-2:]  # not int()s: an ONNX export then keeps the height and width dynamic
         x = (x - self.mean[:, None, None]) / self.std[:, None, None]
         features = self.encoder(x)
         if isinstance(features, dict):  # a torchvision segmentation backbone: {"out"} or {"low", "high"}, fine to coarse

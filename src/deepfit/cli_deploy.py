@@ -1,0 +1,80 @@
+"""The `deepfit export` and `deepfit benchmark` commands, and the options `predict` takes for backends and video:
+a thin layer over workflows/export.py, workflows/speed.py and workflows/video.py, beside cli.py."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from deepfit.deploy.graph import DEFAULT_OPSET
+
+
+def add_deploy_commands(sub: Any) -> list[argparse.ArgumentParser]:
+    """The export and benchmark subcommands (returned, for the verbosity flags every command gets)."""
+    x = sub.add_parser("export", help="export a run's model to ONNX (checked against PyTorch on its test split), "
+                       "optionally with an int8 copy")
+    x.add_argument("run_dir", help="the run folder that `deepfit train` wrote")
+    x.add_argument("--format", default="onnx", choices=["onnx"])
+    x.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    x.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: one sample a call)")
+    x.add_argument("--quantize", choices=["int8"], help="also write an int8 copy (model.int8.onnx), with its accuracy "
+                   "and speed next to the fp32 file's")
+    x.add_argument("--output", help="the .onnx file to write (default RUN_DIR/model.onnx); never overwritten")
+    x.add_argument("--samples", type=int, default=32, help="test samples the export is checked on (default 32)")
+    x.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    x.add_argument("--data-root", metavar="NEW", help="where the run's data is now, if it moved")
+
+    b = sub.add_parser("benchmark", help="latency and throughput of a run's model: PyTorch, ONNX Runtime and int8")
+    b.add_argument("run_dir", help="the run folder that `deepfit train` wrote")
+    b.add_argument("--batch", type=int, default=8, help="samples a call for the throughput (default 8)")
+    b.add_argument("--repeats", type=int, default=10, help="calls timed per round (default 10)")
+    b.add_argument("--rounds", type=int, default=3, help="rounds, the backends taking turns (default 3)")
+    b.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    return [x, b]
+
+
+def add_predict_options(p: argparse.ArgumentParser) -> None:
+    """`deepfit predict` options for the backend and for video, webcams and streams."""
+    p.add_argument("--backend", default="torch", help="torch (default); onnx or int8: the run's exported model.onnx or "
+                   "model.int8.onnx in ONNX Runtime (see `deepfit export`); or the path of an exported .onnx file")
+    p.add_argument("--source", action="append", help="a video source: webcam:N, an rtsp:// (or http://) stream URL, a "
+                   "video file or a folder of frames (video files among the paths are found by themselves)")
+    p.add_argument("--every", type=int, default=1, help="video: predict every N-th frame (default every frame)")
+    p.add_argument("--max-fps", type=float, help="video: at most this many frames a second of video")
+    p.add_argument("--max-frames", type=int, help="video: stop after this many predicted frames (a webcam or stream "
+                   "otherwise runs until it ends or Ctrl-C)")
+
+
+def cmd_export(args: argparse.Namespace) -> list[str]:
+    from deepfit.workflows.export import export
+
+    made = export(args.run_dir, output=args.output, format=args.format, opset=args.opset, dynamic_batch=args.dynamic_batch,
+                  quantize=args.quantize, samples=args.samples, checkpoint=args.checkpoint, data_root=args.data_root)
+    parity = made.figures["parity"]
+    agree = next((f"{k.replace('_', ' ')} {parity[k]:.2%}" for k in ("top1_agreement", "pixel_agreement") if k in parity),
+                 f"box mAP against PyTorch {parity.get('box_map', 0):.3f}")
+    lines = [f"wrote {made.model}: {agree}, max abs difference {parity['max_abs_diff']:.2g} on {parity['samples']} "
+             f"{parity['split']} samples; figures in {made.report}"]
+    if made.int8:
+        q = made.figures["int8"]
+        change = f"accuracy {q['accuracy']:.2%} (fp32 {parity['accuracy']['onnx']:.2%})" if "accuracy" in q else next(
+            (f"{k.replace('_', ' ')} with PyTorch {q[k]:.2%}" for k in ("top1_agreement", "pixel_agreement") if k in q),
+            f"box mAP against PyTorch {q.get('box_map', 0):.3f}")
+        lines.append(f"wrote {made.int8}: {change}, {q['speedup_over_onnx']:.2f}x the fp32 file's speed, "
+                     f"{q['bytes']['int8'] / 1e6:.2f} MB")
+    return lines
+
+
+def cmd_benchmark(args: argparse.Namespace) -> list[Any]:
+    from rich.table import Table
+
+    from deepfit.workflows.speed import benchmark
+
+    speeds = benchmark(args.run_dir, batch=args.batch, repeats=args.repeats, rounds=args.rounds, checkpoint=args.checkpoint)
+    table = Table(title=f"{args.run_dir} on this machine (CPU threads as each backend chooses)")
+    for column in ("backend", "latency, batch 1", f"throughput, batch {args.batch}", "vs torch"):
+        table.add_column(column, justify="left" if column == "backend" else "right")
+    base = speeds[0].throughput
+    for s in speeds:
+        table.add_row(s.backend, f"{s.latency_ms:.2f} ms", f"{s.throughput:,.1f} samples/s", f"{s.throughput / base:.2f}x" if base else "")
+    return [table]

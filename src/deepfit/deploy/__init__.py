@@ -1,0 +1,1 @@
+"""Using a trained model outside PyTorch: ONNX export, ONNX Runtime, quantisation."""
