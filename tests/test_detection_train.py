@@ -90,6 +90,21 @@ def test_detector_exports_to_onnx_with_its_boxes_checked(detect_run: Path, squar
     _check_detector_export(Path(shutil.copytree(detect_run, tmp_path / "det")), squares, masks=False)
 
 
+def test_a_detector_draws_its_boxes_on_every_video_frame(detect_run: Path, squares: Path, tmp_path: Path) -> None:
+    from deepfit.modalities.image.video import VideoWriter, open_frames
+
+    with VideoWriter(tmp_path / "squares.mp4", 5) as writer:  # the data's own images as frames
+        for i in range(4):
+            writer.write(np.asarray(Image.open(squares / "images" / "val" / f"val{i}.png").convert("RGB")))
+    assert main(["predict", str(detect_run), str(tmp_path / "squares.mp4"), "--conf", "0.0", "--output", str(tmp_path / "out")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "out" / "squares.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and all(r["objects"] == len(r["detections"]) > 0 for r in records)
+    assert set(records[0]["detections"][0]) == {"class", "score", "box"}
+    with open_frames(tmp_path / "out" / "squares.mp4") as frames:
+        drawn = [f.image for f in frames]
+    assert len(drawn) == 4 and drawn[0].shape == (96, 96, 3)
+
+
 def test_cli_predict_writes_drawings_coco_json_and_csv_and_never_overwrites(detect_run: Path, squares: Path, tmp_path: Path) -> None:
     out = tmp_path / "pred"
     assert main(["predict", str(detect_run), str(squares / "images" / "val"), "--output", str(out), "--conf", "0.01"]) == 0

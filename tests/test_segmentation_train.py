@@ -117,6 +117,20 @@ def test_export_agrees_pixel_for_pixel_and_the_onnx_backend_tiles_too(trained: P
     assert (tiles.predict(image) == ours).mean() > 0.95
 
 
+def test_a_segmenter_streams_masks_of_video_frames(trained: Path, tmp_path: Path) -> None:
+    import deepfit
+    from deepfit.modalities.image.video import VideoWriter
+
+    rng = np.random.default_rng(3)
+    pairs = [rectangle_pair(rng, 48, 64) for _ in range(3)]
+    with VideoWriter(tmp_path / "rects.mkv", 5) as writer:
+        for image, _ in pairs:
+            writer.write(image)
+    frames = list(deepfit.load(trained).stream(tmp_path / "rects.mkv"))
+    assert [f.index for f in frames] == [0, 1, 2] and frames[0].result.shape == (48, 64)
+    assert np.mean([(f.result == mask).mean() for f, (_, mask) in zip(frames, pairs, strict=True)]) > 0.7  # after coding
+
+
 def test_tiled_prediction_of_a_large_image_matches_the_whole_image(trained: Path) -> None:
     from deepfit.tasks.segment.predict import SegmentationPredictor, load_segmenter
 

@@ -120,6 +120,15 @@ class Learner:
             inputs = get_modality(getattr(self.predictor, "modality", self.task.modality)).expand([inputs])
         return self.predictor.predict(inputs, **options)
 
+    def stream(self, source: str | Path, *, every: int = 1, max_fps: float | None = None, max_frames: int | None = None,
+               **options: Any) -> Any:
+        """A generator of per-frame results (`.index`, `.time`, `.image`, `.result`) of a video file, a folder of frames,
+        "webcam:N" or a stream URL, as the frames arrive; `options` as for predict (e.g. conf=)."""
+        from deepfit.workflows.video import stream
+
+        options = option_values(self.task, options, self.task.predict_options, "predict")
+        return stream(self.task, self.predictor, source, every=every, max_fps=max_fps, max_frames=max_frames, options=options)
+
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "auto", backend: str = "torch") -> Learner:
         """A trained run, ready to predict and evaluate in a fresh process (no user code needed); backend "onnx" or

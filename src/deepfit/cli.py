@@ -292,17 +292,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from deepfit.workflows.predict import predict_files
+    from deepfit.workflows.predict import predict_files, predict_videos
+    from deepfit.workflows.video import video_inputs
 
     options = {k: v for k, v in vars(args).items() if k in task_option_names("predict")}
     paths, texts = args.paths, list(args.text or [])
     if paths == ["-"]:  # one text a line from stdin
         paths, texts = [], texts + [line for line in sys.stdin.read().splitlines() if line.strip()]
-    if not paths and not texts:
+    videos, paths = video_inputs(paths, args.source)
+    if not paths and not texts and not videos:
         raise ConfigError("nothing to predict: give files, folders or glob patterns (or, for a text classifier, --text "
-                          "or '-' to read stdin)")
-    _print(*predict_files(args.run_dir, paths, args.output, checkpoint=args.checkpoint, device=args.device, texts=texts,
-                          backend=args.backend, **options))
+                          "or '-' to read stdin; for video, --source webcam:0 or a stream URL)")
+    if videos:
+        _print(*predict_videos(args.run_dir, videos, args.output, checkpoint=args.checkpoint, device=args.device,
+                               backend=args.backend, every=args.every, max_fps=args.max_fps, max_frames=args.max_frames,
+                               **options))
+    elif args.every != 1 or args.max_fps or args.max_frames:
+        raise ConfigError("--every, --max-fps and --max-frames are for video: give a video file or --source")
+    if paths or texts:
+        _print(*predict_files(args.run_dir, paths, args.output, checkpoint=args.checkpoint, device=args.device,
+                              texts=texts, backend=args.backend, **options))
 
 
 def _cmd_models(args: argparse.Namespace) -> None:

@@ -16,7 +16,8 @@ from PIL import Image
 
 from deepfit.log import logger
 
-__all__ = ["PALETTE", "as_numpy", "class_color", "hex_color", "image_tensor", "label_font_path", "rgb_array", "text_color"]
+__all__ = ["PALETTE", "as_numpy", "caption", "class_color", "hex_color", "image_tensor", "label_font_path", "rgb_array",
+           "text_color"]
 
 # tab10's strong colours first, then tab20's light ones: neighbouring class indices differ clearly.
 _TAB20 = colormaps["tab20"].colors
@@ -113,3 +114,17 @@ def image_tensor(image: Any) -> Any:
     if tensor.is_floating_point():
         tensor = (tensor.clamp(0, 1) * 255).round()  # float images are taken to be in [0, 1]
     return tensor.to(torch.uint8).contiguous()
+
+
+def caption(image: np.ndarray, text: str, color: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """(H, W, 3) uint8 image with `text` on a band of `color` across its top (a classified video frame's label)."""
+    from PIL import ImageDraw, ImageFont
+
+    picture = Image.fromarray(np.ascontiguousarray(image))
+    size = max(10, round(min(picture.size) / 18))
+    path = label_font_path()
+    font = ImageFont.truetype(path, size) if path else ImageFont.load_default()
+    draw = ImageDraw.Draw(picture)
+    draw.rectangle((0, 0, picture.width, round(size * 1.5)), fill=color)
+    draw.text((round(size / 3), round(size / 5)), text, fill=text_color(color), font=font)
+    return np.asarray(picture)

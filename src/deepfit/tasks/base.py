@@ -181,6 +181,19 @@ class Task:
         renderables)."""
         raise NotImplementedError
 
+    # --- video frames (workflows/video.py): the image tasks name these three ----------------------------
+    def frame(self, predictor: Any, image: Any, **options: Any) -> Any:
+        """The predictor's result for one (H, W, 3) uint8 RGB video frame, with the task's predict options."""
+        raise ConfigError(f"--task {self.name} does not predict on video")
+
+    def draw_frame(self, predictor: Any, image: Any, result: Any) -> Any:
+        """The frame (H, W, 3) uint8 with its result drawn on it, for the annotated video."""
+        raise ConfigError(f"--task {self.name} does not predict on video")
+
+    def frame_record(self, predictor: Any, result: Any) -> dict[str, Any]:
+        """A frame's result as a row of the per-frame CSV / JSON Lines file (lists and dicts are JSON in the CSV)."""
+        raise ConfigError(f"--task {self.name} does not predict on video")
+
     # --- optional --------------------------------------------------------------------------------------
     def check_data(self, data: str | Path, **options: Any) -> list[Any]:
         """`deepfit data check`: a summary of DATA as printable renderables; problems are logged as warnings."""

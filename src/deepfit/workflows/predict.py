@@ -66,3 +66,18 @@ def predict_files(run_dir: str | Path, inputs: list[str | Path], output: str | P
     paths = get_modality(modality).expand(inputs) if inputs else []  # a classifier of sound takes sound files
     return task.predict_files(predictor, [*paths, *(texts or [])], Path(output) if output else None, run_folder(run_dir),
                               **options)
+
+
+def predict_videos(run_dir: str | Path, sources: list[str | Path], output: str | Path | None = None, *, checkpoint: str = "best",
+                   device: str = "auto", backend: str = "torch", every: int = 1, max_fps: float | None = None,
+                   max_frames: int | None = None, **options: Any) -> list[str]:
+    """Predict on video files, folders of frames, webcam:N or stream URLs: an annotated video and per-frame CSV and JSON
+    Lines files per source, in `output` (default RUN/video). Returns a line per source."""
+    from deepfit.workflows.video import predict_video
+
+    setup_logging()
+    task, predictor = load_predictor(run_dir, checkpoint, device, backend)
+    options = option_values(task, {k: v for k, v in options.items() if v is not None}, task.predict_options, "predict")
+    target = Path(output) if output else run_folder(run_dir) / "video"
+    return predict_video(task, predictor, list(sources), target, every=every, max_fps=max_fps, max_frames=max_frames,
+                         options=options)

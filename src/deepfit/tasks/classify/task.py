@@ -29,6 +29,7 @@ from deepfit.modalities.sound import SOUND
 from deepfit.modalities.text.io import read_texts
 from deepfit.models.factory import Preprocessing, create_model, is_convolutional, list_models
 from deepfit.models.weights import classifier_module, freeze_folded_norms
+from deepfit.report.drawing import caption, class_color
 from deepfit.runs.folder import run_folder
 from deepfit.tasks.base import Data, Option, Setup, Task
 from deepfit.tasks.classify.data import (
@@ -41,7 +42,7 @@ from deepfit.tasks.classify.data import (
 from deepfit.tasks.classify.evaluate import Evaluation, check_known_classes, score_files
 from deepfit.tasks.classify.model import TrainedModel, load_trained
 from deepfit.tasks.classify.objective import ClassificationTask
-from deepfit.tasks.classify.predict import Predictor, write_predictions
+from deepfit.tasks.classify.predict import Prediction, Predictor, write_predictions
 from deepfit.tasks.classify.sound import SoundPredictor, discover_labelled, write_timelines
 from deepfit.tasks.classify.sound import prepare as prepare_sound
 from deepfit.tasks.classify.sound_model import OWN_SOUND_MODELS
@@ -240,6 +241,19 @@ class ClassifyTask(Task):
 
     def headline(self, evaluation: Evaluation) -> str:
         return f"{evaluation.split} accuracy {evaluation.metrics['accuracy']:.2%}; report: {evaluation.report}"
+
+    def frame(self, predictor: Predictor, image: Any, *, top_k: int = 3, hop: float | None = None,
+              text_column: list[str] | None = None, encoding: str | None = None) -> Prediction:
+        if hop is not None or text_column or encoding:
+            raise ConfigError("--hop, --text-column and --encoding are for sound and text, not video frames")
+        return predictor.predict([image], top_k=top_k)[0]
+
+    def draw_frame(self, predictor: Predictor, image: Any, result: Prediction) -> Any:
+        return caption(image, f"{result.label} {result.probability:.0%}", class_color(predictor.classes.index(result.label)))
+
+    def frame_record(self, predictor: Predictor, result: Prediction) -> dict[str, Any]:
+        return {"label": result.label, "probability": round(result.probability, 6),
+                "top": [[label, round(p, 6)] for label, p in result.top]}
 
     def predict_files(self, predictor: Predictor | SoundPredictor, paths: list[Path], output: Path | None, run_dir: Path, *,
                       top_k: int = 3, hop: float | None = None, text_column: list[str] | None = None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.table import Table
 from torch import nn
 
@@ -193,6 +194,19 @@ class DetectTask(Task):
         if evaluation.mask:
             text += f", mask mAP {evaluation.mask['map']:.4f} (mAP50 {evaluation.mask['map50']:.4f})"
         return f"{evaluation.split}: {text}; report: {evaluation.report}"
+
+    def frame(self, predictor: DetectionPredictor, image: Any, *, conf: float = DEFAULT_CONF, iou: float = DEFAULT_IOU) -> Any:
+        return predictor.predict(image, conf=conf, iou=iou)
+
+    def draw_frame(self, predictor: DetectionPredictor, image: Any, result: Any) -> Any:
+        from deepfit.tasks.detect.report import draw_detections
+
+        return np.asarray(draw_detections(image, result, predictor.trained.classes))
+
+    def frame_record(self, predictor: DetectionPredictor, result: Any) -> dict[str, Any]:
+        return {"objects": len(result["boxes"]),
+                "detections": [{"class": name, "score": round(float(score), 4), "box": [round(float(v), 1) for v in box]}
+                               for name, score, box in zip(result["names"], result["scores"], result["boxes"], strict=True)]}
 
     def predict_files(self, predictor: DetectionPredictor, paths: list[Path], output: Path | None, run_dir: Path, *,
                       conf: float = DEFAULT_CONF, iou: float = DEFAULT_IOU) -> list[Any]:

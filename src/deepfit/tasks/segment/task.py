@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.table import Table
 from torch import nn
@@ -181,6 +182,18 @@ class SegmentTask(Task):
         m = evaluation.metrics
         return (f"{evaluation.split}: mIoU {m['miou']:.4f}, mean Dice {m['mean_dice']:.4f}, pixel accuracy {m['pixel_accuracy']:.2%}; "
                 f"report: {evaluation.report}")
+
+    def frame(self, predictor: SegmentationPredictor, image: Any) -> Any:
+        return predictor.predict(image)
+
+    def draw_frame(self, predictor: SegmentationPredictor, image: Any, result: Any) -> Any:
+        from deepfit.tasks.segment.pictures import overlay
+
+        return overlay(image, result, predictor.trained.colors)
+
+    def frame_record(self, predictor: SegmentationPredictor, result: Any) -> dict[str, Any]:
+        shares = np.bincount(result.ravel(), minlength=len(predictor.trained.classes)) / max(1, result.size)
+        return {"pixels": {name: round(float(share), 5) for name, share in zip(predictor.trained.classes, shares, strict=False)}}
 
     def predict_files(self, predictor: SegmentationPredictor, paths: list[Path], output: Path | None, run_dir: Path) -> list[Any]:
         out, done, failed = predict_to_folder(predictor, run_dir, paths, output)

@@ -1,0 +1,117 @@
+"""Predicting on video, webcams and streams, written once for every image task.
+
+A source (a video file, a folder of frames, webcam:N, an rtsp:// or http:// URL) is decoded one frame at a time
+(`modalities/image/video.py`); the task says how to predict one frame, how to draw its result on it and what of it
+goes in the per-frame table (`Task.frame`, `Task.draw_frame`, `Task.frame_record`). `stream` is the generator under
+both `model.stream(source)` and `deepfit predict RUN video.mp4`, which also writes the annotated video and a
+per-frame CSV and JSON Lines file as it goes: nothing is kept per frame, so memory stays flat however long the
+stream, and a stream that breaks off or a Ctrl-C leaves complete files of what was seen.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepfit.errors import ConfigError
+from deepfit.log import logger
+from deepfit.modalities.image.video import VideoWriter, is_video_source, open_frames
+
+
+@dataclass
+class FrameResult:
+    index: int  # the frame's index in the source
+    time: float  # seconds from the start of the source
+    image: np.ndarray  # (H, W, 3) uint8 RGB, the frame as decoded
+    result: Any  # what the task's predictor gives for one image (a Prediction, Detections, a class-index mask)
+
+
+def stream(task: Any, predictor: Any, source: str | Path, *, every: int = 1, max_fps: float | None = None,
+           max_frames: int | None = None, options: dict[str, Any] | None = None) -> Iterator[FrameResult]:
+    """Per-frame results of a source, as the frames arrive (see the module's docstring)."""
+    check_takes_video(task, predictor, max_frames)
+    with open_frames(source, every=every, max_fps=max_fps) as frames:
+        yield from _results(task, predictor, frames, max_frames, options)
+
+
+def check_takes_video(task: Any, predictor: Any, max_frames: int | None) -> None:
+    if getattr(predictor, "modality", task.modality) != "image":
+        raise ConfigError(f"video, webcams and streams are for image models; this {task.name} run takes "
+                          f"{predictor.modality} (a long recording is labelled in windows: deepfit predict RUN FILE)")
+    if max_frames is not None and max_frames < 1:
+        raise ConfigError(f"--max-frames must be at least 1, not {max_frames}")
+
+
+def _results(task: Any, predictor: Any, frames: Iterator[Any], max_frames: int | None,
+             options: dict[str, Any] | None) -> Iterator[FrameResult]:
+    for n, frame in enumerate(frames):
+        if max_frames is not None and n >= max_frames:
+            break
+        yield FrameResult(frame.index, frame.time, frame.image, task.frame(predictor, frame.image, **(options or {})))
+
+
+def stem_of(source: str | Path) -> str:
+    """A file name for a source's outputs: the video's or folder's name, webcam0, or the stream's host."""
+    text = str(source)
+    if text.startswith("webcam"):
+        return "webcam" + (text.partition(":")[2] or "0")
+    if "://" in text:
+        host = text.split("://", 1)[1].rsplit("@", 1)[-1].split("/", 1)[0]
+        return "stream-" + re.sub(r"[^\w.-]", "_", host)
+    return Path(text).stem or Path(text).name
+
+
+def predict_video(task: Any, predictor: Any, sources: list[str | Path], output: Path, *, every: int = 1,
+                  max_fps: float | None = None, max_frames: int | None = None, options: dict[str, Any] | None = None) -> list[str]:
+    """For each source: STEM.mp4 (the frames drawn with their results), STEM.csv and STEM.jsonl (a row per predicted
+    frame) in `output`. Returns a line per source for the CLI."""
+    targets = {str(s): [output / f"{stem_of(s)}{suffix}" for suffix in (".mp4", ".csv", ".jsonl")] for s in sources}
+    names = [t for paths in targets.values() for t in paths]
+    clash = next((t for t in names if t.exists()), None) or next((t for t in names if names.count(t) > 1), None)
+    if clash is not None:
+        raise ConfigError(f"{clash} exists or would be written twice: deepfit never overwrites a file; pass another --output")
+    lines = []
+    for source in sources:
+        video, table, jsonl = targets[str(source)]
+        lines.append(_one_source(task, predictor, source, video, table, jsonl, every, max_fps, max_frames, options))
+    return lines
+
+
+def _one_source(task: Any, predictor: Any, source: str | Path, video: Path, table: Path, jsonl: Path, every: int,
+                max_fps: float | None, max_frames: int | None, options: dict[str, Any] | None) -> str:
+    check_takes_video(task, predictor, max_frames)
+    count, stopped = 0, ""
+    with open_frames(source, every=every, max_fps=max_fps) as frames:  # a source that cannot be read: before any file
+        # the annotated video plays in real time: the source's rate, over the frames skipped
+        rate = frames.fps / every if not max_fps else min(frames.fps / every, max_fps)
+        with VideoWriter(video, rate) as writer, open(table, "w", newline="", encoding="utf-8") as t, \
+                open(jsonl, "w", encoding="utf-8") as j:
+            rows: csv.DictWriter | None = None
+            try:
+                for item in _results(task, predictor, frames, max_frames, options):
+                    record = {"frame": item.index, "time": round(item.time, 3), **task.frame_record(predictor, item.result)}
+                    if rows is None:
+                        rows = csv.DictWriter(t, fieldnames=list(record), lineterminator="\n")
+                        rows.writeheader()
+                    rows.writerow({k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in record.items()})
+                    j.write(json.dumps(record) + "\n")
+                    writer.write(task.draw_frame(predictor, item.image, item.result))
+                    count += 1
+            except KeyboardInterrupt:  # a webcam or stream runs until stopped: what was seen is kept, complete
+                stopped = " (stopped by Ctrl-C)"
+        ended = " (the source broke off: what came before is kept)" if frames.ended_early else ""
+    logger.info(f"{source}: {count} frames predicted{stopped}{ended}")
+    return f"{source}: {count} frames{stopped}{ended}; {video.name}, {table.name} and {jsonl.name} in {video.parent}"
+
+
+def video_inputs(paths: list[str], sources: list[str] | None) -> tuple[list[str], list[str]]:
+    """(video sources, other inputs) among the paths of `deepfit predict` and its --source values."""
+    videos = [str(p) for p in paths if is_video_source(p)]
+    return [*videos, *(sources or [])], [p for p in paths if str(p) not in videos]
