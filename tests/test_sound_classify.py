@@ -96,6 +96,27 @@ def test_the_python_front_end_takes_files_samples_with_their_rate_and_reloads(re
     assert in_onnx.label == one.label and in_onnx.probability == pytest.approx(one.probability, abs=0.02)
 
 
+def test_a_sound_stream_is_classified_window_by_window_as_it_arrives(recordings: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    clf = deepfit.SoundClassifier(output=str(tmp_path), model_args={"depth": 2, "width": 8}, epochs=1, batch_size=16,
+                                  workers=0, clip_seconds=0.5).fit(recordings, label_pattern=PATTERN)
+    # a FLAC file read through FFmpeg as a stream: three recordings one after another, 1.4 s
+    waves = [soundfile.read(recordings / name, dtype="float32")[0] for name in ("high_s0_0.wav", "low_s1_2.wav", "mid_s2_1.wav")]
+    soundfile.write(tmp_path / "tones.flac", np.concatenate(waves), RATE)
+    windows = list(clf.stream(tmp_path / "tones.flac", hop=0.25))
+    total = sum(len(w) for w in waves) / RATE
+    assert [w.index for w in windows] == list(range(len(windows))) and len(windows) == 1 + int((total - 0.5) / 0.25) + 1
+    assert windows[1].time == pytest.approx(0.25) and windows[0].seconds == pytest.approx(0.5)
+    assert windows[-1].time + 0.5 == pytest.approx(total, abs=1e-3) and windows[0].result.label in TONES
+    out = tmp_path / "out"
+    assert main(["predict", str(clf.run_dir), "--source", str(tmp_path / "tones.flac"), "--output", str(out),
+                 "--max-frames", "3"]) == 0
+    assert "3 windows" in capsys.readouterr().out and len((out / "tones.csv").read_text().splitlines()) == 4
+    assert main(["predict", str(clf.run_dir), "--source", "mic:hw:9", "--output", str(out / "mic")]) == 2
+    err = capsys.readouterr().err
+    assert "microphone mic:hw:9 could not be opened" in err and err.count("\n") == 1 and not (out / "mic").exists()
+
+
 def test_sound_data_is_recognised_and_the_image_default_network_is_named(recordings: Path, tmp_path: Path,
                                                                           caplog: pytest.LogCaptureFixture) -> None:
     clf = deepfit.ImageClassifier("crnn", output=str(tmp_path), model_args={"depth": 2, "width": 8, "hidden": 8}, epochs=1,

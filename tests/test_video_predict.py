@@ -63,11 +63,10 @@ def test_memory_stays_flat_over_ten_thousand_frames(run_copy: Path, tmp_path: Pa
     status = Path("/proc/self/status")
     if not status.is_file():
         pytest.skip("reads resident memory from /proc")
-    if backend == "onnx":
-        if not (run_copy / "model.onnx").exists():
-            from deepfit.workflows.export import export
+    if backend == "onnx" and not (run_copy / "model.onnx").exists():
+        from deepfit.workflows.export import export
 
-            export(run_copy)
+        export(run_copy)
     frames = 10_000 if backend == "torch" else 2_000  # the whole 10,000 once; ONNX Runtime's path on fewer
     long = write_test_video(tmp_path / "long.mp4", frames, (32, 24), fps=100)
     from deepfit.workflows.predict import predict_videos

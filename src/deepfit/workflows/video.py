@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from deepfit.errors import ConfigError
 from deepfit.log import logger
@@ -33,20 +34,52 @@ class FrameResult:
     result: Any  # what the task's predictor gives for one image (a Prediction, Detections, a class-index mask)
 
 
+@dataclass
+class WindowResult:
+    index: int  # the window's number in the sound
+    time: float  # seconds from the start of the sound to the window's start
+    seconds: float  # the window's length
+    result: Any  # the sound classifier's Prediction for the window
+
+
 def stream(task: Any, predictor: Any, source: str | Path, *, every: int = 1, max_fps: float | None = None,
-           max_frames: int | None = None, options: dict[str, Any] | None = None) -> Iterator[FrameResult]:
-    """Per-frame results of a source, as the frames arrive (see the module's docstring)."""
+           max_frames: int | None = None, options: dict[str, Any] | None = None) -> Iterator[FrameResult | WindowResult]:
+    """Per-frame results of a source, as the frames arrive (see the module's docstring); for a sound classifier,
+    per-window results of a microphone ("mic"), a stream URL or any file's sound, windows every `hop` seconds."""
     check_takes_video(task, predictor, max_frames)
+    if predictor.modality == "sound":
+        yield from sound_windows(predictor, source, max_frames=max_frames, **(options or {}))
+        return
     with open_frames(source, every=every, max_fps=max_fps) as frames:
         yield from _results(task, predictor, frames, max_frames, options)
 
 
 def check_takes_video(task: Any, predictor: Any, max_frames: int | None) -> None:
-    if getattr(predictor, "modality", task.modality) != "image":
-        raise ConfigError(f"video, webcams and streams are for image models; this {task.name} run takes "
-                          f"{predictor.modality} (a long recording is labelled in windows: deepfit predict RUN FILE)")
+    if getattr(predictor, "modality", task.modality) not in ("image", "sound"):
+        raise ConfigError(f"video, webcams and streams are for image and sound models; this {task.name} run takes "
+                          f"{predictor.modality}")
     if max_frames is not None and max_frames < 1:
         raise ConfigError(f"--max-frames must be at least 1, not {max_frames}")
+
+
+def sound_windows(predictor: Any, source: str | Path, *, max_frames: int | None = None, top_k: int = 3,
+                  hop: float | None = None, text_column: list[str] | None = None,
+                  encoding: str | None = None) -> Iterator[WindowResult]:
+    """Each window of the model's clip length, every `hop` seconds (default half a clip), classified as it completes."""
+    from deepfit.modalities.sound.stream import open_audio, sliding_windows
+    from deepfit.tasks.classify.predict import to_prediction
+
+    if text_column or encoding:
+        raise ConfigError("--text-column and --encoding are for text classifiers")
+    spec = predictor.spec
+    step = max(1, round((hop or spec.samples / spec.sample_rate / 2) * spec.sample_rate))
+    pieces = open_audio(source, spec.sample_rate, spec.channels)
+    for n, (start, window) in enumerate(sliding_windows(pieces, spec.samples, step, spec.channels)):
+        if max_frames is not None and n >= max_frames:
+            break
+        probs = predictor.logits(torch.from_numpy(np.ascontiguousarray(window))[None]).softmax(1)[0].numpy()
+        yield WindowResult(n, start / spec.sample_rate, spec.samples / spec.sample_rate,
+                           to_prediction(predictor.classes, str(source), probs, top_k))
 
 
 def _results(task: Any, predictor: Any, frames: Iterator[Any], max_frames: int | None,
@@ -58,10 +91,11 @@ def _results(task: Any, predictor: Any, frames: Iterator[Any], max_frames: int |
 
 
 def stem_of(source: str | Path) -> str:
-    """A file name for a source's outputs: the video's or folder's name, webcam0, or the stream's host."""
+    """A file name for a source's outputs: the video's or folder's name, webcam0, mic, or the stream's host."""
     text = str(source)
-    if text.startswith("webcam"):
-        return "webcam" + (text.partition(":")[2] or "0")
+    if text.startswith(("webcam", "mic")):
+        kind, _, device = text.partition(":")
+        return kind + re.sub(r"[^\w.-]", "_", device or ("0" if kind == "webcam" else ""))
     if "://" in text:
         host = text.split("://", 1)[1].rsplit("@", 1)[-1].split("/", 1)[0]
         return "stream-" + re.sub(r"[^\w.-]", "_", host)
@@ -80,6 +114,9 @@ def predict_video(task: Any, predictor: Any, sources: list[str | Path], output: 
     lines = []
     for source in sources:
         video, table, jsonl = targets[str(source)]
+        if predictor.modality == "sound":
+            lines.append(_sound_source(task, predictor, source, table, jsonl, max_frames, options))
+            continue
         lines.append(_one_source(task, predictor, source, video, table, jsonl, every, max_fps, max_frames, options))
     return lines
 
@@ -111,7 +148,37 @@ def _one_source(task: Any, predictor: Any, source: str | Path, video: Path, tabl
     return f"{source}: {count} frames{stopped}{ended}; {video.name}, {table.name} and {jsonl.name} in {video.parent}"
 
 
+def _sound_source(task: Any, predictor: Any, source: str | Path, table: Path, jsonl: Path, max_frames: int | None,
+                  options: dict[str, Any] | None) -> str:
+    windows = stream(task, predictor, source, max_frames=max_frames, options=options)
+    first = next(windows, None)  # opens the source: one that cannot be read fails before any file is made
+    count, stopped = 0, ""
+    table.parent.mkdir(parents=True, exist_ok=True)
+    with open(table, "w", newline="", encoding="utf-8") as t, open(jsonl, "w", encoding="utf-8") as j:
+        rows = csv.writer(t, lineterminator="\n")
+        rows.writerow(["window", "start", "end", "label", "probability", "top"])
+        try:
+            for item in _then(first, windows):
+                p = item.result
+                rows.writerow([item.index, f"{item.time:.3f}", f"{item.time + item.seconds:.3f}", p.label,
+                               f"{p.probability:.6f}", json.dumps([[c, round(v, 6)] for c, v in p.top])])
+                j.write(json.dumps({"window": item.index, "start": round(item.time, 3), "end": round(item.time + item.seconds, 3),
+                                    **task.frame_record(predictor, p)}) + "\n")
+                count += 1
+        except KeyboardInterrupt:
+            stopped = " (stopped by Ctrl-C)"
+    return f"{source}: {count} windows{stopped}; {table.name} and {jsonl.name} in {table.parent}"
+
+
+def _then(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    if first is not None:
+        yield first
+    yield from rest
+
+
 def video_inputs(paths: list[str], sources: list[str] | None) -> tuple[list[str], list[str]]:
-    """(video sources, other inputs) among the paths of `deepfit predict` and its --source values."""
-    videos = [str(p) for p in paths if is_video_source(p)]
+    """(video and stream sources, other inputs) among the paths of `deepfit predict` and its --source values."""
+    from deepfit.modalities.sound.stream import is_sound_stream
+
+    videos = [str(p) for p in paths if is_video_source(p) or is_sound_stream(p)]
     return [*videos, *(sources or [])], [p for p in paths if str(p) not in videos]

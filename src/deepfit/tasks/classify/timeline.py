@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from deepfit.fileio import atomic_write_text
 from deepfit.modalities.sound.io import read_in_pieces
+from deepfit.modalities.sound.stream import sliding_windows
 from deepfit.report.drawing import class_color
 from deepfit.report.plots import light_grid, save_figure
 
@@ -42,24 +43,8 @@ class Timeline:
 
 def windows(path: Path, sample_rate: int, samples: int, hop: int, channels: int) -> Iterator[tuple[int, np.ndarray]]:
     """(first sample, (C, samples) window) of a long recording, one every `hop` samples, the last ending at its end."""
-    buffer = np.zeros((channels, 0), np.float32)
-    offset = 0  # the recording's sample at buffer[:, 0]
-    next_start, last_start = 0, None
-    for piece in read_in_pieces(path, sample_rate, max(PIECE_SECONDS, 2 * samples / sample_rate), channels=channels):
-        buffer = np.concatenate([buffer, piece], axis=1)
-        while next_start + samples <= offset + buffer.shape[1]:
-            at = next_start - offset
-            yield next_start, buffer[:, at : at + samples]
-            last_start, next_start = next_start, next_start + hop
-        drop = max(0, min(next_start - offset, buffer.shape[1] - samples))  # keep the last window's worth for the tail
-        buffer, offset = buffer[:, drop:], offset + drop
-    end = offset + buffer.shape[1]
-    if last_start is None or last_start + samples < end:  # the tail (or a recording shorter than one window)
-        start = max(0, end - samples)
-        tail = buffer[:, start - offset :]
-        if tail.shape[1] < samples:  # the whole recording is shorter than one window
-            tail = np.pad(tail, [(0, 0), (0, samples - tail.shape[1])])
-        yield start, tail
+    pieces = read_in_pieces(path, sample_rate, max(PIECE_SECONDS, 2 * samples / sample_rate), channels=channels)
+    return sliding_windows(pieces, samples, hop, channels)
 
 
 def label_recording(path: Path, classify: Callable[[torch.Tensor], np.ndarray], sample_rate: int, samples: int,
