@@ -47,17 +47,22 @@ def stream(task: Any, predictor: Any, source: str | Path, *, every: int = 1, max
     """Per-frame results of a source, as the frames arrive (see the module's docstring); for a sound classifier,
     per-window results of a microphone ("mic"), a stream URL or any file's sound, windows every `hop` seconds."""
     check_takes_video(task, predictor, max_frames)
-    if predictor.modality == "sound":
+    if modality_of(task, predictor) == "sound":
         yield from sound_windows(predictor, source, max_frames=max_frames, **(options or {}))
         return
     with open_frames(source, every=every, max_fps=max_fps) as frames:
         yield from _results(task, predictor, frames, max_frames, options)
 
 
+def modality_of(task: Any, predictor: Any) -> str:
+    """What the predictor takes: a classifier says (image, sound or text); other tasks' predictors take their task's."""
+    return getattr(predictor, "modality", task.modality)
+
+
 def check_takes_video(task: Any, predictor: Any, max_frames: int | None) -> None:
-    if getattr(predictor, "modality", task.modality) not in ("image", "sound"):
+    if modality_of(task, predictor) not in ("image", "sound"):
         raise ConfigError(f"video, webcams and streams are for image and sound models; this {task.name} run takes "
-                          f"{predictor.modality}")
+                          f"{modality_of(task, predictor)}")
     if max_frames is not None and max_frames < 1:
         raise ConfigError(f"--max-frames must be at least 1, not {max_frames}")
 
@@ -114,7 +119,7 @@ def predict_video(task: Any, predictor: Any, sources: list[str | Path], output: 
     lines = []
     for source in sources:
         video, table, jsonl = targets[str(source)]
-        if predictor.modality == "sound":
+        if modality_of(task, predictor) == "sound":
             lines.append(_sound_source(task, predictor, source, table, jsonl, max_frames, options))
             continue
         lines.append(_one_source(task, predictor, source, video, table, jsonl, every, max_fps, max_frames, options))
