@@ -58,16 +58,11 @@ def test_model_stream_yields_results_as_frames_arrive(run_copy: Path, tmp_path: 
         next(clf.stream(folder, conf=0.5))
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
-def test_memory_stays_flat_over_ten_thousand_frames(run_copy: Path, tmp_path: Path, backend: str) -> None:
+def test_memory_stays_flat_over_ten_thousand_frames(run_copy: Path, tmp_path: Path) -> None:
     status = Path("/proc/self/status")
     if not status.is_file():
         pytest.skip("reads resident memory from /proc")
-    if backend == "onnx" and not (run_copy / "model.onnx").exists():
-        from deepfit.workflows.export import export
-
-        export(run_copy)
-    frames = 10_000 if backend == "torch" else 2_000  # the whole 10,000 once; ONNX Runtime's path on fewer
+    frames = 10_000
     long = write_test_video(tmp_path / "long.mp4", frames, (32, 24), fps=100)
     from deepfit.workflows.predict import predict_videos
 
@@ -75,7 +70,7 @@ def test_memory_stays_flat_over_ten_thousand_frames(run_copy: Path, tmp_path: Pa
         line = next(line for line in status.read_text().splitlines() if line.startswith("VmRSS"))
         return int(line.split()[1]) / 1024
 
-    predict_videos(run_copy, [write_test_video(tmp_path / "warm.mp4", 200, (32, 24))], tmp_path / "warm", backend=backend)
+    predict_videos(run_copy, [write_test_video(tmp_path / "warm.mp4", 200, (32, 24))], tmp_path / "warm")
     base, peak, done = rss_mb(), [0.0], threading.Event()
 
     def watch() -> None:
@@ -86,7 +81,7 @@ def test_memory_stays_flat_over_ten_thousand_frames(run_copy: Path, tmp_path: Pa
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        lines = predict_videos(run_copy, [long], tmp_path / "out", backend=backend)
+        lines = predict_videos(run_copy, [long], tmp_path / "out")
     finally:
         done.set()
         watcher.join()

@@ -118,13 +118,21 @@ def image_tensor(image: Any) -> Any:
 
 def caption(image: np.ndarray, text: str, color: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
     """(H, W, 3) uint8 image with `text` on a band of `color` across its top (a classified video frame's label)."""
-    from PIL import ImageDraw, ImageFont
+    from PIL import ImageDraw
 
     picture = Image.fromarray(np.ascontiguousarray(image))
     size = max(10, round(min(picture.size) / 18))
-    path = label_font_path()
-    font = ImageFont.truetype(path, size) if path else ImageFont.load_default()
+    font = _font(size)
     draw = ImageDraw.Draw(picture)
     draw.rectangle((0, 0, picture.width, round(size * 1.5)), fill=color)
     draw.text((round(size / 3), round(size / 5)), text, fill=text_color(color), font=font)
     return np.asarray(picture)
+
+
+@functools.lru_cache(maxsize=8)
+def _font(size: int) -> Any:
+    """The label font at `size` pixels, loaded once per size (a video draws thousands of frames with it)."""
+    from PIL import ImageFont
+
+    path = label_font_path()
+    return ImageFont.truetype(path, size) if path else ImageFont.load_default()
