@@ -19,9 +19,8 @@ from deepfit.api import (
     Learner,
     ObjectDetector,
     SemanticSegmenter,
-    SoundClassifier,
-    TextClassifier,
 )
+from deepfit.api_modalities import SoundClassifier, TextClassifier
 from deepfit.config import FeaturesConfig, TrainConfig
 from deepfit.options import FeaturesOptions, TrainOptions
 from deepfit.registry import get_task

@@ -36,8 +36,8 @@ _EXPORTS = {
     "ImageClassifier": "deepfit.api",
     "ObjectDetector": "deepfit.api",
     "SemanticSegmenter": "deepfit.api",
-    "SoundClassifier": "deepfit.api",
-    "TextClassifier": "deepfit.api",
+    "SoundClassifier": "deepfit.api_modalities",
+    "TextClassifier": "deepfit.api_modalities",
     "load": "deepfit.api",
     "resume": "deepfit.api",
     "extract_features": "deepfit.api_features",
@@ -68,12 +68,11 @@ if TYPE_CHECKING:
         Learner,
         ObjectDetector,
         SemanticSegmenter,
-        SoundClassifier,
-        TextClassifier,
         load,
         resume,
     )
     from deepfit.api_features import extract_features, fit_features
+    from deepfit.api_modalities import SoundClassifier, TextClassifier
     from deepfit.config import FeaturesConfig, TrainConfig
     from deepfit.errors import ConfigError, DataError, DeepfitError, WeightsError
     from deepfit.options import FeaturesOptions, TrainOptions

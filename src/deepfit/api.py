@@ -175,13 +175,13 @@ class ImageClassifier(Learner):
         its columns, found by name when not given), or any images whose names hold their label (`label_pattern`, a
         regular expression with named groups label, group, split). Training options override the classifier's (and
         stay set)."""
-        return super().fit(data, **_given(path_column=path_column, label_column=label_column, label_pattern=label_pattern),
+        return super().fit(data, **given_options(path_column=path_column, label_column=label_column, label_pattern=label_pattern),
                            **options)
 
     def evaluate(self, data: str | Path | None = None, checkpoint: str = "best", *, data_root: str | Path | None = None,
                  path_column: str | None = None, label_column: str | None = None, label_pattern: str | None = None) -> Any:
         """Score the test split (or another labelled set `data`, read as `fit` reads it); writes report.html."""
-        given = _given(path_column=path_column, label_column=label_column, label_pattern=label_pattern)
+        given = given_options(path_column=path_column, label_column=label_column, label_pattern=label_pattern)
         return super().evaluate(data, checkpoint, data_root=data_root, **given)
 
     def predict(self, inputs: ImageInput | Sequence[ImageInput], top_k: int = 3) -> Prediction | list[Prediction]:
@@ -209,102 +209,6 @@ def _one_input(inputs: Any) -> bool:
     return not isinstance(inputs, list | tuple)
 
 
-class SoundClassifier(Learner):
-    r"""A sound classifier to train (deepfit's `soundcnn` or `crnn`, or an image network on spectrograms, from scratch or
-    by transfer learning), evaluate and use. It takes raw samples: the log-mel front end is its first layer.
-
-        clf = SoundClassifier("soundcnn").fit("recordings/", label_pattern=r"(?P<label>\d)_(?P<group>[a-z]+)_\d+\.wav")
-        clf.predict("clip.wav")                        # Prediction(source, label, probability, top)
-        clf.predict((samples, 44100))                  # samples with their rate; a list, a folder or a glob -> a list
-    """
-
-    tasks = ("classify",)
-
-    @with_options(TrainConfig, skip=("task", "model"))
-    def __init__(self, model: str | None = None, *, task: str | None = None, preset: str | None = None,
-                 modality: str = "sound", **options: Unpack[TrainOptions]) -> None:
-        if modality not in ("sound", "auto"):  # "auto": a run trained on files found to be sound, read back by load()
-            raise DeepfitError(f"modality={modality!r}: SoundClassifier is for sound; use ImageClassifier for images")
-        super().__init__(model, task=task, preset=preset, **{**options, "modality": "sound"})
-
-    @with_options(TrainConfig, skip=("task", "modality"))
-    def fit(self, data: str | Path, *, path_column: str | None = None, label_column: str | None = None,
-            label_pattern: str | None = None, **options: Unpack[TrainOptions]) -> Self:
-        """Train on `data`: class folders of recordings, train/val/test folders of them, a CSV/TSV (`path_column`,
-        `label_column`), or recordings whose names hold their label (`label_pattern`, with named groups label, group,
-        split: a group, e.g. a speaker, is kept in one split). Training options override the classifier's."""
-        return super().fit(data, **_given(path_column=path_column, label_column=label_column, label_pattern=label_pattern),
-                           **options)
-
-    def evaluate(self, data: str | Path | None = None, checkpoint: str = "best", *, data_root: str | Path | None = None,
-                 path_column: str | None = None, label_column: str | None = None, label_pattern: str | None = None) -> Any:
-        """Score the test split (or other labelled recordings `data`, read as `fit` reads them); writes report.html."""
-        given = _given(path_column=path_column, label_column=label_column, label_pattern=label_pattern)
-        return super().evaluate(data, checkpoint, data_root=data_root, **given)
-
-    def predict(self, inputs: Any, top_k: int = 3, hop: float | None = None) -> Prediction | list[Prediction]:
-        """One input (a sound file, a (samples, sample rate) pair, or a (T,) / (C, T) array or tensor at the model's
-        rate) -> one Prediction; a list, a folder or a glob -> a list of them. A file longer than 1.5 clips is labelled
-        in windows starting every `hop` seconds (default: half a clip): its prediction is their mean, and the windows
-        are in `clf.predictor.timelines`."""
-        # imported here: the sound decoders load only when sound is used
-        from deepfit.modalities.sound import is_samples_with_rate
-
-        items = get_modality("sound").expand([inputs] if isinstance(inputs, str | Path) else inputs) if is_path_list(inputs) else inputs
-        predictions = self.predictor.predict(items, top_k=top_k, hop=hop)
-        one = (isinstance(inputs, str | Path) and not names_many(inputs)) or is_samples_with_rate(inputs) or (
-            isinstance(inputs, np.ndarray | torch.Tensor) and inputs.ndim <= 2)
-        return predictions[0] if one else predictions
-
-
-class TextClassifier(Learner):
-    r"""A text classifier to train (deepfit's `bag`, `rnn` or `transformer`, with a tokenizer learned from the training
-    texts, or a pretrained encoder fine-tuned: "hf:NAME_OR_FOLDER"), evaluate and use on strings.
-
-        clf = TextClassifier("bag").fit("sms_spam.tsv")        # a CSV/TSV/JSONL with text and label columns, or folders
-        clf.predict("WINNER!! Claim your prize now")           # Prediction(source, label, probability, top)
-        clf.predict(["first text", "second text"])             # a list -> a list
-    """
-
-    tasks = ("classify",)
-
-    @with_options(TrainConfig, skip=("task", "model"))
-    def __init__(self, model: str | None = None, *, task: str | None = None, preset: str | None = None,
-                 modality: str = "text", **options: Unpack[TrainOptions]) -> None:
-        if modality not in ("text", "auto"):  # "auto": a run trained on data found to be text, read back by load()
-            raise DeepfitError(f"modality={modality!r}: TextClassifier is for text; use ImageClassifier for images")
-        super().__init__(model, task=task, preset=preset, **{**options, "modality": "text"})
-
-    @with_options(TrainConfig, skip=("task", "modality"))
-    def fit(self, data: str | Path, *, text_column: str | list[str] | None = None, label_column: str | None = None,
-            encoding: str | None = None, **options: Unpack[TrainOptions]) -> Self:
-        """Train on `data`: a CSV/TSV/JSONL file with text and label columns (found by name, or `text_column` (several
-        are joined) and `label_column`), optional split column; or class folders of .txt files."""
-        columns = [text_column] if isinstance(text_column, str) else text_column
-        return super().fit(data, **_given(text_column=columns, label_column=label_column, encoding=encoding), **options)
-
-    def evaluate(self, data: str | Path | None = None, checkpoint: str = "best", *, data_root: str | Path | None = None,
-                 text_column: str | list[str] | None = None, label_column: str | None = None, encoding: str | None = None) -> Any:
-        """Score the test split (or other labelled texts `data`, read as `fit` reads them); writes report.html."""
-        columns = [text_column] if isinstance(text_column, str) else text_column
-        given = _given(text_column=columns, label_column=label_column, encoding=encoding)
-        return super().evaluate(data, checkpoint, data_root=data_root, **given)
-
-    def predict(self, inputs: str | Path | list[str], top_k: int = 3, text_column: str | list[str] | None = None,
-                encoding: str | None = None) -> Prediction | list[Prediction]:
-        """A string -> one Prediction; a list of strings -> a list of them; a Path to a CSV/TSV/JSONL table -> one
-        Prediction per row (its `text_column`, found by name when not given), each named file:line."""
-        if isinstance(inputs, Path) and inputs.suffix.lower() in (".csv", ".tsv", ".jsonl", ".ndjson"):
-            columns = [text_column] if isinstance(text_column, str) else text_column
-            return self.predictor.predict_files([inputs], top_k=top_k, text_column=columns, encoding=encoding or "utf-8")[0]
-        predictions = self.predictor.predict(inputs, top_k=top_k)
-        return predictions[0] if isinstance(inputs, str | Path) else predictions
-
-    def predict_proba(self, inputs: str | list[str]) -> np.ndarray:
-        """(N, num_classes) probabilities of strings, columns in the order of `classes`."""
-        return self.predictor.predict_proba(inputs)
-
-
 class ObjectDetector(Learner):
     """A detector (task="detect": boxes) or instance segmenter (task="segment-instances": boxes and masks).
 
@@ -323,14 +227,14 @@ class ObjectDetector(Learner):
         without classes.json); `masks`: the folder of mask PNGs when `data` is the image folder; `mask_name`: a mask's
         name after its image's, "{name}_mask"; `label_attribute`: the VIA region attribute that names the class.
         Training options override the detector's (and stay set)."""
-        given = _given(format=format, classes=classes, masks=masks, mask_name=mask_name, label_attribute=label_attribute)
+        given = given_options(format=format, classes=classes, masks=masks, mask_name=mask_name, label_attribute=label_attribute)
         return super().fit(data, **given, **options)
 
     def evaluate(self, data: str | Path | None = None, checkpoint: str = "best", *, data_root: str | Path | None = None,
                  masks: str | Path | None = None, mask_name: str | None = None, label_attribute: str | None = None) -> Any:
         """Score the test split (or another labelled set: `data`, its mask PNGs' folder and names, its VIA label
         attribute); writes report.html."""
-        given = _given(masks=masks, mask_name=mask_name, label_attribute=label_attribute)
+        given = given_options(masks=masks, mask_name=mask_name, label_attribute=label_attribute)
         return super().evaluate(data, checkpoint, data_root=data_root, **given)
 
     def predict(self, inputs: ImageInput | Sequence[ImageInput], *, conf: float = DEFAULT_CONF,
@@ -355,7 +259,7 @@ class SemanticSegmenter(Learner):
         `classes` names mask values 0, 1, ...; `colors` maps class names to RGB mask colours; `skip_unmasked` leaves
         images without a mask out; `label_attribute`: the VIA region attribute that names the class). Training
         options override the segmenter's (and stay set)."""
-        given = _given(masks=masks, mask_name=mask_name, format=format, classes=classes, colors=colors,
+        given = given_options(masks=masks, mask_name=mask_name, format=format, classes=classes, colors=colors,
                        skip_unmasked=skip_unmasked or None, label_attribute=label_attribute)
         return super().fit(data, **given, **options)
 
@@ -364,7 +268,7 @@ class SemanticSegmenter(Learner):
                  label_attribute: str | None = None) -> Any:
         """Score the test split (or another labelled set: `data`, its `masks` folder and `mask_name`, its VIA label
         attribute); writes report.html."""
-        given = _given(masks=masks, mask_name=mask_name, skip_unmasked=skip_unmasked or None, label_attribute=label_attribute)
+        given = given_options(masks=masks, mask_name=mask_name, skip_unmasked=skip_unmasked or None, label_attribute=label_attribute)
         return super().evaluate(data, checkpoint, data_root=data_root, **given)
 
     def predict(self, inputs: ImageInput | Sequence[ImageInput]) -> np.ndarray | list[np.ndarray]:
@@ -373,8 +277,9 @@ class SemanticSegmenter(Learner):
         return super().predict(inputs)
 
 
-def _given(**values: Any) -> dict[str, Any]:
-    """The keywords a user gave (not None), so that a task's own defaults apply to the others."""
+def given_options(**values: Any) -> dict[str, Any]:
+    """The keywords a user gave (not None), so that a task's own defaults apply to the others (the front ends of
+    api_modalities.py use it too)."""
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -398,9 +303,13 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None
 
 def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", backend: str = "torch") -> Learner:
     """A trained run, ready to predict and evaluate in a fresh process (no user code needed): an ImageClassifier,
-    ObjectDetector or SemanticSegmenter, or a Learner for a task registered from outside deepfit."""
+    SoundClassifier, TextClassifier, ObjectDetector or SemanticSegmenter, or a Learner for a task registered from
+    outside deepfit; backend "onnx" or "int8" predicts with the run's exported file in ONNX Runtime."""
     task = run_task(run_dir)
     modality = read_run_config(run_folder(run_dir)).get("modality") if task == "classify" else None
     if modality in ("sound", "text"):
+        # imported here: they build on Learner, defined in this module
+        from deepfit.api_modalities import SoundClassifier, TextClassifier
+
         return (SoundClassifier if modality == "sound" else TextClassifier).from_run(run_dir, checkpoint, device, backend)
     return _front_end(task).from_run(run_dir, checkpoint, device, backend)
