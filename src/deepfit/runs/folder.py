@@ -49,9 +49,10 @@ def new_run_dir(output: str | Path, name: str | None, model: str) -> Path:
 
 
 def run_folder(path: str | Path) -> Path:
-    """The run folder of a run folder or of a checkpoint file inside one."""
+    """The run folder of a run folder or of a checkpoint file inside one (a path that does not exist is kept, so that
+    reading it says it is not found)."""
     path = Path(path)
-    return path if path.is_dir() else path.parent
+    return path.parent if path.is_file() else path
 
 
 def saved_task(saved: dict[str, Any]) -> str:

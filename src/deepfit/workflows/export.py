@@ -71,6 +71,27 @@ def source_of(item: Any) -> Any:
     return item.text if hasattr(item, "text") else item.path
 
 
+@dataclass
+class HeldOut:
+    """Samples of a run's held-out split, as an export is checked (and a benchmark timed) on them."""
+
+    data: Any  # the task's Data (its classes)
+    splits: dict[str, list]
+    split: str  # "test", or "val" when the run has no test split
+    items: list  # up to `count` of the split's items, spread over it
+    inputs: list[tuple[torch.Tensor, ...]]  # each item as the predictor's graph takes it
+
+
+def held_out_samples(task: Any, predictor: Any, saved: dict[str, Any], run: Path, count: int) -> HeldOut:
+    data, splits = task.reread(saved, run)
+    split, items = held_out(splits, run.name)
+    chosen = sample_sources(items, count)
+    inputs = predictor.graph_inputs([source_of(it) for it in chosen])
+    if not inputs:
+        raise DataError(f"no readable {split} samples in {run} to check the export on")
+    return HeldOut(data, splits, split, chosen, inputs)
+
+
 def run_all(fn: Any, inputs: list[tuple]) -> tuple[list[Outputs], float]:
     """Outputs of every input, and the median seconds per call (after one warm-up call)."""
     if inputs:
@@ -101,8 +122,6 @@ def export(run_dir: str | Path, *, output: str | Path | None = None, format: str
         raise ConfigError(f"--format {format}: deepfit exports {', '.join(FORMATS)}")
     if quantize is not None and quantize not in QUANTIZE:
         raise ConfigError(f"--quantize {quantize}: deepfit quantises to {', '.join(QUANTIZE)}")
-    if not Path(run_dir).exists():
-        raise DeepfitError(f"run folder {run_dir} not found")
     run = run_folder(run_dir).resolve()
     saved = relocate(read_run_config(run), data_root)
     target, report, int8 = export_paths(run, output)
@@ -115,12 +134,8 @@ def export(run_dir: str | Path, *, output: str | Path | None = None, format: str
     if not hasattr(predictor, "export_graph"):
         raise ConfigError(f"runs of --task {task.name} cannot be exported yet")
     graph: Graph = predictor.export_graph()
-    data, splits = task.reread(saved, run)
-    split, items = held_out(splits, run.name)
-    chosen = sample_sources(items, samples)
-    inputs = predictor.graph_inputs([source_of(it) for it in chosen])
-    if not inputs:
-        raise DataError(f"no readable {split} samples in {run} to check the export on")
+    held = held_out_samples(task, predictor, saved, run, samples)
+    data, splits, split, chosen, inputs = held.data, held.splits, held.split, held.items, held.inputs
     metadata = {"task": task.name, "classes": list(data.classes), "run": run.name, "checkpoint": weights.name,
                 "weights_sha256": checkpoint_digest(weights), "model": saved.get("model"),
                 "modality": getattr(predictor, "modality", task.modality)}

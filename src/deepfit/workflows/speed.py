@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from deepfit.deploy.graph import OnnxRunner, read_metadata
-from deepfit.errors import ConfigError, DeepfitError
+from deepfit.errors import ConfigError
 from deepfit.log import logger, setup_logging
 from deepfit.runs.folder import read_run_config, resolve_checkpoint, run_folder
-from deepfit.workflows.export import export, export_paths, held_out, sample_sources, source_of
+from deepfit.workflows.export import export, export_paths, held_out_samples
 
 
 @dataclass
@@ -68,10 +68,8 @@ def benchmark(run_dir: str | Path, *, batch: int = 8, repeats: int = 10, rounds:
         raise ConfigError("--batch, --repeats and --rounds must be at least 1")
     from deepfit.workflows.predict import load_predictor
 
-    if not Path(run_dir).exists():
-        raise DeepfitError(f"run folder {run_dir} not found")
     run = run_folder(run_dir).resolve()
-    read_run_config(run)
+    saved = read_run_config(run)
     resolve_checkpoint(run, checkpoint)
     with tempfile.TemporaryDirectory(prefix="deepfit-bench-") as tmp:
         model, _, int8 = export_paths(run, None)
@@ -83,9 +81,7 @@ def benchmark(run_dir: str | Path, *, batch: int = 8, repeats: int = 10, rounds:
             model, int8 = made.model, made.int8
         task, predictor = load_predictor(run, checkpoint, "cpu")
         graph = predictor.export_graph()
-        data, splits = task.reread(read_run_config(run), run)
-        items = sample_sources(held_out(splits, run.name)[1], samples)
-        inputs = predictor.graph_inputs([source_of(it) for it in items])
+        inputs = held_out_samples(task, predictor, saved, run, samples).inputs
         backends = {"torch (eager)": graph, "onnxruntime": OnnxRunner(model), "onnxruntime int8": OnnxRunner(int8)}
         single = inputs[:1]
         many, per_call = batched(inputs, batch, graph.batch_axis and not backends["onnxruntime"].one_at_a_time)
