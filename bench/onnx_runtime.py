@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from deepfit.config import TrainConfig
+from deepfit.deploy.agreement import agreement_words
 from deepfit.modalities.image.video import write_test_video
 from deepfit.workflows.export import export
 from deepfit.workflows.predict import predict_videos
@@ -58,14 +59,6 @@ def train_runs(output: Path) -> dict[str, Path]:
         task="segment", model="unet:tv/mobilenet_v2", weights=str(WEIGHTS / "mobilenet_v2.safetensors"), epochs=2,
         val_fraction=0.0, name="seg", **common)).run_dir
     return runs
-
-
-def parity_words(figures: dict) -> str:
-    if "top1_agreement" in figures:
-        return f"top-1 agreement {figures['top1_agreement']:.1%}, max abs diff {figures['max_abs_diff']:.1e}"
-    if "pixel_agreement" in figures:
-        return f"pixel agreement {figures['pixel_agreement']:.3%}, max abs diff {figures['max_abs_diff']:.1e}"
-    return f"box mAP against PyTorch {figures['box_map']:.3f} ({figures['reference_boxes']} boxes)"
 
 
 def video_fps(run: Path, clip: Path, backend: str, out: Path) -> float:
@@ -99,10 +92,10 @@ def main() -> None:
             eager, ort, int8 = speeds["torch (eager)"], speeds["onnxruntime"], speeds["onnxruntime int8"]
             q = made.figures["int8"]
             rows.append(
-                f"| {name} | {parity_words(made.figures['parity'])} | {eager.latency_ms:.1f} | {ort.latency_ms:.1f} "
+                f"| {name} | {agreement_words(made.figures['parity'])} | {eager.latency_ms:.1f} | {ort.latency_ms:.1f} "
                 f"(**{eager.latency_ms / ort.latency_ms:.2f}x**) | {int8.latency_ms:.1f} ({eager.latency_ms / int8.latency_ms:.2f}x) "
                 f"| {eager.throughput:.1f} | {ort.throughput:.1f} ({ort.throughput / eager.throughput:.2f}x) | "
-                f"{int8.throughput:.1f} ({int8.throughput / eager.throughput:.2f}x) | {parity_words(q)}"
+                f"{int8.throughput:.1f} ({int8.throughput / eager.throughput:.2f}x) | {agreement_words(q)}"
                 + (f", accuracy {q['accuracy']:.1%} vs {made.figures['parity']['accuracy']['onnx']:.1%}" if "accuracy" in q else "")
                 + " |")
             if "segmenter" in name:

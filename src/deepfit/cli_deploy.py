@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from deepfit.deploy.agreement import agreement_words
 from deepfit.deploy.graph import DEFAULT_OPSET
 
 
@@ -51,17 +52,13 @@ def cmd_export(args: argparse.Namespace) -> list[str]:
     made = export(args.run_dir, output=args.output, format=args.format, opset=args.opset, dynamic_batch=args.dynamic_batch,
                   quantize=args.quantize, samples=args.samples, checkpoint=args.checkpoint, data_root=args.data_root)
     parity = made.figures["parity"]
-    agree = next((f"{k.replace('_', ' ')} {parity[k]:.2%}" for k in ("top1_agreement", "pixel_agreement") if k in parity),
-                 f"box mAP against PyTorch {parity.get('box_map', 0):.3f}")
-    lines = [f"wrote {made.model}: {agree}, max abs difference {parity['max_abs_diff']:.2g} on {parity['samples']} "
-             f"{parity['split']} samples; figures in {made.report}"]
+    lines = [f"wrote {made.model}: {agreement_words(parity)} on {parity['samples']} {parity['split']} samples; figures in "
+             f"{made.report}"]
     if made.int8:
         q = made.figures["int8"]
-        change = f"accuracy {q['accuracy']:.2%} (fp32 {parity['accuracy']['onnx']:.2%})" if "accuracy" in q else next(
-            (f"{k.replace('_', ' ')} with PyTorch {q[k]:.2%}" for k in ("top1_agreement", "pixel_agreement") if k in q),
-            f"box mAP against PyTorch {q.get('box_map', 0):.3f}")
-        lines.append(f"wrote {made.int8}: {change}, {q['speedup_over_onnx']:.2f}x the fp32 file's speed, "
-                     f"{q['bytes']['int8'] / 1e6:.2f} MB")
+        accuracy = f"accuracy {q['accuracy']:.2%} (fp32 {parity['accuracy']['onnx']:.2%}), " if "accuracy" in q else ""
+        lines.append(f"wrote {made.int8}: {accuracy}{agreement_words(q)}, {q['speedup_over_onnx']:.2f}x the fp32 file's "
+                     f"speed, {q['bytes']['int8'] / 1e6:.2f} MB")
     return lines
 
 

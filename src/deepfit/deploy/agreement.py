@@ -54,3 +54,14 @@ def pixel_accepted(figures: dict[str, float]) -> str | None:
     if figures["pixel_agreement"] < MIN_PIXELS:
         return f"only {figures['pixel_agreement']:.2%} of the pixels get the same class"
     return None
+
+
+def agreement_words(figures: dict[str, float]) -> str:
+    """The figures of any kind of output in one phrase: what agreed, and the largest difference."""
+    if "top1_agreement" in figures:
+        head = f"top1 agreement {figures['top1_agreement']:.2%}"
+    elif "pixel_agreement" in figures:
+        head = f"pixel agreement {figures['pixel_agreement']:.2%}"
+    else:
+        head = f"box mAP against PyTorch {figures['box_map']:.3f} ({figures['reference_boxes']} boxes)"
+    return f"{head}, max abs difference {figures['max_abs_diff']:.2g}"
