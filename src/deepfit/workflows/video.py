@@ -111,6 +111,7 @@ def predict_video(task: Any, predictor: Any, sources: list[str | Path], output: 
                   max_fps: float | None = None, max_frames: int | None = None, options: dict[str, Any] | None = None) -> list[str]:
     """For each source: STEM.mp4 (the frames drawn with their results), STEM.csv and STEM.jsonl (a row per predicted
     frame) in `output`. Returns a line per source for the CLI."""
+    check_takes_video(task, predictor, max_frames)
     targets = {str(s): [output / f"{stem_of(s)}{suffix}" for suffix in (".mp4", ".csv", ".jsonl")] for s in sources}
     names = [t for paths in targets.values() for t in paths]
     clash = next((t for t in names if t.exists()), None) or next((t for t in names if names.count(t) > 1), None)
@@ -126,59 +127,60 @@ def predict_video(task: Any, predictor: Any, sources: list[str | Path], output: 
     return lines
 
 
+class Tables:
+    """The per-frame (or per-window) CSV and JSON Lines files, a record at a time; made at the first record, so a source
+    that gives none leaves no file. The CSV's columns are the first record's keys, its lists and dicts JSON."""
+
+    def __init__(self, table: Path, jsonl: Path) -> None:
+        self.paths, self.files, self.rows, self.count = (table, jsonl), None, None, 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.files is None:
+            self.paths[0].parent.mkdir(parents=True, exist_ok=True)
+            self.files = [open(p, "w", newline="", encoding="utf-8") for p in self.paths]  # noqa: SIM115 - closed by close()
+            self.rows = csv.DictWriter(self.files[0], fieldnames=list(record), lineterminator="\n")
+            self.rows.writeheader()
+        self.rows.writerow({k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in record.items()})
+        self.files[1].write(json.dumps(record) + "\n")
+        self.count += 1
+
+    def __enter__(self) -> Tables:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for f in self.files or []:
+            f.close()
+
+
 def _one_source(task: Any, predictor: Any, source: str | Path, video: Path, table: Path, jsonl: Path, every: int,
                 max_fps: float | None, max_frames: int | None, options: dict[str, Any] | None) -> str:
-    check_takes_video(task, predictor, max_frames)
-    count, stopped = 0, ""
+    stopped = ""
     with open_frames(source, every=every, max_fps=max_fps) as frames:  # a source that cannot be read: before any file
         # the annotated video plays in real time: the source's rate, over the frames skipped
         rate = frames.fps / every if not max_fps else min(frames.fps / every, max_fps)
-        with VideoWriter(video, rate) as writer, open(table, "w", newline="", encoding="utf-8") as t, \
-                open(jsonl, "w", encoding="utf-8") as j:
-            rows: csv.DictWriter | None = None
+        with VideoWriter(video, rate) as writer, Tables(table, jsonl) as tables:
             try:
                 for item in _results(task, predictor, frames, max_frames, options):
-                    record = {"frame": item.index, "time": round(item.time, 3), **task.frame_record(predictor, item.result)}
-                    if rows is None:
-                        rows = csv.DictWriter(t, fieldnames=list(record), lineterminator="\n")
-                        rows.writeheader()
-                    rows.writerow({k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in record.items()})
-                    j.write(json.dumps(record) + "\n")
+                    tables.write({"frame": item.index, "time": round(item.time, 3), **task.frame_record(predictor, item.result)})
                     writer.write(task.draw_frame(predictor, item.image, item.result))
-                    count += 1
             except KeyboardInterrupt:  # a webcam or stream runs until stopped: what was seen is kept, complete
                 stopped = " (stopped by Ctrl-C)"
         ended = " (the source broke off: what came before is kept)" if frames.ended_early else ""
-    logger.info(f"{source}: {count} frames predicted{stopped}{ended}")
-    return f"{source}: {count} frames{stopped}{ended}; {video.name}, {table.name} and {jsonl.name} in {video.parent}"
+    logger.info(f"{source}: {tables.count} frames predicted{stopped}{ended}")
+    return f"{source}: {tables.count} frames{stopped}{ended}; {video.name}, {table.name} and {jsonl.name} in {video.parent}"
 
 
 def _sound_source(task: Any, predictor: Any, source: str | Path, table: Path, jsonl: Path, max_frames: int | None,
                   options: dict[str, Any] | None) -> str:
-    windows = stream(task, predictor, source, max_frames=max_frames, options=options)
-    first = next(windows, None)  # opens the source: one that cannot be read fails before any file is made
-    count, stopped = 0, ""
-    table.parent.mkdir(parents=True, exist_ok=True)
-    with open(table, "w", newline="", encoding="utf-8") as t, open(jsonl, "w", encoding="utf-8") as j:
-        rows = csv.writer(t, lineterminator="\n")
-        rows.writerow(["window", "start", "end", "label", "probability", "top"])
+    stopped = ""
+    with Tables(table, jsonl) as tables:
         try:
-            for item in _then(first, windows):
-                p = item.result
-                rows.writerow([item.index, f"{item.time:.3f}", f"{item.time + item.seconds:.3f}", p.label,
-                               f"{p.probability:.6f}", json.dumps([[c, round(v, 6)] for c, v in p.top])])
-                j.write(json.dumps({"window": item.index, "start": round(item.time, 3), "end": round(item.time + item.seconds, 3),
-                                    **task.frame_record(predictor, p)}) + "\n")
-                count += 1
+            for item in stream(task, predictor, source, max_frames=max_frames, options=options):
+                tables.write({"window": item.index, "start": round(item.time, 3), "end": round(item.time + item.seconds, 3),
+                              **task.frame_record(predictor, item.result)})
         except KeyboardInterrupt:
             stopped = " (stopped by Ctrl-C)"
-    return f"{source}: {count} windows{stopped}; {table.name} and {jsonl.name} in {table.parent}"
-
-
-def _then(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
-    if first is not None:
-        yield first
-    yield from rest
+    return f"{source}: {tables.count} windows{stopped}; {table.name} and {jsonl.name} in {table.parent}"
 
 
 def video_inputs(paths: list[str], sources: list[str] | None) -> tuple[list[str], list[str]]:
