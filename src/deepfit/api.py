@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from deepfit.config import TrainConfig
-from deepfit.errors import DeepfitError
+from deepfit.errors import ConfigError, DeepfitError
 from deepfit.modalities.base import is_path_list, names_many
 from deepfit.options import TrainOptions, with_options
 from deepfit.presets import apply_preset
@@ -119,6 +119,26 @@ class Learner:
         if names_many(inputs):
             inputs = get_modality(getattr(self.predictor, "modality", self.task.modality)).expand([inputs])
         return self.predictor.predict(inputs, **options)
+
+    def explain(self, inputs: Any, *, method: str | None = None, target: str | None = None, layer: str | None = None,
+                max_objects: int = 5, conf: float = 0.25, output: str | Path | None = None) -> list[Any]:
+        """Where the model looked: a list of `Explanation`s (`.target`, `.probability`, `.method`, `.layer`, `.heat` map
+        in [0, 1] or `.tokens` with scores, `.picture` drawn, `.box` for detections) for one input, a list, a folder or
+        a glob; several per image for detection and segmentation (objects, regions). `target`: the class to explain
+        (default the predicted one); `output`: also write the pictures and explanations.json into this new folder."""
+        from deepfit.explain.result import ExplainSettings, output_folder, write_explanations
+        from deepfit.workflows.explain import explain_items
+
+        if max_objects < 1:
+            raise ConfigError(f"max_objects must be at least 1, not {max_objects}")
+        modality = getattr(self.predictor, "modality", self.task.modality)
+        if modality != "text" and names_many(inputs):  # a text classifier's strings are texts (a Path is a file)
+            inputs = get_modality(modality).expand([inputs])
+        items = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
+        made = explain_items(self.task, self.predictor, items, ExplainSettings(method, target, layer, max_objects, conf))
+        if output is not None:
+            write_explanations(made, output_folder(Path(output), self._require_run()))
+        return made
 
     def stream(self, source: str | Path, *, every: int = 1, max_fps: float | None = None, max_frames: int | None = None,
                **options: Any) -> Any:

@@ -14,7 +14,13 @@ import re
 import sys
 from typing import Any, NoReturn
 
-from deepfit.cli_deploy import add_deploy_commands, add_predict_options, cmd_benchmark, cmd_export
+from deepfit.cli_deploy import (
+    add_deploy_commands,
+    add_predict_options,
+    cmd_benchmark,
+    cmd_explain,
+    cmd_export,
+)
 from deepfit.cli_options import add_config_options, add_task_options, add_verbosity, task_option_names
 from deepfit.config import ALIASES, FeaturesConfig, OptionError
 from deepfit.errors import ConfigError, DeepfitError, TrainingInterrupted
@@ -335,7 +341,8 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
 
 COMMANDS = {"quickstart": _cmd_quickstart, "train": _cmd_train, "features": _cmd_features, "compare": _cmd_compare,
             "data": _cmd_data_check, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "models": _cmd_models,
-            "export": lambda args: _print(*cmd_export(args)), "benchmark": lambda args: _print(*cmd_benchmark(args))}
+            "export": lambda args: _print(*cmd_export(args)), "benchmark": lambda args: _print(*cmd_benchmark(args)),
+            "explain": lambda args: _print(*cmd_explain(args))}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
-"""The `deepfit export` and `deepfit benchmark` commands, and the options `predict` takes for backends and video:
-a thin layer over workflows/export.py, workflows/speed.py and workflows/video.py, beside cli.py."""
+"""The `deepfit export`, `deepfit benchmark` and `deepfit explain` commands, and the options `predict` takes for
+backends and video: a thin layer over workflows/export.py, speed.py, explain.py and video.py, beside cli.py."""
 
 from __future__ import annotations
 
@@ -31,7 +31,26 @@ def add_deploy_commands(sub: Any) -> list[argparse.ArgumentParser]:
     b.add_argument("--repeats", type=int, default=10, help="calls timed per round (default 10)")
     b.add_argument("--rounds", type=int, default=3, help="rounds, the backends taking turns (default 3)")
     b.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    return [x, b]
+
+    e = sub.add_parser("explain", help="where the model looked: a heat map per image (per object, per region), over a "
+                       "sound's spectrogram, or a score per token of a text")
+    e.add_argument("run_dir", help="the run folder that `deepfit train` wrote, or a checkpoint in it")
+    e.add_argument("paths", nargs="*", help="image (or sound, or .txt) files, folders or glob patterns")
+    e.add_argument("--text", action="append", help="text classifiers: a text to explain (repeat the flag for more)")
+    e.add_argument("--method", help="images, sounds: gradcam (default), gradcam++, hirescam, xgradcam, layercam, eigencam, "
+                   "scorecam (classifiers; slow on wide layers); texts: occlusion (default), integrated-gradients")
+    e.add_argument("--class", dest="target", metavar="NAME", help="the class to explain (default: the predicted one; "
+                   "detection and segmentation: only objects or regions of this class)")
+    e.add_argument("--layer", help="the layer the map is drawn from (default: the last one that sees the whole input; "
+                   "a wrong name lists those that can be used)")
+    e.add_argument("--max-objects", type=int, default=5, help="detection, segmentation: objects (regions) explained per "
+                   "image, the most confident (largest) first (default 5)")
+    e.add_argument("--conf", type=float, default=0.25, help="detection: the least score of an object explained (default 0.25)")
+    e.add_argument("--output", help="the folder for the pictures and explanations.json (default RUN_DIR/explanations, "
+                   "or -2, -3, ... when it exists); never overwritten")
+    e.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    e.add_argument("--device", default="auto")
+    return [x, b, e]
 
 
 def add_predict_options(p: argparse.ArgumentParser) -> None:
@@ -75,3 +94,15 @@ def cmd_benchmark(args: argparse.Namespace) -> list[Any]:
     for s in speeds:
         table.add_row(s.backend, f"{s.latency_ms:.2f} ms", f"{s.throughput:,.1f} samples/s", f"{s.throughput / base:.2f}x" if base else "")
     return [table]
+
+
+def cmd_explain(args: argparse.Namespace) -> list[str]:
+    from deepfit.workflows.explain import explain
+
+    made, folder = explain(args.run_dir, args.paths, texts=args.text, output=args.output, method=args.method,
+                           target=args.target, layer=args.layer, max_objects=args.max_objects, conf=args.conf,
+                           checkpoint=args.checkpoint, device=args.device)
+    lines = [f"{e.source}: {e.target} {e.probability:.1%}" + (f" (predicted {e.predicted})" if e.predicted != e.target else "")
+             for e in made]
+    how = f"{made[0].method} on layer {made[0].layer}" if made else "nothing"
+    return [*lines, f"{len(made)} explanations ({how}) written to {folder}"]

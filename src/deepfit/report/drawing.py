@@ -16,7 +16,7 @@ from PIL import Image
 
 from deepfit.log import logger
 
-__all__ = ["PALETTE", "as_numpy", "caption", "class_color", "hex_color", "image_tensor", "label_font_path", "rgb_array",
+__all__ = ["PALETTE", "as_numpy", "caption", "class_color", "hex_color", "image_tensor", "label_font", "label_font_path", "rgb_array",
            "text_color"]
 
 # tab10's strong colours first, then tab20's light ones: neighbouring class indices differ clearly.
@@ -122,7 +122,7 @@ def caption(image: np.ndarray, text: str, color: tuple[int, int, int] = (0, 0, 0
 
     picture = Image.fromarray(np.ascontiguousarray(image))
     size = max(10, round(min(picture.size) / 18))
-    font = _font(size)
+    font = label_font(size)
     draw = ImageDraw.Draw(picture)
     draw.rectangle((0, 0, picture.width, round(size * 1.5)), fill=color)
     draw.text((round(size / 3), round(size / 5)), text, fill=text_color(color), font=font)
@@ -130,7 +130,7 @@ def caption(image: np.ndarray, text: str, color: tuple[int, int, int] = (0, 0, 0
 
 
 @functools.lru_cache(maxsize=8)
-def _font(size: int) -> Any:
+def label_font(size: int) -> Any:
     """The label font at `size` pixels, loaded once per size (a video draws thousands of frames with it)."""
     from PIL import ImageFont
 

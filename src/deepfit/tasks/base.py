@@ -6,6 +6,7 @@ A task (classify, detect, segment, ...) is an object with the methods below, reg
     train / resume   workflows/train.py   read -> split -> prepare -> the engine (runs/session.py) -> run folder
     evaluate         workflows/evaluate.py   load -> held-out split (or other data) -> evaluate -> report
     predict          workflows/predict.py    load -> predictor -> predict_files
+    explain          workflows/explain.py    load -> predictor -> explain -> pictures + explanations.json
     load, Learner    api.py                  load -> predictor -> predict in Python
 
 and the CLI builds its options from `data_options`, `evaluate_options` and `predict_options`. A task from
@@ -193,6 +194,12 @@ class Task:
     def frame_record(self, predictor: Any, result: Any) -> dict[str, Any]:
         """A frame's result as a row of the per-frame CSV / JSON Lines file (lists and dicts are JSON in the CSV)."""
         raise ConfigError(f"--task {self.name} does not predict on video")
+
+    # --- explanations (workflows/explain.py, the reports) ---------------------------------------------------
+    def explain(self, predictor: Any, items: list[Any], settings: Any) -> list[Any]:
+        """An `explain.result.Explanation` for each input (or each object / region of it) as `settings`
+        (`explain.result.ExplainSettings`) asks: the class explained, method, layer, map or token scores, picture."""
+        raise ConfigError(f"--task {self.name} does not explain its predictions yet")
 
     # --- optional --------------------------------------------------------------------------------------
     def check_data(self, data: str | Path, **options: Any) -> list[Any]:

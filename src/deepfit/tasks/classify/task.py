@@ -255,6 +255,13 @@ class ClassifyTask(Task):
         return {"label": result.label, "probability": round(result.probability, 6),
                 "top": [[label, round(p, 6)] for label, p in result.top]}
 
+    def explain(self, predictor: Predictor, items: list[Any], settings: Any) -> list[Any]:
+        from deepfit.tasks.classify.explain import explain_clips, explain_images, explain_texts
+
+        if isinstance(predictor, TextPredictor):
+            return explain_texts(predictor, items, settings)
+        return (explain_clips if isinstance(predictor, SoundPredictor) else explain_images)(predictor, items, settings)
+
     def predict_files(self, predictor: Predictor | SoundPredictor, paths: list[Path], output: Path | None, run_dir: Path, *,
                       top_k: int = 3, hop: float | None = None, text_column: list[str] | None = None,
                       encoding: str | None = None) -> list[Any]:
