@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from deepfit.errors import ConfigError, DataError
+from deepfit.explain.result import ExplainSettings
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
 from deepfit.modalities.image.store import decode_rgb
@@ -59,6 +60,8 @@ def score_samples(run: Path, predictor: DetectionPredictor, split: str, samples:
     """COCO box (and mask) mAP of `samples` in each image's own pixels, with 95% intervals over the images; writes
     report.html (the worst images first, examples of every class, training curves and options), evaluation.json,
     per_class_ap.csv and detections.json (COCO results) into the run folder."""
+    from deepfit.tasks.detect.explain import explain_objects
+    from deepfit.tasks.detect.explained import explain_shown
     from deepfit.tasks.detect.report import draw_detections, image_score, write_detection_report
 
     trained = predictor.trained
@@ -79,8 +82,8 @@ def score_samples(run: Path, predictor: DetectionPredictor, split: str, samples:
 
     # the gallery: the images with a mistake, worst first (per-image F1 of the confident detections), drawn at full size
     scores = [image_score(t, p, conf=DEFAULT_CONF) for t, p in zip(truths, predictions, strict=True)]
-    gallery = []
-    for i in worst_first(scores, [score < 1.0 for score in scores], GALLERY_SIZE)[0]:
+    gallery, worst = [], worst_first(scores, [score < 1.0 for score in scores], GALLERY_SIZE)[0]
+    for i in worst:
         s, p, t = samples[i], predictions[i], truths[i]
         shown = {k: v for k, v in p.items() if k != "masks"}
         truth = {"boxes": t["boxes"], "labels": t["labels"]}
@@ -91,6 +94,10 @@ def score_samples(run: Path, predictor: DetectionPredictor, split: str, samples:
         keep = p["scores"] >= DEFAULT_CONF
         shown = {k: (v[keep] if isinstance(v, np.ndarray) else [n for n, k2 in zip(v, keep, strict=True) if k2]) for k, v in shown.items()}
         gallery.append((s.path.name, draw_detections(decode_rgb(str(s.path)), shown, trained.classes, truth), scores[i]))
+
+    # beside each, where the detector looked for its most confident object (its best guess when nothing scored >= conf)
+    explanations = explain_shown(explain_objects, predictor, [(samples[i].path.name, samples[i].path,
+                                                               ExplainSettings(max_objects=1, conf=EVAL_CONF)) for i in worst])
 
     files = [str(s.path) for s in samples]
     write_coco_results(run / "detections.json", files, predictions, trained.class_ids)
@@ -106,7 +113,8 @@ def score_samples(run: Path, predictor: DetectionPredictor, split: str, samples:
     details = run_details(run, run, trained.meta, notes=[collapsed] if collapsed else [], examples=_examples(samples, trained.classes),
                           scores=(("val_map", "validation box mAP"), ("val_map50", "validation box mAP@.50")),
                           score_title="Validation box mAP", as_percent=False, image_size=trained.image_size)
-    report = write_detection_report(run, f"{trained.meta['task']} evaluation: {run.name}", box, mask, gallery, summary, details)
+    report = write_detection_report(run, f"{trained.meta['task']} evaluation: {run.name}", box, mask, gallery, summary, details,
+                                    explanations=explanations)
     keys = ("map", "map50", "map75", "intervals", "per_class")
     record = {"split": split, "checkpoint": checkpoint, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "box": {k: box[k] for k in keys}, "mask": {k: mask[k] for k in keys} if mask else None}

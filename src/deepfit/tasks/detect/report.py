@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from deepfit.explain.result import Explanation
 from deepfit.report.drawing import as_numpy, class_color, image_tensor, label_font_path, text_color
 from deepfit.report.gallery import scored_gallery
 from deepfit.report.html import data_table, empty_note, esc, metric_cards, score_cells, table_row
@@ -27,6 +28,7 @@ from deepfit.report.page import RunDetails, write_results_page
 from deepfit.report.plots import keep_ends, plot_class_bars, plot_precision_recall
 from deepfit.report.text import fixed, to_float, write_csv
 from deepfit.report.trust import interval_hint
+from deepfit.tasks.detect.explained import EXPLAINED_CSS, explained_gallery
 from deepfit.tasks.detect.outputs import boxes_of, class_name, labels_of, masks_of
 
 __all__ = ["draw_detections", "image_score", "plot_per_class_ap", "plot_pr_curves", "write_detection_report"]
@@ -249,13 +251,15 @@ def _per_class_table(rows: Sequence[Mapping[str, Any]], with_masks: bool) -> str
 def write_detection_report(
     out_dir: Path, title: str, box_metrics: Mapping[str, Any], mask_metrics: Mapping[str, Any] | None,
     gallery: Sequence[tuple[str, Image.Image, float]], summary: Mapping[str, str], details: RunDetails | None = None,
+    explanations: Sequence[Explanation | None] | None = None,
 ) -> Path:
     """Write the plots, ``per_class_ap.csv`` and one self-contained ``report.html``; return the HTML path.
 
     ``gallery`` holds (name, drawn image, image score) and is shown in the order given: callers pass the
     imperfect images worst first, because the images the model gets most wrong are the ones worth a look
     (only perfect ones, scoring 1, when there is no mistake: the gallery is then titled so). ``details`` are
-    the run's warnings, training options, curves and class examples (:class:`~deepfit.report.page.RunDetails`).
+    the run's warnings, training options, curves and class examples (:class:`~deepfit.report.page.RunDetails`);
+    ``explanations`` (one per gallery image, or None) are drawn beside their images (:mod:`deepfit.tasks.detect.explained`).
     """
     out_dir = Path(out_dir)
     images: dict[str, Path] = {}
@@ -268,18 +272,25 @@ def write_detection_report(
     rows = _per_class_rows(box_metrics, mask_metrics)
     _write_per_class_csv(out_dir / "per_class_ap.csv", rows, mask_metrics is not None)
 
+    explained = any(e is not None for e in explanations or [])
     legend = (
         '<p class="legend">Predicted objects are drawn in colour<span class="swatch pred"></span>(one colour per class, '
         'labelled with class and confidence); ground truth as white outlines<span class="swatch truth"></span>. '
         "A white outline with no coloured box on it is a missed object; a coloured box without one is a false "
-        "detection. Images are sorted worst first by match score (F1 of predictions matched to the truth).</p>"
+        "detection. Images are sorted worst first by match score (F1 of predictions matched to the truth)."
+        + (" Beside each image: where the detector looked for its most confident object, a class-activation map from "
+           "blue (nothing) to red (the most)." if explained else "") + "</p>"
     )
     perfect = bool(gallery) and all(score >= 1.0 for _, _, score in gallery)
-    gallery_html = [legend, scored_gallery(gallery, score_label="match score (F1)", decimals=2,
-                                           max_size=_GALLERY_MAX_SIZE, extra_class="det-gallery large")]
+    if explained:
+        drawn = explained_gallery(gallery, explanations or [], score_label="match score (F1)", decimals=2,
+                                  max_size=_GALLERY_MAX_SIZE, extra_class="det-gallery large with-explanations")
+    else:
+        drawn = scored_gallery(gallery, score_label="match score (F1)", decimals=2, max_size=_GALLERY_MAX_SIZE,
+                               extra_class="det-gallery large")
     return write_results_page(
         out_dir / "report.html", title, summary=dict(summary), class_names=[str(r["class"]) for r in rows],
         cards_html=_cards(box_metrics, mask_metrics), per_class_html=_per_class_table(rows, mask_metrics is not None),
         images=images, gallery_title="No mistakes: every object found" if perfect else "Predictions, worst first",
-        gallery_html=gallery_html, details=details, styles=_DETECTION_CSS, what="detection report",
+        gallery_html=[legend, drawn], details=details, styles=_DETECTION_CSS + EXPLAINED_CSS, what="detection report",
     )

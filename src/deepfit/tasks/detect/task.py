@@ -208,6 +208,11 @@ class DetectTask(Task):
                 "detections": [{"class": name, "score": round(float(score), 4), "box": [round(float(v), 1) for v in box]}
                                for name, score, box in zip(result["names"], result["scores"], result["boxes"], strict=True)]}
 
+    def explain(self, predictor: DetectionPredictor, items: list[Any], settings: Any) -> list[Any]:
+        from deepfit.tasks.detect.explain import explain_objects
+
+        return explain_objects(predictor, items, settings)
+
     def predict_files(self, predictor: DetectionPredictor, paths: list[Path], output: Path | None, run_dir: Path, *,
                       conf: float = DEFAULT_CONF, iou: float = DEFAULT_IOU) -> list[Any]:
         out, results, failed = predict_to_folder(predictor, run_dir, paths, output, conf=conf, iou=iou)

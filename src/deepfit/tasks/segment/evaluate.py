@@ -16,6 +16,7 @@ from PIL import Image
 
 from deepfit.data.formats.masks import IGNORE_INDEX as IGNORE
 from deepfit.errors import ConfigError, DataError
+from deepfit.explain.result import ExplainSettings, Explanation
 from deepfit.fileio import atomic_write_text
 from deepfit.log import logger
 from deepfit.modalities.image.store import decode_rgb
@@ -57,6 +58,7 @@ def score_samples(run: Path, predictor: SegmentationPredictor, split: str, datas
     counts = []  # per image: (3, K) true-positive, true and predicted pixels, for the confidence intervals
     best: list[list[tuple[int, int]]] = [[] for _ in range(k)]  # per class, a heap of (correct pixels, -image)
     worst: list[tuple[float, int, Any]] = []  # a heap of the GALLERY_SIZE lowest scores: (-score, index, picture)
+    focus = []  # per image: the class with the most pixels wrongly painted as it (-1: none), whose map the report shows
     started = time.perf_counter()
     for i, s in enumerate(samples):
         image, truth = load_pair(dataset, s)
@@ -66,6 +68,8 @@ def score_samples(run: Path, predictor: SegmentationPredictor, split: str, datas
         counts.append(per_image_counts(confusion.numpy()))
         for c in np.flatnonzero(counts[-1][0]):
             _keep_largest(best[c], (int(counts[-1][0][c]), -i), EXAMPLES_PER_CLASS)
+        wrong = (confusion.sum(0) - confusion.diagonal()).numpy()  # (K,) pixels predicted as each class but not it
+        focus.append(int(wrong.argmax()) if wrong.max() > 0 else -1)
         score = image_score(confusion.numpy())
         if len(worst) < GALLERY_SIZE or -score > worst[0][0]:
             picture = side_by_side(image.permute(1, 2, 0).numpy(), truth.numpy(), prediction, trained.colors, height=GALLERY_HEIGHT)
@@ -73,8 +77,10 @@ def score_samples(run: Path, predictor: SegmentationPredictor, split: str, datas
     seconds = time.perf_counter() - started
     metrics = segmentation_metrics(total.numpy(), trained.classes)
     metrics["intervals"] = segmentation_intervals(np.stack(counts) if counts else np.zeros((0, 3, k)))
-    shown = [entry[2] for entry in sorted(worst, key=lambda e: (-e[0], e[1]))]  # lowest score first, then image order
+    ranked = sorted(worst, key=lambda e: (-e[0], e[1]))  # lowest score first, then image order
+    shown = [entry[2] for entry in ranked]
     order, _ = worst_first([g[2] for g in shown], [g[2] < 1.0 for g in shown], GALLERY_SIZE)
+    explanations = _explain_worst(predictor, dataset, samples, [ranked[j][1] for j in order], focus)
     summary = {
         "Run": run.name, "Model": trained.spec.name, "Checkpoint": f"{checkpoint} (epoch {trained.meta.get('epoch')})",
         "Scored on": f"{split} split, {len(samples)} images, {int(total.sum()):,} labelled pixels",
@@ -88,13 +94,26 @@ def score_samples(run: Path, predictor: SegmentationPredictor, split: str, datas
                           scores=(("val_miou", "validation mIoU"), ("val_pixel_acc", "validation pixel accuracy")),
                           score_title="Validation score", as_percent=False)
     report = write_segmentation_report(run, f"segmentation evaluation: {run.name}", metrics, [shown[j] for j in order],
-                                       summary, trained.colors, details)
+                                       summary, trained.colors, details, explanations=explanations)
     record = {"split": split, "checkpoint": checkpoint, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
               **{key: metrics[key] for key in ("miou", "mean_dice", "pixel_accuracy", "intervals", "per_class")}}
     atomic_write_text(run / "evaluation.json", json.dumps(record, indent=2) + "\n")
     logger.info(f"{split}: mIoU {metrics['miou']:.4f}, mean Dice {metrics['mean_dice']:.4f}, pixel accuracy "
                 f"{metrics['pixel_accuracy']:.2%}; report: {report}")
     return SegmentationEvaluation(split, metrics, report)
+
+
+def _explain_worst(predictor: SegmentationPredictor, dataset: SegmentationDataset, samples: list[SegmentationSample],
+                   shown: list[int], focus: list[int]) -> list[Explanation | None]:
+    """Beside each image shown, where the segmenter looked to paint the class it painted most wrongly there (its
+    largest region where no pixel is wrong): one map an image, of the image as it was scored."""
+    from deepfit.tasks.detect.explained import explain_shown
+    from deepfit.tasks.segment.explain import explain_regions
+
+    classes = predictor.trained.classes
+    asked = [(samples[i].path.name, load_pair(dataset, samples[i])[0],
+              ExplainSettings(target=classes[focus[i]] if focus[i] >= 0 else None, max_objects=1)) for i in shown]
+    return explain_shown(explain_regions, predictor, asked)
 
 
 def _keep_largest(heap: list, entry: tuple, most: int) -> None:

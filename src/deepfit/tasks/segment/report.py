@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from deepfit.explain.result import Explanation
 from deepfit.fileio import atomic_write_bytes
 from deepfit.log import logger
 from deepfit.report.confusion import plot_confusion_matrix, write_confusion_csv
@@ -43,6 +44,7 @@ from deepfit.report.page import RunDetails, write_results_page
 from deepfit.report.plots import keep_ends, plot_class_bars
 from deepfit.report.text import fixed, percent, to_float, write_csv
 from deepfit.report.trust import interval_hint
+from deepfit.tasks.detect.explained import EXPLAINED_CSS, explained_gallery
 from deepfit.tasks.segment.pictures import (
     ERROR_COLOR,
     IGNORE,
@@ -259,6 +261,7 @@ def _confusion_picture(confusion: np.ndarray, names: list[str], path: Path) -> t
 def write_segmentation_report(
     out_dir: Path, title: str, metrics: Mapping[str, Any], gallery: Sequence[tuple[str, Image.Image, float]],
     summary: Mapping[str, str], colors: np.ndarray, details: RunDetails | None = None,
+    explanations: Sequence[Explanation | None] | None = None,
 ) -> Path:
     """Write the pictures, the CSVs and one self-contained ``report.html`` into ``out_dir``; return the HTML path.
 
@@ -267,7 +270,8 @@ def write_segmentation_report(
     :func:`image_score`, and is shown in the order given: callers pass the imperfect images worst first,
     because the images the model gets most wrong are the ones worth a look (only perfect ones, scoring 1,
     when there is no mistake: the gallery is then titled so). ``details`` are the run's warnings, training
-    options, curves and class examples (:class:`~deepfit.report.page.RunDetails`).
+    options, curves and class examples (:class:`~deepfit.report.page.RunDetails`); ``explanations`` (one per gallery
+    image, or None) are drawn beside their strips (:mod:`deepfit.tasks.detect.explained`).
     """
     out_dir = Path(out_dir)
     table = color_table(colors)
@@ -284,17 +288,25 @@ def write_segmentation_report(
     write_per_class_csv(out_dir / "per_class.csv", metrics)
 
     perfect = bool(gallery) and all(score >= 1.0 for _, _, score in gallery)
+    explained = any(e is not None for e in explanations or [])
     explanation = empty_note(
         "Each image beside its true and predicted masks and its errors (in the colour below), sorted worst first by "
         "the image's mean IoU over the classes it shows or is predicted to show."
         + (" No image has a wrong pixel: these are some of the evaluated ones." if perfect else "")
+        + (" Last: where the segmenter looked to paint the class it painted most wrongly (its largest region where "
+           "none is wrong), outlined in white; a class-activation map from blue (nothing) to red (the most)."
+           if explained else "")
     )
-    strips = scored_gallery(gallery, score_label="mean IoU of this image", decimals=3, max_size=_GALLERY_MAX_SIZE,
-                            quality=88, extra_class="seg-gallery large")
+    if explained:
+        strips = explained_gallery(gallery, explanations or [], score_label="mean IoU of this image", decimals=3,
+                                   max_size=_GALLERY_MAX_SIZE, quality=88, extra_class="seg-gallery large")
+    else:
+        strips = scored_gallery(gallery, score_label="mean IoU of this image", decimals=3, max_size=_GALLERY_MAX_SIZE,
+                                quality=88, extra_class="seg-gallery large")
     return write_results_page(
         out_dir / "report.html", title, summary=dict(summary), class_names=names, cards_html=_cards(metrics),
         per_class_html=_per_class_table(per_class, table), images=images,
         gallery_title="No mistakes: every pixel right" if perfect else "Predictions, worst first",
-        gallery_html=[explanation, _legend(per_class, table), strips], details=details, styles=_SEGMENTATION_CSS,
-        what="segmentation report",
+        gallery_html=[explanation, _legend(per_class, table), strips], details=details,
+        styles=_SEGMENTATION_CSS + EXPLAINED_CSS, what="segmentation report",
     )

@@ -195,6 +195,11 @@ class SegmentTask(Task):
         shares = np.bincount(result.ravel(), minlength=len(predictor.trained.classes)) / max(1, result.size)
         return {"pixels": {name: round(float(share), 5) for name, share in zip(predictor.trained.classes, shares, strict=False)}}
 
+    def explain(self, predictor: SegmentationPredictor, items: list[Any], settings: Any) -> list[Any]:
+        from deepfit.tasks.segment.explain import explain_regions
+
+        return explain_regions(predictor, items, settings)
+
     def predict_files(self, predictor: SegmentationPredictor, paths: list[Path], output: Path | None, run_dir: Path) -> list[Any]:
         out, done, failed = predict_to_folder(predictor, run_dir, paths, output)
         return [f"{len(done)} images segmented: mask PNGs (class indexes, class colours as palette) and colour overlays in {out}"
