@@ -127,6 +127,7 @@ class Learner:
         a glob; several per image for detection and segmentation (objects, regions). `target`: the class to explain
         (default the predicted one); `output`: also write the pictures and explanations.json into this new folder."""
         from deepfit.explain.result import ExplainSettings, output_folder, write_explanations
+        from deepfit.modalities.sound import is_samples_with_rate
         from deepfit.workflows.explain import explain_items
 
         if max_objects < 1:
@@ -134,7 +135,8 @@ class Learner:
         modality = getattr(self.predictor, "modality", self.task.modality)
         if modality != "text" and names_many(inputs):  # a text classifier's strings are texts (a Path is a file)
             inputs = get_modality(modality).expand([inputs])
-        items = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
+        one = not isinstance(inputs, list | tuple) or is_samples_with_rate(inputs)  # (samples, rate) is one clip
+        items = [inputs] if one else list(inputs)
         made = explain_items(self.task, self.predictor, items, ExplainSettings(method, target, layer, max_objects, conf))
         if output is not None:
             write_explanations(made, output_folder(Path(output), self._require_run()))

@@ -37,8 +37,9 @@ def add_deploy_commands(sub: Any) -> list[argparse.ArgumentParser]:
     e.add_argument("run_dir", help="the run folder that `deepfit train` wrote, or a checkpoint in it")
     e.add_argument("paths", nargs="*", help="image (or sound, or .txt) files, folders or glob patterns")
     e.add_argument("--text", action="append", help="text classifiers: a text to explain (repeat the flag for more)")
-    e.add_argument("--method", help="images, sounds: gradcam (default), gradcam++, hirescam, xgradcam, layercam, eigencam, "
-                   "scorecam (classifiers; slow on wide layers); texts: occlusion (default), integrated-gradients")
+    e.add_argument("--method", help="images, sounds: gradcam (images' default), gradcam++, hirescam (sounds' default), "
+                   "xgradcam, layercam, eigencam, scorecam (classifiers; slow on wide layers); texts: occlusion (default), "
+                   "integrated-gradients")
     e.add_argument("--class", dest="target", metavar="NAME", help="the class to explain (default: the predicted one; "
                    "detection and segmentation: only objects or regions of this class)")
     e.add_argument("--layer", help="the layer the map is drawn from (default: the last one that sees the whole input; "

@@ -114,7 +114,8 @@ def _probe(model: nn.Module, x: torch.Tensor, score: Callable[[Any], torch.Tenso
         with torch.enable_grad():
             outputs = model(x.detach().clone().requires_grad_(True))
             names = [n for n in dict.fromkeys(order) if calls[n] == 1]
-            grads = torch.autograd.grad(score(outputs), [found[n][0] for n in names], allow_unused=True)
+            # none found (a network of hand-made features): no layers, which choose_layer says in one clear line
+            grads = torch.autograd.grad(score(outputs), [found[n][0] for n in names], allow_unused=True) if names else ()
     finally:
         for h in handles:
             h.remove()

@@ -38,6 +38,7 @@ from deepfit.runs.folder import CHECKPOINT_FORMAT, check_output_outside_data, ne
 from deepfit.runs.session import seed_everything
 from deepfit.tasks.classify.data import report_duplicates, write_skipped
 from deepfit.tasks.classify.evaluate import Evaluation, report_evaluation
+from deepfit.tasks.classify.explain_report import run_explainer
 from deepfit.tasks.classify.sound import is_sound_catalog
 from deepfit.tasks.classify.text import (
     cross_split_texts,
@@ -196,6 +197,7 @@ def fit_features(data: str | Path, config: FeaturesConfig, *, catalog: Catalog |
         run_dir, meta, split=split, paths=paths, y_true=y_eval, probs=probs,
         bad=[b for b in features.skipped if b.path in {f.path for f in splits.get(split, [])}],
         picture=text_card([texts[p] for p in paths]) if texts else None,
+        explain=run_explainer(run_dir, config.device, {str(p): texts[p].text for p in paths} if texts else None),
     )
     return FeaturesResult(run_dir, features, fitted, evaluation, val_acc)
 

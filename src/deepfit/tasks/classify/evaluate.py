@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from deepfit.modalities.image.store import ImageStore
 from deepfit.report.confusion import plot_confusion_matrix, write_confusion_csv
 from deepfit.report.gallery import EXAMPLES_PER_CLASS, ClassExamples
 from deepfit.report.trust import one_class_note, worst_first
+from deepfit.tasks.classify.explain_report import worst_explainer
 from deepfit.tasks.classify.objective import classification_metrics
 from deepfit.tasks.classify.predict import Predictor
 from deepfit.tasks.classify.report import WorstPrediction, write_html_report
@@ -87,14 +89,16 @@ def score_files(
         from deepfit.tasks.classify.text import score_texts, text_card
 
         paths, y_true, probs = score_texts(predictor, files, batch_size)  # type: ignore[arg-type]
+        texts = {str(f.path): f.text for f in files}  # type: ignore[attr-defined]
         return report_evaluation(run_dir, predictor.trained.meta, split=split, paths=paths, y_true=y_true, probs=probs,
-                                 bad=[], data=data, checkpoint=checkpoint, picture=text_card(files))  # type: ignore[arg-type]
+                                 bad=[], data=data, checkpoint=checkpoint, picture=text_card(files),  # type: ignore[arg-type]
+                                 explain=worst_explainer(predictor, texts))
     if "sound" in predictor.trained.meta:
         from deepfit.tasks.classify.sound import score_clips
 
         paths, y_true, probs, clips_bad = score_clips(predictor, files, split, batch_size)  # type: ignore[arg-type]
         return report_evaluation(run_dir, predictor.trained.meta, split=split, paths=paths, y_true=y_true, probs=probs,
-                                 bad=clips_bad, data=data, checkpoint=checkpoint)
+                                 bad=clips_bad, data=data, checkpoint=checkpoint, explain=worst_explainer(predictor))
     classes = predictor.classes
     index = {c: i for i, c in enumerate(classes)}
     store, bad = ImageStore.load(
@@ -111,7 +115,7 @@ def score_files(
     y_true = torch.cat(targets).numpy()
     return report_evaluation(
         run_dir, predictor.trained.meta, split=split, paths=store.paths, y_true=y_true, probs=probs, bad=bad,
-        data=data, checkpoint=checkpoint, tta=predictor.tta,
+        data=data, checkpoint=checkpoint, tta=predictor.tta, explain=worst_explainer(predictor),
     )
 
 
@@ -128,8 +132,10 @@ def report_evaluation(
     checkpoint: str = "best",
     tta: bool = False,
     picture: Any = None,
+    explain: Callable[[list[str]], dict[str, str]] | None = None,
 ) -> Evaluation:
-    """Metrics, plots, prediction CSV and the HTML report for one scored split; logged in evaluations.jsonl."""
+    """Metrics, plots, prediction CSV and the HTML report for one scored split; logged in evaluations.jsonl. `explain`
+    gives the HTML of the explanation of each worst prediction shown, by path (explain_report.py)."""
     classes = list(meta["classes"])
     noun = "clips" if "sound" in meta else "texts" if "text" in meta else "images"
     metrics = classification_metrics(y_true, probs, classes, intervals=True)
@@ -185,9 +191,11 @@ def report_evaluation(
     details = run_details(run_dir, folder, meta, notes=notes,
                           examples=[] if picture else _examples(paths, y_true, probs, classes),
                           image_size=(meta.get("preprocessing") or {}).get("image_size"))
+    worst = _worst(paths, y_true, probs, classes)
     report = write_html_report(
         folder / "report.html", title=f"deepfit evaluation: {run_dir.name}", summary=summary, metrics=metrics,
-        class_names=classes, images=images, worst=_worst(paths, y_true, probs, classes), details=details, picture=picture,
+        class_names=classes, images=images, worst=worst, details=details, picture=picture,
+        explanations=explain([w.path for w in worst]) if explain is not None and worst else None,
     )
     logger.info(
         f"{split} accuracy {metrics['accuracy']:.2%}, balanced accuracy {metrics['balanced_accuracy']:.2%} "

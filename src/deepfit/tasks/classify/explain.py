@@ -10,6 +10,7 @@ the predictor's own (with TTA where the run uses it).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,11 @@ from deepfit.modalities.image.store import to_storage
 from deepfit.report.drawing import caption
 
 IMAGE_METHODS = tuple(METHODS)
+# HiResCAM first for sounds: Grad-CAM weighs each channel by its gradient averaged over the whole map, exact for a head
+# that averages the map too; soundcnn's head keeps the frequency rows (a weight per row), so rows of opposite weight
+# cancel in that average, and measured on the pointing test (tests/test_explain_sound_text.py) Grad-CAM's maps were
+# often blank or elsewhere. HiResCAM multiplies gradient and activation at each cell, faithful to any such head.
+SOUND_METHODS = ("hirescam", *(m for m in METHODS if m != "hirescam"))
 TEXT_METHODS = ("occlusion", "integrated-gradients")
 SHOWN_PX = 224  # a smaller picture is enlarged, pixel by pixel, to about this size so its map can be seen
 
@@ -74,24 +80,43 @@ def explain_images(predictor: Any, items: list[Any], settings: ExplainSettings) 
 
 
 def explain_clips(predictor: Any, items: list[Any], settings: ExplainSettings) -> list[Explanation]:
-    """A class-activation map per clip over its spectrogram (time across, frequency up), from a layer of the network
-    that reads the spectrogram (the sound model's body)."""
-    method = check_method(settings.method or None, IMAGE_METHODS, "a sound classifier")
+    """A class-activation map per clip over its spectrogram (time across, frequency up; row 0 the lowest mel bin), from
+    a layer of the network that reads the spectrogram (the sound model's body). A recording longer than the model's
+    clip is explained on the clip it is cut to (its middle), as a single prediction sees it."""
+    from deepfit.tasks.classify.sound_model import SoundClassifier
+
+    method = check_method(settings.method or None, SOUND_METHODS, "a sound classifier")
     model, out, layer = predictor.model, [], None
-    body = model.body
+    if not isinstance(model, SoundClassifier):
+        raise ConfigError(f"the sound model {predictor.spec.model} has no network reading a spectrogram to draw a map over "
+                          "(a waveform encoder, or features); soundcnn, crnn and image networks on spectrograms are explained")
+    # the body's layers are named as in the whole model ("body.features.5"), as --layer and the records name them
+    wanted = None if settings.layer is None else "body." + settings.layer.removeprefix("body.")
     for i, item in enumerate(items):
         clip = predictor.clip(item)[None]  # (1, C, T)
         probs = predictor.logits(clip).softmax(1)[0].numpy()
         k = target_index(predictor.classes, probs, settings.target)
         with torch.no_grad():
             picture = model.picture(clip.to(predictor.device)).float()  # (1, C', bins, frames)
-        layer = layer or map_layers(body, picture, k, settings, "the sound network")
-        heat = heat_maps(body, picture, [ClassScore(k)], layer, method)[0]  # (bins, frames)
+        if layer is None:
+            found = find_layers(model.body, picture, lambda logits, k=k: logits[:, k].sum())
+            layer = choose_layer([replace(f, name=f"body.{f.name}") for f in found], wanted, "the sound network")
+        module = model.body.get_submodule(layer.name.removeprefix("body."))
+        heat = heat_maps(model.body, picture, [ClassScore(k)], layer, method, module=module)[0]  # (bins, frames)
         drawn = spectrogram_picture(picture[0].mean(0).cpu().numpy(), heat)
-        drawn = caption(drawn, f"{predictor.classes[k]} {probs[k]:.0%} ({method})")
+        drawn = caption(_band_above(drawn), f"{predictor.classes[k]} {probs[k]:.0%} ({method})")
         out.append(Explanation(name_of(item, i), predictor.classes[k], float(probs[k]), predictor.classes[int(probs.argmax())],
-                               method, f"body.{layer.name}", drawn, heat=heat))
+                               method, layer.name, drawn, heat=heat))
     return out
+
+
+def _band_above(picture: np.ndarray) -> np.ndarray:
+    """The picture under a white band for its caption, which would otherwise hide the highest frequencies."""
+    height, width = picture.shape[:2]
+    band = 0
+    for _ in range(3):  # `caption`'s band: 1.5 times a font of 1/18 of the shorter side, which the band lengthens
+        band = round(max(10, round(min(width, height + band) / 18)) * 1.5)
+    return np.pad(picture, ((band, 0), (0, 0), (0, 0)), constant_values=255)
 
 
 def explain_texts(predictor: Any, items: list[str | Path], settings: ExplainSettings) -> list[Explanation]:

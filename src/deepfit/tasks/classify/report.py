@@ -109,9 +109,11 @@ def _per_class_html(per_class: Sequence[Mapping[str, Any]]) -> str:
     return data_table(columns, rows, empty_html="No per-class measures were given.")
 
 
-def _worst_html(worst: Sequence[WorstPrediction], picture: Callable[[str], str | None] | None = None) -> str:
+def _worst_html(worst: Sequence[WorstPrediction], picture: Callable[[str], str | None] | None = None,
+                explanations: Mapping[str, str] | None = None) -> str:
     """The cards of the worst predictions; `picture` draws a card's picture from its path (default: the image's
-    thumbnail; a sound classifier's report gives the clip's spectrogram and a player)."""
+    thumbnail; a sound classifier's report gives the clip's spectrogram and a player); `explanations` holds the HTML
+    of a card's explanation (explain_report.py), shown under its picture, by path."""
     cards = []
     for item in worst:
         if picture is None:
@@ -126,7 +128,8 @@ def _worst_html(worst: Sequence[WorstPrediction], picture: Callable[[str], str |
             f'<div class="row">predicted: <span class="{"wrong" if wrong else ""}">'
             f"{esc(item.predicted_label)}</span> ({percent(item.confidence)})</div>"
         )
-        cards.append(shot_card(f'<div class="thumb">{thumb}</div>', item.path, rows))
+        why = (explanations or {}).get(item.path, "")
+        cards.append(shot_card(f'<div class="thumb">{thumb}</div>{why}', item.path, rows))
     return gallery(cards, empty_html="No mistakes to show.")
 
 
@@ -152,22 +155,27 @@ def write_html_report(
     notes: Sequence[str] = (),
     details: RunDetails | None = None,
     picture: Callable[[str], str | None] | None = None,
+    explanations: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the evaluation report as a single self-contained HTML file and return its path.
 
     Layout, most important first: summary table, warnings (``notes``, then those of ``details``),
     headline numbers with their confidence intervals, per-class table (weakest class marked), pictures,
     examples of every class, the gallery of the worst predictions (``worst``, meant mistakes only, worst
-    first), then the training options. All user-provided text is escaped, since class names and file
-    paths come from arbitrary folders and files.
+    first, each with its explanation from ``explanations`` where it has one), then the training options. All
+    user-provided text is escaped, since class names and file paths come from arbitrary folders and files.
     """
     details = details or RunDetails()
     details = replace(details, notes=[*notes, *details.notes])
     gallery_title, intro = _worst_title(worst)
+    if explanations:
+        intro += (" Under each, why the model predicted what it did: where it looked (red: the most) or, in a text, "
+                  "the words that spoke for its class (red) and against it (blue).")
     return write_results_page(
         path, title, summary=summary, class_names=class_names, cards_html=_cards_html(metrics, class_names),
         per_class_html=_per_class_html(metrics.get("per_class") or []), images=images,
-        gallery_title=gallery_title, gallery_html=[empty_note(intro), _worst_html(worst, picture)], details=details,
+        gallery_title=gallery_title, gallery_html=[empty_note(intro), _worst_html(worst, picture, explanations)],
+        details=details,
     )
 
 
