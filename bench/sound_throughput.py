@@ -31,9 +31,9 @@ from deepfit.config import TrainConfig
 from deepfit.modalities.sound.store import PCM_SCALE, SoundStore
 from deepfit.tasks.classify.sound import SHIFT_SHARE, SoundSpec, build_sound_model
 from deepfit.workflows.train import train
-from sound_fsdd import NAME
 
 from common import plain_training, record, unpack
+from sound_fsdd import NAME
 
 BATCH = 32  # deepfit's default batch for sound (config.MODALITY_DEFAULTS)
 PATTERN = r"(?P<label>\d)_(?P<group>[a-z]+)_\d+\.wav"  # FSDD: DIGIT_SPEAKER_TAKE.wav, the speaker as the group
