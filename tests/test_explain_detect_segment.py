@@ -238,3 +238,25 @@ def test_a_report_never_fails_for_an_explanation(segmenter: Path, tmp_path: Path
     assert main(["evaluate", str(run)]) == 0
     assert _cards(run / "report.html") == (4, 0)
     assert "no explanation of val0.png in the report: RuntimeError: out of memory" in capsys.readouterr().err
+
+
+def test_deepfit_serve_answers_for_a_detector_and_a_segmenter(detector: Path, segmenter: Path, squares: Path) -> None:
+    """The API serves both: boxes as the task's per-frame record, a segmenter's masks as COCO RLE that decode to what
+    `predict` paints, and the input drawn with its result."""
+    from fastapi.testclient import TestClient
+    from pycocotools import mask as coco_mask
+
+    from deepfit.serve.app import create_app
+
+    image = _val(squares)[0]
+    picture = sorted((segmenter.parent / "rectangles" / "images" / "val").glob("*.png"))[0]
+    with TestClient(create_app([detector, segmenter])) as c:
+        found = c.post("/v1/models/det/predict", content=image.read_bytes()).json()
+        assert found["task"] == "detect" and found["result"]["objects"] == len(found["result"]["detections"])
+        assert found["picture"].startswith("data:image/png;base64,")
+        painted = c.post("/v1/models/unet/predict", content=picture.read_bytes()).json()["result"]
+        expected = deepfit.load(segmenter).predict(str(picture))
+        classes = deepfit.load(segmenter).classes
+        for name, rle in painted["masks"].items():
+            decoded = coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+            assert (decoded.astype(bool) == (expected == classes.index(name))).all()

@@ -316,3 +316,22 @@ def test_a_failing_explanation_leaves_the_card_without_one(sound_run: deepfit.So
     assert worst_explainer(sound_run.predictor)(clips) == {}  # the model cannot be explained: said once, not per card
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
         "the report shows no explanations: the model x has no layer whose output is a picture of its input"]
+
+
+def test_deepfit_serve_answers_for_sound_and_text(sound_run: deepfit.SoundClassifier, bag_run: deepfit.TextClassifier) -> None:
+    """The API serves a sound run (a sound file's bytes, decoded by content) and a text run (JSON), explanations too."""
+    from fastapi.testclient import TestClient
+
+    from deepfit.serve.app import create_app
+
+    clip = sound_run.tests[0]  # type: ignore[attr-defined]
+    with TestClient(create_app([sound_run.run_dir, bag_run.run_dir])) as c:
+        models = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
+        assert models["tones"]["modality"] == "sound" and models["bag"]["modality"] == "text"
+        heard = c.post("/v1/models/tones/predict?explain=1", content=Path(clip).read_bytes()).json()
+        assert heard["result"]["label"] == sound_run.predict(clip).label and heard["explanation"].startswith("data:image/png")
+        read = c.post("/v1/models/bag/predict?explain=1", json={"text": " ".join([*FILLER[:4], "zorbly", *FILLER[4:8]])}).json()
+        assert read["result"]["label"] == "pos" and max(read["tokens"], key=lambda t: t[1])[0] == "zorbly"
+        assert c.post("/v1/models/bag/predict", json={"text": ""}).status_code == 400
+        answer = c.post("/v1/models/tones/predict", content=b"RIFF....not a wave")
+        assert answer.status_code == 400 and "not a readable sound file" in answer.json()["error"]

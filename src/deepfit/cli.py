@@ -22,6 +22,7 @@ from deepfit.cli_deploy import (
     cmd_export,
 )
 from deepfit.cli_options import add_config_options, add_task_options, add_verbosity, task_option_names
+from deepfit.cli_serve import add_serve_command, cmd_serve
 from deepfit.config import ALIASES, FeaturesConfig, OptionError
 from deepfit.errors import ConfigError, DeepfitError, TrainingInterrupted
 from deepfit.log import output_console, setup_logging, table_lines
@@ -175,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--device", default="auto")
     add_predict_options(p)
-    deploy = add_deploy_commands(sub)
+    deploy = [*add_deploy_commands(sub), add_serve_command(sub)]
 
     m = sub.add_parser("models", help="list model names (deepfit, timm, torchvision)")
     m.add_argument("pattern", nargs="?", default="", help="only names containing this text")
@@ -342,7 +343,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
 COMMANDS = {"quickstart": _cmd_quickstart, "train": _cmd_train, "features": _cmd_features, "compare": _cmd_compare,
             "data": _cmd_data_check, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "models": _cmd_models,
             "export": lambda args: _print(*cmd_export(args)), "benchmark": lambda args: _print(*cmd_benchmark(args)),
-            "explain": lambda args: _print(*cmd_explain(args))}
+            "explain": lambda args: _print(*cmd_explain(args)), "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:
