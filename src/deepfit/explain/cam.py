@@ -35,7 +35,6 @@ METHODS = {
     "eigencam": "EigenCAM",
     "scorecam": "ScoreCAM",
 }
-DEFAULT_METHOD = "gradcam"
 
 
 def check_method(method: str | None, offered: Sequence[str], what: str) -> str:

@@ -62,7 +62,7 @@ def map_layers(model: torch.nn.Module, x: torch.Tensor, index: int, settings: Ex
 
 def explain_images(predictor: Any, items: list[Any], settings: ExplainSettings) -> list[Explanation]:
     """A class-activation map per image, over the centre crop the network saw."""
-    method = check_method(settings.method or None, IMAGE_METHODS, "an image classifier")
+    method = check_method(settings.method, IMAGE_METHODS, "an image classifier")
     size, crop = predictor.trained.preprocessing.resize_size, predictor.transform.image_size
     model, out, layer = predictor.model, [], None
     for i, item in enumerate(items):
@@ -85,7 +85,7 @@ def explain_clips(predictor: Any, items: list[Any], settings: ExplainSettings) -
     clip is explained on the clip it is cut to (its middle), as a single prediction sees it."""
     from deepfit.tasks.classify.sound_model import SoundClassifier
 
-    method = check_method(settings.method or None, SOUND_METHODS, "a sound classifier")
+    method = check_method(settings.method, SOUND_METHODS, "a sound classifier")
     model, out, layer = predictor.model, [], None
     if not isinstance(model, SoundClassifier):
         raise ConfigError(f"the sound model {predictor.spec.model} has no network reading a spectrogram to draw a map over "
@@ -124,7 +124,7 @@ def explain_texts(predictor: Any, items: list[str | Path], settings: ExplainSett
     is a text; a Path a file whose every non-empty line is one."""
     from deepfit.tasks.classify.text_explain import ngram_scores, text_lines, token_scores
 
-    method = check_method(settings.method or None, TEXT_METHODS, "a text classifier")
+    method = check_method(settings.method, TEXT_METHODS, "a text classifier")
     out = []
     for source, text in text_lines(items):
         probs = predictor.predict_proba([text])[0]

@@ -1,28 +1,25 @@
 """The explanation beside each worst prediction of a classification report: where the network looked for the class it
 predicted (a heat map over the image or the spectrogram), or which tokens of a text spoke for it.
 
-Explained with the evaluation's own predictor and the task's defaults (`ExplainSettings()`), for the worst cards only.
-An explanation is an extra: one that fails is left out with a warning, never the report, and after REPORT_SECONDS
-(a large network on a CPU, or long texts occluded token by token) the remaining cards go without.
+Explained with the evaluation's own predictor and the task's defaults (`ExplainSettings()`), for the worst cards only
+(explain/report.py `explain_shown`: a failure or the time limit leaves a card without one, never the report).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from deepfit.errors import ConfigError
 from deepfit.explain.draw import token_html
+from deepfit.explain.report import explain_shown
 from deepfit.explain.result import ExplainSettings, Explanation
 from deepfit.log import logger
 from deepfit.report.gallery import THUMBNAIL_PX, jpeg_data_uri
 from deepfit.report.html import esc
 
-REPORT_SECONDS = 60.0
 MAX_TOKENS_SHOWN = 120  # a card shows the start of a long text, as its text card does
 
 
@@ -47,27 +44,10 @@ def worst_explainer(predictor: Any, texts: Mapping[str, str] | None = None) -> C
     task = get_task("classify")
 
     def explain(paths: list[str]) -> dict[str, str]:
-        shown: dict[str, str] = {}
-        start = time.monotonic()
-        for n, path in enumerate(paths):
-            if time.monotonic() - start > REPORT_SECONDS:
-                logger.warning(f"explanations took over {REPORT_SECONDS:g} s: the last {len(paths) - n} of the worst "
-                               "predictions are shown without one (deepfit explain draws them)")
-                break
-            item = texts.get(path) if texts is not None else Path(path)
-            if item is None:
-                continue
-            try:
-                made = task.explain(predictor, [item], ExplainSettings())
-            except ConfigError as e:  # the network cannot be explained at all: said once
-                logger.warning(f"the report shows no explanations: {e}")
-                break
-            except Exception as e:  # an explanation is an extra: a report never fails for one
-                logger.warning(f"no explanation of {path} in the report: {type(e).__name__}: {e}")
-                continue
-            if made:
-                shown[path] = explanation_html(made[0])
-        return shown
+        items = [(path, texts.get(path) if texts is not None else Path(path)) for path in paths]
+        shown = [(path, item, ExplainSettings()) for path, item in items if item is not None]
+        made = explain_shown(task.explain, predictor, shown)
+        return {path: explanation_html(e) for (path, _, _), e in zip(shown, made, strict=True) if e is not None}
 
     return explain
 

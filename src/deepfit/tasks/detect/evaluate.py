@@ -60,8 +60,8 @@ def score_samples(run: Path, predictor: DetectionPredictor, split: str, samples:
     """COCO box (and mask) mAP of `samples` in each image's own pixels, with 95% intervals over the images; writes
     report.html (the worst images first, examples of every class, training curves and options), evaluation.json,
     per_class_ap.csv and detections.json (COCO results) into the run folder."""
+    from deepfit.explain.report import explain_shown
     from deepfit.tasks.detect.explain import explain_objects
-    from deepfit.tasks.detect.explained import explain_shown
     from deepfit.tasks.detect.report import draw_detections, image_score, write_detection_report
 
     trained = predictor.trained

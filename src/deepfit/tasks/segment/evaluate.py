@@ -107,7 +107,7 @@ def _explain_worst(predictor: SegmentationPredictor, dataset: SegmentationDatase
                    shown: list[int], focus: list[int]) -> list[Explanation | None]:
     """Beside each image shown, where the segmenter looked to paint the class it painted most wrongly there (its
     largest region where no pixel is wrong): one map an image, of the image as it was scored."""
-    from deepfit.tasks.detect.explained import explain_shown
+    from deepfit.explain.report import explain_shown
     from deepfit.tasks.segment.explain import explain_regions
 
     classes = predictor.trained.classes
