@@ -121,12 +121,15 @@ def _band_above(picture: np.ndarray) -> np.ndarray:
 
 def explain_texts(predictor: Any, items: list[str | Path], settings: ExplainSettings) -> list[Explanation]:
     """A score per token: how much the class's logit falls without it (occlusion), or its integrated gradient. A string
-    is a text; a Path a file whose every non-empty line is one."""
-    from deepfit.tasks.classify.text_explain import ngram_scores, text_lines, token_scores
+    is a text; a Path a file whose every non-empty line (or every row of a table) is one, as `predict` reads them."""
+    from deepfit.tasks.classify.text import text_inputs
+    from deepfit.tasks.classify.text_explain import ngram_scores, token_scores
 
     method = check_method(settings.method, TEXT_METHODS, "a text classifier")
     out = []
-    for source, text in text_lines(items):
+    if any(isinstance(item, str) and not item.strip() for item in items):
+        raise ConfigError("an empty text has nothing to explain")
+    for source, text in text_inputs(items):
         probs = predictor.predict_proba([text])[0]
         k = target_index(predictor.classes, probs, settings.target)
         if predictor.ngrams is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -301,29 +302,34 @@ class TextPredictor(ModelPredictor):
         """Every non-empty line of each file is a text to classify (a .txt file of one text per line), every row of a
         CSV/TSV/JSONL table the text of its `text_column` (found by name when not given); a string (not a Path) is a
         text itself."""
-        texts, sources, failed = [], [], []
-        for path in paths:
-            if isinstance(path, str):
-                texts.append(path)
-                sources.append(_name(path))
-                continue
-            if Path(path).suffix.lower() in TABLE_SUFFIXES:
-                rows = read_table_texts(Path(path), text_column, encoding)
-                sources += [where for where, _ in rows]
-                texts += [text for _, text in rows]
-                continue
-            try:
-                lines = TEXT.load(Path(path), encoding).splitlines()
-            except DataError as e:
-                logger.warning(f"skipped unreadable text file: {e}")
-                failed.append((path, str(e)))
-                continue
-            for n, line in enumerate(lines, 1):
-                if line.strip():
-                    texts.append(line)
-                    sources.append(f"{path}:{n}")
+        failed: list[tuple[Path, str]] = []
+        found = list(text_inputs(paths, text_column, encoding, failed))
+        sources, texts = [source for source, _ in found], [text for _, text in found]
         probs = self.predict_proba(texts, batch_size) if texts else np.zeros((0, len(self.classes)))
         return [to_prediction(self.classes, s, p, top_k) for s, p in zip(sources, probs, strict=True)], failed
+
+
+def text_inputs(items: list[Path | str], text_column: list[str] | None = None, encoding: str = "utf-8",
+                failed: list[tuple[Path, str]] | None = None) -> Iterator[tuple[str, str]]:
+    """(source, text) of each input, as `predict` and `explain` read them: a string is a text (named by its start); a
+    table (CSV/TSV/JSONL) gives the text of each row (its `text_column`, found by name when not given); any other file
+    a text per non-empty line ("file:line"). An unreadable file is skipped with a warning and added to `failed` when
+    that list is given, else raised."""
+    for item in items:
+        if isinstance(item, str):
+            yield _name(item), item
+        elif Path(item).suffix.lower() in TABLE_SUFFIXES:
+            yield from read_table_texts(Path(item), text_column, encoding)
+        else:
+            try:
+                lines = TEXT.load(Path(item), encoding).splitlines()
+            except DataError as e:
+                if failed is None:
+                    raise
+                logger.warning(f"skipped unreadable text file: {e}")
+                failed.append((item, str(e)))
+                continue
+            yield from ((f"{item}:{n}", line) for n, line in enumerate(lines, 1) if line.strip())
 
 
 class TextGraph(nn.Module):

@@ -11,8 +11,6 @@ Special tokens ([CLS], [SEP]) are never removed (their baseline is themselves) a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,26 +24,6 @@ from deepfit.modalities.text.tokenizer import UNK
 PAD_ID = 0  # deepfit's tokenizers and BERT-style ones put their padding token first (RoBERTa's says otherwise)
 IG_STEPS = 32
 MAX_NGRAMS_SHOWN = 40
-
-
-def text_lines(items: list[str | Path]) -> Iterator[tuple[str, str]]:
-    """(source, text) of each input: a string is a text (named by its start); a Path a file, a text per non-empty line
-    (a CSV/TSV/JSONL table: the text of each row, as `deepfit predict` reads it)."""
-    from deepfit.modalities.text import TEXT
-    from deepfit.modalities.text.io import TABLE_SUFFIXES, read_table_texts
-
-    for item in items:
-        if isinstance(item, Path) and item.suffix.lower() in TABLE_SUFFIXES:  # a table: its text column, found by name
-            yield from read_table_texts(item)
-        elif isinstance(item, Path):
-            for n, line in enumerate(TEXT.load(item).splitlines(), 1):
-                if line.strip():
-                    yield f"{item}:{n}", line
-        elif not str(item).strip():
-            raise ConfigError("an empty text has nothing to explain")
-        else:
-            text = str(item)
-            yield (text if len(text) <= 60 else text[:57] + "..."), text
 
 
 def _embedding(model: nn.Module) -> nn.Module | None:
