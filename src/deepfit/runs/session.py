@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,9 +183,10 @@ class Fit:
 
 
 def fit(run_dir: Path, job: Fit, config: TrainConfig, machine: Machine, *, generator: torch.Generator,
-        state: dict[str, Any] | None = None) -> BestCheckpoint:
+        state: dict[str, Any] | None = None, callbacks: Sequence[Callback] = ()) -> BestCheckpoint:
     """Train the job's phases (the rest of them when `state` resumes a run); checkpoints carry `job.meta`, the epoch
-    and the monitored score. Returns the best-checkpoint callback (its best score and epoch)."""
+    and the monitored score; `callbacks` are the caller's own, called after deepfit's. Returns the best-checkpoint
+    callback (its best score and epoch)."""
     model, monitor = job.model, job.objective.monitor
 
     def save(kind: str, record: dict[str, Any]) -> None:
@@ -198,16 +199,16 @@ def fit(run_dir: Path, job: Fit, config: TrainConfig, machine: Machine, *, gener
         budget = TimeBudget(config.time_budget * 60, [e for _, e in job.phases],
                             job.val.num_batches(config.batch_size) if job.val is not None and len(job.val) else 0)
     # Early stopping decides from metrics summed over ranks, so every rank stops together; only rank 0 writes.
-    callbacks: list[Callback] = [EarlyStopping(config.early_stopping, monitor=monitor), *([budget] if budget else [])]
+    hooks: list[Callback] = [EarlyStopping(config.early_stopping, monitor=monitor), *([budget] if budget else [])]
     if config.ema:  # after the budget, which decides whether this step ends the epoch
-        callbacks.append(WeightAverage(config.ema, budget=budget))
+        hooks.append(WeightAverage(config.ema, budget=budget))
     if machine.dist.main:
         keep = state["position"]["epoch"] if state else None
         resume_state = ResumeState(lambda t: save_training_state(run_dir / RESUME_FILE, t, config), config.save_every_steps)
-        callbacks = [Progress(None if budget else config.epochs),
-                     MetricsCSV(run_dir / "metrics.csv", keep, list(metric_columns(job.objective))), *callbacks, best, resume_state]
+        hooks = [Progress(None if budget else config.epochs),
+                 MetricsCSV(run_dir / "metrics.csv", keep, list(metric_columns(job.objective))), *hooks, best, resume_state]
     trainer = Trainer(torch.compile(model) if config.compile else model, job.objective, device=machine.device,
-                      precision=machine.precision, channels_last=job.channels_last, callbacks=callbacks, generator=generator,
+                      precision=machine.precision, channels_last=job.channels_last, callbacks=[*hooks, *callbacks], generator=generator,
                       accumulate=config.accumulate, skip_nonfinite=config.skip_nonfinite, dist_info=machine.dist)
     with stop_on_ctrl_c(trainer):  # still listening while the state is saved: a doubled SIGINT must not cut it short
         try:

@@ -11,6 +11,7 @@ model, objective and stores; runs/session.py does the rest (device, run folder, 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 
 from deepfit.config import TrainConfig
 from deepfit.engine.checkpoint import read_sidecar
+from deepfit.engine.interfaces import Callback
 from deepfit.log import logger, setup_logging
 from deepfit.registry import get_task
 from deepfit.runs import session
@@ -41,8 +43,9 @@ class TrainResult:
         return self.best_score if self.monitor == "val_acc" else None
 
 
-def train(data: str | Path, config: TrainConfig, **data_options: Any) -> TrainResult:
-    """Train config.task on `data`; `data_options` are the task's own (e.g. masks=, format=, path_column=)."""
+def train(data: str | Path, config: TrainConfig, *, callbacks: Sequence[Callback] = (), **data_options: Any) -> TrainResult:
+    """Train config.task on `data`; `data_options` are the task's own (e.g. masks=, format=, path_column=).
+    `callbacks`: more engine callbacks (engine/interfaces.py) for this run, e.g. a hyperparameter search's pruning."""
     setup_logging()
     task = get_task(config.task)
     options = option_values(task, {k: v for k, v in data_options.items() if v is not None}, task.data_options, "training data")
@@ -50,7 +53,7 @@ def train(data: str | Path, config: TrainConfig, **data_options: Any) -> TrainRe
     dataset = task.read(data, config, **options)
     splits = task.split(dataset, config)
     check_output_outside_data(config.output, dataset.root)
-    return _run(task, dataset.location or data, config, dataset, splits, generator)
+    return _run(task, dataset.location or data, config, dataset, splits, generator, callbacks=callbacks)
 
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None,
@@ -68,7 +71,8 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None
 
 
 def _run(task: Task, data: str | Path, config: TrainConfig, dataset: Data, splits: dict[str, list], generator: torch.Generator,
-         *, resume_dir: Path | None = None, state: dict[str, Any] | None = None, saved: dict[str, Any] | None = None) -> TrainResult:
+         *, resume_dir: Path | None = None, state: dict[str, Any] | None = None, saved: dict[str, Any] | None = None,
+         callbacks: Sequence[Callback] = ()) -> TrainResult:
     logger.info(task.describe(dataset, splits))
     if not splits.get("test"):
         logger.warning("the data has no test split: `deepfit evaluate` will fall back to the validation split")
@@ -98,7 +102,7 @@ def _run(task: Task, data: str | Path, config: TrainConfig, dataset: Data, split
     job = session.Fit(setup.model, setup.objective, setup.train, setup.val, setup.transform, setup.eval_transform or setup.transform,
                       task.phases(config), lambda phase: task.param_groups(setup.model, phase, config), meta,
                       setup.channels_last, setup.on_resume)
-    best = session.fit(run_dir, job, config, machine, generator=generator, state=state)
+    best = session.fit(run_dir, job, config, machine, generator=generator, state=state, callbacks=callbacks)
     has_val = setup.val is not None and len(setup.val) > 0
     score = best.best_score if has_val and machine.dist.main else None
     if score is not None:
