@@ -136,7 +136,7 @@ def test_frozen_backbone_keeps_the_pretrained_weights(squares: Path, weights: Pa
     from deepfit.workflows.train import train as train_detector
 
     config = TrainConfig(task="detect", weights=str(weights), freeze_backbone=True, epochs=1, image_size=96, output=str(tmp_path),
-                         name="frozen", workers=0)
+                         name="frozen", workers=0, class_weights="balanced", sampler="balanced")
     run = train_detector(squares, config)
     model = load_detector(run.run_dir, "last").model
     state, _ = read_weights_file(weights)
@@ -170,6 +170,25 @@ def test_detection_config_errors(squares: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="task"):
         TrainConfig(task="detection")
     assert TrainConfig(task="detect").batch_size == 4 and TrainConfig().batch_size == 64
+    with pytest.raises(ConfigError, match="focal loss.*--sampler balanced"):
+        TrainConfig(task="detect", model="retinanet:tv/mobilenet_v2", class_weights="balanced")
+
+
+def test_class_weights_weigh_the_box_classifier_only_while_training() -> None:
+    from torchvision.models.detection import roi_heads
+
+    from deepfit.tasks.detect.objective import weighted_box_classifier
+
+    torch.manual_seed(0)
+    logits, boxes = torch.randn(6, 3), torch.randn(6, 12)  # 6 proposals, background + 2 classes
+    labels, targets = [torch.tensor([0, 1, 2]), torch.tensor([2, 2, 0])], [torch.randn(3, 4), torch.randn(3, 4)]
+    plain_cls, plain_box = roi_heads.fastrcnn_loss(logits, boxes, labels, targets)
+    with weighted_box_classifier(torch.tensor([1.0, 4.0])):
+        cls, box = roi_heads.fastrcnn_loss(logits, boxes, labels, targets)
+    expected = torch.nn.functional.cross_entropy(logits, torch.cat(labels), weight=torch.tensor([1.0, 1.0, 4.0]))
+    torch.testing.assert_close(cls, expected)
+    torch.testing.assert_close(box, plain_box)  # the box loss is torchvision's own
+    assert roi_heads.fastrcnn_loss(logits, boxes, labels, targets)[0] == plain_cls  # and the original is back
 
 
 def test_boxes_only_data_cannot_train_instance_segmentation(tmp_path: Path) -> None:

@@ -10,11 +10,11 @@ from torch import nn
 
 from deepfit.data.formats.masks import IGNORE_INDEX as IGNORE
 from deepfit.errors import ConfigError
+from deepfit.tasks.balance import class_weights
 from deepfit.tasks.segment import tiling as seg
 from deepfit.tasks.segment.objective import (
     SegmentationLoss,
     SegmentationTask,
-    class_weights,
     confusion_matrix,
     parse_loss,
     segmentation_metrics,

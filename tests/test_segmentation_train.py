@@ -154,11 +154,12 @@ def test_frozen_encoder_keeps_its_weights_and_scratch_trains_with_dice_and_weigh
     state, given = load_file(frozen.run_dir / "last.safetensors"), load_file(weights)
     assert np.array_equal(state["encoder.features.3.conv.1.0.weight"].numpy(), given["features.3.conv.1.0.weight"].numpy())
 
-    scratch = SemanticSegmenter("unet:tv/mobilenet_v2", loss="ce+dice", class_weights="balanced", epochs=1, image_size=48,
+    scratch = SemanticSegmenter("unet:tv/mobilenet_v2", loss="ce+dice", class_weights="balanced", sampler="balanced", epochs=1, image_size=48,
                                 batch_size=4, workers=0, output=str(tmp_path), name="scratch")
     scratch.fit(rectangles)
     config = json.loads((scratch.run_dir / "config.json").read_text())
     assert config["loss"] == "ce+dice" and config["class_weights"] == "balanced" and config["weights"] is None
+    assert config["sampler"] == "balanced"
     assert len(list(csv.DictReader((scratch.run_dir / "metrics.csv").open()))) == 1
 
 

@@ -81,8 +81,12 @@ class TrainConfig:
     label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy loss (classification)")
     mixup: float = _opt(0.0, "mixup (classification): train on blends of two examples and their labels, Beta(MIXUP, MIXUP)")
     loss: str = _opt("ce", "segmentation loss: ce, dice, focal or a sum such as ce+dice")
-    class_weights: str = _opt("none", "segmentation: weight the loss per class, 'balanced' = median-frequency weights from "
-                              "the training split's pixel counts", ("none", "balanced"))
+    class_weights: str = _opt("none", "weight the loss per class: balanced = median-frequency weights from the training split's "
+                              "examples (classification), objects (detection: fasterrcnn, maskrcnn) or pixels (segmentation)",
+                              ("none", "balanced"))
+    sampler: str = _opt("random", "how each epoch draws the training items: random (a shuffle), or balanced (with replacement, "
+                        "an item as likely as the rarest class it holds is rare, so every class is seen about equally often)",
+                        ("random", "balanced"))
     ignore_index: int = _opt(255, "segmentation: mask value excluded from loss and metrics, -1 for none (indexed masks; "
                              "binary 0/255 masks keep 255 as foreground)")
     tile_size: int = _opt(1024, "segmentation: images larger than this (either side) are predicted in overlapping tiles of "

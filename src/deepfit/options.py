@@ -58,6 +58,7 @@ class TrainOptions(TypedDict, total=False):
     mixup: float
     loss: str
     class_weights: str
+    sampler: str
     ignore_index: int
     tile_size: int
     cv: int

@@ -80,6 +80,7 @@ class Trainer:
         accumulate: int = 1,
         skip_nonfinite: bool = False,
         dist_info: Dist | None = None,
+        sample_weights: torch.Tensor | None = None,
     ) -> None:
         self.device = device
         self.precision = precision
@@ -105,6 +106,9 @@ class Trainer:
         self.last_lr = 0.0
         self.data_wait = 0.0  # seconds of the last epoch spent waiting for batches
         self.skipped_steps = 0
+        # (N,) chances of the training items: each epoch draws N of them with replacement (a balanced sampler);
+        # None: each epoch is a shuffle of all of them
+        self.sample_weights = sample_weights
 
     def _emit(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
@@ -154,7 +158,11 @@ class Trainer:
         keep_frozen_norms_in_eval(self.model)
         pos = self.position
         if pos.order is None:  # a new epoch: draw its order (and augmentation seed) from the training generator
-            pos.order, pos.step = torch.randperm(len(data), generator=self.generator), 0
+            if self.sample_weights is not None:
+                pos.order = torch.multinomial(self.sample_weights, len(data), replacement=True, generator=self.generator)
+            else:
+                pos.order = torch.randperm(len(data), generator=self.generator)
+            pos.step = 0
             if hasattr(data, "arrange_order"):  # e.g. texts of similar length batched together (length buckets)
                 pos.order = data.arrange_order(pos.order, batch_size)
             if getattr(data, "per_sample_augment", False):

@@ -180,6 +180,7 @@ class Fit:
     meta: dict[str, Any]
     channels_last: bool = False
     on_resume: Callable[[], None] | None = None
+    sample_weights: torch.Tensor | None = None  # (N,) a balanced sampler's chances of the training items
 
 
 def fit(run_dir: Path, job: Fit, config: TrainConfig, machine: Machine, *, generator: torch.Generator,
@@ -209,7 +210,8 @@ def fit(run_dir: Path, job: Fit, config: TrainConfig, machine: Machine, *, gener
                  MetricsCSV(run_dir / "metrics.csv", keep, list(metric_columns(job.objective))), *hooks, best, resume_state]
     trainer = Trainer(torch.compile(model) if config.compile else model, job.objective, device=machine.device,
                       precision=machine.precision, channels_last=job.channels_last, callbacks=[*hooks, *callbacks], generator=generator,
-                      accumulate=config.accumulate, skip_nonfinite=config.skip_nonfinite, dist_info=machine.dist)
+                      accumulate=config.accumulate, skip_nonfinite=config.skip_nonfinite, dist_info=machine.dist,
+                      sample_weights=job.sample_weights)
     with stop_on_ctrl_c(trainer):  # still listening while the state is saved: a doubled SIGINT must not cut it short
         try:
             for phase_index, (phase, epochs) in enumerate(job.phases):

@@ -130,6 +130,12 @@ class Task:
         """Another labelled data set to score a trained model on (`evaluate --data`), checked against its classes."""
         raise NotImplementedError
 
+    def class_counts(self, data: Data, items: list) -> Any:
+        """(N, K) numpy array: what each of `items` holds of each class (a classification example one of its label, a
+        detection image its objects, a segmentation mask its pixels). `--class-weights balanced`, `--sampler balanced`
+        and the data audit's class balance are computed from it, the same way for every task (tasks/balance.py)."""
+        raise ConfigError(f"--task {self.name} does not count its classes: --class-weights and --sampler are not available")
+
     def describe(self, data: Data, splits: dict[str, list]) -> str:
         counts = ", ".join(f"{len(v)} {k}" for k, v in splits.items())
         return f"{len(data.classes)} classes, {counts} ({data.layout})"

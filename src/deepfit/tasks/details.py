@@ -18,12 +18,12 @@ from deepfit.report.plots import ACCURACY_COLUMNS, plot_training_curves
 
 # Options every report shows (config key), in reading order; the task's own ones follow (`TASK_OPTIONS`).
 _COMMON = ("model", "model_args", "weights", "pretrained", "epochs", "batch_size", "accumulate", "image_size", "optimizer",
-           "lr", "schedule", "warmup_epochs", "weight_decay", "augment", "hflip", "early_stopping", "precision", "seed")
+           "lr", "schedule", "warmup_epochs", "weight_decay", "augment", "hflip", "class_weights", "sampler", "early_stopping", "precision", "seed")
 TASK_OPTIONS = {
     "classify": ("head_epochs", "backbone_lr_scale", "label_smoothing", "mixup", "dropout", "tta"),
     "detect": ("freeze_backbone", "backbone_lr_scale"),
     "segment-instances": ("freeze_backbone", "backbone_lr_scale"),
-    "segment": ("freeze_backbone", "backbone_lr_scale", "loss", "class_weights", "ignore_index", "tile_size"),
+    "segment": ("freeze_backbone", "backbone_lr_scale", "loss", "ignore_index", "tile_size"),
 }
 _TRANSFER_ONLY = {"head_epochs", "backbone_lr_scale", "freeze_backbone"}  # meaningless when trained from scratch
 

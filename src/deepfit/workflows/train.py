@@ -21,10 +21,12 @@ import torch
 from deepfit.config import TrainConfig
 from deepfit.engine.checkpoint import read_sidecar
 from deepfit.engine.interfaces import Callback
+from deepfit.errors import DeepfitError
 from deepfit.log import logger, setup_logging
 from deepfit.registry import get_task
 from deepfit.runs import session
 from deepfit.runs.folder import CHECKPOINT_FORMAT, check_output_outside_data
+from deepfit.tasks.balance import sampler_weights
 from deepfit.tasks.base import Data, Task, option_values
 
 
@@ -99,9 +101,13 @@ def _run(task: Task, data: str | Path, config: TrainConfig, dataset: Data, split
         origin = read_sidecar(run_dir / "last.safetensors").get("pretrained_from")
     meta = {"format": CHECKPOINT_FORMAT, "task": task.name, **setup.meta, "classes": dataset.classes,
             "pretrained_from": origin, "config": config.to_dict()}
+    sampling = sampler_weights(task, config, dataset, splits["train"])
+    if sampling is not None and len(sampling) != len(setup.train):
+        raise DeepfitError(f"task {task.name} counted the classes of {len(sampling)} training items but trains on "
+                           f"{len(setup.train)}: its class_counts must follow its training store")
     job = session.Fit(setup.model, setup.objective, setup.train, setup.val, setup.transform, setup.eval_transform or setup.transform,
                       task.phases(config), lambda phase: task.param_groups(setup.model, phase, config), meta,
-                      setup.channels_last, setup.on_resume)
+                      setup.channels_last, setup.on_resume, sampling)
     best = session.fit(run_dir, job, config, machine, generator=generator, state=state, callbacks=callbacks)
     has_val = setup.val is not None and len(setup.val) > 0
     score = best.best_score if has_val and machine.dist.main else None

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from deepfit.report.stats import bootstrap_intervals, wilson_interval
+from deepfit.tasks.balance import imbalance_ratio
 
 
 class ClassificationTask:
@@ -16,9 +17,12 @@ class ClassificationTask:
     monitor = "val_acc"
     columns = ("train_acc", "val_loss", "val_acc")  # the epoch values metrics.csv keeps
 
-    def __init__(self, num_classes: int, label_smoothing: float = 0.0, mixup: float = 0.0) -> None:
+    def __init__(self, num_classes: int, label_smoothing: float = 0.0, mixup: float = 0.0,
+                 weight: torch.Tensor | None = None) -> None:
         self.num_classes = num_classes
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # `weight` (--class-weights): training's loss only; the validation loss stays the plain one, comparable across runs
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+        self.plain = nn.CrossEntropyLoss(label_smoothing=label_smoothing) if weight is not None else self.criterion
         self.mixup = mixup  # Beta(alpha, alpha) of the blend; 0: off
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -44,7 +48,7 @@ class ClassificationTask:
     def validation_batch(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> tuple[float, int, int]:
         """(summed loss, correct, images) of one batch."""
         logits = model(x)
-        return float(self.loss(logits, targets)) * len(targets), int((logits.argmax(1) == targets).sum()), len(targets)
+        return float(self.plain(logits.float(), targets)) * len(targets), int((logits.argmax(1) == targets).sum()), len(targets)
 
     @staticmethod
     def validation_result(parts: list[tuple[float, int, int]]) -> dict[str, float]:
@@ -82,6 +86,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
         # the mean recall over the classes present, as sklearn's balanced_accuracy_score defines it.
         "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "imbalance": imbalance_ratio(support),  # largest class over smallest: from 1.5, reports lead with the two above
         "per_class": [
             {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for name, p, r, f, s in zip(class_names, precision, recall, f1, support, strict=True)

@@ -35,6 +35,7 @@ from deepfit.report.plots import save_figure
 from deepfit.report.stats import standard_error
 from deepfit.report.text import fixed, percent, to_float
 from deepfit.report.trust import interval_hint
+from deepfit.tasks.balance import imbalance_note
 
 __all__ = [
     "WorstPrediction",
@@ -86,6 +87,9 @@ def _cards_html(metrics: Mapping[str, Any], class_names: Sequence[str]) -> str:
                   chance + interval_hint(ci.get("balanced_accuracy"), percent)))
     if "macro_f1" in metrics:
         cards.append(("Macro F1", fixed(metrics.get("macro_f1")), "mean F1 over classes" + interval_hint(ci.get("macro_f1"))))
+    note = imbalance_note(float(metrics.get("imbalance") or 1.0), "balanced accuracy and macro F1", "examples")
+    if note:  # accuracy goes last, and the page says why
+        return notes_list([note[0].upper() + note[1:] + "."]) + metric_cards([*cards[1:], cards[0]])
     return metric_cards(cards)
 
 

@@ -157,8 +157,10 @@ def plan(rate: int | None, seconds: float | None, train: list[LabeledFile]) -> t
     return rate, seconds
 
 
-def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[LabeledFile]], resumed: dict[str, Any] | None) -> Setup:
-    """Stores, transforms, network and objective of a sound classification run (new, or resumed from config.json)."""
+def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[LabeledFile]], resumed: dict[str, Any] | None,
+            weight: torch.Tensor | None = None) -> Setup:
+    """Stores, transforms, network and objective (`weight`: the loss's class weights) of a sound classification run
+    (new, or resumed from config.json)."""
     if resumed is not None:
         spec = SoundSpec(**resumed["sound"])
     else:
@@ -195,7 +197,7 @@ def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[Labe
     params = sum(p.numel() for p in model.parameters()) / 1e6
     skipped = {b.path for b in bad}
     return Setup(
-        model=model, objective=ClassificationTask(len(classes), config.label_smoothing, config.mixup), train=stores["train"],
+        model=model, objective=ClassificationTask(len(classes), config.label_smoothing, config.mixup, weight), train=stores["train"],
         val=stores.get("val"), transform=SoundBatchTransform(spec.samples, margin, augment, noise),
         eval_transform=SoundBatchTransform(spec.samples, 0), meta=meta,
         record={"modality": "sound", "sound": spec.to_dict(), **({"encoder": meta["model"]} if is_hf(spec.model) else {})},

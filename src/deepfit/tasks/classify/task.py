@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.table import Table
 from torch import nn
@@ -31,6 +32,7 @@ from deepfit.models.factory import Preprocessing, create_model, is_convolutional
 from deepfit.models.weights import classifier_module, freeze_folded_norms
 from deepfit.report.drawing import caption, class_color
 from deepfit.runs.folder import run_folder
+from deepfit.tasks.balance import IMBALANCED, label_counts, loss_weights
 from deepfit.tasks.base import Data, Option, Setup, Task
 from deepfit.tasks.classify.data import (
     channel_stats,
@@ -171,6 +173,9 @@ class ClassifyTask(Task):
         noun = {"sound": "clips", "text": "texts"}.get(data.record.get("modality", ""), "images")
         return f"{len(data.classes)} classes, {', '.join(f'{len(v)} {k}' for k, v in splits.items())} {noun} ({data.layout})"
 
+    def class_counts(self, data: Data, items: list) -> np.ndarray:
+        return label_counts([item.label for item in items], data.classes)
+
     # --- training --------------------------------------------------------------------------------------
     def phases(self, config: TrainConfig) -> list[tuple[str, int]]:
         return plan_phases(config)
@@ -181,10 +186,11 @@ class ClassifyTask(Task):
     def prepare(self, config: TrainConfig, data: Data, splits: dict[str, list], device: Any, *,
                 resumed: dict[str, Any] | None) -> Setup:
         classes, new = data.classes, resumed is None
+        weight = loss_weights(self, config, data, splits["train"], device)
         if data.record.get("modality") == "sound":
-            return prepare_sound(config, classes, splits, resumed)
+            return prepare_sound(config, classes, splits, resumed, weight)
         if data.record.get("modality") == "text":
-            return prepare_text(config, classes, splits, resumed)
+            return prepare_text(config, classes, splits, resumed, weight)
         created = create_model(
             config.model, len(classes), pretrained=config.pretrained and new, weights=config.weights if new else None,
             drop_rate=config.dropout, model_args=config.model_args, image_size=config.image_size,
@@ -216,7 +222,7 @@ class ClassifyTask(Task):
 
         params = sum(p.numel() for p in model.parameters()) / 1e6
         return Setup(
-            model=model, objective=ClassificationTask(len(classes), config.label_smoothing, config.mixup), train=train_store, val=val_store,
+            model=model, objective=ClassificationTask(len(classes), config.label_smoothing, config.mixup, weight), train=train_store, val=val_store,
             transform=BatchTransform(prep.image_size, prep.mean, prep.std, config.augment, config.hflip, channels_last),
             eval_transform=BatchTransform(prep.image_size, prep.mean, prep.std, "none", channels_last=channels_last),
             meta={"model": created.spec.to_dict(), "preprocessing": prep.to_dict()},
@@ -240,7 +246,12 @@ class ClassifyTask(Task):
         return score_files(run_dir, predictor, split, items, data=other, checkpoint=checkpoint)
 
     def headline(self, evaluation: Evaluation) -> str:
-        return f"{evaluation.split} accuracy {evaluation.metrics['accuracy']:.2%}; report: {evaluation.report}"
+        metrics = evaluation.metrics
+        if float(metrics.get("imbalance") or 1.0) >= IMBALANCED:  # accuracy would flatter a model that favours large classes
+            return (f"{evaluation.split} balanced accuracy {metrics['balanced_accuracy']:.2%}, macro F1 {metrics['macro_f1']:.3f} "
+                    f"(classes imbalanced {metrics['imbalance']:.1f}:1; accuracy {metrics['accuracy']:.2%}); "
+                    f"report: {evaluation.report}")
+        return f"{evaluation.split} accuracy {metrics['accuracy']:.2%}; report: {evaluation.report}"
 
     def frame(self, predictor: Predictor, image: Any, *, top_k: int = 3, hop: float | None = None,
               text_column: list[str] | None = None, encoding: str | None = None) -> Prediction:

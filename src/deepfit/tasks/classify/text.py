@@ -138,8 +138,8 @@ def encode_texts(tokenizer: Any, texts: list[str], max_length: int, what: str) -
 
 
 def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[LabeledText]],
-            resumed: dict[str, Any] | None) -> Setup:
-    """Tokenizer, stores, network and objective of a text classification run (new, or resumed from config.json)."""
+            resumed: dict[str, Any] | None, weight: torch.Tensor | None = None) -> Setup:
+    """Tokenizer, stores, network and objective (`weight`: the loss's class weights) of a text classification run."""
     encoder = None  # the ModelSpec of a pretrained encoder
     if resumed is not None:
         spec = TextSpec(**resumed["text"])
@@ -174,7 +174,7 @@ def prepare(config: TrainConfig, classes: list[str], splits: dict[str, list[Labe
     leaks = cross_split_texts(splits) if resumed is None else []
     pieces = f"its own {spec.vocab_size} tokens" if encoder else f"{spec.vocab_size} {config.tokenizer} tokens"
     return Setup(
-        model=model, objective=ClassificationTask(len(classes), config.label_smoothing), train=train, val=stores.get("val"),
+        model=model, objective=ClassificationTask(len(classes), config.label_smoothing, weight=weight), train=train, val=stores.get("val"),
         transform=_as_is, eval_transform=_as_is, meta={"text": spec.to_dict(), "model": own.to_dict(), "modality": "text"},
         record={"modality": "text", "model": spec.model, "text": spec.to_dict(), **({"encoder": own.to_dict()} if encoder else {})},
         write=lambda run_dir: write_leaks(leaks, run_dir), pretrained_from=origin,

@@ -19,6 +19,7 @@ from deepfit.log import logger
 from deepfit.modalities.image.store import decode_rgb
 from deepfit.report.gallery import EXAMPLES_PER_CLASS, MAX_EXAMPLE_CLASSES, ClassExamples, crop_around
 from deepfit.report.trust import one_class_note, worst_first
+from deepfit.tasks.balance import imbalance_note, imbalance_ratio
 from deepfit.tasks.details import run_details
 from deepfit.tasks.detect.data import DetectionSample
 from deepfit.tasks.detect.objective import coco_metrics
@@ -110,7 +111,8 @@ def score_samples(run: Path, predictor: DetectionPredictor, split: str, samples:
     confident = [int(label) for p in predictions for label, score in zip(p["labels"], p["scores"], strict=True) if score >= DEFAULT_CONF]
     collapsed = one_class_note(np.bincount(confident, minlength=len(trained.classes)), [r["objects"] for r in box["per_class"]],
                                trained.classes, what=f"detections scoring at least {DEFAULT_CONF}")
-    details = run_details(run, run, trained.meta, notes=[collapsed] if collapsed else [], examples=_examples(samples, trained.classes),
+    uneven = imbalance_note(imbalance_ratio([r["objects"] for r in box["per_class"]]), "mAP and per-class AP", "objects")
+    details = run_details(run, run, trained.meta, notes=[n for n in (collapsed, uneven) if n], examples=_examples(samples, trained.classes),
                           scores=(("val_map", "validation box mAP"), ("val_map50", "validation box mAP@.50")),
                           score_title="Validation box mAP", as_percent=False, image_size=trained.image_size)
     report = write_detection_report(run, f"{trained.meta['task']} evaluation: {run.name}", box, mask, gallery, summary, details,

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 # The index of "all areas" and of "100 detections per image" in COCOeval's precision array.
 _ALL_AREAS, _MAX_DETS = 0, 2
@@ -206,8 +209,9 @@ class DetectionTask:
     # no training accuracy and no validation loss (torchvision's detectors return losses only in training mode)
     columns = ("val_map", "val_map50")
 
-    def __init__(self, classes: list[str], masks: bool) -> None:
+    def __init__(self, classes: list[str], masks: bool, weight: torch.Tensor | None = None) -> None:
         self.classes, self.masks = classes, masks
+        self.weight = weight  # (K,) --class-weights of the box classifier (Faster / Mask R-CNN), None: unweighted
         self.name = "segment-instances" if masks else "detect"
 
     def model_targets(self, targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -220,7 +224,8 @@ class DetectionTask:
         return out
 
     def training_loss(self, model: Any, x: Any, targets: list[dict[str, Any]]) -> tuple[Any, None]:
-        losses = model(list(x), self.model_targets(targets))  # {"loss_classifier": ..., "loss_box_reg": ..., ...}
+        with weighted_box_classifier(self.weight) if self.weight is not None else contextlib.nullcontext():
+            losses = model(list(x), self.model_targets(targets))  # {"loss_classifier": ..., "loss_box_reg": ..., ...}
         return sum(v.float() for v in losses.values()), None
 
     @staticmethod
@@ -250,3 +255,28 @@ class DetectionTask:
         pairs = [pair for part in parts for pair in part]
         metrics = coco_metrics([t for t, _ in pairs], [p for _, p in pairs], self.classes, "bbox")
         return {"val_map": metrics["map"], "val_map50": metrics["map50"]}
+
+
+@contextlib.contextmanager
+def weighted_box_classifier(weight: torch.Tensor) -> Iterator[None]:
+    """Faster / Mask R-CNN with class weights in their box classifier's cross-entropy, for one forward pass.
+
+    torchvision computes that loss in `roi_heads.fastrcnn_loss`, a module-level function without a weight argument
+    that `RoIHeads.forward` looks up when it runs, and offers no other hook; rewriting RoIHeads.forward (a hundred
+    lines that change between releases) would be worse. So while the pass runs, the function is replaced by one that
+    keeps torchvision's box loss and weights the classes (the background, label 0, weighs 1)."""
+    from torchvision.models.detection import roi_heads
+
+    original = roi_heads.fastrcnn_loss
+
+    def weighted(class_logits: torch.Tensor, box_regression: torch.Tensor, labels: list[torch.Tensor],
+                 regression_targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        _, box_loss = original(class_logits, box_regression, labels, regression_targets)
+        full = torch.cat([weight.new_ones(1), weight]).to(class_logits)  # (K + 1,): background first
+        return F.cross_entropy(class_logits, torch.cat(labels), weight=full), box_loss
+
+    roi_heads.fastrcnn_loss = weighted
+    try:
+        yield
+    finally:
+        roi_heads.fastrcnn_loss = original

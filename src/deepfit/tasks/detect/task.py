@@ -30,6 +30,7 @@ from deepfit.errors import ConfigError, DataError
 from deepfit.modalities.image.augment import to_unit_range
 from deepfit.models.weights import read_weights_file
 from deepfit.runs.session import workers_for
+from deepfit.tasks.balance import loss_weights
 from deepfit.tasks.base import Data, Option, Setup, Task, keep_norm_statistics, pretrained_part_groups
 from deepfit.tasks.detect.data import FORMATS, NAMED_FORMATS, DetectionDataset, read_detection, summarize
 from deepfit.tasks.detect.evaluate import DetectionEvaluation, predict_to_folder, score_samples
@@ -161,10 +162,23 @@ class DetectTask(Task):
         return (f"{len(data.classes)} classes, {', '.join(f'{len(v)} {k}' for k, v in splits.items())} images, "
                 f"{objects} training objects ({data.layout})")
 
+    def class_counts(self, data: Data, items: list) -> np.ndarray:
+        """The objects of each class in each image."""
+        return np.stack([np.bincount(s.labels, minlength=len(data.classes)) for s in items]) if items else \
+            np.zeros((0, len(data.classes)), dtype=np.int64)
+
+    def check_config(self, config: TrainConfig) -> None:
+        kind = DetectorSpec(config.model or "", 0).kind
+        if config.class_weights != "none" and kind not in ("fasterrcnn", "maskrcnn"):
+            raise ConfigError(f"--class-weights weights the box classifier of fasterrcnn and maskrcnn detectors; {config.model} "
+                              "learns its classes with a focal loss, which already weighs down the easy, frequent ones: "
+                              "use --sampler balanced instead")
+
     # --- training --------------------------------------------------------------------------------------
     def prepare(self, config: TrainConfig, data: Data, splits: dict[str, list], device: Any, *,
                 resumed: dict[str, Any] | None) -> Setup:
         model, spec, origin = create_detector(config, data.classes, load=resumed is None)
+        weight = loss_weights(self, config, data, splits["train"], device)
         if config.transfer:
             keep_norm_statistics(backbone_body(model))
         workers = workers_for(config)
@@ -174,7 +188,7 @@ class DetectTask(Task):
         total = sum(p.numel() for p in model.parameters()) / 1e6
         trained = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
         return Setup(
-            model=model, objective=DetectionTask(data.classes, spec.masks), train=train, val=val, transform=to_unit_range,
+            model=model, objective=DetectionTask(data.classes, spec.masks, weight), train=train, val=val, transform=to_unit_range,
             meta={"model": {"name": spec.name, "num_classes": spec.num_classes, "min_size": spec.min_size, "max_size": spec.max_size},
                   "class_ids": data.source.class_ids, "preprocessing": {"image_size": config.image_size, "resize": "letterbox"}},
             summary=f"model {spec.name} ({total:.2f}M parameters, {trained:.2f}M trained), input {config.image_size}px letterboxed",

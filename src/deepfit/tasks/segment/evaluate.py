@@ -22,6 +22,7 @@ from deepfit.log import logger
 from deepfit.modalities.image.store import decode_rgb
 from deepfit.report.gallery import EXAMPLES_PER_CLASS, MAX_EXAMPLE_CLASSES, ClassExamples, crop_around
 from deepfit.report.trust import one_class_note, worst_first
+from deepfit.tasks.balance import imbalance_note, imbalance_ratio
 from deepfit.tasks.details import run_details
 from deepfit.tasks.segment.data import SegmentationDataset, SegmentationSample
 from deepfit.tasks.segment.objective import (
@@ -89,7 +90,8 @@ def score_samples(run: Path, predictor: SegmentationPredictor, split: str, datas
         "Weights from": str(trained.meta.get("pretrained_from") or "none (from scratch)"),
     }
     collapsed = one_class_note(total.sum(0).numpy(), total.sum(1).numpy(), trained.classes, what="labelled pixels")
-    details = run_details(run, run, trained.meta, notes=[collapsed] if collapsed else [],
+    uneven = imbalance_note(imbalance_ratio(total.sum(1).numpy()), "mIoU and per-class IoU", "pixels")
+    details = run_details(run, run, trained.meta, notes=[n for n in (collapsed, uneven) if n],
                           examples=_examples(dataset, samples, best, trained.classes, trained.colors),
                           scores=(("val_miou", "validation mIoU"), ("val_pixel_acc", "validation pixel accuracy")),
                           score_title="Validation score", as_percent=False)

@@ -12,7 +12,6 @@ Conventions shared by everything here:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,6 @@ from deepfit.errors import ConfigError
 from deepfit.report.stats import bootstrap_intervals
 
 LOSSES = ("ce", "dice", "focal")
-WEIGHT_METHODS = ("balanced", "none")
 
 # Dice's smoothing term, added to numerator and denominator. 1 (a pixel's worth) rather than a tiny epsilon:
 # a class absent from the truth whose predicted probabilities sum to 0.001 then scores ~1, not ~0 — with a
@@ -47,32 +45,6 @@ def parse_loss(spec: str) -> tuple[str, ...]:
     if repeated:
         raise ConfigError(f"the loss {spec!r} names {', '.join(repeated)} more than once: name each term once, e.g. 'ce+dice'")
     return parts
-
-
-def class_weights(counts: np.ndarray | Sequence[int], method: str = "balanced") -> np.ndarray:
-    """(K,) float32 loss weights from the number of training pixels of each class.
-
-    "balanced" is median frequency balancing (Eigen & Fergus 2015): w_c = median(f) / f_c with
-    f_c = count_c / sum(counts) and the median taken over the classes present. The median class gets 1,
-    rarer classes more and the dominant ones (road, sky, background) less, so a few large classes cannot
-    buy most of the loss; normalising by the median rather than the mean keeps the weights near 1, so the
-    loss keeps its usual scale. A class with no pixel gets 1.0: it has no frequency to invert (and the
-    cross-entropy never meets it). The paper's f_c divides by the pixels of the images
-    where c occurs; with only per-class totals we divide by all pixels: the same weights when every class
-    occurs in every image, somewhat larger ones for classes found in few images otherwise.
-    "none" gives ones.
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    if counts.ndim != 1 or (counts < 0).any():
-        raise ConfigError(f"class pixel counts must be one non-negative number per class, got {counts.tolist()!r}")
-    if method not in WEIGHT_METHODS:
-        raise ConfigError(f"unknown class weighting {method!r}: use one of {', '.join(WEIGHT_METHODS)}")
-    weights = np.ones(len(counts), dtype=np.float64)
-    present = counts > 0
-    if method == "balanced" and present.any():
-        freq = counts[present] / counts.sum()
-        weights[present] = np.median(freq) / freq
-    return weights.astype(np.float32)
 
 
 class SegmentationLoss(nn.Module):

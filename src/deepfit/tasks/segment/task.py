@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from rich.table import Table
 from torch import nn
 
@@ -30,10 +29,10 @@ from deepfit.data.formats.mask_folders import MASK_LAYOUTS, holds_semantic_masks
 from deepfit.data.formats.masks import IGNORE_INDEX
 from deepfit.data.split import load_image_split, save_image_split, split_images
 from deepfit.errors import ConfigError
-from deepfit.log import logger
 from deepfit.modalities.image.augment import to_unit_range
 from deepfit.models.weights import read_weights_file
 from deepfit.runs.session import workers_for
+from deepfit.tasks.balance import loss_weights
 from deepfit.tasks.base import Data, Option, Setup, Task, keep_norm_statistics, pretrained_part_groups
 from deepfit.tasks.segment.data import FORMATS, SegmentationDataset, read_segmentation, summarize
 from deepfit.tasks.segment.evaluate import SegmentationEvaluation, predict_to_folder, score_samples
@@ -45,7 +44,7 @@ from deepfit.tasks.segment.model import (
     list_segmenters,
     load_segmenter_weights,
 )
-from deepfit.tasks.segment.objective import SegmentationTask, class_weights, parse_loss
+from deepfit.tasks.segment.objective import SegmentationTask, parse_loss
 from deepfit.tasks.segment.painted import OBJECT_FORMATS
 from deepfit.tasks.segment.predict import SegmentationPredictor, TrainedSegmenter, load_segmenter
 from deepfit.tasks.segment.store import SegmentationStore
@@ -141,6 +140,10 @@ class SegmentTask(Task):
     def describe(self, data: Data, splits: dict[str, list]) -> str:
         return f"{len(data.classes)} classes ({data.layout}), {', '.join(f'{len(v)} {k}' for k, v in splits.items())} images"
 
+    def class_counts(self, data: Data, items: list) -> np.ndarray:
+        """The pixels of each class in each mask (counted when the data was read)."""
+        return np.stack([data.source.pixel_counts([s]) for s in items]) if items else np.zeros((0, len(data.classes)))
+
     # --- training --------------------------------------------------------------------------------------
     def prepare(self, config: TrainConfig, data: Data, splits: dict[str, list], device: Any, *,
                 resumed: dict[str, Any] | None) -> Setup:
@@ -148,11 +151,7 @@ class SegmentTask(Task):
         model, spec, origin = create_segmenter(config, classes, load=resumed is None)
         if config.transfer:
             keep_norm_statistics(model.encoder)
-        weight = None
-        if config.class_weights != "none":
-            weights = class_weights(dataset.pixel_counts(splits["train"]), config.class_weights)
-            logger.info("class weights: " + ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, weights, strict=True)))
-            weight = torch.as_tensor(weights, dtype=torch.float32, device=device)
+        weight = loss_weights(self, config, data, splits["train"], device)
         workers = workers_for(config)
         train = SegmentationStore(dataset, splits["train"], config.image_size, train=True, augment=config.augment,
                                   hflip=config.hflip, workers=workers)
