@@ -54,7 +54,7 @@ def test_imbalanced_images_train_balanced_and_the_report_leads_with_balanced_acc
 
 
 @pytest.mark.parametrize("modality", ["sound", "text"])
-def test_sound_and_text_train_with_both_options(modality: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_sound_and_text_train_with_both_options_and_lr_find(modality: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     if modality == "sound":
         data = make_recordings(tmp_path / "rec", speakers=2, takes=4)
         args = [str(data), "--label-pattern", PATTERN, "--modality", "sound", "--model-args", "depth=2,width=8"]
@@ -63,6 +63,7 @@ def test_sound_and_text_train_with_both_options(modality: str, tmp_path: Path, c
         data = write_table(tmp_path / "texts" / "news.csv", n=30)
         args = [str(data), "--text-column", "body", "--vocab-size", "200", "--model-args", "dim=16,buckets=4096"]
     code = main(["train", *args, "--epochs", "1", "--batch-size", "8", "--workers", "0", "--class-weights", "balanced",
-                 "--sampler", "balanced", "--output", str(tmp_path / "runs"), "--name", "r", "--no-evaluate"])
+                 "--sampler", "balanced", "--lr", "find", "--output", str(tmp_path / "runs"), "--name", "r", "--no-evaluate"])
     assert code == 0
     assert "class weights:" in caplog.text and "balanced sampler" in caplog.text
+    assert json.loads((tmp_path / "runs" / "r" / "config.json").read_text())["lr_find"]["steps"] > 20

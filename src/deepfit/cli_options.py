@@ -50,9 +50,23 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type = TrainConfig,
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
             # choices are checked by TrainConfig, whose error suggests the nearest valid value
-            choices = f.metadata.get("choices")
-            metavar = "{" + ",".join(choices) + "}" if choices else f.name.upper()
-            group.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text, metavar=metavar)
+            choices, words = f.metadata.get("choices"), f.metadata.get("words", ())
+            metavar = "{" + ",".join(choices) + "}" if choices else f.name.upper() + "".join(f"|{w}" for w in words)
+            parse = _number_or(kind, words) if words else kind
+            group.add_argument(flag, type=parse, default=argparse.SUPPRESS, help=help_text, metavar=metavar)
+
+
+def _number_or(kind: type, words: tuple[str, ...]) -> Any:
+    """argparse type of a number option that also takes words (--lr 0.01 or --lr find)."""
+    def parse(text: str) -> Any:
+        if text.strip().lower() in words:
+            return text.strip().lower()
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expects a number or {' or '.join(words)}, got {text!r}") from None
+
+    return parse
 
 
 def add_task_options(parser: argparse.ArgumentParser, kind: str, title: str) -> None:

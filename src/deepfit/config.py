@@ -20,8 +20,8 @@ from typing import Any
 from deepfit.errors import ConfigError
 
 
-def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    meta = {"help": help, "choices": choices}
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, words: tuple[str, ...] = ()) -> Any:
+    meta = {"help": help, "choices": choices, "words": words}  # words: what a number option takes instead of a number
     if isinstance(default, dict):  # a mutable default needs a factory, one dict per config
         return field(default_factory=lambda: dict(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -73,7 +73,9 @@ class TrainConfig:
                                      "the time between phases); default: no budget, train --epochs")
     batch_size: int | None = _opt(None, "images per optimisation step")
     optimizer: str = _opt("adamw", "optimizer", ("adamw", "sgd"))
-    lr: float | None = _opt(None, "peak learning rate; default 1e-3 for adamw, 0.05 for sgd (0.01 for detection)")
+    lr: float | str | None = _opt(None, "peak learning rate, or find: a learning-rate range test before training chooses it "
+                                  "(lr_find.png in the run); default 1e-3 for adamw, 0.05 for sgd (0.01 for detection)",
+                                  words=("find",))
     momentum: float = _opt(0.9, "SGD momentum (Nesterov)")
     weight_decay: float = _opt(0.05, "decoupled weight decay; never applied to norm layers and biases")
     schedule: str = _opt("cosine", "learning-rate schedule after warm-up", ("cosine", "onecycle", "constant"))
@@ -143,9 +145,16 @@ class TrainConfig:
         return self.pretrained or bool(self.weights) or (self.model or "").startswith("hf:")
 
     @property
+    def find_lr(self) -> bool:
+        """True when the rate is to be chosen by a range test before training (`--lr find`, runs/lr_find.py)."""
+        return self.lr == "find"
+
+    @property
     def resolved_lr(self) -> float:
+        if self.find_lr:
+            raise ConfigError("the learning rate is found when training starts (lr='find'): no rate to use yet")
         if self.lr is not None:
-            return self.lr
+            return float(self.lr)
         if self.optimizer == "adamw":
             # detection too: on a short fine-tuning run (drawn squares, 96 steps, 320 px) AdamW reached box mAP
             # 0.42 at 1e-3 against 0.21 at 1e-4
@@ -235,7 +244,7 @@ def check_values(config: Any, limits: dict[str, _Limit]) -> None:
     """Every field of a config dataclass: its type (an int is accepted for a float), its choices and its range."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if value is None:
+        if value is None or (isinstance(value, str) and value in f.metadata.get("words", ())):
             continue
         kind = field_type(f, type(config))
         if kind is str and isinstance(value, os.PathLike):  # output=Path(...): kept as text, as config.json stores it
@@ -243,7 +252,8 @@ def check_values(config: Any, limits: dict[str, _Limit]) -> None:
             setattr(config, f.name, value)
         ok = isinstance(value, (int, float) if kind is float else kind) and (kind is bool or not isinstance(value, bool))
         if not ok:
-            raise OptionError(f.name, f"must be {_TYPE_NAMES.get(kind, kind.__name__)}, got {value!r} ({type(value).__name__})")
+            words = "".join(f" or {w!r}" for w in f.metadata.get("words", ()))
+            raise OptionError(f.name, f"must be {_TYPE_NAMES.get(kind, kind.__name__)}{words}, got {value!r} ({type(value).__name__})")
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             raise OptionError(f.name, f"must be one of {', '.join(choices)}, not {value!r}{_did_you_mean(str(value), choices)}")

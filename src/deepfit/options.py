@@ -49,7 +49,7 @@ class TrainOptions(TypedDict, total=False):
     time_budget: float | None
     batch_size: int | None
     optimizer: str
-    lr: float | None
+    lr: float | str | None
     momentum: float
     weight_decay: float
     schedule: str

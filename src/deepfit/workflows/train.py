@@ -26,6 +26,7 @@ from deepfit.log import logger, setup_logging
 from deepfit.registry import get_task
 from deepfit.runs import session
 from deepfit.runs.folder import CHECKPOINT_FORMAT, check_output_outside_data
+from deepfit.runs.lr_find import find_lr, write_lr_find
 from deepfit.tasks.balance import sampler_weights
 from deepfit.tasks.base import Data, Task, option_values
 
@@ -90,8 +91,22 @@ def _run(task: Task, data: str | Path, config: TrainConfig, dataset: Data, split
             setup.write(run_dir)
 
     record = {"task": task.name, "data_root": str(dataset.root), "classes": dataset.classes, **dataset.record, **setup.record}
+    sampling = sampler_weights(task, config, dataset, splits["train"])
+    if sampling is not None and len(sampling) != len(setup.train):
+        raise DeepfitError(f"task {task.name} counted the classes of {len(sampling)} training items but trains on "
+                           f"{len(setup.train)}: its class_counts must follow its training store")
+    job = session.Fit(setup.model, setup.objective, setup.train, setup.val, setup.transform, setup.eval_transform or setup.transform,
+                      task.phases(config), lambda phase: task.param_groups(setup.model, phase, config), {},
+                      setup.channels_last, setup.on_resume, sampling)
+    finding = None
+    if config.find_lr:  # (a resumed run has the rate its test chose in config.json)
+        finding = find_lr(job, config, machine, generator)
+        config = dataclasses.replace(config, lr=finding.rate)
+        record["lr_find"] = finding.record()
     run_dir = session.open_run(config, machine, data=data, record=record, write=write, resume_dir=resume_dir,
                                command=saved.get("command") if saved else None)
+    if finding is not None and machine.dist.main:
+        write_lr_find(run_dir, finding)
     where = f" (resumed at epoch {state['position']['epoch']}, step {state['position']['step']})" if state else ""
     logger.info(f"run folder: {run_dir}{where}")
     if setup.summary:
@@ -99,15 +114,8 @@ def _run(task: Task, data: str | Path, config: TrainConfig, dataset: Data, split
     origin = setup.pretrained_from
     if state is not None and (run_dir / "last.json").is_file():  # the weights a resumed run first started from
         origin = read_sidecar(run_dir / "last.safetensors").get("pretrained_from")
-    meta = {"format": CHECKPOINT_FORMAT, "task": task.name, **setup.meta, "classes": dataset.classes,
-            "pretrained_from": origin, "config": config.to_dict()}
-    sampling = sampler_weights(task, config, dataset, splits["train"])
-    if sampling is not None and len(sampling) != len(setup.train):
-        raise DeepfitError(f"task {task.name} counted the classes of {len(sampling)} training items but trains on "
-                           f"{len(setup.train)}: its class_counts must follow its training store")
-    job = session.Fit(setup.model, setup.objective, setup.train, setup.val, setup.transform, setup.eval_transform or setup.transform,
-                      task.phases(config), lambda phase: task.param_groups(setup.model, phase, config), meta,
-                      setup.channels_last, setup.on_resume, sampling)
+    job.meta.update({"format": CHECKPOINT_FORMAT, "task": task.name, **setup.meta, "classes": dataset.classes,
+                     "pretrained_from": origin, "config": config.to_dict()})
     best = session.fit(run_dir, job, config, machine, generator=generator, state=state, callbacks=callbacks)
     has_val = setup.val is not None and len(setup.val) > 0
     score = best.best_score if has_val and machine.dist.main else None
