@@ -14,6 +14,7 @@ import re
 import sys
 from typing import Any, NoReturn
 
+from deepfit.cli_audit import add_audit_command, cmd_audit
 from deepfit.cli_deploy import (
     add_deploy_commands,
     add_predict_options,
@@ -152,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--task", help="read the labels as this task's (detect, segment, ...); default: from the layout (image and "
                     "mask folders are semantic masks unless a classes.json names their objects; other labels are objects)")
     add_task_options(dc, "check", "how the labels are read (each option is for the tasks it names)")
+    add_audit_command(d_sub)
 
     e = sub.add_parser("evaluate", help="score a run's best checkpoint on its test split (or --data) and write report.html")
     e.add_argument("run_dir", help="the run folder that `deepfit train` wrote (runs/<name>)")
@@ -341,7 +343,8 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"quickstart": _cmd_quickstart, "train": _cmd_train, "features": _cmd_features, "compare": _cmd_compare,
-            "data": _cmd_data_check, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "models": _cmd_models,
+            "data": lambda args: _print(*cmd_audit(args)) if args.data_command == "audit" else _cmd_data_check(args),
+            "evaluate": _cmd_evaluate, "predict": _cmd_predict, "models": _cmd_models,
             "export": lambda args: _print(*cmd_export(args)), "benchmark": lambda args: _print(*cmd_benchmark(args)),
             "explain": lambda args: _print(*cmd_explain(args)), "serve": cmd_serve}
 

@@ -136,6 +136,11 @@ class Task:
         and the data audit's class balance are computed from it, the same way for every task (tasks/balance.py)."""
         raise ConfigError(f"--task {self.name} does not count its classes: --class-weights and --sampler are not available")
 
+    def audit_objects(self, data: Data, items: list) -> list[Any]:
+        """`deepfit data audit`: what looks wrong among the objects inside `items` (a list of `audit.objects.Finding`:
+        degenerate, doubled or oddly sized boxes and masks); none for tasks whose item is one labelled whole."""
+        return []
+
     def describe(self, data: Data, splits: dict[str, list]) -> str:
         counts = ", ".join(f"{len(v)} {k}" for k, v in splits.items())
         return f"{len(data.classes)} classes, {counts} ({data.layout})"

@@ -22,6 +22,7 @@ import numpy as np
 from rich.table import Table
 from torch import nn
 
+from deepfit.audit.objects import box_area, box_findings, mask_findings
 from deepfit.config import TrainConfig
 from deepfit.data.formats.layout import holds_object_labels
 from deepfit.data.formats.objects import OBJECT_LAYOUTS
@@ -166,6 +167,12 @@ class DetectTask(Task):
         """The objects of each class in each image."""
         return np.stack([np.bincount(s.labels, minlength=len(data.classes)) for s in items]) if items else \
             np.zeros((0, len(data.classes)), dtype=np.int64)
+
+    def audit_objects(self, data: Data, items: list) -> list[Any]:
+        findings = box_findings([s.boxes for s in items], [s.labels for s in items], data.classes)
+        shares = [(i, j, data.classes[int(s.labels[j])], float(s.mask(j).sum()) / max(box_area(s.boxes[j]), 1.0))
+                  for i, s in enumerate(items) if s.masks is not None for j in range(len(s)) if s.masks[j] is not None]
+        return findings + mask_findings(shares)
 
     def check_config(self, config: TrainConfig) -> None:
         kind = DetectorSpec(config.model or "", 0).kind

@@ -23,6 +23,7 @@ import numpy as np
 from rich.table import Table
 from torch import nn
 
+from deepfit.audit.objects import region_findings
 from deepfit.config import TrainConfig
 from deepfit.data.formats.instance_masks import object_id_like
 from deepfit.data.formats.mask_folders import MASK_LAYOUTS, holds_semantic_masks
@@ -139,6 +140,10 @@ class SegmentTask(Task):
 
     def describe(self, data: Data, splits: dict[str, list]) -> str:
         return f"{len(data.classes)} classes ({data.layout}), {', '.join(f'{len(v)} {k}' for k, v in splits.items())} images"
+
+    def audit_objects(self, data: Data, items: list) -> list[Any]:
+        counts = self.class_counts(data, items)
+        return region_findings(counts, data.classes, [i for i, row in enumerate(counts) if row.sum() == 0])
 
     def class_counts(self, data: Data, items: list) -> np.ndarray:
         """The pixels of each class in each mask (counted when the data was read)."""
