@@ -51,6 +51,8 @@ def test_two_gloo_processes_match_one_process(shapes_data: Path, tmp_path: Path)
     assert (tmp_path / "two" / "run" / "best.safetensors").is_file()
 
 
+# slow (20 s each): the loop under torchrun is shared by every task; classification runs it in the default suite
+@pytest.mark.slow
 def test_detection_trains_under_torchrun(squares: Path, tmp_path: Path) -> None:
     """Detection batches (images + per-image target dicts) shard over ranks, and validation mAP gathers every
     rank's predictions: the run ends with a checkpoint and a validation score from all 4 val images."""
@@ -66,6 +68,7 @@ def test_detection_trains_under_torchrun(squares: Path, tmp_path: Path) -> None:
     assert (tmp_path / "det" / "best.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_segmentation_trains_under_torchrun(tmp_path: Path) -> None:
     """Crops shard over ranks and validation confusion matrices are gathered from both: one run folder, one score."""
     data = draw_rectangles(tmp_path / "data", {"train": 8, "val": 3})

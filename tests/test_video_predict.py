@@ -58,6 +58,8 @@ def test_model_stream_yields_results_as_frames_arrive(run_copy: Path, tmp_path: 
         next(clf.stream(folder, conf=0.5))
 
 
+# slow: 30 s on 2 cores; test_video_io.py's long-video memory test stays in the default suite
+@pytest.mark.slow
 def test_memory_stays_flat_over_ten_thousand_frames(run_copy: Path, tmp_path: Path) -> None:
     status = Path("/proc/self/status")
     if not status.is_file():
