@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-from test_sound_classify import PATTERN, make_recordings
-from test_text_classify import write_table
 
 from deepfit.cli import main
-from deepfit.workflows.audit import audit
+from deepfit.workflows.audit import audit_data
+from test_sound_classify import PATTERN, make_recordings
+from test_text_classify import write_table
 
 COLOURS = [(230, 40, 40), (40, 200, 60), (50, 80, 230), (230, 200, 40)]
 CLASSES = ["red", "green", "blue", "yellow"]
@@ -73,7 +73,7 @@ def test_planted_copies_and_flipped_labels_are_found(planted: tuple[Path, list[t
     root, copies, flips = planted
     before = _tree_digest(root)
     keep = tmp_path / "keep.csv"
-    found = audit(root, model="tf_efficientnet_lite0", weights=str(weights_dir / "tf_efficientnet_lite0.safetensors"),
+    found = audit_data(root, model="tf_efficientnet_lite0", weights=str(weights_dir / "tf_efficientnet_lite0.safetensors"),
                   write_clean=keep, output=tmp_path, name="a")
     assert _tree_digest(root) == before  # nothing in the data changed
     pairs = {(str(found.items[p.first].path), str(found.items[p.second].path)) for p in found.cross_split()}
@@ -121,7 +121,7 @@ def test_bad_boxes_and_masks_are_listed(squares: Path, tmp_path: Path) -> None:
     label = data / "labels" / "train" / "train0.txt"
     first = label.read_text().splitlines()[0]
     label.write_text(label.read_text() + first + "\n0 0.5 0.5 0.505 0.5 0.505 0.9 0.5 0.9\n")  # a doubled box, a needle
-    found = audit(data, task="detect", output=tmp_path / "out", name="d")
+    found = audit_data(data, task="detect", output=tmp_path / "out", name="d")
     kinds = {(found.items[f.item].path.name, f.kind) for f in found.findings}
     assert ("train0.png", "duplicate box") in kinds and ("train0.png", "tiny box") in kinds
     assert "duplicate box" in (found.folder / "objects.csv").read_text()
@@ -132,5 +132,5 @@ def test_bad_boxes_and_masks_are_listed(squares: Path, tmp_path: Path) -> None:
     mask[mask == 2] = 0
     mask[:3, :3] = 2  # blue reduced to a 9-pixel speck
     Image.fromarray(mask).save(mask_path)
-    found = audit(rectangles, task="segment", output=tmp_path / "out", name="s")
+    found = audit_data(rectangles, task="segment", output=tmp_path / "out", name="s")
     assert any(f.kind == "speck" and f.label == "blue" and found.items[f.item].path.name == "train0.png" for f in found.findings)

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, shape_image
-from test_sound_classify import PATTERN, make_recordings
-from test_text_classify import write_table
 
+from conftest import TINY, shape_image
 from deepfit import ImageClassifier
 from deepfit.cli import main
 from deepfit.tasks.balance import class_weights, imbalance_ratio, label_counts, sample_weights
+from test_sound_classify import PATTERN, make_recordings
+from test_text_classify import write_table
 
 
 def test_a_balanced_sampler_draws_every_class_about_equally() -> None:

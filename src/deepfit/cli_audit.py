@@ -37,10 +37,10 @@ def add_audit_command(data_sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_audit(args: argparse.Namespace) -> list[str]:
-    from deepfit.workflows.audit import audit
+    from deepfit.workflows.audit import audit_data
 
     options = {k: v for k, v in vars(args).items() if k in task_option_names("data")}
-    found = audit(args.data, task=args.task, model=args.model, weights=args.weights, layer=args.layer, near_bits=args.near_bits,
+    found = audit_data(args.data, task=args.task, model=args.model, weights=args.weights, layer=args.layer, near_bits=args.near_bits,
                   near_cosine=args.near_cosine, write_clean=args.write_clean, output=args.output, name=args.name,
                   seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction, modality=args.modality,
                   device=args.device, data_options=options)

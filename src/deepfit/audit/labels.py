@@ -32,6 +32,8 @@ class LabelIssues:
     quality: np.ndarray  # (N,) cleanlab's label quality (self-confidence: the probability given to the label)
     suggested: np.ndarray  # (N,) the class the out-of-fold model prefers
     folds: int
+    balanced_accuracy: float = 0.0  # of the out-of-fold predictions: how well the embeddings tell the classes apart
+    note: str = ""  # why nothing is flagged, when the embeddings are too weak to judge labels
 
     @property
     def candidates(self) -> np.ndarray:
@@ -75,10 +77,19 @@ def label_issues(features: np.ndarray, labels: np.ndarray, num_classes: int, see
     if not folds:
         logger.warning("label errors not looked for: a class has fewer than 2 examples (or there is one class)")
         return LabelIssues(probs, np.zeros(0, dtype=np.int64), quality, suggested, 0)
+    from sklearn.metrics import balanced_accuracy_score
+
+    score = float(balanced_accuracy_score(labels, suggested))
+    chance = 1.0 / len(np.unique(labels))
+    if score < (1 + chance) / 2:  # embeddings that barely tell the classes apart contradict good labels everywhere
+        note = (f"the embeddings tell the classes apart too poorly to judge labels (out-of-fold balanced accuracy "
+                f"{score:.0%}, chance {chance:.0%}): nothing is flagged; give --model and --weights of a pretrained network")
+        logger.warning(note)
+        return LabelIssues(probs, np.zeros(0, dtype=np.int64), quality, suggested, folds, score, note)
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # cleanlab prints advice on tiny classes
         warnings.simplefilter("ignore")
         ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
-    return LabelIssues(probs, np.asarray(ranked, dtype=np.int64), quality, suggested, folds)
+    return LabelIssues(probs, np.asarray(ranked, dtype=np.int64), quality, suggested, folds, score)
 
 
 def outlier_scores(features: np.ndarray) -> np.ndarray:

@@ -114,8 +114,10 @@ def _labels(found: Audit) -> str:
                                                   f"quality {issues.quality[k]:.2f}" + (" — <b>flagged</b>" if k in flagged else "")])
              for k in issues.candidates[:max(SHOWN // 2, len(flagged))][:SHOWN]]
     intro = (f"<p>Examples whose label a model that never saw them contradicts, the lowest label quality (the out-of-fold "
-             f"probability of the label) first, with the class the model suggests. Confident learning (cleanlab) flags "
-             f"{len(flagged)} as likely wrong; the next ones are worth a look too (label_issues.csv ranks every example).</p>")
+             f"probability of the label) first, with the class the model suggests. The out-of-fold model's balanced "
+             f"accuracy is {issues.balanced_accuracy:.0%}. Confident learning (cleanlab) flags {len(flagged)} as likely "
+             f"wrong; the next ones are worth a look too (label_issues.csv ranks every example).</p>")
+    intro += notes_list([issues.note[0].upper() + issues.note[1:] + "."] if issues.note else [])
     return "<h2>Likely label errors</h2>" + intro + gallery(cards, empty_html="No likely label errors.")
 
 

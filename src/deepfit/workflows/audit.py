@@ -117,7 +117,7 @@ class Audit:
         return "audit: " + ", ".join(parts) + (f"; page: {self.folder / 'audit.html'}" if self.folder else "")
 
 
-def audit(data: str | Path, *, task: str | None = None, model: str | None = None, weights: str | None = None,
+def audit_data(data: str | Path, *, task: str | None = None, model: str | None = None, weights: str | None = None,
           layer: str | None = None, near_bits: int = NEAR_BITS, near_cosine: float = NEAR_COSINE,
           write_clean: str | Path | None = None, output: str | Path = "runs", name: str | None = None, seed: int = 0,
           val_fraction: float = 0.15, test_fraction: float = 0.15, modality: str = "auto", device: str = "auto",
