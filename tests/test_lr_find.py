@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_class_folders
 
+from conftest import write_class_folders
 from deepfit import ImageClassifier
 from deepfit.cli import main
 from deepfit.config import TrainConfig

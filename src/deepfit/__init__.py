@@ -15,7 +15,9 @@ help(deepfit.ImageClassifier) and completed by editors):
     SemanticSegmenter   a class for every pixel
     Learner             any task by name, including one registered from outside deepfit (register_task)
 Runs: load(run_dir) a trained run; resume(run_dir) a stopped one.
+Search: tune(data, trials=20, space=..., **options) searches training options with Optuna (`deepfit tune`).
 Features + a classical model: extract_features(data, model), fit_features(data, model, classifier="svm").
+Data: audit_data(data, model=..., weights=...) finds duplicates, label errors, outliers and bad objects (`deepfit data audit`).
 Options and results: TrainConfig, FeaturesConfig (every option with its help), TrainOptions, FeaturesOptions
 (the same as typed keywords), Prediction, Detections. Errors: DeepfitError and its kinds DataError, ConfigError,
 WeightsError. The command line (`deepfit --help`) runs the same code.
@@ -40,6 +42,8 @@ _EXPORTS = {
     "TextClassifier": "deepfit.api_modalities",
     "load": "deepfit.api",
     "resume": "deepfit.api",
+    "tune": "deepfit.workflows.tune",
+    "audit_data": "deepfit.workflows.audit",
     "extract_features": "deepfit.api_features",
     "fit_features": "deepfit.api_features",
     "FeaturesConfig": "deepfit.config",
@@ -59,7 +63,7 @@ _EXPORTS = {
 __all__ = [
     "ConfigError", "DataError", "DeepfitError", "Detections", "FeaturesConfig", "FeaturesOptions", "ImageClassifier", "Learner",
     "ObjectDetector", "Prediction", "SemanticSegmenter", "SoundClassifier", "Task", "TextClassifier", "TrainConfig", "TrainOptions", "WeightsError", "__version__",
-    "extract_features", "fit_features", "load", "register_task", "resume",
+    "audit_data", "extract_features", "fit_features", "load", "register_task", "resume", "tune",
 ]
 
 if TYPE_CHECKING:
@@ -80,6 +84,8 @@ if TYPE_CHECKING:
     from deepfit.tasks.base import Task
     from deepfit.tasks.classify.predict import Prediction
     from deepfit.tasks.detect.predict import Detections
+    from deepfit.workflows.audit import audit_data
+    from deepfit.workflows.tune import tune
 
 
 def __getattr__(name: str) -> Any:

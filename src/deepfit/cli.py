@@ -24,6 +24,7 @@ from deepfit.cli_deploy import (
 )
 from deepfit.cli_options import add_config_options, add_task_options, add_verbosity, task_option_names
 from deepfit.cli_serve import add_serve_command, cmd_serve
+from deepfit.cli_tune import add_tune_command, cmd_tune
 from deepfit.config import ALIASES, FeaturesConfig, OptionError
 from deepfit.errors import ConfigError, DeepfitError, TrainingInterrupted
 from deepfit.log import output_console, setup_logging, table_lines
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-evaluate", action="store_true", help="do not score the test split after training")
     add_task_options(t, "data", "how the data is read (each option is for the tasks it names)")
     add_config_options(t)
+    add_tune_command(sub)
 
     f = sub.add_parser(
         "features", help="fit a classical model (svm, rbf, logreg, knn, ridge) on a network's or hand-made features, or export them",
@@ -346,7 +348,8 @@ COMMANDS = {"quickstart": _cmd_quickstart, "train": _cmd_train, "features": _cmd
             "data": lambda args: _print(*cmd_audit(args)) if args.data_command == "audit" else _cmd_data_check(args),
             "evaluate": _cmd_evaluate, "predict": _cmd_predict, "models": _cmd_models,
             "export": lambda args: _print(*cmd_export(args)), "benchmark": lambda args: _print(*cmd_benchmark(args)),
-            "explain": lambda args: _print(*cmd_explain(args)), "serve": cmd_serve}
+            "explain": lambda args: _print(*cmd_explain(args)), "serve": cmd_serve,
+            "tune": lambda args: _print(*cmd_tune(args))}
 
 
 def main(argv: list[str] | None = None) -> int:
