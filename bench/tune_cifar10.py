@@ -1,14 +1,14 @@
 """A CIFAR-10 slice on the CPU: deepfit's default options against the options `deepfit tune` found, each trained for the
 same final budget and scored once on the same test images.
 
-    uv run python bench/tune_cifar10.py [--trials 8] [--trial-minutes 1] [--final-minutes 4] [--smoke]
+    uv run python bench/tune_cifar10.py [--trials 10] [--trial-minutes 1] [--final-minutes 4] [--smoke]
 
 The slice: 5,000 training images (500 a class; 10% of them held out for validation) and 2,000 test images (200 a
 class) of CIFAR-10, 32x32, deepfit's small `cnn` from scratch. The search runs --trials trials of --trial-minutes
 each (`--time-budget`), with deepfit's default space for this task (learning rate, weight decay, batch size,
 augmentation, dropout, the cnn's width) and its median pruner; trials are scored on the validation images only. Then
 two runs of --final-minutes each, the default options and the best trial's, are scored once on the test images.
-About 8 + 2 x 4 minutes of training and a few of reading the images: under 25 minutes on 2 CPU cores. `--smoke`
+About 10 + 2 x 4 minutes of training and a few of reading the images: under 25 minutes on 2 CPU cores. `--smoke`
 runs a tiny version in seconds (nothing is recorded).
 """
 
@@ -59,7 +59,7 @@ def final_run(data: Path, config: TrainConfig) -> tuple[float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--trial-minutes", type=float, default=1.0, help="training budget of each trial (default 1)")
     parser.add_argument("--final-minutes", type=float, default=4.0, help="training budget of each final run (default 4)")
     parser.add_argument("--train-images", type=int, default=5000)

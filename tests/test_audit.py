@@ -125,6 +125,7 @@ def test_bad_boxes_and_masks_are_listed(squares: Path, tmp_path: Path) -> None:
     kinds = {(found.items[f.item].path.name, f.kind) for f in found.findings}
     assert ("train0.png", "duplicate box") in kinds and ("train0.png", "tiny box") in kinds
     assert "duplicate box" in (found.folder / "objects.csv").read_text()
+    assert len((found.folder / "outliers.csv").read_text().splitlines()) == 1 + len(found.items)  # images ranked too
 
     rectangles = draw_rectangles(tmp_path / "rect", {"train": 6, "val": 2})
     mask_path = rectangles / "masks" / "train" / "train0.png"

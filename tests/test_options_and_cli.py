@@ -62,7 +62,7 @@ def test_train_values_out_of_range_name_the_keyword_and_the_range(options: dict,
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"lr": "abc"}, "lr must be a number, got 'abc' (str)"),
+        ({"lr": "abc"}, "lr must be a number or 'find', got 'abc' (str)"),
         ({"epochs": 2.5}, "epochs must be a whole number, got 2.5 (float)"),
         ({"epochs": "3"}, "epochs must be a whole number, got '3' (str)"),
         ({"hflip": 1}, "hflip must be true or false, got 1 (int)"),

@@ -118,10 +118,10 @@ class Audit:
 
 
 def audit_data(data: str | Path, *, task: str | None = None, model: str | None = None, weights: str | None = None,
-          layer: str | None = None, near_bits: int = NEAR_BITS, near_cosine: float = NEAR_COSINE,
-          write_clean: str | Path | None = None, output: str | Path = "runs", name: str | None = None, seed: int = 0,
-          val_fraction: float = 0.15, test_fraction: float = 0.15, modality: str = "auto", device: str = "auto",
-          data_options: dict[str, Any] | None = None) -> Audit:
+               pretrained: bool = False, layer: str | None = None, near_bits: int = NEAR_BITS,
+               near_cosine: float = NEAR_COSINE, write_clean: str | Path | None = None, output: str | Path = "runs",
+               name: str | None = None, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15,
+               modality: str = "auto", device: str = "auto", data_options: dict[str, Any] | None = None) -> Audit:
     """Audit `data` (read as `task`, found from the data when None) and write the page; see the module doc."""
     from deepfit.audit.page import write_audit
 
@@ -147,10 +147,12 @@ def audit_data(data: str | Path, *, task: str | None = None, model: str | None =
     if found.modality == "image":
         groups.append([p for p in near_hash_pairs(image_hashes([i.path for i in found.items]), near_bits) if p.score > 0 or
                        digests[p.first] != digests[p.second]])
+    embedding = FeaturesConfig(model=model or "handmade", weights=weights, pretrained=pretrained, layer=layer, modality=found.modality, seed=seed,
+                               val_fraction=val_fraction, test_fraction=test_fraction, device=device)
     if all(item.label is not None for item in found.items) and len(found.classes) >= 2:
-        _embed(found, dataset, config, FeaturesConfig(model=model or "handmade", weights=weights, layer=layer, modality=found.modality,
-                                                      seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-                                                      device=device), groups, near_cosine)
+        _embed_examples(found, dataset, config, embedding, groups, near_cosine)
+    elif found.modality == "image":  # detection, segmentation: the images themselves (near copies, outliers)
+        _embed_images(found, embedding, groups, near_cosine)
     found.pairs = merge_pairs(*groups)
     found.findings = chosen.audit_objects(dataset, [s for name in ("train", "val", "test") for s in splits.get(name, [])])
     found.folder = new_run_dir(output, name, "audit")
@@ -180,9 +182,10 @@ def _digest(item: Item) -> str | None:
         return None
 
 
-def _embed(found: Audit, dataset: Any, config: TrainConfig, features_config: FeaturesConfig, groups: list[list[Pair]],
-           near_cosine: float) -> None:
-    """Embeddings of every example (cached as `deepfit features` caches them), then near copies, label errors and outliers."""
+def _embed_examples(found: Audit, dataset: Any, config: TrainConfig, features_config: FeaturesConfig,
+                    groups: list[list[Pair]], near_cosine: float) -> None:
+    """Embeddings of every labelled example (any modality, cached as `deepfit features` caches them): near copies,
+    outliers and label errors."""
     from deepfit.workflows.features import extract_features
 
     features = extract_features(dataset.root, features_config, catalog=dataset.source)
@@ -190,12 +193,33 @@ def _embed(found: Audit, dataset: Any, config: TrainConfig, features_config: Fea
     rows = [where.get(str(p)) for p in features.paths]
     keep = [k for k, r in enumerate(rows) if r is not None]
     x = features.features[keep] if len(keep) < len(rows) else features.features
-    found.embedded = np.array([rows[k] for k in keep], dtype=np.int64)
-    found.features = f"{features.model} ({features.layer})" if features.layer else features.model
-    groups.append(near_embedding_pairs(x, list(found.embedded), near_cosine))
+    name = f"{features.model} ({features.layer})" if features.layer else features.model
+    _use_embeddings(found, x, np.array([rows[k] for k in keep], dtype=np.int64), name, groups, near_cosine)
     index = {c: k for k, c in enumerate(found.classes)}
     labels = np.array([index[found.items[i].label] for i in found.embedded], dtype=np.int64)
     found.issues = label_issues(x, labels, len(found.classes), config.seed)
+
+
+def _embed_images(found: Audit, features_config: FeaturesConfig, groups: list[list[Pair]], near_cosine: float) -> None:
+    """Embeddings of the images of a detection or segmentation data set: near copies and outliers (their labels are
+    objects, judged by Task.audit_objects)."""
+    from deepfit.engine.device import resolve_device, resolve_precision
+    from deepfit.workflows.extraction import FeatureCache, extract, load_backbone
+
+    backbone = load_backbone(features_config, 1)
+    device = resolve_device(features_config.device)
+    precision = resolve_precision("auto", device)
+    cache = FeatureCache({**backbone.identity, "preprocessing": backbone.inputs, "precision": precision})
+    result = extract(backbone, [item.path for item in found.items], device=device, precision=precision,
+                     batch_size=features_config.batch_size, workers=features_config.workers, cache=cache)
+    name = f"{backbone.name} ({backbone.layer})" if backbone.layer else backbone.name
+    _use_embeddings(found, result.features, np.array(result.kept, dtype=np.int64), name, groups, near_cosine)
+
+
+def _use_embeddings(found: Audit, x: Any, rows: np.ndarray, name: str, groups: list[list[Pair]], near_cosine: float) -> None:
+    """(N, D) embeddings of the items `rows`: their near copies and outlier scores."""
+    found.embedded, found.features = rows, name
+    groups.append(near_embedding_pairs(x, list(rows), near_cosine))
     found.outliers = outlier_scores(x)
 
 

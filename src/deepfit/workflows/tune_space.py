@@ -172,7 +172,7 @@ def _kind(key: str) -> type | None:
     if "." in key:
         return None
     field = next(f for f in TrainConfig.__dataclass_fields__.values() if f.name == key)
-    return field_type(field)
+    return field_type(field, TrainConfig)
 
 
 def _number(value: Any, key: str, where: str) -> int | float:
