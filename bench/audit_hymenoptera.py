@@ -57,7 +57,7 @@ def main() -> None:
         "`deepfit data audit` on hymenoptera as shipped (train/ and val/ folders; the audit holds 15% of train out as "
         "validation, as `deepfit train` would). The known non-photo `train/ants/imageNotFound.gif` must be found: its "
         "rank among the outliers listed, and among all photos ranked by label quality, says whether it is.\n\n"
-        "| embeddings | wall time (2 cores) | duplicate pairs | likely label errors | imageNotFound.gif among outliers | "
+        "| embeddings | wall time (2 cores; embeddings reused from the feature cache of an earlier run) | duplicate pairs | likely label errors | imageNotFound.gif among outliers | "
         "its rank by label quality |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\nWith tf_efficientnet_lite0:\n\n"
         + "\n".join(details)
     )
