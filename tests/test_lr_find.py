@@ -52,6 +52,8 @@ def test_lr_find_from_the_cli_and_its_errors(shapes_data: Path, tmp_path: Path, 
     assert main(["train", str(shapes_data), "--model", "cnn", "--model-args", "depth=2,width=8", "--image-size", "16",
                  "--epochs", "1", "--workers", "0", "--lr", "find", "--output", str(tmp_path), "--name", "f", "--no-evaluate"]) == 0
     assert (tmp_path / "f" / "lr_find.png").is_file()
+    assert main(["evaluate", str(tmp_path / "f")]) == 0
+    assert "Learning-rate range test" in (tmp_path / "f" / "report.html").read_text()  # the report shows the curve
     with pytest.raises(SystemExit):
         main(["train", str(shapes_data), "--lr", "fast", "--output", str(tmp_path)])
     assert "expects a number or find, got 'fast'" in capsys.readouterr().err

@@ -28,6 +28,7 @@ class RunDetails:
               split; the model answers one class for everything)
     options   the training options, option -> value, in the order shown
     curves    the training-curves picture (loss and validation score per epoch), when the run has epochs
+    lr_find   the learning-rate range test's picture, when the run chose its rate with --lr find
     examples  a few pictures of every class from the evaluated images (see :func:`~deepfit.report.gallery.class_examples`)
     classes   how many classes there are, when ``examples`` covers only some of them
     """
@@ -35,6 +36,7 @@ class RunDetails:
     notes: Sequence[str] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     curves: Path | None = None
+    lr_find: Path | None = None
     examples: Sequence[ClassExamples] = ()
     classes: int | None = None
 
@@ -55,6 +57,8 @@ def write_results_page(
     pictures = dict(images)
     if details.curves is not None:
         pictures["Training curves (loss and validation score per epoch)"] = details.curves
+    if details.lr_find is not None:
+        pictures["Learning-rate range test (--lr find): training loss against the rate, and the rate chosen"] = details.lr_find
     sections = [
         summary_table(summary, class_names),
         notes_list(details.notes),

@@ -85,5 +85,7 @@ def run_details(
         curves = plot_training_curves(metrics_csv, Path(folder) / "training_curves.png", scores=scores,
                                       score_title=score_title, as_percent=as_percent)
     classes = meta.get("classes")
+    lr_find = Path(run_dir) / "lr_find.png"
     return RunDetails(notes=list(notes), options=training_options(meta, **resolved), curves=curves,
-                      examples=list(examples), classes=len(classes) if classes else None)
+                      lr_find=lr_find if lr_find.is_file() else None, examples=list(examples),
+                      classes=len(classes) if classes else None)
