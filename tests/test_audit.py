@@ -135,3 +135,40 @@ def test_bad_boxes_and_masks_are_listed(squares: Path, tmp_path: Path) -> None:
     Image.fromarray(mask).save(mask_path)
     found = audit_data(rectangles, task="segment", output=tmp_path / "out", name="s")
     assert any(f.kind == "speck" and f.label == "blue" and found.items[f.item].path.name == "train0.png" for f in found.findings)
+
+
+def test_a_detectors_confident_predictions_flag_a_box_given_the_wrong_class(squares: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """--run: the images the run trained on (matched by content) are left out, the others' boxes are handed to
+    cleanlab with the run's predictions. The detector here is a stand-in that predicts the original, correct boxes
+    with confidence (no detector trained on this CPU in seconds is sure enough to judge anything)."""
+    from deepfit.data.catalog import LabeledFile
+    from deepfit.registry import get_task
+    from deepfit.tasks.detect import label_quality
+    from deepfit.tasks.detect.data import read_detection
+
+    truth = {s.path.name: s for s in read_detection(squares).samples}
+    data = tmp_path / "squares"
+    shutil.copytree(squares, data)
+    label = data / "labels" / "val" / "val0.txt"
+    first, *rest = label.read_text().splitlines()
+    label.write_text("\n".join([("1" if first[0] == "0" else "0") + first[1:], *rest]) + "\n")  # one class swapped
+
+    class Predictor:
+        def predict(self, paths: list[Path], conf: float) -> list[dict]:
+            return [{"boxes": truth[Path(p).name].boxes, "labels": truth[Path(p).name].labels,
+                     "scores": np.full(len(truth[Path(p).name].labels), 0.95)} for p in paths]
+
+    task = get_task("detect")
+    monkeypatch.setattr(task, "load", lambda checkpoint: None)
+    monkeypatch.setattr(task, "predictor", lambda trained: Predictor())
+    monkeypatch.setattr(label_quality, "resolve_checkpoint", lambda folder, which: folder)
+    monkeypatch.setattr(label_quality, "read_run_config", lambda folder: {"task": "detect", "classes": ["red", "blue"],
+                                                                          "data_root": str(squares)})
+    monkeypatch.setattr(label_quality, "load_split", lambda path, root: {
+        "train": [LabeledFile(p, "", "train") for p in sorted((squares / "images" / "train").glob("*.png"))]})
+    found = audit_data(data, task="detect", run=tmp_path / "run", output=tmp_path / "out", name="d")
+    assert {found.items[i].split for i in found.judged} == {"val"}  # the training images (copied) are not judged
+    rows = list(csv.DictReader((found.folder / "label_issues.csv").open()))
+    assert Path(rows[0]["path"]).name == "val0.png" and rows[0]["flagged"] == "True"
+    assert float(rows[0]["quality"]) < min(float(r["quality"]) for r in rows[1:])

@@ -19,6 +19,8 @@ def add_audit_command(data_sub: Any) -> argparse.ArgumentParser:
                    "features (colour and gradient histograms, MFCC statistics, TF-IDF)")
     a.add_argument("--weights", help="local weights of --model (offline)")
     a.add_argument("--pretrained", action="store_true", help="the official weights of --model, by name (needs internet once)")
+    a.add_argument("--run", help="detection, instance segmentation: a detector trained on these classes, whose predictions "
+                   "on the images it never trained on judge their boxes (cleanlab's object-detection label quality)")
     a.add_argument("--layer", help="the layer whose output is the embedding (default: the pre-logits one)")
     a.add_argument("--near-bits", type=int, default=NEAR_BITS,
                    help=f"images whose perceptual hashes differ in at most this many of 64 bits are near copies (default {NEAR_BITS})")
@@ -42,7 +44,7 @@ def cmd_audit(args: argparse.Namespace) -> list[str]:
 
     options = {k: v for k, v in vars(args).items() if k in task_option_names("data")}
     found = audit_data(args.data, task=args.task, model=args.model, weights=args.weights, pretrained=args.pretrained,
-                       layer=args.layer, near_bits=args.near_bits, near_cosine=args.near_cosine, write_clean=args.write_clean,
+                       layer=args.layer, run=args.run, near_bits=args.near_bits, near_cosine=args.near_cosine, write_clean=args.write_clean,
                        output=args.output, name=args.name, seed=args.seed, val_fraction=args.val_fraction,
                        test_fraction=args.test_fraction, modality=args.modality, device=args.device, data_options=options)
     lines = [found.headline()]

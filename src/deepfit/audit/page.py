@@ -61,7 +61,7 @@ def write_audit(found: Audit, folder: Path) -> Path:
     """audit.html and the CSVs in `folder`."""
     _write_csvs(found, folder)
     sections = [STYLES, _cards(found), notes_list(found.read_warnings[:50]), _classes(found), _duplicates(found),
-                _labels(found), _outliers(found), _objects(found)]
+                _labels(found), _judged(found), _outliers(found), _objects(found)]
     return write_page(folder / "audit.html", f"deepfit data audit: {found.task}, {len(found.items)} {found.modality} items",
                       sections, what="audit page")
 
@@ -121,6 +121,20 @@ def _labels(found: Audit) -> str:
     return "<h2>Likely label errors</h2>" + intro + gallery(cards, empty_html="No likely label errors.")
 
 
+def _judged(found: Audit) -> str:
+    if found.judged_quality is None:
+        return ""
+    order = np.argsort(found.judged_quality, kind="stable")[:SHOWN]
+    cards = [_card(found, found.judged[k], [f"{found.items[found.judged[k]].split}",
+                                            f"label quality {found.judged_quality[k]:.2f}"
+                                            + (" — <b>flagged</b>" if found.judged[k] in found.judged_flagged else "")])
+             for k in order]
+    intro = (f"<p>The boxes of the {len(found.judged)} images the trained run (--run) never trained on, judged by its "
+             f"predictions (cleanlab's object-detection label quality: overlooked objects, wrong classes, misplaced boxes), "
+             f"lowest first; {len(found.judged_flagged)} flagged as likely wrong.</p>")
+    return "<h2>Likely label errors (boxes)</h2>" + intro + gallery(cards, empty_html="No held-out image to judge.")
+
+
 def _outliers(found: Audit) -> str:
     shown = found.outlier_items()
     if not shown:
@@ -163,6 +177,11 @@ def _write_csvs(found: Audit, folder: Path) -> None:
                [[r + 1, items[found.embedded[k]].path, items[found.embedded[k]].split, items[found.embedded[k]].label,
                  found.classes[issues.suggested[k]], f"{issues.quality[k]:.4f}", k in flagged]
                 for r, k in enumerate(issues.candidates)])
+    if found.judged_quality is not None:
+        order = np.argsort(found.judged_quality, kind="stable")
+        _write(folder / "label_issues.csv", ["rank", "path", "split", "quality", "flagged"],
+               [[r + 1, items[found.judged[k]].path, items[found.judged[k]].split, f"{found.judged_quality[k]:.4f}",
+                 found.judged[k] in found.judged_flagged] for r, k in enumerate(order)])
     if found.outliers is not None and found.embedded is not None:
         order = np.argsort(found.outliers, kind="stable")
         _write(folder / "outliers.csv", ["rank", "path", "split", "label", "typicality"],

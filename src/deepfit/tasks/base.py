@@ -141,6 +141,12 @@ class Task:
         degenerate, doubled or oddly sized boxes and masks); none for tasks whose item is one labelled whole."""
         return []
 
+    def judge_labels(self, run: str | Path, data: Data, items: list) -> tuple[list[int], Any, set[int]]:
+        """`deepfit data audit --run RUN`: (indexes of the items judged, their label quality in [0, 1], the indexes
+        likely mislabelled) from a trained run's predictions on the items it never trained on."""
+        raise ConfigError(f"--run judges object labels (detection, instance segmentation), not --task {self.name}'s; a "
+                          "classifier's run judges labels as --model RUN (its own embeddings)")
+
     def describe(self, data: Data, splits: dict[str, list]) -> str:
         counts = ", ".join(f"{len(v)} {k}" for k, v in splits.items())
         return f"{len(data.classes)} classes, {counts} ({data.layout})"

@@ -73,6 +73,9 @@ class Audit:
     outliers: np.ndarray | None = None  # (N,) low = atypical; None without embeddings
     embedded: np.ndarray | None = None  # item indexes the embeddings (and issues, outliers) are of
     findings: list[Finding] = field(default_factory=list)
+    judged: list[int] = field(default_factory=list)  # --run: the items whose object labels a trained run judged
+    judged_quality: np.ndarray | None = None  # their label quality in [0, 1] (cleanlab's; low: likely wrong)
+    judged_flagged: set[int] = field(default_factory=set)  # the items it flags
     read_warnings: list[str] = field(default_factory=list)
     features: str = ""
     folder: Path | None = None
@@ -82,7 +85,9 @@ class Audit:
         return [p for p in self.pairs if self.items[p.first].split != self.items[p.second].split]
 
     def flagged_labels(self) -> list[int]:
-        """Item indexes of the likely label errors, most likely first."""
+        """Item indexes of the likely label errors, most likely first (examples' labels, or objects' with --run)."""
+        if self.judged_quality is not None:
+            return sorted(self.judged_flagged, key=lambda i: self.judged_quality[self.judged.index(i)])
         if self.issues is None or self.embedded is None:
             return []
         return [int(self.embedded[i]) for i in self.issues.ranked]
@@ -105,8 +110,8 @@ class Audit:
     def headline(self) -> str:
         leaks = len(self.cross_split())
         parts = [f"{len(self.items)} items", f"{len(self.pairs)} duplicate pairs ({leaks} across splits)"]
-        if self.issues is not None:
-            parts.append(f"{len(self.issues.ranked)} likely label errors")
+        if self.issues is not None or self.judged_quality is not None:
+            parts.append(f"{len(self.flagged_labels())} likely label errors")
         if self.findings:
             parts.append(f"{len(self.findings)} object findings")
         ratio = self.imbalance()
@@ -118,8 +123,8 @@ class Audit:
 
 
 def audit_data(data: str | Path, *, task: str | None = None, model: str | None = None, weights: str | None = None,
-               pretrained: bool = False, layer: str | None = None, near_bits: int = NEAR_BITS,
-               near_cosine: float = NEAR_COSINE, write_clean: str | Path | None = None, output: str | Path = "runs",
+               pretrained: bool = False, layer: str | None = None, run: str | Path | None = None,
+               near_bits: int = NEAR_BITS, near_cosine: float = NEAR_COSINE, write_clean: str | Path | None = None, output: str | Path = "runs",
                name: str | None = None, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15,
                modality: str = "auto", device: str = "auto", data_options: dict[str, Any] | None = None) -> Audit:
     """Audit `data` (read as `task`, found from the data when None) and write the page; see the module doc."""
@@ -154,7 +159,10 @@ def audit_data(data: str | Path, *, task: str | None = None, model: str | None =
     elif found.modality == "image":  # detection, segmentation: the images themselves (near copies, outliers)
         _embed_images(found, embedding, groups, near_cosine)
     found.pairs = merge_pairs(*groups)
-    found.findings = chosen.audit_objects(dataset, [s for name in ("train", "val", "test") for s in splits.get(name, [])])
+    ordered = [s for name in ("train", "val", "test") for s in splits.get(name, [])]  # the order of found.items
+    found.findings = chosen.audit_objects(dataset, ordered)
+    if run is not None:
+        found.judged, found.judged_quality, found.judged_flagged = chosen.judge_labels(run, dataset, ordered)
     found.folder = new_run_dir(output, name, "audit")
     write_audit(found, found.folder)
     if clean is not None:

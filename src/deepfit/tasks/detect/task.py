@@ -35,6 +35,7 @@ from deepfit.tasks.balance import loss_weights
 from deepfit.tasks.base import Data, Option, Setup, Task, keep_norm_statistics, pretrained_part_groups
 from deepfit.tasks.detect.data import FORMATS, NAMED_FORMATS, DetectionDataset, read_detection, summarize
 from deepfit.tasks.detect.evaluate import DetectionEvaluation, predict_to_folder, score_samples
+from deepfit.tasks.detect.label_quality import judge_boxes
 from deepfit.tasks.detect.model import DetectorSpec, build_detector, load_detector_weights
 from deepfit.tasks.detect.objective import DetectionTask
 from deepfit.tasks.detect.predict import (
@@ -173,6 +174,9 @@ class DetectTask(Task):
         shares = [(i, j, data.classes[int(s.labels[j])], float(s.mask(j).sum()) / max(box_area(s.boxes[j]), 1.0))
                   for i, s in enumerate(items) if s.masks is not None for j in range(len(s)) if s.masks[j] is not None]
         return findings + mask_findings(shares)
+
+    def judge_labels(self, run: str | Path, data: Data, items: list) -> tuple[list[int], Any, set[int]]:
+        return judge_boxes(self, run, data.classes, items)
 
     def check_config(self, config: TrainConfig) -> None:
         kind = DetectorSpec(config.model or "", 0).kind
