@@ -9,8 +9,6 @@ similarity, after centring on the data's mean, is above a threshold.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,20 +32,9 @@ class Pair:
     score: float  # bits apart for hashes; cosine similarity for embeddings; 0 for exact copies
 
 
-def content_digest(path: Path | None, text: str | None = None) -> str:
-    """The digest of an item's content: its text folded to lower case with runs of spaces made one, or its file's bytes."""
-    if text is not None:
-        return hashlib.blake2b(re.sub(r"\s+", " ", text.strip().lower()).encode(), digest_size=16).hexdigest()
-    assert path is not None
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def exact_pairs(digests: Sequence[str | None]) -> list[Pair]:
-    """Every pair of items with the same digest (None: unreadable, never paired)."""
+    """Every pair of items with the same content key (a file's digest, a normalised text; None: unreadable, never
+    paired)."""
     groups: dict[str, list[int]] = defaultdict(list)
     for i, d in enumerate(digests):
         if d is not None:

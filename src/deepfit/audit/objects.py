@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torchvision.ops import box_iou
 
 MIN_SIDE = 2.0  # px: a box thinner than this is a click, not an object
 MAX_ASPECT = 20.0
@@ -31,21 +33,6 @@ class Finding:
     obj: int | None = None  # the object's index in its image, where there is one
 
 
-def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    x1, y1 = np.maximum(box[0], others[:, 0]), np.maximum(box[1], others[:, 1])
-    x2, y2 = np.minimum(box[2], others[:, 2]), np.minimum(box[3], others[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-9)
-
-
-def box_area(box: np.ndarray) -> float:
-    """The area of an x1 y1 x2 y2 box, in pixels (a box filled by a mask covers at most this much)."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return max(0.0, x2 - x1) * max(0.0, y2 - y1)
-
-
 def robust_z(values: np.ndarray) -> np.ndarray:
     """(value - median) / (1.4826 x MAD); zeros when the spread is nil."""
     median = np.median(values)
@@ -60,18 +47,16 @@ def box_findings(boxes: Sequence[np.ndarray], labels: Sequence[np.ndarray], clas
     for i, (b, lab) in enumerate(zip(boxes, labels, strict=True)):
         b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
         w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        overlaps = box_iou(torch.from_numpy(b), torch.from_numpy(b)).numpy()  # (N, N)
         for j in range(len(b)):
             name = classes[int(lab[j])]
             if min(w[j], h[j]) < MIN_SIDE:
                 found.append(Finding(i, "tiny box", f"{w[j]:.1f} x {h[j]:.1f} px", name, j))
             elif max(w[j], h[j]) / min(w[j], h[j]) > MAX_ASPECT:
                 found.append(Finding(i, "needle box", f"{w[j]:.0f} x {h[j]:.0f} px (over {MAX_ASPECT:.0f}:1)", name, j))
-            same = [k for k in range(j + 1, len(b)) if lab[k] == lab[j]]
-            if same:
-                overlap = _iou(b[j], b[same])
-                for k, iou in zip(same, overlap, strict=True):
-                    if iou >= SAME_BOX_IOU:
-                        found.append(Finding(i, "duplicate box", f"objects {j} and {k} overlap {iou:.0%} (IoU)", name, k))
+            for k in range(j + 1, len(b)):
+                if lab[k] == lab[j] and overlaps[j, k] >= SAME_BOX_IOU:
+                    found.append(Finding(i, "duplicate box", f"objects {j} and {k} overlap {overlaps[j, k]:.0%} (IoU)", name, k))
             if w[j] > 0 and h[j] > 0:
                 areas.setdefault(int(lab[j]), []).append((float(np.log(w[j] * h[j])), i, j))
     found += _unusual_sizes(areas, classes, "box area", lambda v: f"{np.exp(v):,.0f} px²")

@@ -27,7 +27,6 @@ from deepfit.audit.duplicates import (
     NEAR_BITS,
     NEAR_COSINE,
     Pair,
-    content_digest,
     exact_pairs,
     image_hashes,
     merge_pairs,
@@ -37,12 +36,14 @@ from deepfit.audit.duplicates import (
 from deepfit.audit.labels import LabelIssues, label_issues, outlier_scores
 from deepfit.audit.objects import Finding
 from deepfit.config import FeaturesConfig, TrainConfig
+from deepfit.data.split import file_digest
 from deepfit.errors import ConfigError
 from deepfit.log import logger, setup_logging
 from deepfit.registry import get_task
 from deepfit.runs.folder import check_output_outside_data, new_run_dir
 from deepfit.tasks.balance import IMBALANCED, imbalance_ratio
 from deepfit.tasks.base import Task, option_values, task_for_data
+from deepfit.tasks.classify.text import normalised
 
 TINY_CLASS = 10  # training examples (or images holding it) below which a class is too small to learn or to score
 OUTLIER_SHOWN = 0.01  # the most atypical 1% (at least 5) are listed as outliers
@@ -184,8 +185,12 @@ def _gather(task: Task, dataset: Any, splits: dict[str, list], read_warnings: li
 
 
 def _digest(item: Item) -> str | None:
+    """What makes two items exact copies: the same text once case and spaces are folded (as training's own duplicate
+    check compares texts), or the same file bytes; None for a file that cannot be read."""
+    if item.text is not None:
+        return normalised(item.text)
     try:
-        return content_digest(item.path, item.text)
+        return file_digest(item.path)
     except OSError:
         return None
 

@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from deepfit.audit.duplicates import content_digest
-from deepfit.data.split import load_split
+from deepfit.data.split import file_digest, load_split
 from deepfit.errors import ConfigError
 from deepfit.log import logger
 from deepfit.runs.folder import read_run_config, resolve_checkpoint, run_folder
@@ -30,7 +29,7 @@ SURE = 0.5  # a detector that finds nothing this sure in most images cannot cont
 
 def _digest(path: Path) -> str | None:
     try:
-        return content_digest(path)
+        return file_digest(path)
     except OSError:
         return None
 

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from rich.table import Table
 from torch import nn
+from torchvision.ops import box_area
 
-from deepfit.audit.objects import box_area, box_findings, mask_findings
+from deepfit.audit.objects import box_findings, mask_findings
 from deepfit.config import TrainConfig
 from deepfit.data.formats.layout import holds_object_labels
 from deepfit.data.formats.objects import OBJECT_LAYOUTS
@@ -171,8 +173,12 @@ class DetectTask(Task):
 
     def audit_objects(self, data: Data, items: list) -> list[Any]:
         findings = box_findings([s.boxes for s in items], [s.labels for s in items], data.classes)
-        shares = [(i, j, data.classes[int(s.labels[j])], float(s.mask(j).sum()) / max(box_area(s.boxes[j]), 1.0))
-                  for i, s in enumerate(items) if s.masks is not None for j in range(len(s)) if s.masks[j] is not None]
+        shares = []  # (image, object, class, share of its box the mask covers)
+        for i, s in enumerate(items):
+            if s.masks is not None:
+                areas = box_area(torch.as_tensor(s.boxes, dtype=torch.float64).reshape(-1, 4)).clamp(min=1.0)  # (N,) px
+                shares += [(i, j, data.classes[int(s.labels[j])], float(s.mask(j).sum()) / float(areas[j]))
+                           for j in range(len(s)) if s.masks[j] is not None]
         return findings + mask_findings(shares)
 
     def judge_labels(self, run: str | Path, data: Data, items: list) -> tuple[list[int], Any, set[int]]:
