@@ -242,11 +242,16 @@ function showTokens(target, tokens) {
 
 // --- the webcam: a frame every half second ------------------------------------------------------------
 
-async function startWebcam() {
+// A camera or microphone stream; browsers offer none outside https and localhost.
+async function userMedia(what, constraints) {
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-    throw new Error("this browser gives no camera here (the page needs https or localhost)");
+    throw new Error(`this browser gives no ${what} here (the page needs https or localhost)`);
   }
-  const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+  return navigator.mediaDevices.getUserMedia(constraints);
+}
+
+async function startWebcam() {
+  const stream = await userMedia("camera", { video: true, audio: false });
   const video = $("video");
   video.srcObject = stream;
   video.hidden = false;
@@ -320,10 +325,7 @@ function encodeWav(samples, rate) {
 }
 
 async function recordSecond() {
-  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-    throw new Error("this browser gives no microphone here (the page needs https or localhost)");
-  }
-  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+  const stream = await userMedia("microphone", { audio: true, video: false });
   const button = $("microphone");
   button.disabled = true;
   button.textContent = "Recording…";
