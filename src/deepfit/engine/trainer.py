@@ -104,6 +104,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.last_lr = 0.0
+        self.last_loss: torch.Tensor | None = None  # the last step's mean loss (detached; None: it was not finite)
         self.data_wait = 0.0  # seconds of the last epoch spent waiting for batches
         self.skipped_steps = 0
         # (N,) chances of the training items: each epoch draws N of them with replacement (a balanced sampler);
@@ -237,11 +238,13 @@ class Trainer:
                 )
         if not self._finite(loss):
             self.skipped_steps += 1
+            self.last_loss = None
             optimizer.zero_grad(set_to_none=True)
             return
         self.scaler.step(optimizer)
         self.scaler.update()
         self.running.add(loss, correct, n)
+        self.last_loss = loss
 
     def _forward_backward(self, x: Inputs, targets: Targets) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Loss of the whole batch (detached) and its number of correct predictions; gradients summed over the

@@ -58,16 +58,11 @@ class _RangeTest(Callback):
 
     def __init__(self, steps: int) -> None:
         self.steps, self.rates, self.losses, self.smoothed = steps, [], [], []
-        self.average, self.best, self.seen_loss, self.skipped = 0.0, math.inf, 0.0, 0
+        self.average, self.best = 0.0, math.inf
 
     def on_batch_end(self, trainer: Trainer, step: int, batch_size: int) -> None:
-        total = float(trainer.running.loss_sum)  # summed over the epoch: this batch's loss is the difference
-        if trainer.position.step == 1:  # a new epoch restarted the sums
-            self.seen_loss = 0.0
-        loss = (total - self.seen_loss) / max(batch_size, 1)
-        self.seen_loss = total
-        if trainer.skipped_steps > self.skipped:  # the loss was not finite (the step was skipped): the rate is too high
-            self.skipped, loss = trainer.skipped_steps, math.inf
+        # a loss that was not finite (the step was skipped) means the rate is already too high
+        loss = math.inf if trainer.last_loss is None else float(trainer.last_loss)
         self.rates.append(trainer.last_lr)
         self.losses.append(loss)
         self.average = SMOOTHING * self.average + (1 - SMOOTHING) * loss
