@@ -34,11 +34,13 @@ class _Trainer:
         self.dist = Dist()
 
 
-def _run_phase(budget: TimeBudget, clock: _Clock, trainer: _Trainer, step: float, validation: float,
+def _run_phase(budget: TimeBudget, clock: _Clock, trainer: _Trainer, step: float, validation: float | list[float],
                steps_per_epoch: int = 10) -> tuple[int, list[float]]:
-    """Steps of `step` seconds until the budget ends the phase, validating each epoch; (steps, lr factors)."""
+    """Steps of `step` seconds until the budget ends the phase, validating each epoch (in `validation` seconds, or
+    those of the list, epoch by epoch); (steps, lr factors)."""
     budget.on_fit_start(trainer, "train", 10**9, steps_per_epoch)
     steps, factors = 0, []
+    validations = iter(validation if isinstance(validation, list) else [])
     while not trainer.end_phase:
         for _ in range(steps_per_epoch):
             factors.append(budget.lr_factor(0.1, "cosine"))
@@ -47,7 +49,7 @@ def _run_phase(budget: TimeBudget, clock: _Clock, trainer: _Trainer, step: float
             budget.on_batch_end(trainer, steps, 8)
             if trainer.end_phase:
                 break
-        clock.now += validation
+        clock.now += next(validations) if isinstance(validation, list) else validation
         budget.on_epoch_end(trainer, {"epoch": steps})
     budget.on_fit_end(trainer)
     return steps, factors
@@ -64,6 +66,26 @@ def test_a_phase_ends_on_time_with_its_rate_decayed(monkeypatch: pytest.MonkeyPa
     assert all(b <= a + 1e-9 for a, b in zip(factors[len(factors) // 2:], factors[len(factors) // 2 + 1:], strict=False))
     result = budget.result(["train"])
     assert result["phases"][0]["steps"] == steps and result["seconds_used"] <= 60.0
+
+
+def test_an_epoch_that_ends_just_short_of_the_budget_is_the_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Epochs of 10 one-second steps and 4-second validations in 30 s: the second epoch's last step still fits with
+    # its validation (24 + 4 < 30), which ends at 28 s. One more step would need one more validation (33 s).
+    clock = _Clock()
+    monkeypatch.setattr(budget_module.time, "perf_counter", clock)
+    budget = TimeBudget(30.0, [1], validation_steps=2)
+    steps, _ = _run_phase(budget, clock, _Trainer(), step=1.0, validation=4.0)
+    assert steps == 20 and budget.elapsed() == pytest.approx(28.0)
+
+
+def test_the_reserve_follows_a_validation_that_grows(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A detector's validation slows as it starts to detect: 2, 5, 8, 11 s. Keeping back only the last one's time
+    # would let the final one run past the budget; its growth is kept back too.
+    clock = _Clock()
+    monkeypatch.setattr(budget_module.time, "perf_counter", clock)
+    budget = TimeBudget(60.0, [1])
+    _run_phase(budget, clock, _Trainer(), step=1.0, validation=[2.0, 5.0, 8.0, 11.0, 14.0])
+    assert budget.elapsed() <= 60.0
 
 
 def test_phases_share_the_budget_and_a_late_phase_gets_what_is_left(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,14 @@ config gives the phases, so a one-epoch head phase before nine whole-network epo
   share less the validation that must still fit), so warm-up and decay stretch over the budget, whatever the
   machine's speed, and the learning rate is fully decayed at the last step;
 - before each step it asks whether one more step and the final validation still fit; when not, the trainer
-  ends the epoch there (`Trainer.end_phase`), validates it, checkpoints it and goes to the next phase.
+  ends the epoch there (`Trainer.end_phase`), validates it, checkpoints it and goes to the next phase. It asks
+  again after each epoch's validation: an epoch that ended by itself just short of the budget ends the phase,
+  rather than one more step buying one more validation past the budget.
+
+The validation kept back is as long as the last one took, plus its growth since the one before: a detector's
+validation slows as it starts to detect (more boxes to suppress and score), and that trend, not the last time
+alone, says what the final one will take. It is kept across phases (a validation is a forward pass whatever the
+phase trains).
 
 The time counted is the trainer's (steps, validation and checkpoints), not reading the data or building the
 model before, nor scoring the test split after. It is kept in the resumable state, so a resumed run spends
@@ -47,6 +54,7 @@ class TimeBudget(Callback):
         self.spent = 0.0  # seconds of the current phase spent before the current stretch (a resume, a new epoch)
         self.step_seconds = 0.0  # what the current phase's training steps took
         self.validation = None  # seconds the last validation (and checkpoint) took, once timed
+        self.previous_validation = None  # and the one before it
         self.phase_steps: list[int] = [0] * len(phase_epochs)  # training steps and epochs each phase ran
         self.phase_epochs_run: list[int] = [0] * len(phase_epochs)
         self._since = time.perf_counter()
@@ -66,10 +74,11 @@ class TimeBudget(Callback):
         return self.used + self.elapsed()
 
     def _reserve(self) -> float:
-        """Seconds kept back for the phase's final validation and checkpoint: as long as the last one took, or
-        before one was timed, estimated from the training steps."""
+        """Seconds kept back for the phase's final validation and checkpoint: as long as the last one took plus
+        its growth since the one before, or before one was timed, estimated from the training steps."""
         if self.validation is not None:
-            return self.validation
+            growth = 0.0 if self.previous_validation is None else max(0.0, self.validation - self.previous_validation)
+            return self.validation + growth
         return self.validation_steps * VALIDATION_STEP_COST * self.step_seconds / max(1, self.steps())
 
     def elapsed(self) -> float:
@@ -95,7 +104,7 @@ class TimeBudget(Callback):
             new = trainer.position.phase_index
             left = self.phase_epochs[new:]
             self.shares[new:] = [max(0.0, self.seconds - self.used) * e / sum(left) for e in left]
-            self.phase, self.spent, self.step_seconds, self.validation = new, 0.0, 0.0, None
+            self.phase, self.spent, self.step_seconds = new, 0.0, 0.0
         self._since = self._last_step_end = time.perf_counter()
         self._stopped = False
         self._progress = self._measure()
@@ -105,20 +114,29 @@ class TimeBudget(Callback):
         self.phase_steps[self.phase] += 1
         self.step_seconds += now - self._last_step_end
         self._last_step_end = now
-        mean_step = self.step_seconds / self.steps()
-        over = float(self.elapsed() + mean_step + self._reserve() > self.share())  # one more step and validation would not fit
         self._progress = self._measure()
+        over = self._no_room()
         if trainer.dist.enabled:  # every process must take the same rate and end at the same step: rank 0's clock decides
             mine = [over, self._progress] if trainer.dist.main else [0.0, 0.0]
             over, self._progress = (float(v) for v in all_sum(mine, trainer.device))
         if over:
             trainer.end_phase = True
 
+    def _no_room(self) -> float:
+        """1.0 when one more step and the final validation would not fit in the phase's share, else 0.0."""
+        mean_step = self.step_seconds / max(1, self.steps())
+        return float(self.elapsed() + mean_step + self._reserve() > self.share())
+
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         # what followed the epoch's last step: its validation (and the callbacks before this one: checkpoints)
-        self.validation = time.perf_counter() - self._last_step_end
+        self.previous_validation, self.validation = self.validation, time.perf_counter() - self._last_step_end
         self._last_step_end = time.perf_counter()
         self.phase_epochs_run[self.phase] += 1
+        over = self._no_room()
+        if trainer.dist.enabled:
+            over = float(all_sum([over if trainer.dist.main else 0.0], trainer.device)[0])
+        if over:  # the epoch just validated is the phase's last: another step would need another validation
+            trainer.end_phase = True
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self.spent, self._stopped = self.elapsed(), True
@@ -141,13 +159,15 @@ class TimeBudget(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"phase": self.phase, "used": self.used, "shares": list(self.shares), "spent": self.elapsed(),
-                "step_seconds": self.step_seconds, "validation": self.validation, "phase_steps": list(self.phase_steps),
+                "step_seconds": self.step_seconds, "validation": self.validation, "previous_validation": self.previous_validation,
+                "phase_steps": list(self.phase_steps),
                 "phase_epochs_run": list(self.phase_epochs_run)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.phase, self.used, self.shares = state["phase"], state["used"], list(state["shares"])
         self.spent = state["spent"]
         self.step_seconds, self.validation, self.phase_steps = state["step_seconds"], state["validation"], list(state["phase_steps"])
+        self.previous_validation = state.get("previous_validation")  # absent from states saved before it was kept
         self.phase_epochs_run = list(state["phase_epochs_run"])
         self._since = self._last_step_end = time.perf_counter()
         self._stopped = False
