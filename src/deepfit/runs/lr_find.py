@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import csv
 import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,15 +86,23 @@ def find_lr(job: Fit, config: TrainConfig, machine: Machine, generator: torch.Ge
     optimizer = build_optimizer(job.groups(phase), config.optimizer, 1.0, config.momentum)  # the schedule sets the rate
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: START * (END / START) ** (min(s, steps - 1) / (steps - 1)))
     test = _RangeTest(steps)
+    # The test draws its batches, augmentation and dropout from copies of the random states, so the training after it
+    # is the one `--lr RATE` gives: a run whose rate was found is repeated by a rerun with that rate, bit for bit.
+    copy_of = torch.Generator().set_state(generator.get_state())
     trainer = Trainer(model, job.objective, device=machine.device, precision=machine.precision, channels_last=job.channels_last,
-                      callbacks=[test], generator=generator, accumulate=config.accumulate, skip_nonfinite=True,
+                      callbacks=[test], generator=copy_of, accumulate=config.accumulate, skip_nonfinite=True,
                       sample_weights=job.sample_weights)
     per_epoch = max(1, job.train.num_batches(config.batch_size))
+    cuda = [machine.device] if machine.device.type == "cuda" else []
+    python_state, numpy_state = random.getstate(), np.random.get_state()
     try:
-        trainer.fit(job.train, None, epochs=math.ceil(steps / per_epoch), batch_size=config.batch_size, optimizer=optimizer,
-                    scheduler=scheduler, train_transform=job.transform, eval_transform=job.eval_transform, phase="lr-find")
+        with torch.random.fork_rng(devices=cuda):
+            trainer.fit(job.train, None, epochs=math.ceil(steps / per_epoch), batch_size=config.batch_size, optimizer=optimizer,
+                        scheduler=scheduler, train_transform=job.transform, eval_transform=job.eval_transform, phase="lr-find")
     finally:
         model.load_state_dict(saved)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
     finding = choose_rate(test.rates, test.losses, test.smoothed)
     logger.info(f"--lr find: the loss was lowest at {finding.lowest:.2g} over {len(test.rates)} steps; training at "
                 f"{finding.rate:.2g}")
