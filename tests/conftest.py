@@ -324,3 +324,23 @@ def draw_rectangles(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
             Image.fromarray(mask).save(root / "masks" / split / f"{split}{i}.png")
     (root / "classes.txt").write_text("background\nred\nblue\n")
     return root
+
+
+TIMING_COLUMNS = {"samples_per_s", "seconds", "data_wait"}  # metrics.csv columns that differ between identical runs
+
+
+def same_weights(a: Path, b: Path, kind: str = "last") -> bool:
+    """Whether two runs' `kind` checkpoints hold bit-identical tensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a / f"{kind}.safetensors")), load_file(str(b / f"{kind}.safetensors"))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def epoch_metrics(run: Path) -> list[dict[str, str]]:
+    """A run's metrics.csv rows without the timing columns."""
+    import csv
+
+    rows = csv.DictReader((run / "metrics.csv").read_text().splitlines())
+    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]

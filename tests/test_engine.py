@@ -18,30 +18,19 @@ import torch
 from safetensors.torch import load_file
 
 import deepfit
-from conftest import TINY, ctrl_c_after
+from conftest import TINY, ctrl_c_after, epoch_metrics, same_weights
 from deepfit.cli import main
 from deepfit.engine.checkpoint import RESUME_FILE, load_training_state
 from deepfit.errors import ConfigError, TrainingError, TrainingInterrupted, WeightsError
 
 # six epochs of three steps, the resumable state saved after every step
 LONG = {**TINY, "epochs": 6, "save_every_steps": 1}
-TIMING_COLUMNS = {"samples_per_s", "seconds", "data_wait"}
 
 
 def _fit(data: Path, output: Path, name: str, **options: object) -> Path:
     clf = deepfit.ImageClassifier(output=str(output), name=name, **{**LONG, **options}).fit(data)
     assert clf.run_dir is not None
     return clf.run_dir
-
-
-def _same_weights(a: Path, b: Path, kind: str = "last") -> bool:
-    wa, wb = load_file(str(a / f"{kind}.safetensors")), load_file(str(b / f"{kind}.safetensors"))
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-def _metrics(run: Path) -> list[dict[str, str]]:
-    rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
-    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +41,10 @@ def reference(shapes_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 def test_same_seed_gives_bit_identical_weights(shapes_data: Path, reference: Path, tmp_path: Path) -> None:
     again = _fit(shapes_data, tmp_path, "again")
-    assert _same_weights(reference, again) and _same_weights(reference, again, "best")
-    assert _metrics(reference) == _metrics(again)
+    assert same_weights(reference, again) and same_weights(reference, again, "best")
+    assert epoch_metrics(reference) == epoch_metrics(again)
     other_seed = _fit(shapes_data, tmp_path, "seed1", seed=1)
-    assert not _same_weights(reference, other_seed)
+    assert not same_weights(reference, other_seed)
     config = (again / "config.json").read_text()
     for key in ('"seed": 0', '"command"', '"versions"', '"torch"'):
         assert key in config  # everything needed to repeat the run
@@ -104,8 +93,8 @@ def test_resume_after_sigkill_ends_as_if_never_stopped(when: str, shapes_data: P
     state = load_training_state(run / RESUME_FILE)  # the previous state is intact and loadable
     assert state["position"]["step"] > 0  # killed in the middle of an epoch
     assert main(["train", "--resume", str(run), "--no-evaluate"]) == 0
-    assert _same_weights(reference, run) and _same_weights(reference, run, "best")
-    assert _metrics(reference) == _metrics(run)
+    assert same_weights(reference, run) and same_weights(reference, run, "best")
+    assert epoch_metrics(reference) == epoch_metrics(run)
     assert "resumed" in (run / "config.json").read_text()
 
 
@@ -116,8 +105,8 @@ def test_ctrl_c_saves_a_resumable_state_and_resume_matches(shapes_data: Path, re
     assert load_training_state(run / RESUME_FILE)["position"]["step"] == 1  # stopped cleanly after step 7 = epoch 3, step 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is removed again
     deepfit.resume(run)
-    assert _same_weights(reference, run)
-    assert _metrics(reference) == _metrics(run)
+    assert same_weights(reference, run)
+    assert epoch_metrics(reference) == epoch_metrics(run)
 
 
 def test_extend_a_finished_run(shapes_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -127,7 +116,7 @@ def test_extend_a_finished_run(shapes_data: Path, tmp_path: Path, capsys: pytest
     with pytest.raises(ConfigError, match="extended, not shortened"):
         deepfit.resume(run, epochs=2)
     assert main(["train", "--resume", str(run), "--epochs", "5", "--no-evaluate"]) == 0
-    rows = _metrics(run)
+    rows = epoch_metrics(run)
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4", "5"]
     assert load_training_state(run / RESUME_FILE)["position"]["epoch"] == 5
     assert main(["train", "--resume", str(run), "--lr", "0.1"]) == 2

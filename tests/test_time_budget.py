@@ -100,6 +100,17 @@ def test_phases_share_the_budget_and_a_late_phase_gets_what_is_left(monkeypatch:
     assert used + budget.elapsed() <= 100.0 + 1e-9
 
 
+def test_a_replay_repeats_the_recorded_steps_and_rates_at_any_speed(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(budget_module.time, "perf_counter", clock)
+    recorded = TimeBudget(100.0, [1, 9])
+    first = [_run_phase(recorded, clock, _Trainer(i), step=1.0, validation=0.5) for i in range(2)]
+    replay = TimeBudget(100.0, [1, 9], replay=recorded.schedule())
+    again = [_run_phase(replay, clock, _Trainer(i), step=0.1, validation=0.05) for i in range(2)]  # ten times faster
+    assert again == first and replay.phase_steps == recorded.phase_steps
+    assert replay.phase_epochs_run == recorded.phase_epochs_run
+
+
 def test_the_budget_left_survives_a_resume(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = _Clock()
     monkeypatch.setattr(budget_module.time, "perf_counter", clock)

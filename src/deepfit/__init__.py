@@ -14,7 +14,7 @@ help(deepfit.ImageClassifier) and completed by editors):
     ObjectDetector      boxes (task="detect") or boxes and masks (task="segment-instances")
     SemanticSegmenter   a class for every pixel
     Learner             any task by name, including one registered from outside deepfit (register_task)
-Runs: load(run_dir) a trained run; resume(run_dir) a stopped one.
+Runs: load(run_dir) a trained run; resume(run_dir) a stopped one; rerun(run_dir) trains one again, bit for bit.
 Search: tune(data, trials=20, space=..., **options) searches training options with Optuna (`deepfit tune`).
 Features + a classical model: extract_features(data, model), fit_features(data, model, classifier="svm").
 Data: audit_data(data, model=..., weights=...) finds duplicates, label errors, outliers and bad objects (`deepfit data audit`).
@@ -42,6 +42,7 @@ _EXPORTS = {
     "TextClassifier": "deepfit.api_modalities",
     "load": "deepfit.api",
     "resume": "deepfit.api",
+    "rerun": "deepfit.api",
     "tune": "deepfit.workflows.tune",
     "audit_data": "deepfit.workflows.audit",
     "extract_features": "deepfit.api_features",
@@ -63,7 +64,7 @@ _EXPORTS = {
 __all__ = [
     "ConfigError", "DataError", "DeepfitError", "Detections", "FeaturesConfig", "FeaturesOptions", "ImageClassifier", "Learner",
     "ObjectDetector", "Prediction", "SemanticSegmenter", "SoundClassifier", "Task", "TextClassifier", "TrainConfig", "TrainOptions", "WeightsError", "__version__",
-    "audit_data", "extract_features", "fit_features", "load", "register_task", "resume", "tune",
+    "audit_data", "extract_features", "fit_features", "load", "register_task", "rerun", "resume", "tune",
 ]
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
         ObjectDetector,
         SemanticSegmenter,
         load,
+        rerun,
         resume,
     )
     from deepfit.api_features import extract_features, fit_features

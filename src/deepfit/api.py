@@ -46,6 +46,7 @@ from deepfit.workflows.crossval import CVResult, cross_validate
 from deepfit.workflows.evaluate import evaluate as evaluate_run
 from deepfit.workflows.predict import load_predictor
 from deepfit.workflows.train import TrainResult, train
+from deepfit.workflows.train import rerun as rerun_run
 from deepfit.workflows.train import resume as resume_run
 
 if TYPE_CHECKING:  # PEP 692 and 673 names, for editors and type checkers only (typing has them from Python 3.11)
@@ -318,6 +319,17 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None
     """Continue a stopped run (or extend a finished one to `epochs`) and return it ready to evaluate and predict;
     `data_root`: the data's new place when it moved (the run keeps its split)."""
     result = resume_run(run_dir, epochs=epochs, device=device, data_root=data_root)
+    learner = load(result.run_dir, device=device or "auto")
+    learner.result = result
+    return learner
+
+
+def rerun(run_dir: str | Path, *, output: str | Path | None = None, name: str | None = None, device: str | None = None,
+          data_root: str | Path | None = None) -> Learner:
+    """Train a run again in a new folder (beside it, or in `output`): the same data, split, options and seed, bit for
+    bit on the same machine; a --time-budget run step by step as its schedule was recorded. Returns it ready to
+    evaluate and predict."""
+    result = rerun_run(run_dir, output=output, name=name, device=device, data_root=data_root)
     learner = load(result.run_dir, device=device or "auto")
     learner.result = result
     return learner

@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="RUN_DIR",
         help="continue a stopped run from its resumable state (with --epochs N: extend a finished run to N epochs)",
     )
-    t.add_argument("--data-root", metavar="NEW", help="with --resume: where the run's data is now, if it moved (keeps the split)")
+    t.add_argument("--rerun", metavar="RUN_DIR", help="train a run again in a new folder: its data, split, options and seed, bit for "
+                   "bit (a --time-budget run step by step as it was recorded); --output, --name and --device may change")
+    t.add_argument("--data-root", metavar="NEW", help="with --resume or --rerun: where the run's data is now, if it moved (keeps the split)")
     t.add_argument("--preset", choices=sorted(PRESETS), help="a tested set of options to start from")
     t.add_argument("--no-evaluate", action="store_true", help="do not score the test split after training")
     add_task_options(t, "data", "how the data is read (each option is for the tasks it names)")
@@ -190,23 +192,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from deepfit.api import Learner, resume
+    from deepfit.api import Learner, rerun, resume
     from deepfit.engine.distributed import from_environment
 
-    fixed = {"command", "data", "preset", "no_evaluate", "version", "resume", "data_root"}
+    fixed = {"command", "data", "preset", "no_evaluate", "version", "resume", "rerun", "data_root"}
     given = {k: v for k, v in vars(args).items() if k not in fixed}
     data_names = task_option_names("data")
     data_options = {k: v for k, v in given.items() if k in data_names}
     options = {k: v for k, v in given.items() if k not in data_names}
+    for flag, may_change in (("resume", ("epochs", "device")), ("rerun", ("output", "name", "device"))):
+        others = sorted(set(given) - set(may_change)) + (["DATA"] if args.data else []) + (["--preset"] if args.preset else [])
+        if getattr(args, flag) and others:
+            names = [f"--{o}" for o in may_change]
+            raise ConfigError(f"--{flag} keeps the run's own data and options; only {', '.join(names[:-1])} and {names[-1]} "
+                              f"may change (got {', '.join(others)})")
     if args.resume:
-        others = sorted(set(given) - {"epochs", "device"}) + (["DATA"] if args.data else []) + (["--preset"] if args.preset else [])
-        if others:
-            raise ConfigError(
-                f"--resume keeps the run's own data and options; only --epochs and --device may change (got {', '.join(others)})"
-            )
         learner = resume(args.resume, epochs=options.get("epochs"), device=options.get("device"), data_root=args.data_root)
+    elif args.rerun:
+        learner = rerun(args.rerun, output=options.get("output"), name=options.get("name"), device=options.get("device"),
+                        data_root=args.data_root)
     elif args.data_root:
-        raise ConfigError("--data-root is for --resume RUN_DIR: a new run reads DATA where it is")
+        raise ConfigError("--data-root is for --resume or --rerun RUN_DIR: a new run reads DATA where it is")
     elif not args.data:
         raise ConfigError("deepfit train needs DATA (a folder or CSV of labelled examples), or --resume RUN_DIR")
     else:

@@ -20,8 +20,10 @@ phase trains).
 
 The time counted is the trainer's (steps, validation and checkpoints), not reading the data or building the
 model before, nor scoring the test split after. It is kept in the resumable state, so a resumed run spends
-only what was left. A budgeted run depends on the machine's speed, so it is not bit-exact on a rerun;
-config.json records what the budget bought (`budget_result`: epochs and steps per phase).
+only what was left. A budgeted run depends on the machine's speed; config.json records what the budget bought
+(`budget_result`: epochs and steps per phase), and `schedule()` is where the schedule stood before every step.
+`TimeBudget(..., replay=schedule)` follows such a record instead of the clock (`deepfit train --rerun`): the same
+steps, epoch ends and learning rates, so the run a budget chose is repeated bit for bit on any machine.
 """
 
 from __future__ import annotations
@@ -46,8 +48,14 @@ VALIDATION_STEP_COST = 0.4
 class TimeBudget(Callback):
     """Ends every phase within its share of `seconds`; `progress()` is where the phase's schedule stands (0..1)."""
 
-    def __init__(self, seconds: float, phase_epochs: Sequence[int], validation_steps: int = 0) -> None:
+    def __init__(self, seconds: float, phase_epochs: Sequence[int], validation_steps: int = 0,
+                 replay: Sequence[Sequence[float]] | None = None) -> None:
         self.seconds, self.phase_epochs, self.validation_steps = seconds, list(phase_epochs), validation_steps
+        # per phase, the progress at its start and after each of its steps: recorded, or replayed (then no clock is read)
+        self.trace: list[list[float]] = [list(t) for t in replay] if replay is not None else [[] for _ in phase_epochs]
+        self.replay = replay is not None
+        if self.replay and len(self.trace) != len(self.phase_epochs):
+            raise ValueError(f"the schedule to replay has {len(self.trace)} phases, the run {len(self.phase_epochs)}")
         self.shares = [seconds * e / sum(phase_epochs) for e in phase_epochs]  # each phase's seconds, as planned at its start
         self.phase = 0
         self.used = 0.0  # seconds the finished phases took
@@ -107,14 +115,26 @@ class TimeBudget(Callback):
             self.phase, self.spent, self.step_seconds = new, 0.0, 0.0
         self._since = self._last_step_end = time.perf_counter()
         self._stopped = False
-        self._progress = self._measure()
+        self._progress = self._measured_or_replayed()
+
+    def _measured_or_replayed(self) -> float:
+        """The progress after the phase's steps so far: measured (and recorded), or read from the replayed record."""
+        trace, done = self.trace[self.phase], self.steps()
+        if self.replay:
+            return trace[min(done, len(trace) - 1)]
+        del trace[done:]  # a resumed run records again from where its state was saved
+        trace.append(self._measure())
+        return trace[-1]
 
     def on_batch_end(self, trainer: Trainer, step: int, batch_size: int) -> None:
         now = time.perf_counter()
         self.phase_steps[self.phase] += 1
         self.step_seconds += now - self._last_step_end
         self._last_step_end = now
-        self._progress = self._measure()
+        self._progress = self._measured_or_replayed()
+        if self.replay:  # the recorded run's last step of the phase is this one's (every process reads the same record)
+            trainer.end_phase = trainer.end_phase or self.steps() >= len(self.trace[self.phase]) - 1
+            return
         over = self._no_room()
         if trainer.dist.enabled:  # every process must take the same rate and end at the same step: rank 0's clock decides
             mine = [over, self._progress] if trainer.dist.main else [0.0, 0.0]
@@ -132,6 +152,8 @@ class TimeBudget(Callback):
         self.previous_validation, self.validation = self.validation, time.perf_counter() - self._last_step_end
         self._last_step_end = time.perf_counter()
         self.phase_epochs_run[self.phase] += 1
+        if self.replay:  # ends where the recorded phase ended (on_batch_end says so at its last step)
+            return
         over = self._no_room()
         if trainer.dist.enabled:
             over = float(all_sum([over if trainer.dist.main else 0.0], trainer.device)[0])
@@ -153,6 +175,13 @@ class TimeBudget(Callback):
                 "phases": [{"phase": p, "seconds": round(s, 1), "epochs": e, "steps": n}
                            for p, s, e, n in zip(phases, self.shares, self.phase_epochs_run, self.phase_steps, strict=True)]}
 
+    def schedule(self) -> list[list[float]] | None:
+        """Per phase, where the schedule stood at its start and after each step: what `replay=` repeats (None when
+        the record is incomplete: a run resumed from a state saved before deepfit kept it)."""
+        if any(len(t) != n + 1 for t, n in zip(self.trace, self.phase_steps, strict=True) if t or n):
+            return None
+        return [list(t) for t in self.trace]
+
     def summary(self) -> str:
         parts = ", ".join(f"{e} epochs ({n} steps)" for e, n in zip(self.phase_epochs_run, self.phase_steps, strict=True))
         return f"time budget {self.seconds / 60:g} min: trained {self.total():.0f} s, {parts}"
@@ -160,7 +189,7 @@ class TimeBudget(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"phase": self.phase, "used": self.used, "shares": list(self.shares), "spent": self.elapsed(),
                 "step_seconds": self.step_seconds, "validation": self.validation, "previous_validation": self.previous_validation,
-                "phase_steps": list(self.phase_steps),
+                "phase_steps": list(self.phase_steps), "trace": [list(t) for t in self.trace],
                 "phase_epochs_run": list(self.phase_epochs_run)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -168,6 +197,8 @@ class TimeBudget(Callback):
         self.spent = state["spent"]
         self.step_seconds, self.validation, self.phase_steps = state["step_seconds"], state["validation"], list(state["phase_steps"])
         self.previous_validation = state.get("previous_validation")  # absent from states saved before it was kept
+        if not self.replay:  # (a replay keeps the whole record it follows)
+            self.trace = [list(t) for t in state.get("trace", [[] for _ in self.phase_epochs])]
         self.phase_epochs_run = list(state["phase_epochs_run"])
         self._since = self._last_step_end = time.perf_counter()
         self._stopped = False

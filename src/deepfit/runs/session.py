@@ -145,6 +145,18 @@ def reopen(run_dir: Path, *, epochs: int | None, device: str | None) -> tuple[di
     return saved, config, state
 
 
+def read_schedule(run_dir: Path) -> list[list[float]] | None:
+    """The schedule a budgeted run recorded (BUDGET_SCHEDULE), or None when it has none."""
+    path = run_dir / BUDGET_SCHEDULE
+    if not path.is_file():
+        return None
+    try:
+        progress = json.loads(path.read_text())["progress"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path} is not a schedule deepfit wrote ({e}); delete it to rerun in a new --time-budget") from None
+    return [[float(v) for v in phase] for phase in progress]
+
+
 def relocate(saved: dict[str, Any], data_root: str | Path | None) -> dict[str, Any]:
     """A run's saved config.json pointed at its data's new place: `data_root` is where the data root (the folder
     split.csv's paths are relative to) now is, or where the DATA folder given to `train` now is. The split is kept."""
@@ -184,10 +196,12 @@ class Fit:
 
 
 def fit(run_dir: Path, job: Fit, config: TrainConfig, machine: Machine, *, generator: torch.Generator,
-        state: dict[str, Any] | None = None, callbacks: Sequence[Callback] = ()) -> BestCheckpoint:
+        state: dict[str, Any] | None = None, callbacks: Sequence[Callback] = (),
+        replay: list[list[float]] | None = None) -> BestCheckpoint:
     """Train the job's phases (the rest of them when `state` resumes a run); checkpoints carry `job.meta`, the epoch
-    and the monitored score; `callbacks` are the caller's own, called after deepfit's. Returns the best-checkpoint
-    callback (its best score and epoch)."""
+    and the monitored score; `callbacks` are the caller's own, called after deepfit's; `replay`: a budgeted run's
+    recorded schedule (BUDGET_SCHEDULE) to follow instead of the clock. Returns the best-checkpoint callback (its
+    best score and epoch)."""
     model, monitor = job.model, job.objective.monitor
 
     def save(kind: str, record: dict[str, Any]) -> None:
@@ -198,7 +212,7 @@ def fit(run_dir: Path, job: Fit, config: TrainConfig, machine: Machine, *, gener
     budget = None
     if config.time_budget is not None:  # every process keeps the budget: rank 0's clock decides for all (engine/budget.py)
         budget = TimeBudget(config.time_budget * 60, [e for _, e in job.phases],
-                            job.val.num_batches(config.batch_size) if job.val is not None and len(job.val) else 0)
+                            job.val.num_batches(config.batch_size) if job.val is not None and len(job.val) else 0, replay=replay)
     # Early stopping decides from metrics summed over ranks, so every rank stops together; only rank 0 writes.
     hooks: list[Callback] = [EarlyStopping(config.early_stopping, monitor=monitor), *([budget] if budget else [])]
     if config.ema:  # after the budget, which decides whether this step ends the epoch
@@ -248,10 +262,14 @@ def fit(run_dir: Path, job: Fit, config: TrainConfig, machine: Machine, *, gener
         saved = read_run_config(run_dir)
         saved["budget_result"] = budget.result([p for p, _ in job.phases])
         atomic_write_text(run_dir / "config.json", json.dumps(saved, indent=2) + "\n")
+        schedule = budget.schedule()
+        if schedule is not None:  # what `deepfit train --rerun` replays (floats written in full: they read back exactly)
+            atomic_write_text(run_dir / BUDGET_SCHEDULE, json.dumps({"minutes": config.time_budget, "progress": schedule}) + "\n")
         logger.info(budget.summary())
     return best
 
 
+BUDGET_SCHEDULE = "budget_schedule.json"  # a budgeted run's schedule, step by step, for a rerun to follow
 UNTIL_TIME_RUNS_OUT = 10**9  # the epochs of a phase trained in a time budget: the budget ends it first
 
 # Two SIGINTs closer than this are one Ctrl-C: `uv run` forwards the terminal's to its child, which gets both.

@@ -3,6 +3,8 @@
     train(data, config, **data_options)   a new run of config.task on `data`
     resume(run_dir, epochs=, data_root=)  continue a stopped run (same data, split, options and random states:
                                           it ends with the weights of a run that never stopped), or extend one
+    rerun(run_dir, output=, name=)        train a run again in a new folder, bit for bit (a budgeted one step by
+                                          step, as its budget_schedule.json recorded)
 
 The task (tasks/base.py, found in the registry by config.task) reads the data, splits it, and prepares the
 model, objective and stores; runs/session.py does the rest (device, run folder, callbacks, phases, Ctrl-C).
@@ -18,14 +20,14 @@ from typing import Any
 
 import torch
 
-from deepfit.config import TrainConfig
+from deepfit.config import TrainConfig, field_names
 from deepfit.engine.checkpoint import read_sidecar
 from deepfit.engine.interfaces import Callback
-from deepfit.errors import DeepfitError
+from deepfit.errors import DataError, DeepfitError
 from deepfit.log import logger, setup_logging
 from deepfit.registry import get_task
 from deepfit.runs import session
-from deepfit.runs.folder import CHECKPOINT_FORMAT, check_output_outside_data
+from deepfit.runs.folder import CHECKPOINT_FORMAT, check_output_outside_data, read_run_config
 from deepfit.runs.lr_find import find_lr, write_lr_find
 from deepfit.tasks.balance import sampler_weights
 from deepfit.tasks.base import Data, Task, option_values
@@ -73,9 +75,37 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None
     return _run(task, saved["data"], config, dataset, splits, generator, resume_dir=run_dir, state=state, saved=saved)
 
 
+def rerun(run_dir: str | Path, *, output: str | Path | None = None, name: str | None = None, device: str | None = None,
+          data_root: str | Path | None = None) -> TrainResult:
+    """Train a run again, in a new folder beside it (or in `output`, named `name`): the same data, split, options and
+    seed, so on the same machine the weights come out bit for bit the same. A run trained in a --time-budget follows
+    its recorded schedule (the same steps, epoch ends and learning rates) instead of the clock: what the budget chose
+    is repeated on any machine, however fast. `data_root`: the data's new place when it moved."""
+    setup_logging()
+    run_dir = Path(run_dir).resolve()
+    saved = session.relocate(read_run_config(run_dir), data_root)
+    options = {k: v for k, v in saved.items() if k in field_names(TrainConfig)}
+    config = TrainConfig.from_dict({**options, "output": str(output or run_dir.parent), "name": name or f"{run_dir.name}-rerun",
+                                    **({"device": device} if device else {})})
+    replay = None
+    if config.time_budget is not None:
+        replay = session.read_schedule(run_dir)
+        if replay is None:
+            logger.warning(f"{run_dir / session.BUDGET_SCHEDULE} is missing (the run stopped before its budget was spent, "
+                           f"or was trained before deepfit recorded it): the rerun trains in a new --time-budget of "
+                           f"{config.time_budget:g} minutes, not step for step")
+    task = get_task(config.task)
+    if replay is not None and len(replay) != len(task.phases(config)):
+        raise DataError(f"{run_dir / session.BUDGET_SCHEDULE} has {len(replay)} phases, the run {len(task.phases(config))}: "
+                        "it is not this run's; delete it to rerun in a new --time-budget")
+    dataset, splits = task.reread(saved, run_dir)
+    generator = session.seed_everything(config.seed)
+    return _run(task, saved["data"], config, dataset, splits, generator, replay=replay, rerun_of=run_dir)
+
+
 def _run(task: Task, data: str | Path, config: TrainConfig, dataset: Data, splits: dict[str, list], generator: torch.Generator,
          *, resume_dir: Path | None = None, state: dict[str, Any] | None = None, saved: dict[str, Any] | None = None,
-         callbacks: Sequence[Callback] = ()) -> TrainResult:
+         callbacks: Sequence[Callback] = (), replay: list[list[float]] | None = None, rerun_of: Path | None = None) -> TrainResult:
     logger.info(task.describe(dataset, splits))
     if not splits.get("test"):
         logger.warning("the data has no test split: `deepfit evaluate` will fall back to the validation split")
@@ -90,7 +120,8 @@ def _run(task: Task, data: str | Path, config: TrainConfig, dataset: Data, split
         if setup.write is not None:
             setup.write(run_dir)
 
-    record = {"task": task.name, "data_root": str(dataset.root), "classes": dataset.classes, **dataset.record, **setup.record}
+    record = {"task": task.name, "data_root": str(dataset.root), "classes": dataset.classes, **dataset.record, **setup.record,
+              **({"rerun_of": str(rerun_of)} if rerun_of else {})}
     sampling = sampler_weights(task, config, dataset, splits["train"])
     if sampling is not None and len(sampling) != len(setup.train):
         raise DeepfitError(f"task {task.name} counted the classes of {len(sampling)} training items but trains on "
@@ -116,7 +147,7 @@ def _run(task: Task, data: str | Path, config: TrainConfig, dataset: Data, split
         origin = read_sidecar(run_dir / "last.safetensors").get("pretrained_from")
     job.meta.update({"format": CHECKPOINT_FORMAT, "task": task.name, **setup.meta, "classes": dataset.classes,
                      "pretrained_from": origin, "config": config.to_dict()})
-    best = session.fit(run_dir, job, config, machine, generator=generator, state=state, callbacks=callbacks)
+    best = session.fit(run_dir, job, config, machine, generator=generator, state=state, callbacks=callbacks, replay=replay)
     has_val = setup.val is not None and len(setup.val) > 0
     score = best.best_score if has_val and machine.dist.main else None
     if score is not None:
