@@ -139,6 +139,7 @@ class TimeBudget(Callback):
         if trainer.dist.enabled:  # every process must take the same rate and end at the same step: rank 0's clock decides
             mine = [over, self._progress] if trainer.dist.main else [0.0, 0.0]
             over, self._progress = (float(v) for v in all_sum(mine, trainer.device))
+            self.trace[self.phase][-1] = self._progress  # the record holds what every process used
         if over:
             trainer.end_phase = True
 
