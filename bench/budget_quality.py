@@ -101,8 +101,12 @@ from runs of this script (bench/results/budget_quality.json, with the machine an
 {table(results, budgets)}
 
 Reading the table: coco128's 80 classes in 128 images, from an ImageNet backbone with new detection or segmentation
-heads, learn next to nothing in these CPU budgets (38 minutes gave box mAP 0.0077, see the coco128 section), so its
-cells say how little, not which recipe is better; choosing a recipe there needs COCO-pretrained weights or a GPU.
+heads, learn next to nothing in 5 or 10 CPU minutes; Faster R-CNN starts to detect at 20 (box mAP 0.011 in 11 bf16
+epochs, against 0.0077 for 38 fp32 minutes in the coco128 section). These cells say how little, not which recipe is
+better; choosing a recipe there needs COCO-pretrained weights or a GPU. Classification gains nothing from 10 to 20
+minutes: hymenoptera is fine-tuned to its ceiling in 5 (a cell's difference is one of 153 validation images), and
+CIFAR-10's 0.41M-parameter `fastnet` preset fits its training set better but not validation (see the CIFAR-10
+section), so on this CPU a longer budget pays for segmentation and detection, not for these two.
 Before commit 515f1c8 a run could train past its budget (coco128 semantic: 734 s of 600 s; instances 696 s of 600 s):
 an epoch that ended by itself just short of the budget was followed by one more step and so one more validation.
 Since then the budget also asks after each validation, and keeps back the validation's growth as well as its last
