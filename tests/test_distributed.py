@@ -104,6 +104,7 @@ def test_a_rank_that_never_comes_is_reported_not_waited_for_forever() -> None:
     assert "MASTER_ADDR" in done.stderr and "torchrun" in done.stderr
 
 
+@pytest.mark.slow  # 40 s of two torchrun launches; the default suite keeps the one-launch equivalence test
 def test_a_distributed_run_is_extended_with_resume(shapes_data: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
