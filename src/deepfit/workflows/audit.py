@@ -216,15 +216,11 @@ def _embed_examples(found: Audit, dataset: Any, config: TrainConfig, features_co
 def _embed_images(found: Audit, features_config: FeaturesConfig, groups: list[list[Pair]], near_cosine: float) -> None:
     """Embeddings of the images of a detection or segmentation data set: near copies and outliers (their labels are
     objects, judged by Task.audit_objects)."""
-    from deepfit.engine.device import resolve_device, resolve_precision
-    from deepfit.workflows.extraction import FeatureCache, extract, load_backbone
+    from deepfit.engine.device import resolve_device
+    from deepfit.workflows.extraction import extract_cached, load_backbone
 
     backbone = load_backbone(features_config, 1)
-    device = resolve_device(features_config.device)
-    precision = resolve_precision("auto", device)
-    cache = FeatureCache({**backbone.identity, "preprocessing": backbone.inputs, "precision": precision})
-    result = extract(backbone, [item.path for item in found.items], device=device, precision=precision,
-                     batch_size=features_config.batch_size, workers=features_config.workers, cache=cache)
+    result = extract_cached(backbone, [item.path for item in found.items], features_config, resolve_device(features_config.device))
     name = f"{backbone.name} ({backbone.layer})" if backbone.layer else backbone.name
     _use_embeddings(found, result.features, np.array(result.kept, dtype=np.int64), name, groups, near_cosine)
 

@@ -322,16 +322,19 @@ class FeatureSet:
         return [p for p, s in zip(self.paths, self.splits, strict=True) if s == name]
 
 
+def extract_cached(backbone: Backbone, paths: Sequence[Path], config: FeaturesConfig, device: torch.device) -> Extraction:
+    """`extract` in the precision `auto` picks for the device, reusing the disk cache when `config.cache` says so."""
+    precision = resolve_precision("auto", device)
+    cache = FeatureCache({**backbone.identity, "preprocessing": backbone.inputs, "precision": precision}) if config.cache else None
+    return extract(backbone, paths, device=device, precision=precision, batch_size=config.batch_size, workers=config.workers,
+                   cache=cache)
+
+
 def feature_set(
     backbone: Backbone, files: list[LabeledFile], classes: list[str], config: FeaturesConfig, device: torch.device
 ) -> FeatureSet:
     """Extract (or reuse) the features of labelled files; unreadable ones are left out, too many is an error."""
-    precision = resolve_precision("auto", device)
-    cache = FeatureCache({**backbone.identity, "preprocessing": backbone.inputs, "precision": precision}) if config.cache else None
-    result = extract(
-        backbone, [f.path for f in files], device=device, precision=precision, batch_size=config.batch_size,
-        workers=config.workers, cache=cache,
-    )
+    result = extract_cached(backbone, [f.path for f in files], config, device)
     noun = ("sound files", "sound file") if backbone.sound is not None else ("images", "image")
     check_unreadable(result.bad, len(files), *noun)
     index = {c: i for i, c in enumerate(classes)}
