@@ -22,7 +22,13 @@ from deepfit.cli_deploy import (
     cmd_explain,
     cmd_export,
 )
-from deepfit.cli_options import add_config_options, add_task_options, add_verbosity, task_option_names
+from deepfit.cli_options import (
+    add_config_options,
+    add_task_options,
+    add_verbosity,
+    refuse_changes,
+    task_option_names,
+)
 from deepfit.cli_serve import add_serve_command, cmd_serve
 from deepfit.cli_tune import add_tune_command, cmd_tune
 from deepfit.config import ALIASES, FeaturesConfig, OptionError
@@ -201,11 +207,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
     data_options = {k: v for k, v in given.items() if k in data_names}
     options = {k: v for k, v in given.items() if k not in data_names}
     for flag, may_change in (("resume", ("epochs", "device")), ("rerun", ("output", "name", "device"))):
-        others = sorted(set(given) - set(may_change)) + (["DATA"] if args.data else []) + (["--preset"] if args.preset else [])
-        if getattr(args, flag) and others:
-            names = [f"--{o}" for o in may_change]
-            raise ConfigError(f"--{flag} keeps the run's own data and options; only {', '.join(names[:-1])} and {names[-1]} "
-                              f"may change (got {', '.join(others)})")
+        if getattr(args, flag):
+            refuse_changes(f"--{flag}", "the run's own data and options", may_change, sorted(set(given) - set(may_change))
+                           + (["DATA"] if args.data else []) + (["--preset"] if args.preset else []))
     if args.resume:
         learner = resume(args.resume, epochs=options.get("epochs"), device=options.get("device"), data_root=args.data_root)
     elif args.rerun:

@@ -107,6 +107,15 @@ def task_option_names(kind: str) -> set[str]:
     return {o.name for task in all_tasks() for o in options_of(task, kind)}
 
 
+def refuse_changes(flag: str, keeps: str, may_change: tuple[str, ...], got: list[str]) -> None:
+    """`--resume`-like flags continue something saved: any other option given (`got`) is an error naming those that
+    may change."""
+    if got:
+        names = [f"--{o.replace('_', '-')}" for o in may_change]
+        allowed = f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
+        raise ConfigError(f"{flag} keeps {keeps}; only {allowed} may change (got {', '.join(got)})")
+
+
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
     """--quiet / --verbose, on every command."""
     group = parser.add_mutually_exclusive_group()

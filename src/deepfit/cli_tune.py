@@ -6,7 +6,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from deepfit.cli_options import add_config_options, add_task_options, add_verbosity, task_option_names
+from deepfit.cli_options import (
+    add_config_options,
+    add_task_options,
+    add_verbosity,
+    refuse_changes,
+    task_option_names,
+)
 from deepfit.errors import ConfigError
 from deepfit.presets import PRESETS
 
@@ -51,9 +57,8 @@ def cmd_tune(args: argparse.Namespace) -> list[str]:
     given = {k: v for k, v in vars(args).items() if k not in _OWN}
     if args.resume:
         others = sorted(given) + [f"--{k.replace('_', '-')}" for k in ("space", "storage", "study_name", "preset") if getattr(args, k)]
-        if others or args.data:
-            raise ConfigError(f"--resume keeps the search's own data, options and space; only --trials and --timeout may "
-                              f"change (got {', '.join(others + (['DATA'] if args.data else []))})")
+        refuse_changes("--resume", "the search's own data, options and space", ("trials", "timeout"),
+                       others + (["DATA"] if args.data else []))
         result = resume_tune(args.resume, trials=args.trials, timeout=args.timeout)
     elif not args.data:
         raise ConfigError("deepfit tune needs DATA (a folder or CSV of labelled examples), or --resume TUNE_DIR")
