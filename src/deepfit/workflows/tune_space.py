@@ -171,8 +171,7 @@ def _kind(key: str) -> type | None:
     """The option's type (int, float, str, bool, dict); None for a key inside a dict option (its type is the value's)."""
     if "." in key:
         return None
-    field = next(f for f in TrainConfig.__dataclass_fields__.values() if f.name == key)
-    return field_type(field, TrainConfig)
+    return field_type(TrainConfig.__dataclass_fields__[key], TrainConfig)
 
 
 def _number(value: Any, key: str, where: str) -> int | float:
