@@ -121,6 +121,12 @@ def open_run(
     return run_dir
 
 
+def saved_config(saved: dict[str, Any], **changes: Any) -> TrainConfig:
+    """A run's options (its config.json, `saved`) as a TrainConfig, with the `changes` given (neither None nor empty)."""
+    options = {k: v for k, v in saved.items() if k in field_names(TrainConfig)}
+    return TrainConfig.from_dict({**options, **{k: v for k, v in changes.items() if v}})
+
+
 def reopen(run_dir: Path, *, epochs: int | None, device: str | None) -> tuple[dict[str, Any], TrainConfig, dict[str, Any]]:
     """A stopped run (or a finished one, to extend to `epochs`): its saved config.json, its options as a TrainConfig
     with `epochs` and `device` changed when given, and its resumable state."""
@@ -130,8 +136,7 @@ def reopen(run_dir: Path, *, epochs: int | None, device: str | None) -> tuple[di
             f"{run_dir} has no {RESUME_FILE} to resume from (runs written before deepfit 0.1 or stopped before their "
             "first checkpoint cannot be resumed); start a new run instead"
         )
-    options = {k: v for k, v in saved.items() if k in field_names(TrainConfig)}
-    config = TrainConfig.from_dict({**options, **({"epochs": epochs} if epochs else {}), **({"device": device} if device else {})})
+    config = saved_config(saved, epochs=epochs, device=device)
     if epochs is not None and epochs < saved["epochs"]:
         raise ConfigError(f"--epochs {epochs} is fewer than the run's {saved['epochs']}: a run can be extended, not shortened")
     state = load_training_state(run_dir / RESUME_FILE)

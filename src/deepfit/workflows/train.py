@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from deepfit.config import TrainConfig, field_names
+from deepfit.config import TrainConfig
 from deepfit.engine.checkpoint import read_sidecar
 from deepfit.engine.interfaces import Callback
 from deepfit.errors import DataError, DeepfitError
@@ -84,9 +84,7 @@ def rerun(run_dir: str | Path, *, output: str | Path | None = None, name: str | 
     setup_logging()
     run_dir = Path(run_dir).resolve()
     saved = session.relocate(read_run_config(run_dir), data_root)
-    options = {k: v for k, v in saved.items() if k in field_names(TrainConfig)}
-    config = TrainConfig.from_dict({**options, "output": str(output or run_dir.parent), "name": name or f"{run_dir.name}-rerun",
-                                    **({"device": device} if device else {})})
+    config = session.saved_config(saved, output=str(output or run_dir.parent), name=name or f"{run_dir.name}-rerun", device=device)
     replay = None
     if config.time_budget is not None:
         replay = session.read_schedule(run_dir)
