@@ -49,8 +49,10 @@ CASES: dict[str, tuple[str, str, Callable[[], Path], str | None, dict[str, Any]]
 DATA_OPTIONS = ("skip_unmasked",)
 
 
-def run(case: str, minutes: float) -> dict[str, Any]:
+def run(case: str, minutes: float, changes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train `case`'s default recipe (with `changes` to its options) for `minutes` and read what the run reached."""
     task, _, data, preset, options = CASES[case]
+    options = {**options, **(changes or {})}
     read = {k: v for k, v in options.items() if k in DATA_OPTIONS}
     with tempfile.TemporaryDirectory() as tmp:
         config = apply_preset(preset, {**{k: v for k, v in options.items() if k not in DATA_OPTIONS}, "task": task,
