@@ -157,6 +157,34 @@ def test_dice_loss() -> None:
     assert float(weighted) == pytest.approx(1 - (10 / 13 + 3 * 8 / 11) / 4, rel=1e-6)
 
 
+def _dice_by_one_hot(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The textbook soft Dice loss with a one-hot truth, to check the loss's per-class sums against."""
+    valid = (target != IGNORE).float().unsqueeze(1)  # (B, 1, H, W)
+    probs = logits.float().softmax(1) * valid
+    onehot = F.one_hot(torch.where(target == IGNORE, 0, target).long(), logits.shape[1]).permute(0, 3, 1, 2) * valid
+    dice = (2 * (probs * onehot).sum((0, 2, 3)) + 1) / (probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3)) + 1)
+    return 1 - (dice * weight).sum() / weight.sum()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dice_matches_the_one_hot_formula_in_value_and_gradient(channels_last: bool) -> None:
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 5, 6, 7, generator=generator) * 3
+    if channels_last:
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    target = torch.randint(0, 5, (2, 6, 7), generator=generator)
+    target[0, :2] = IGNORE
+    weight = torch.tensor([0.5, 2.0, 1.0, 3.0, 1.5])
+    ours = logits.clone().requires_grad_()
+    reference = logits.clone().requires_grad_()
+    loss = SegmentationLoss("dice", weight=weight)(ours, target)
+    expected = _dice_by_one_hot(reference, target, weight)
+    loss.backward()
+    expected.backward()
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
+    torch.testing.assert_close(ours.grad, reference.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_sum_of_terms_and_fp32_under_autocast() -> None:
     logits, target = _random_case()
     weight = torch.tensor([0.5, 2.0, 1.0, 3.0])

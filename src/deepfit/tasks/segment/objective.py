@@ -102,20 +102,33 @@ class SegmentationLoss(nn.Module):
                 modulation = (1 - log_pt.exp()).clamp_min(1e-12).pow(self.focal_gamma)
                 total = total + (-log_pt * modulation * pixel_w).sum() / n_valid
             if "dice" in self.terms:
-                total = total + self._dice(log_probs.exp(), safe, validf)
+                total = total + self._dice(log_probs.exp(), log_pt.exp(), safe, validf)
         return total
 
-    def _dice(self, probs: torch.Tensor, safe: torch.Tensor, validf: torch.Tensor) -> torch.Tensor:
-        probs = probs * validf.unsqueeze(1)  # (B, K, H, W): ignored pixels add to neither sum
-        # One-hot truth in fp32 by scatter (one write per pixel, deterministic), 0 at ignored pixels.
-        onehot = torch.zeros_like(probs).scatter_(1, safe.unsqueeze(1), validf.unsqueeze(1))  # (B, K, H, W)
-        dims = (0, 2, 3)
-        intersection = (probs * onehot).sum(dims)  # (K,)
-        denominator = probs.sum(dims) + onehot.sum(dims)  # (K,)
-        dice = (2 * intersection + DICE_SMOOTH) / (denominator + DICE_SMOOTH)  # (K,)
+    def _dice(self, probs: torch.Tensor, p_true: torch.Tensor, safe: torch.Tensor, validf: torch.Tensor) -> torch.Tensor:
+        """Soft Dice from per-class sums, without a one-hot (B, K, H, W) truth. With coco's 129 classes (batch 8,
+        256 px) the one-hot and its products made the loss's forward and backward take 3.5 times as long as CE's
+        alone (1.1-1.3 s against 0.33 s on 2 CPU cores); these sums take 1.7-2 times as long."""
+        num_classes = probs.shape[1]
+        labels, keep = safe.flatten(), validf.flatten()  # (B*H*W,)
+        # sum over valid pixels of p_c * y_c: each pixel adds its true class's probability to that class
+        # (index_add is deterministic on CPU, and on CUDA under torch.use_deterministic_algorithms)
+        intersection = probs.new_zeros(num_classes).index_add(0, labels, p_true.flatten() * keep)  # (K,)
+        truth = probs.new_zeros(num_classes).index_add(0, labels, keep)  # (K,) valid pixels of each class
+        predicted = _valid_sums(probs, validf)  # (K,) ignored pixels add nothing
+        dice = (2 * intersection + DICE_SMOOTH) / (predicted + truth + DICE_SMOOTH)  # (K,)
         if self.weight is None:
             return 1 - dice.mean()
         return 1 - (dice * self.weight).sum() / self.weight.sum()
+
+
+def _valid_sums(probs: torch.Tensor, validf: torch.Tensor) -> torch.Tensor:
+    """(K,) sums of (B, K, H, W) `probs` over the pixels where `validf` (B, H, W) is 1, as one batched matrix product
+    in the layout the model gave (channels-last or not): 3x faster than multiplying and summing, and no copy."""
+    mask = validf.flatten(1)  # (B, H*W)
+    if probs.is_contiguous(memory_format=torch.channels_last):
+        return (mask.unsqueeze(1) @ probs.movedim(1, -1).flatten(1, 2)).sum((0, 1))  # (B, 1, H*W) @ (B, H*W, K)
+    return (probs.flatten(2) @ mask.unsqueeze(2)).sum((0, 2))  # (B, K, H*W) @ (B, H*W, 1)
 
 
 # --- the task the trainer runs ----------------------------------------------------------------------
