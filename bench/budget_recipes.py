@@ -17,7 +17,7 @@ import statistics
 from typing import Any
 
 from budget_quality import CASES, run
-from common import REPO, record
+from common import REPO, commit, record
 
 RESULTS = REPO / "bench" / "results" / "budget_recipes.json"
 
@@ -44,7 +44,8 @@ def table(results: dict[str, Any]) -> str:
         for minutes, by_variant in by_minutes.items():
             for variant, runs in by_variant.items():
                 scores = [r["score"] for r in runs]
-                changed = ", ".join(f"{k}={v}" for k, v in VARIANTS.get(case, {}).get(variant, {}).items()) or "–"
+                changes = runs[0].get("changes", VARIANTS.get(case, {}).get(variant, {}))  # newer runs keep their own
+                changed = ", ".join(f"{k}={v}" for k, v in changes.items()) or "–"
                 each = ", ".join(f"{s:.4g} ({r['epochs']} ep)" for s, r in zip(scores, runs, strict=True))
                 rows.append(f"| {case} | {CASES[case][1]} | {minutes} min | {variant} | {changed} | {each} | {statistics.mean(scores):.4g} |")
     return "\n".join(rows)
@@ -64,7 +65,7 @@ def main() -> None:
             for variant, changes in VARIANTS[case].items():
                 if args.variants and variant not in args.variants:
                     continue
-                measured = run(case, args.minutes, changes)
+                measured = {**run(case, args.minutes, changes), "changes": changes, "commit": commit()}
                 results.setdefault(case, {}).setdefault(f"{args.minutes:g}", {}).setdefault(variant, []).append(measured)
                 print(case, variant, measured, flush=True)
                 RESULTS.write_text(json.dumps(results, indent=2) + "\n")  # kept after every run: a sweep may be stopped
@@ -72,19 +73,22 @@ def main() -> None:
 Variants of a task's default recipe (bench/budget_quality.py's cases), each trained with the same time budget on
 the same data and split, alternated within each repeat. The score is the best validation score the run reached.
 Measured with `bench/budget_recipes.py --minutes 5` (every variant once), then `--cases membrane --variants ...` for
-the repeats (membrane's first two variants twice more, the third once more) and `--cases coco128-semantic --minutes 10`, one run at a time on a
-quiet machine.
+the repeats (membrane's first two variants twice more, the third once more) and `--cases coco128-semantic --minutes 10`
+(CE + Dice again after commit 1995695), one run at a time on a quiet machine.
 
 {table(results)}
 
-Reading the table (the runs of commit 5711371's code on an Intel Xeon, 2 cores, bf16): the segmentation defaults
+Reading the table (runs of commit 5711371's code, the last CE + Dice run 1995695's; an Intel Xeon, 2 cores, bf16): the segmentation defaults
 stay as they are, because no variant beat them by more than the spread of repeats. On membrane (4 validation
 images, so one run's score moves by about 0.01 between repeats) cross-entropy and CE + Dice tie: 0.781 and 0.785 on
 average over three alternated repeats, each within the other's range. Balanced class weights (background 2.3,
 foreground 0.6) lose 0.03 on average, 384 px crops lose 0.03 (half the epochs in the time) and weight averaging
-(EMA 0.95) gains nothing. On coco128 (129 classes) CE + Dice costs half as much time again per epoch (its one-hot
-Dice sums over 129 classes: 283 s an epoch against 181-213 s), so 10 minutes buy 2 epochs instead of 3 and a lower
-mIoU (0.0070 against 0.0079); with balanced weights over 129 classes, in 5 minutes, 0.0005 against 0.0029.
+(EMA 0.95) gains nothing. On coco128 (129 classes) CE + Dice first cost half as much time again per epoch (its
+one-hot truth over 129 classes: 283 s an epoch against 181-213 s), so 10 minutes bought 2 epochs instead of 3 and a
+lower mIoU (0.0070 against 0.0079). Commit 1995695 computes Dice from per-class sums instead (the loss's forward and
+backward 0.54-0.65 s instead of 1.1-1.3 s a batch; CE alone 0.33 s); then an epoch takes as long as with CE
+(190-219 s), 10 minutes buy the same 3 epochs and CE + Dice ties CE (0.0082 against 0.0079, one run each). With
+balanced weights over 129 classes, in 5 minutes: 0.0005 against 0.0029.
 Classification's defaults were chosen in the CIFAR-10 section (weight averaging measured there, no better) and
 hymenoptera's fine-tuning preset reaches its ceiling within 5 minutes; detection learns too little in 20 CPU
 minutes (box mAP 0.01) to tell two recipes apart, so its recipe is not chosen here.
