@@ -7,12 +7,10 @@ config.json always use the same names, defaults and help.
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
 import os
-import re
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
 from deepfit.cli_audit import add_audit_command, cmd_audit
 from deepfit.cli_deploy import (
@@ -29,63 +27,21 @@ from deepfit.cli_options import (
     refuse_changes,
     task_option_names,
 )
+from deepfit.cli_parser import HintingParser
 from deepfit.cli_serve import add_serve_command, cmd_serve
 from deepfit.cli_tune import add_tune_command, cmd_tune
-from deepfit.config import ALIASES, FeaturesConfig, OptionError
+from deepfit.config import FeaturesConfig, OptionError
 from deepfit.errors import ConfigError, DeepfitError, TrainingInterrupted
 from deepfit.log import output_console, setup_logging, table_lines
 from deepfit.presets import PRESETS
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that suggests the nearest option for a typo, never accepts abbreviations,
-    and reports errors in two lines instead of the whole usage."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, allow_abbrev=False, **kwargs)
-
-    def _all_options(self) -> list[str]:
-        options = [s for a in self._actions for s in a.option_strings]
-        for action in self._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for sub in action.choices.values():
-                    options += [s for a in sub._actions for s in a.option_strings]
-        return options
-
-    def error(self, message: str) -> NoReturn:
-        match = re.search(r"unrecognized arguments: (.*)", message)
-        if match:
-            known = self._all_options()
-            hints = []
-            for word in match.group(1).split():
-                flag = word.split("=")[0]
-                if flag.startswith("-"):
-                    as_name = flag.lstrip("-").replace("-", "_")
-                    alias = ALIASES.get(as_name)
-                    close = ["--" + alias.replace("_", "-")] if alias else difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
-                    hints.append(f"{flag}: did you mean {close[0]}?" if close else f"{flag}: no such option")
-            if hints:
-                message += " (" + "; ".join(hints) + ")"
-        # a subcommand's parser has prog "deepfit train": the hint names that command's help
-        self.exit(2, f"{self.prog}: error: {message}\nsee `{self.prog} --help` for the options\n")
-
-    def subcommand(self, args: argparse.Namespace) -> _Parser:
-        """The parser of the (sub)command that `args` chose: deepfit, deepfit train, deepfit data check, ..."""
-        parser: _Parser = self
-        for dest in ("command", "data_command"):
-            action = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
-            if action is None or getattr(args, dest, None) is None:
-                break
-            parser = action.choices[getattr(args, dest)]
-        return parser
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="deepfit", description="Train, evaluate and use image classifiers, object detectors and instance or semantic "
+    parser = HintingParser(prog="deepfit", description="Train, evaluate and use image classifiers, object detectors and instance or semantic "
                      "segmenters (a class for every image, boxes around objects, or a class for every pixel) from labelled "
                      "examples.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", parser_class=HintingParser)
 
     q = sub.add_parser("quickstart", help="train, evaluate and report on the embedded handwritten digits")
     q.add_argument("--output", default="runs", help="folder for the run (default: runs)")
@@ -157,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the inputs are (default: found from DATA's files)")
 
     d = sub.add_parser("data", help="look at a data set before training on it")
-    d_sub = d.add_subparsers(dest="data_command", parser_class=_Parser, required=True)
+    d_sub = d.add_subparsers(dest="data_command", parser_class=HintingParser, required=True)
     dc = d_sub.add_parser("check", help="detection or segmentation labels: what was found, and what is wrong")
     dc.add_argument("data", help="COCO JSON (or its folder), YOLO folder with its YAML, Pascal VOC folder, or images/ + masks/")
     dc.add_argument("--task", help="read the labels as this task's (detect, segment, ...); default: from the layout (image and "
